@@ -1,0 +1,58 @@
+/**
+ * The under file system (UFS) interface: the object store or folder a mount reads
+ * from. One implementation per backend (`s3.ts`, `local.ts`, `oss.ts`, `cos.ts`),
+ * chosen from the URI by `open-ufs.ts`. A Ufs instance is bound to one root
+ * (bucket + prefix, or folder): every key it takes and returns is relative to that
+ * root and uses '/' as separator, never starting with '/'.
+ *
+ * It owns no caching and no retry policy beyond the SDK's. Failures are
+ * CachefsErrors with the codes NOT_FOUND, ACCESS_DENIED, BUCKET_NOT_FOUND,
+ * THROTTLED, UNREACHABLE, STALE or IO.
+ */
+
+export interface UfsObject {
+  /** Key relative to the root, e.g. `train/part-0.tar`; a key ending in '/' is a directory marker. */
+  key: string;
+  size: number;
+  mtimeMs: number;
+  /** ETag or version id: changes whenever the object's bytes change. */
+  etag: string;
+}
+
+export interface UfsListPage {
+  /** Objects directly under the prefix (including a `prefix` marker itself if present). */
+  objects: UfsObject[];
+  /** Common prefixes directly under the prefix, each ending in '/'. */
+  prefixes: string[];
+  /** Pass back to get the next page; absent on the last page. */
+  nextToken?: string;
+}
+
+export interface UfsListOptions {
+  token?: string;
+  maxKeys?: number;
+  signal?: AbortSignal;
+}
+
+export interface UfsReadOptions {
+  /** Fail with STALE instead of returning bytes of another version. */
+  etag?: string;
+  signal?: AbortSignal;
+}
+
+export interface Ufs {
+  /** The URI as given, without credentials: safe for logs and messages. */
+  readonly displayUri: string;
+  /** Proves the root exists and the credentials work; fails with a clear CachefsError otherwise. */
+  check(signal?: AbortSignal): Promise<void>;
+  /** The object stored exactly at `key`, or null. */
+  stat(key: string, signal?: AbortSignal): Promise<UfsObject | null>;
+  /** One page of a delimiter ('/') listing of `prefix` ('' for the root, otherwise ending in '/'). */
+  list(prefix: string, options?: UfsListOptions): Promise<UfsListPage>;
+  /** Exactly `length` bytes from `offset` (fewer only at the end of the object). */
+  readRange(key: string, offset: number, length: number, options?: UfsReadOptions): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** Options for a backend, as `backend.name=value` pairs (e.g. `s3.endpoint`). */
+export type UfsOptions = Readonly<Record<string, string>>;
