@@ -1,0 +1,23 @@
+/**
+ * The `cachefs` command: one subcommand per file in this folder.
+ */
+import { readFileSync } from 'node:fs';
+import { Command } from 'commander';
+import { fail } from './exit.js';
+import { registerMountCommand } from './mount.js';
+import { registerUmountCommand } from './umount.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const program = new Command('cachefs')
+  .description('mount object storage as a POSIX tree, backed by a cluster of block-cache workers')
+  .version(pkg.version)
+  .showHelpAfterError()
+  .exitOverride((err) => {
+    // commander already printed its message; keep its exit code (0 for --help/--version).
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  });
+registerMountCommand(program);
+registerUmountCommand(program);
+
+program.parseAsync(process.argv).catch(fail);

@@ -1,0 +1,95 @@
+/**
+ * `cachefs mount` options parsed once into a typed, validated `MountConfig`.
+ */
+import path from 'node:path';
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../block/block.js';
+import { parseDuration, parsePort, parseSize } from '../config/units.js';
+import { CachefsError } from '../errors.js';
+import type { UfsOptions } from '../ufs/ufs.js';
+import { parseUfsUri, type UfsUri } from '../ufs/uri.js';
+import { defaultCacheDir, parsePairs, readSecretFiles } from './options.js';
+
+export interface MountFlags {
+  ufs?: string;
+  foreground?: boolean;
+  cacheDir?: string;
+  cacheSize: string;
+  blockSize: string;
+  readahead: string;
+  attrTimeout: string;
+  entryTimeout: string;
+  metaTtl: string;
+  allowOther?: boolean;
+  logLevel: string;
+  logFile?: string;
+  metricsPort?: string;
+  metricsHost: string;
+  s3Endpoint?: string;
+  s3Region?: string;
+  s3PathStyle?: boolean;
+  option: string[];
+  optionFromFile: string[];
+}
+
+export interface MountConfig {
+  mountpoint: string;
+  ufs: UfsUri;
+  ufsOptions: UfsOptions;
+  foreground: boolean;
+  cacheDir: string;
+  cacheSize: number;
+  blockSize: number;
+  readaheadBytes: number;
+  attrTimeoutMs: number;
+  entryTimeoutMs: number;
+  metaTtlMs: number;
+  allowOther: boolean;
+  logLevel: string;
+  logFile?: string;
+  metricsPort?: number;
+  metricsHost: string;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export function parseMountConfig(mountpoint: string, flags: MountFlags): MountConfig {
+  if (!flags.ufs) throw new CachefsError('INVALID_ARGUMENT', 'missing --ufs URI: expected e.g. --ufs s3://bucket/prefix or --ufs file:///srv/data');
+  const ufs = parseUfsUri(flags.ufs);
+  if (!LOG_LEVELS.includes(flags.logLevel)) throw new CachefsError('INVALID_ARGUMENT', `invalid --log-level '${flags.logLevel}': expected one of ${LOG_LEVELS.join(', ')}`);
+  const ufsOptions: Record<string, string> = { ...parsePairs(flags.option, '--option'), ...readSecretFiles(flags.optionFromFile) };
+  if (flags.s3Endpoint !== undefined) ufsOptions['s3.endpoint'] = flags.s3Endpoint;
+  if (flags.s3Region !== undefined) ufsOptions['s3.region'] = flags.s3Region;
+  if (flags.s3PathStyle) ufsOptions['s3.pathStyle'] = 'true';
+  const blockSize = parseSize(flags.blockSize, '--block-size', { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE });
+  const cacheSize = parseSize(flags.cacheSize, '--cache-size');
+  if (cacheSize < blockSize) throw new CachefsError('INVALID_ARGUMENT', `invalid --cache-size '${flags.cacheSize}': must hold at least one block (${flags.blockSize})`);
+  return {
+    mountpoint: path.resolve(mountpoint),
+    ufs,
+    ufsOptions,
+    foreground: !!flags.foreground,
+    cacheDir: path.resolve(flags.cacheDir ?? defaultCacheDir()),
+    cacheSize,
+    blockSize,
+    readaheadBytes: parseSize(flags.readahead, '--readahead', { min: 0 }),
+    attrTimeoutMs: parseDuration(flags.attrTimeout, '--attr-timeout'),
+    entryTimeoutMs: parseDuration(flags.entryTimeout, '--entry-timeout'),
+    metaTtlMs: parseDuration(flags.metaTtl, '--meta-ttl'),
+    allowOther: !!flags.allowOther,
+    logLevel: flags.logLevel,
+    logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
+    metricsPort: flags.metricsPort === undefined ? undefined : parsePort(flags.metricsPort, '--metrics-port'),
+    metricsHost: flags.metricsHost,
+  };
+}
+
+export const MOUNT_DEFAULTS = {
+  cacheSize: '10GiB',
+  blockSize: `${DEFAULT_BLOCK_SIZE / 1024 / 1024}MiB`,
+  readahead: '64MiB',
+  attrTimeout: '1s',
+  entryTimeout: '1s',
+  metaTtl: '5m',
+  logLevel: 'info',
+  metricsHost: '0.0.0.0',
+};

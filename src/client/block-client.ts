@@ -1,0 +1,54 @@
+/**
+ * `BlockClient`: turns a read of an object range into block reads on a
+ * `BlockSource`, and drives readahead for sequential streams. Knows nothing of
+ * paths or FUSE; a `vfs` file handle owns one `Readahead` and passes it in.
+ */
+import { blockCount, blockRef, blocksCovering, type ObjectRef } from '../block/block.js';
+import type { BlockSource } from './block-source.js';
+import { Readahead } from './readahead.js';
+
+export interface BlockClientConfig {
+  blockSize: number;
+  /** Upper bound of the readahead window, in bytes. */
+  readaheadBytes: number;
+}
+
+export class BlockClient {
+  readonly blockSize: number;
+  private readonly maxWindowBlocks: number;
+
+  constructor(private readonly source: BlockSource, config: BlockClientConfig) {
+    this.blockSize = config.blockSize;
+    this.maxWindowBlocks = Math.max(0, Math.floor(config.readaheadBytes / config.blockSize));
+  }
+
+  newReadahead(): Readahead {
+    return new Readahead(this.maxWindowBlocks);
+  }
+
+  /** Reads up to `length` bytes at `position` into `dest`; returns the count (short only at end of object). */
+  async read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, signal?: AbortSignal): Promise<number> {
+    const refs = blocksCovering(object, this.blockSize, position, length);
+    if (refs.length === 0) return 0;
+    const pattern = readahead.observe(position, length);
+    if (pattern === 'sequential' && this.maxWindowBlocks > 0) {
+      const last = refs[refs.length - 1]!.index;
+      for (const i of readahead.blocksToPrefetch(last, blockCount(object.size, this.blockSize))) {
+        this.source.prefetch(blockRef(object, this.blockSize, i));
+      }
+    }
+    const end = Math.min(object.size, position + length);
+    const counts = await Promise.all(
+      refs.map((ref) => {
+        const from = Math.max(position, ref.offset);
+        const to = Math.min(end, ref.offset + ref.length);
+        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, signal });
+      }),
+    );
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  close(): Promise<void> {
+    return this.source.close();
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * Where a `BlockClient` gets block bytes from. The embedded source reads the
+ * in-process cache; cluster sources read from workers (short-circuit, domain
+ * socket, network) and fall back to the UFS. Each source counts the bytes it
+ * returns under the path that served them.
+ */
+import type { BlockRef } from '../block/block.js';
+
+/** How the reader is moving through the file: random readers get no readahead and small cold reads go straight to the UFS. */
+export type AccessPattern = 'sequential' | 'random';
+
+export interface BlockRead {
+  ref: BlockRef;
+  /** Offset inside the block. */
+  offset: number;
+  length: number;
+  dest: Buffer;
+  destOffset: number;
+  pattern: AccessPattern;
+  signal?: AbortSignal;
+}
+
+export interface BlockSource {
+  /** Copies `length` bytes of the block into `dest`; returns the byte count (short only at end of object). */
+  read(req: BlockRead): Promise<number>;
+  /** Starts caching the block in the background if it is not cached; never throws. */
+  prefetch(ref: BlockRef): void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,91 @@
+/**
+ * The block source of a mount without a cluster: an in-process worker whose
+ * read-through fills a local `TieredStore`. Cache hits are read from the block file
+ * through a reused fd; misses are fetched from the UFS once and served from the
+ * fetched bytes. A small random read of a cold block is answered with a ranged UFS
+ * read while the whole block is filled in the background.
+ */
+import type { BlockRef } from '../block/block.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { ReadThrough, UfsResolver } from '../worker/read-through.js';
+import { BackgroundQueue } from './background.js';
+import { BlockFiles, BlockFileSizeError } from './block-files.js';
+import type { BlockRead, BlockSource } from './block-source.js';
+
+/** Random reads up to this size of a cold block skip the whole-block fetch. */
+const SMALL_RANDOM_READ = 512 * 1024;
+
+export class EmbeddedSource implements BlockSource {
+  private readonly files = new BlockFiles();
+  private readonly background: BackgroundQueue;
+  private readonly cacheBytes;
+  private readonly ufsBytes;
+
+  constructor(
+    private readonly readThrough: ReadThrough,
+    private readonly resolveUfs: UfsResolver,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+    prefetchConcurrency: number,
+  ) {
+    this.background = new BackgroundQueue(prefetchConcurrency);
+    this.cacheBytes = metrics.clientReadBytes.labels('cache');
+    this.ufsBytes = metrics.clientReadBytes.labels('ufs');
+  }
+
+  async read(req: BlockRead): Promise<number> {
+    const { ref } = req;
+    for (let attempt = 0; ; attempt++) {
+      let stored = this.readThrough.cached(ref);
+      if (!stored) {
+        if (req.pattern === 'random' && req.length <= SMALL_RANDOM_READ && !this.readThrough.isFetching(ref)) {
+          return this.readRangeDirect(req);
+        }
+        const ensured = await this.readThrough.ensure(ref, req.signal);
+        if (ensured.data) {
+          const n = ensured.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
+          this.ufsBytes.inc(n);
+          return n;
+        }
+        stored = ensured.stored!;
+      } else {
+        this.metrics.cacheHits.inc();
+      }
+      try {
+        const n = await this.files.read(ref.id, stored.path, ref.length, req.dest, req.destOffset, req.length, req.offset);
+        this.cacheBytes.inc(n);
+        return n;
+      } catch (err) {
+        // A block file that is short, missing or unreadable is dropped and fetched again, once.
+        this.files.invalidate(ref.id);
+        if (attempt > 0) throw err;
+        const why = err instanceof BlockFileSizeError ? err.message : (err as Error).message;
+        await this.readThrough.discard(ref, why);
+      }
+    }
+  }
+
+  prefetch(ref: BlockRef): void {
+    if (this.readThrough.cached(ref) || this.readThrough.isFetching(ref)) return;
+    this.background.add(ref.id, () =>
+      this.readThrough.ensure(ref).catch((err: unknown) => this.log.debug({ block: ref.id, err: (err as Error).message }, 'prefetch failed')),
+    );
+  }
+
+  private async readRangeDirect(req: BlockRead): Promise<number> {
+    const { ref } = req;
+    const ufs = await this.resolveUfs(ref.object.mount);
+    this.metrics.ufsRequests.inc({ op: 'read' });
+    const data = await ufs.readRange(ref.object.key, ref.offset + req.offset, req.length, { etag: ref.object.etag, signal: req.signal });
+    this.metrics.ufsReadBytes.inc(data.length);
+    data.copy(req.dest, req.destOffset);
+    this.ufsBytes.inc(data.length);
+    this.prefetch(ref);
+    return data.length;
+  }
+
+  async close(): Promise<void> {
+    this.files.closeAll();
+  }
+}

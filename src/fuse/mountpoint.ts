@@ -1,0 +1,55 @@
+/**
+ * Checks of a mount point before mounting, and reading the mount table: a missing
+ * path, a non-directory, or a path that is already a mount (live or a dead FUSE
+ * connection) are refused with a message that says what to do.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { CachefsError } from '../errors.js';
+
+export interface MountInfo {
+  mountpoint: string;
+  fstype: string;
+  source: string;
+  options: string;
+}
+
+/** Mounts of this mount namespace, from /proc/self/mountinfo (octal escapes decoded). */
+export async function readMounts(): Promise<MountInfo[]> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const out: MountInfo[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const [left, right] = line.split(' - ');
+    const l = left!.split(' ');
+    const r = (right ?? '').split(' ');
+    out.push({ mountpoint: unescape(l[4]!), options: l[5] ?? '', fstype: r[0] ?? '', source: unescape(r[1] ?? '') });
+  }
+  return out;
+}
+
+export async function isMountpoint(dir: string): Promise<boolean> {
+  const abs = path.resolve(dir);
+  return (await readMounts()).some((m) => m.mountpoint === abs);
+}
+
+/** Resolves and validates a mount point for a new mount. */
+export async function checkMountpoint(dir: string): Promise<string> {
+  const abs = path.resolve(dir);
+  let st;
+  try {
+    st = await stat(abs);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'ENOTCONN') throw new CachefsError('CONFLICT', `mount point ${abs} is a dead FUSE mount: run 'cachefs umount ${abs}' first`);
+    if (code === 'ENOENT') throw new CachefsError('INVALID_ARGUMENT', `mount point ${abs} does not exist: create the directory first`);
+    throw new CachefsError('INVALID_ARGUMENT', `mount point ${abs} cannot be used: ${(err as Error).message}`);
+  }
+  if (!st.isDirectory()) throw new CachefsError('INVALID_ARGUMENT', `mount point ${abs} is not a directory`);
+  if (await isMountpoint(abs)) throw new CachefsError('CONFLICT', `mount point ${abs} is already a mount: unmount it first`);
+  return abs;
+}
+
+function unescape(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}

@@ -1,0 +1,44 @@
+/**
+ * The Prometheus metrics of one cachefs process, in a registry of its own (so
+ * several components can live in one test process). Served on `/metrics` by
+ * `metrics-server.ts`. Bytes read by the client are labelled by the path that
+ * served them: `cache` (embedded cache), `short_circuit`, `domain_socket`,
+ * `remote`, `ufs`.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export type ReadPath = 'cache' | 'short_circuit' | 'domain_socket' | 'remote' | 'ufs';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly clientReadBytes = this.counter('cachefs_client_read_bytes_total', 'Bytes returned to readers, by the path that served them', ['path']);
+  readonly cacheHits = this.counter('cachefs_cache_hits_total', 'Block reads served from the cache');
+  readonly cacheMisses = this.counter('cachefs_cache_misses_total', 'Block reads that had to fetch the block from the UFS');
+  readonly cacheEvictions = this.counter('cachefs_cache_evictions_total', 'Blocks evicted from the cache');
+  readonly cacheCorrupt = this.counter('cachefs_cache_corrupt_blocks_total', 'Cached block files found damaged and dropped');
+  readonly cacheUsedBytes = this.gauge('cachefs_cache_used_bytes', 'Bytes of blocks in the cache', ['tier']);
+  readonly cacheCapacityBytes = this.gauge('cachefs_cache_capacity_bytes', 'Quota of the cache', ['tier']);
+  readonly cacheBlocks = this.gauge('cachefs_cache_blocks', 'Blocks in the cache', ['tier']);
+  readonly pinnedBlocks = this.gauge('cachefs_pinned_blocks', 'Blocks pinned by open readers');
+  readonly ufsRequests = this.counter('cachefs_ufs_requests_total', 'Requests to the UFS', ['op']);
+  readonly ufsReadBytes = this.counter('cachefs_ufs_read_bytes_total', 'Bytes fetched from the UFS');
+  readonly ufsErrors = this.counter('cachefs_ufs_errors_total', 'Failed UFS requests', ['op', 'code']);
+  readonly fuseOps = this.counter('cachefs_fuse_ops_total', 'FUSE operations', ['op']);
+  readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
+  readonly metaCacheHits = this.counter('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
+  readonly metaCacheMisses = this.counter('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
+  readonly skippedNames = this.counter('cachefs_skipped_names_total', 'Object names that cannot be POSIX names and were left out of listings');
+  readonly recoveries = this.counter('cachefs_mount_recoveries_total', 'Times the FUSE serving process was replaced after dying');
+
+  constructor(withProcessMetrics = true) {
+    if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });
+  }
+
+  private counter<L extends string>(name: string, help: string, labelNames: L[] = []): Counter<L> {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
+  private gauge<L extends string>(name: string, help: string, labelNames: L[] = []): Gauge<L> {
+    return new Gauge({ name, help, labelNames, registers: [this.registry] });
+  }
+}

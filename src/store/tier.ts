@@ -1,0 +1,148 @@
+/**
+ * One storage tier of a block store: a directory with a quota, holding block files
+ * at `<dir>/blocks/<id[0..2]>/<id>`. Keeps an in-memory index in LRU order (a Map
+ * re-inserted on every touch), rebuilt from disk at start. Writes go to
+ * `<dir>/tmp/` and are renamed into place, so a crash never leaves a torn block
+ * under a block name. Knows nothing about pins or watermarks: `TieredStore` does.
+ */
+import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { isBlockId } from '../block/block.js';
+import { CachefsError } from '../errors.js';
+
+export type Medium = 'MEM' | 'SSD' | 'HDD';
+
+export interface TierConfig {
+  medium: Medium;
+  dir: string;
+  quotaBytes: number;
+}
+
+export class Tier {
+  readonly medium: Medium;
+  readonly dir: string;
+  readonly quotaBytes: number;
+  private readonly blocksDir: string;
+  private readonly tmpDir: string;
+  /** Block id → length, in least-recently-used-first order. */
+  private readonly index = new Map<string, number>();
+  private used = 0;
+  private tmpSeq = 0;
+
+  constructor(config: TierConfig) {
+    this.medium = config.medium;
+    this.dir = path.resolve(config.dir);
+    this.quotaBytes = config.quotaBytes;
+    this.blocksDir = path.join(this.dir, 'blocks');
+    this.tmpDir = path.join(this.dir, 'tmp');
+  }
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  get blockCount(): number {
+    return this.index.size;
+  }
+
+  /** Creates the directories, drops leftovers of interrupted writes and indexes the blocks on disk (oldest first). */
+  async open(): Promise<void> {
+    try {
+      await mkdir(this.blocksDir, { recursive: true });
+      await rm(this.tmpDir, { recursive: true, force: true });
+      await mkdir(this.tmpDir, { recursive: true });
+      const probe = path.join(this.tmpDir, `.probe-${process.pid}`);
+      await (await open(probe, 'w')).close();
+      await unlink(probe);
+    } catch (err) {
+      throw new CachefsError('INVALID_ARGUMENT', `cache dir '${this.dir}' is not writable: ${(err as Error).message}`, { cause: err });
+    }
+    const found: { id: string; size: number; atime: number }[] = [];
+    for (const shard of await readdir(this.blocksDir)) {
+      const shardDir = path.join(this.blocksDir, shard);
+      let names: string[];
+      try {
+        names = await readdir(shardDir);
+      } catch {
+        continue;
+      }
+      for (const name of names) {
+        const file = path.join(shardDir, name);
+        if (!isBlockId(name) || name.slice(0, 2) !== shard) {
+          await rm(file, { recursive: true, force: true });
+          continue;
+        }
+        const st = await stat(file);
+        if (st.size === 0) await unlink(file);
+        else found.push({ id: name, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
+      }
+    }
+    found.sort((a, b) => a.atime - b.atime);
+    for (const f of found) this.add(f.id, f.size);
+  }
+
+  /** Path of the block file; the id must be validated (it is by `blockRef`). */
+  pathOf(id: string): string {
+    if (!isBlockId(id)) throw new CachefsError('INVALID_ARGUMENT', `invalid block id '${id}'`);
+    return path.join(this.blocksDir, id.slice(0, 2), id);
+  }
+
+  has(id: string): boolean {
+    return this.index.has(id);
+  }
+
+  lengthOf(id: string): number | undefined {
+    return this.index.get(id);
+  }
+
+  /** Marks the block most recently used. */
+  touch(id: string): void {
+    const len = this.index.get(id);
+    if (len === undefined) return;
+    this.index.delete(id);
+    this.index.set(id, len);
+  }
+
+  /** Least recently used first. */
+  *lru(): IterableIterator<[string, number]> {
+    yield* this.index.entries();
+  }
+
+  async write(id: string, data: Buffer): Promise<void> {
+    const target = this.pathOf(id);
+    const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
+    const handle = await open(tmp, 'w');
+    try {
+      await handle.writeFile(data);
+    } finally {
+      await handle.close();
+    }
+    try {
+      await rename(tmp, target);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ENOENT') throw err;
+      await mkdir(path.dirname(target), { recursive: true });
+      await rename(tmp, target);
+    }
+    if (this.index.has(id)) this.forget(id);
+    this.add(id, data.length);
+  }
+
+  async remove(id: string): Promise<void> {
+    if (!this.forget(id)) return;
+    await rm(this.pathOf(id), { force: true });
+  }
+
+  private add(id: string, size: number): void {
+    this.index.set(id, size);
+    this.used += size;
+  }
+
+  private forget(id: string): boolean {
+    const len = this.index.get(id);
+    if (len === undefined) return false;
+    this.index.delete(id);
+    this.used -= len;
+    return true;
+  }
+}

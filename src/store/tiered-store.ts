@@ -1,0 +1,152 @@
+/**
+ * A worker's block store: tiers ordered fastest first (MEM, SSD, HDD). A new block
+ * goes to the fastest tier with room; when a tier's usage passes `high × quota`,
+ * least-recently-used blocks are evicted until it is at or below `low × quota`.
+ * Pinned blocks (open readers, short-circuit clients) are never evicted.
+ */
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { CachefsError } from '../errors.js';
+import { DirLock } from './dir-lock.js';
+import { Tier, type TierConfig } from './tier.js';
+
+export interface StoreConfig {
+  tiers: TierConfig[];
+  high: number;
+  low: number;
+}
+
+export interface StoredBlock {
+  path: string;
+  length: number;
+  tier: Tier;
+}
+
+const MEDIUM_ORDER = { MEM: 0, SSD: 1, HDD: 2 } as const;
+
+export class TieredStore {
+  readonly tiers: Tier[];
+  private readonly pins = new Map<string, number>();
+  private readonly locks: DirLock[] = [];
+  private readonly high: number;
+  private readonly low: number;
+
+  constructor(config: StoreConfig, private readonly metrics: Metrics, private readonly log: Logger) {
+    if (!(config.low < config.high)) {
+      throw new CachefsError('INVALID_ARGUMENT', `invalid watermarks: low ${config.low} must be below high ${config.high}`);
+    }
+    this.high = config.high;
+    this.low = config.low;
+    this.tiers = [...config.tiers].sort((a, b) => MEDIUM_ORDER[a.medium] - MEDIUM_ORDER[b.medium]).map((t) => new Tier(t));
+  }
+
+  /** Locks and indexes every tier; fails if another process holds one of the dirs. */
+  async open(): Promise<void> {
+    try {
+      for (const tier of this.tiers) {
+        this.locks.push(await DirLock.acquire(tier.dir));
+        await tier.open();
+      }
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+    this.publish();
+  }
+
+  async close(): Promise<void> {
+    for (const lock of this.locks.splice(0)) await lock.release();
+  }
+
+  get usedBytes(): number {
+    return this.tiers.reduce((n, t) => n + t.usedBytes, 0);
+  }
+
+  get capacityBytes(): number {
+    return this.tiers.reduce((n, t) => n + t.quotaBytes, 0);
+  }
+
+  get blockCount(): number {
+    return this.tiers.reduce((n, t) => n + t.blockCount, 0);
+  }
+
+  get pinnedCount(): number {
+    return this.pins.size;
+  }
+
+  lookup(id: string): StoredBlock | undefined {
+    for (const tier of this.tiers) {
+      const length = tier.lengthOf(id);
+      if (length !== undefined) {
+        tier.touch(id);
+        return { path: tier.pathOf(id), length, tier };
+      }
+    }
+    return undefined;
+  }
+
+  /** Stores a block; fails with IO when every tier is full of pinned blocks. */
+  async put(id: string, data: Buffer): Promise<StoredBlock> {
+    const existing = this.lookup(id);
+    if (existing && existing.length === data.length) return existing;
+    for (const tier of this.tiers) {
+      if (tier.usedBytes + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - data.length);
+      if (tier.usedBytes + data.length <= tier.quotaBytes) {
+        await tier.write(id, data);
+        if (tier.usedBytes > this.high * tier.quotaBytes) await this.evict(tier, this.low * tier.quotaBytes);
+        this.publish();
+        return { path: tier.pathOf(id), length: data.length, tier };
+      }
+    }
+    throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks`);
+  }
+
+  /** Drops a block (e.g. found truncated on disk). */
+  async remove(id: string): Promise<void> {
+    for (const tier of this.tiers) await tier.remove(id);
+    this.publish();
+  }
+
+  pin(id: string): void {
+    this.pins.set(id, (this.pins.get(id) ?? 0) + 1);
+    this.metrics.pinnedBlocks.set(this.pins.size);
+  }
+
+  unpin(id: string): void {
+    const n = this.pins.get(id);
+    if (n === undefined) return;
+    if (n <= 1) this.pins.delete(id);
+    else this.pins.set(id, n - 1);
+    this.metrics.pinnedBlocks.set(this.pins.size);
+  }
+
+  isPinned(id: string): boolean {
+    return this.pins.has(id);
+  }
+
+  /** Evicts unpinned blocks of the tier, oldest first, until its usage is at most `target` bytes. */
+  private async evict(tier: Tier, target: number): Promise<void> {
+    const victims: string[] = [];
+    let used = tier.usedBytes;
+    for (const [id, length] of tier.lru()) {
+      if (used <= target) break;
+      if (this.pins.has(id)) continue;
+      victims.push(id);
+      used -= length;
+    }
+    for (const id of victims) {
+      await tier.remove(id);
+      this.metrics.cacheEvictions.inc();
+    }
+    if (victims.length) this.log.debug({ tier: tier.medium, evicted: victims.length, used: tier.usedBytes }, 'evicted blocks');
+  }
+
+  private publish(): void {
+    for (const tier of this.tiers) {
+      const label = { tier: `${tier.medium}:${tier.dir}` };
+      this.metrics.cacheUsedBytes.set(label, tier.usedBytes);
+      this.metrics.cacheCapacityBytes.set(label, tier.quotaBytes);
+      this.metrics.cacheBlocks.set(label, tier.blockCount);
+    }
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * A local folder as UFS (`file:///srv/data`): for datasets on a mounted disk or NFS,
+ * and the simplest backend to reason about. The ETag is derived from inode, size
+ * and mtime, so a rewritten file gets new block ids like a rewritten object.
+ */
+import { constants, type Stats } from 'node:fs';
+import { open, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { CachefsError } from '../errors.js';
+import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from './ufs.js';
+import type { UfsUri } from './uri.js';
+
+const DEFAULT_PAGE = 1000;
+const SNAPSHOT_TTL_MS = 10_000;
+
+interface DirSnapshot {
+  at: number;
+  /** Entry names in byte order; directories carry a trailing '/'. */
+  names: string[];
+}
+
+export class LocalUfs implements Ufs {
+  readonly displayUri: string;
+  private readonly root: string;
+  /** Sorted listings of recently paged directories, so paging a 100k-entry folder is not quadratic. */
+  private readonly snapshots = new Map<string, DirSnapshot>();
+
+  constructor(uri: UfsUri) {
+    this.displayUri = uri.text;
+    this.root = uri.root;
+  }
+
+  private resolve(key: string): string {
+    const parts = key.split('/').filter((p) => p !== '');
+    if (parts.some((p) => p === '..' || p === '.')) throw new CachefsError('INVALID_ARGUMENT', `invalid key '${key}'`);
+    return path.join(this.root, ...parts);
+  }
+
+  async check(): Promise<void> {
+    let st: Stats;
+    try {
+      st = await stat(this.root);
+    } catch (err) {
+      throw new CachefsError('BUCKET_NOT_FOUND', `folder not found: ${this.displayUri}`, { cause: err });
+    }
+    if (!st.isDirectory()) throw new CachefsError('BUCKET_NOT_FOUND', `not a folder: ${this.displayUri}`);
+    try {
+      await readdir(this.root);
+    } catch (err) {
+      throw new CachefsError('ACCESS_DENIED', `access denied to ${this.displayUri}`, { cause: err });
+    }
+  }
+
+  async stat(key: string): Promise<UfsObject | null> {
+    if (key === '' || key.endsWith('/')) return null;
+    try {
+      const st = await stat(this.resolve(key));
+      return st.isFile() ? toObject(key, st) : null;
+    } catch (err) {
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return null;
+      throw ioError(err, key);
+    }
+  }
+
+  async list(prefix: string, options: UfsListOptions = {}): Promise<UfsListPage> {
+    const names = await this.snapshot(prefix);
+    const start = options.token ? upperBound(names, options.token) : 0;
+    const page = names.slice(start, start + (options.maxKeys ?? DEFAULT_PAGE));
+    const objects: UfsObject[] = [];
+    const prefixes: string[] = [];
+    const dir = this.resolve(prefix);
+    await Promise.all(
+      page.map(async (name) => {
+        if (name.endsWith('/')) return;
+        try {
+          const st = await stat(path.join(dir, name));
+          if (st.isFile()) objects.push(toObject(prefix + name, st));
+        } catch (err) {
+          if (!isCode(err, 'ENOENT')) throw ioError(err, prefix + name);
+        }
+      }),
+    );
+    for (const name of page) if (name.endsWith('/')) prefixes.push(prefix + name);
+    objects.sort((a, b) => (a.key < b.key ? -1 : 1));
+    const last = page[page.length - 1];
+    return { objects, prefixes, nextToken: start + page.length < names.length && last !== undefined ? last : undefined };
+  }
+
+  private async snapshot(prefix: string): Promise<string[]> {
+    const cached = this.snapshots.get(prefix);
+    if (cached && Date.now() - cached.at < SNAPSHOT_TTL_MS) return cached.names;
+    let entries;
+    try {
+      entries = await readdir(this.resolve(prefix), { withFileTypes: true });
+    } catch (err) {
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return [];
+      throw ioError(err, prefix);
+    }
+    const names: string[] = [];
+    for (const e of entries) {
+      let isDir = e.isDirectory();
+      if (e.isSymbolicLink()) {
+        try {
+          isDir = (await stat(path.join(this.resolve(prefix), e.name))).isDirectory();
+        } catch {
+          continue; // dangling link: nothing to serve
+        }
+      }
+      names.push(isDir ? `${e.name}/` : e.name);
+    }
+    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+    if (this.snapshots.size > 64) this.snapshots.clear();
+    this.snapshots.set(prefix, { at: Date.now(), names });
+    return names;
+  }
+
+  async readRange(key: string, offset: number, length: number, options: UfsReadOptions = {}): Promise<Buffer> {
+    let handle;
+    try {
+      handle = await open(this.resolve(key), constants.O_RDONLY);
+    } catch (err) {
+      if (isCode(err, 'ENOENT')) throw new CachefsError(options.etag ? 'STALE' : 'NOT_FOUND', `not found: ${this.displayUri}/${key}`, { cause: err });
+      throw ioError(err, key);
+    }
+    try {
+      if (options.etag && etagOf(await handle.stat()) !== options.etag) {
+        throw new CachefsError('STALE', `file changed while reading ${this.displayUri}/${key}`);
+      }
+      const buf = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === length ? buf : buf.subarray(0, done);
+    } catch (err) {
+      throw err instanceof CachefsError ? err : ioError(err, key);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.snapshots.clear();
+  }
+}
+
+function toObject(key: string, st: Stats): UfsObject {
+  return { key, size: st.size, mtimeMs: st.mtimeMs, etag: etagOf(st) };
+}
+
+function etagOf(st: Stats): string {
+  return `${st.ino.toString(16)}-${st.size.toString(16)}-${Math.round(st.mtimeMs * 1000).toString(16)}`;
+}
+
+/** Index of the first name after `token` in the sorted list. */
+function upperBound(names: string[], token: string): number {
+  let lo = 0;
+  let hi = names.length;
+  const t = Buffer.from(token);
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (Buffer.compare(Buffer.from(names[mid]!), t) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function isCode(err: unknown, code: string): boolean {
+  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;
+}
+
+function ioError(err: unknown, key: string): CachefsError {
+  if (isCode(err, 'EACCES') || isCode(err, 'EPERM')) return new CachefsError('ACCESS_DENIED', `access denied to ${key}`, { cause: err });
+  return new CachefsError('IO', `cannot read ${key}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
