@@ -90,10 +90,10 @@ export class TieredStore {
     const existing = this.lookup(id);
     if (existing && existing.length === data.length) return existing;
     for (const tier of this.tiers) {
-      if (tier.usedBytes + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - data.length);
+      if (tier.usedBytes + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - data.length, id);
       if (tier.usedBytes + data.length <= tier.quotaBytes) {
         await tier.write(id, data);
-        if (tier.usedBytes > this.high * tier.quotaBytes) await this.evict(tier, this.low * tier.quotaBytes);
+        if (tier.usedBytes > this.high * tier.quotaBytes) await this.evict(tier, this.low * tier.quotaBytes, id);
         this.publish();
         return { path: tier.pathOf(id), length: data.length, tier };
       }
@@ -124,13 +124,13 @@ export class TieredStore {
     return this.pins.has(id);
   }
 
-  /** Evicts unpinned blocks of the tier, oldest first, until its usage is at most `target` bytes. */
-  private async evict(tier: Tier, target: number): Promise<void> {
+  /** Evicts unpinned blocks of the tier other than `keep` (the block being stored), oldest first, until its usage is at most `target` bytes. */
+  private async evict(tier: Tier, target: number, keep: string): Promise<void> {
     const victims: string[] = [];
     let used = tier.usedBytes;
     for (const [id, length] of tier.lru()) {
       if (used <= target) break;
-      if (this.pins.has(id)) continue;
+      if (this.pins.has(id) || id === keep) continue;
       victims.push(id);
       used -= length;
     }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what cachefs needs on a fresh Debian machine (libfuse2 and fusermount for
+# fuse-native's prebuilt binary), the npm dependencies, and builds dist/.
+# Extra Debian packages to install can be named as arguments (e.g. bindfs fio).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+dpkg -s libfuse2 >/dev/null 2>&1 || need+=(libfuse2)
+command -v fusermount >/dev/null 2>&1 || need+=(fuse)
+for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: run where FUSE is available (a privileged container)" >&2; exit 1; }
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite (vitest): real FUSE mounts, a real
+# S3-protocol server, real processes. Needs root (or FUSE rights) and /dev/fuse.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec npx vitest run "$@"

@@ -1,0 +1,122 @@
+/**
+ * The tiered block store on real directories: placement, watermark eviction,
+ * pins, crash leftovers and the index rebuilt at start.
+ */
+import { mkdtemp, mkdir, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../src/log.js';
+import { Metrics } from '../src/metrics/metrics.js';
+import { TieredStore } from '../src/store/tiered-store.js';
+
+const KiB = 1024;
+const id = (n: number): string => n.toString(16).padStart(40, '0');
+const block = (n: number, size = 100 * KiB): Buffer => Buffer.alloc(size, n);
+
+let dir: string;
+let stores: TieredStore[] = [];
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-store-'));
+});
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function openStore(quota: number, tiers: ('MEM' | 'SSD')[] = ['SSD'], metrics = new Metrics(false)): Promise<TieredStore> {
+  const store = new TieredStore({ tiers: tiers.map((medium) => ({ medium, dir: path.join(dir, medium), quotaBytes: quota })), high: 0.9, low: 0.5 }, metrics, silentLogger);
+  await store.open();
+  stores.push(store);
+  return store;
+}
+
+async function filesUnder(root: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(root, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(path.join(e.parentPath, e.name));
+  return out;
+}
+
+describe('TieredStore', () => {
+  it('evicts least recently used blocks down to the low watermark once usage passes the high one', async () => {
+    const metrics = new Metrics(false);
+    const store = await openStore(1000 * KiB, ['SSD'], metrics);
+    for (let i = 0; i < 9; i++) await store.put(id(i), block(i));
+    expect(store.usedBytes).toBe(900 * KiB); // at high, not past it
+    store.lookup(id(0)); // block 0 becomes the most recently used
+    await store.put(id(9), block(9));
+    expect(store.usedBytes).toBeLessThanOrEqual(500 * KiB);
+    expect(store.lookup(id(0))).toBeDefined();
+    expect(store.lookup(id(9))).toBeDefined();
+    expect(store.lookup(id(1))).toBeUndefined();
+    expect((await metrics.registry.getSingleMetric('cachefs_cache_evictions_total')!.get()).values[0]!.value).toBe(5);
+    expect((await filesUnder(path.join(dir, 'SSD', 'blocks'))).length).toBe(store.blockCount);
+  });
+
+  it('never evicts pinned blocks, and evicts them after they are unpinned', async () => {
+    const store = await openStore(1000 * KiB);
+    for (let i = 0; i < 9; i++) {
+      await store.put(id(i), block(i));
+      store.pin(id(i));
+    }
+    await store.put(id(9), block(9)); // past high, but everything else is pinned: the new block stays
+    for (let i = 0; i < 10; i++) expect(store.lookup(id(i)), `block ${i}`).toBeDefined();
+    store.pin(id(9));
+    await expect(store.put(id(10), block(10))).rejects.toMatchObject({ code: 'IO' });
+    for (let i = 0; i < 9; i++) store.unpin(id(i));
+    expect(store.pinnedCount).toBe(1);
+    await store.put(id(11), block(11));
+    expect(store.usedBytes).toBeLessThanOrEqual(500 * KiB);
+    expect(store.lookup(id(9))).toBeDefined();
+    expect(store.lookup(id(11))).toBeDefined();
+  });
+
+  it('puts new blocks in the fastest tier with room', async () => {
+    const store = await openStore(250 * KiB, ['SSD', 'MEM']);
+    await store.put(id(1), block(1));
+    await store.put(id(2), block(2));
+    expect(store.lookup(id(1))!.tier.medium).toBe('MEM');
+    expect(store.lookup(id(2))!.tier.medium).toBe('MEM');
+    store.pin(id(1));
+    store.pin(id(2));
+    await store.put(id(3), block(3));
+    expect(store.lookup(id(3))!.tier.medium).toBe('SSD');
+  });
+
+  it('rebuilds its index from disk, dropping interrupted writes, foreign and empty files', async () => {
+    const first = await openStore(10_000 * KiB);
+    await first.put(id(1), block(1));
+    await first.put(id(2), block(2, 5 * KiB));
+    await first.close();
+    stores = [];
+    const ssd = path.join(dir, 'SSD');
+    await writeFile(path.join(ssd, 'tmp', `${id(3)}.123.1`), block(3)); // a write cut short by a crash
+    await mkdir(path.join(ssd, 'blocks', 'zz'), { recursive: true });
+    await writeFile(path.join(ssd, 'blocks', 'zz', 'not-a-block'), 'x');
+    await writeFile(path.join(ssd, 'blocks', '00', id(4)), '');
+    const second = await openStore(10_000 * KiB);
+    expect(second.blockCount).toBe(2);
+    expect(second.usedBytes).toBe(105 * KiB);
+    expect(second.lookup(id(2))!.length).toBe(5 * KiB);
+    expect(await readdir(path.join(ssd, 'tmp'))).toEqual([]);
+    await expect(stat(path.join(ssd, 'blocks', 'zz', 'not-a-block'))).rejects.toThrow();
+    // A truncated block is indexed at its real size, so readers comparing with the expected length notice.
+    await second.close();
+    stores = [];
+    await truncate(second.lookup(id(1))!.path, 10);
+    const third = await openStore(10_000 * KiB);
+    expect(third.lookup(id(1))!.length).toBe(10);
+  });
+
+  it('refuses a cache dir held by another live process', async () => {
+    await openStore(1000 * KiB);
+    await writeFile(path.join(dir, 'SSD', '.lock'), '1\n'); // pid 1 is always alive
+    const other = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'SSD'), quotaBytes: 1000 }], high: 0.9, low: 0.5 }, new Metrics(false), silentLogger);
+    await expect(other.open()).rejects.toThrow(/in use by process 1/);
+  });
+
+  it('rejects watermarks where low is not below high', () => {
+    expect(() => new TieredStore({ tiers: [], high: 0.5, low: 0.7 }, new Metrics(false), silentLogger)).toThrow(/low 0.7 must be below high 0.5/);
+  });
+});
