@@ -22,6 +22,7 @@ export interface MountFlags {
   allowOther?: boolean;
   logLevel: string;
   logFile?: string;
+  pidFile?: string;
   metricsPort?: string;
   metricsHost: string;
   s3Endpoint?: string;
@@ -46,6 +47,7 @@ export interface MountConfig {
   allowOther: boolean;
   logLevel: string;
   logFile?: string;
+  pidFile?: string;
   metricsPort?: number;
   metricsHost: string;
 }
@@ -78,6 +80,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
     allowOther: !!flags.allowOther,
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
+    pidFile: flags.pidFile ? path.resolve(flags.pidFile) : undefined,
     metricsPort: flags.metricsPort === undefined ? undefined : parsePort(flags.metricsPort, '--metrics-port'),
     metricsHost: flags.metricsHost,
   };

@@ -3,6 +3,7 @@
  * embedded block cache. Without `--foreground` it detaches and returns once the
  * mount answers.
  */
+import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { createLogger } from '../log.js';
@@ -29,6 +30,7 @@ export function registerMountCommand(program: Command): void {
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to a file (default: stderr in the foreground, <cache-dir>/cachefs.log when detached)')
+    .option('--pid-file <file>', 'write the pid of the serving process here while mounted')
     .option('--metrics-port <port>', 'serve Prometheus metrics on /metrics at this port (0 picks one)')
     .option('--metrics-host <host>', 'address the metrics server listens on', MOUNT_DEFAULTS.metricsHost)
     .option('--s3-endpoint <url>', 'S3 endpoint, e.g. http://127.0.0.1:9000 (same as --option s3.endpoint=...)')
@@ -51,10 +53,12 @@ export function registerMountCommand(program: Command): void {
           reportFailure(exitCodeOf(err), oneLine(err));
           throw err;
         }
+        if (config.pidFile) writeFileSync(config.pidFile, `${process.pid}\n`);
         reportReady();
         const why = await Promise.race([untilSignalled().then(() => 'signal'), mount.gone.then(() => 'unmounted from outside')]);
         log.info({ mountpoint: mount.mountpoint, why }, 'unmounting');
         await mount.close();
+        if (config.pidFile) rmSync(config.pidFile, { force: true });
         log.flush();
         process.exit(0);
       }),

@@ -21,7 +21,7 @@ import { Filesystem } from '../vfs/filesystem.js';
 import { ReadThrough } from '../worker/read-through.js';
 import type { MountConfig } from './mount-config.js';
 
-const UFS_CHECK_TIMEOUT_MS = 10_000;
+const UFS_CHECK_TIMEOUT_MS = 6_000;
 const PREFETCH_CONCURRENCY = 16;
 const OP_TIMEOUT_MS = 60_000;
 

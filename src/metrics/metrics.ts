@@ -28,6 +28,8 @@ export class Metrics {
   readonly metaCacheHits = this.counter('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
   readonly metaCacheMisses = this.counter('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
   readonly skippedNames = this.counter('cachefs_skipped_names_total', 'Object names that cannot be POSIX names and were left out of listings');
+  readonly workerServedBytes = this.counter('cachefs_worker_served_bytes_total', 'Block bytes a worker handed to clients, by path', ['path']);
+  readonly workerRequests = this.counter('cachefs_worker_requests_total', 'Block requests a worker answered, by path and status', ['path', 'status']);
   readonly recoveries = this.counter('cachefs_mount_recoveries_total', 'Times the FUSE serving process was replaced after dying');
 
   constructor(withProcessMetrics = true) {

@@ -1,0 +1,25 @@
+# Shared helpers of the bench scripts: timing a read, medians, ratios, cleanup.
+# Sourced, not run.
+
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+# read_mbps FILE...: reads the files once with dd-sized reads, prints MB/s.
+read_mbps() {
+  local bytes t0 t1
+  bytes=$(stat -c %s "$@" | awk '{s+=$1} END {print s}')
+  t0=$(date +%s.%N)
+  cat "$@" > /dev/null
+  t1=$(date +%s.%N)
+  awk -v n="$bytes" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) / 1e6 }'
+}
+
+# median N...: the median of the numbers.
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+minmax() { printf '%s\n' "$@" | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", (b > 0) ? a / b : 0 }'; }
+
+# wait_mounted DIR: waits up to 30 s for DIR to be a mount point.
+wait_mounted() {
+  for _ in $(seq 300); do mountpoint -q "$1" && return 0; sleep 0.1; done
+  echo "bench: $1 did not get mounted" >&2; return 1
+}

@@ -1,0 +1,183 @@
+/**
+ * The foundation end to end: a real FUSE mount of a real S3-protocol server
+ * (s3rver) through the `cachefs` binary, read by child processes.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { startS3Server, type S3TestServer } from './support/s3-server.js';
+
+const MiB = 1024 * 1024;
+const BLOCK = MiB;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+const files: Record<string, Buffer> = {
+  'sizes/empty': Buffer.alloc(0),
+  'sizes/one': randomBytes(1),
+  'sizes/block-minus-1': randomBytes(BLOCK - 1),
+  'sizes/block': randomBytes(BLOCK),
+  'sizes/block-plus-1': randomBytes(BLOCK + 1),
+  'big/hundred.bin': randomBytes(100 * MiB + 12345),
+  'd1/d2/d3/deep.txt': Buffer.from('deep\n'),
+  'with space/ünïcødé 名前.txt': Buffer.from('unicode\n'),
+  'emptydir/': Buffer.alloc(0),
+  'bad//double-slash.txt': Buffer.from('x'),
+  'dots/../escape.txt': Buffer.from('x'),
+  [`long/${'n'.repeat(300)}`]: Buffer.from('x'),
+  'long/ok.txt': Buffer.from('ok\n'),
+};
+const MANY = 10_000;
+
+let s3: S3TestServer;
+let work: string;
+let mnt: TestMount;
+const env = (): NodeJS.ProcessEnv => ({ AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', AWS_PROFILE: '', AWS_CA_BUNDLE: '' });
+const mountArgs = (): string[] => ['--s3-endpoint', s3.endpoint, '--block-size', '1MiB'];
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), 'cachefs-e2e-'));
+  s3 = await startS3Server({ buckets: ['data'] });
+  await s3.putObjects('data', Object.entries(files).map(([key, body]) => ({ key, body })));
+  await s3.putObjects('data', Array.from({ length: MANY }, (_, i) => ({ key: `many/f${String(i).padStart(5, '0')}`, body: `${i}\n` })), { concurrency: 64 });
+  mnt = await mountCachefs({ ufs: 's3://data', args: mountArgs(), env: env() });
+}, 300_000);
+
+afterEach(async () => {
+  // Mounts made by single tests are stopped here; the shared one lives until afterAll.
+});
+
+afterAll(async () => {
+  await stopAllMounts();
+  await s3?.close();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+describe('reading through the mount', () => {
+  it('returns byte-exact content for files of size 0, 1, block-1, block, block+1 and ~100 MiB', async () => {
+    for (const name of ['sizes/empty', 'sizes/one', 'sizes/block-minus-1', 'sizes/block', 'sizes/block-plus-1', 'big/hundred.bin']) {
+      expect(await sha256Of(path.join(mnt.mountpoint, name)), name).toBe(sha(files[name]!));
+    }
+    const dd = await sh(`dd if=${mnt.mountpoint}/sizes/block-plus-1 bs=7777 status=none | sha256sum`);
+    expect(dd.stdout.split(' ')[0]).toBe(sha(files['sizes/block-plus-1']!));
+  });
+
+  it('serves reads at random offsets byte-exactly', async () => {
+    const big = files['big/hundred.bin']!;
+    const offsets = Array.from({ length: 200 }, (_, i) => ({ at: Math.floor(((i * 7919 + 13) / 200 / 7919) * big.length) % big.length, len: 1 + ((i * 104729) % (300 * 1024)) }));
+    offsets.push({ at: big.length - 10, len: 100 }, { at: BLOCK - 5, len: 10 }, { at: 3 * BLOCK - 1, len: 2 * BLOCK + 2 });
+    const script = `
+      const fs = require('fs'); const crypto = require('crypto');
+      const fd = fs.openSync(process.argv[1], 'r'); const h = crypto.createHash('sha256');
+      for (const { at, len } of JSON.parse(process.argv[2])) { const b = Buffer.alloc(len); const n = fs.readSync(fd, b, 0, len, at); h.update(b.subarray(0, n)); }
+      console.log(h.digest('hex'));`;
+    const want = createHash('sha256');
+    for (const { at, len } of offsets) want.update(big.subarray(at, at + len));
+    const r = await sh(`node -e ${JSON.stringify(script)} ${path.join(mnt.mountpoint, 'big/hundred.bin')} '${JSON.stringify(offsets)}'`);
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe(want.digest('hex'));
+  });
+});
+
+describe('the tree', () => {
+  it('shows nested directories, marker directories and names with spaces and unicode', async () => {
+    const r = await sh(`cd ${mnt.mountpoint} && ls -1 && ls -1 d1/d2/d3 && ls -1 'with space' && ls -1a emptydir && cat 'with space/ünïcødé 名前.txt'`);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.split('\n');
+    for (const want of ['big', 'd1', 'emptydir', 'many', 'sizes', 'with space', 'deep.txt', 'ünïcødé 名前.txt', 'unicode']) expect(lines).toContain(want);
+  });
+
+  it('leaves out object names that cannot be POSIX names, without failing the listing', async () => {
+    const r = await sh(`cd ${mnt.mountpoint} && ls -1a bad dots long`);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('ok.txt');
+    expect(r.stdout).not.toContain('nnnnnnnnnn');
+    expect(r.stdout).not.toContain('escape.txt');
+    expect(r.stdout).not.toContain('double-slash');
+    expect((await mnt.metrics()).value('cachefs_skipped_names_total')).toBeGreaterThanOrEqual(3);
+  });
+
+  it('lists a directory of 10,000 entries completely (ListObjectsV2 pagination)', async () => {
+    const r = await sh(`ls -1 ${mnt.mountpoint}/many | sort | uniq | wc -l; cat ${mnt.mountpoint}/many/f09999`);
+    expect(r.stdout.split('\n').slice(0, 2)).toEqual(['10000', '9999']);
+  });
+
+  it('reports size, mtime, mode and link count', async () => {
+    const r = await sh(`stat -c '%s %a %h %F' ${mnt.mountpoint}/sizes/block-plus-1 ${mnt.mountpoint}/d1`);
+    expect(r.stdout.trim().split('\n')).toEqual([`${BLOCK + 1} 444 1 regular file`, '4096 555 2 directory']);
+    const mtime = Number((await sh(`stat -c %Y ${mnt.mountpoint}/sizes/one`)).stdout);
+    expect(Math.abs(mtime * 1000 - Date.now())).toBeLessThan(10 * 60_000);
+  });
+
+  it('refuses writes with EROFS and reports missing paths with ENOENT', async () => {
+    const m = mnt.mountpoint;
+    for (const cmd of [`echo x > ${m}/new.txt`, `echo x >> ${m}/sizes/one`, `mkdir ${m}/newdir`, `rm ${m}/sizes/one`, `mv ${m}/sizes/one ${m}/sizes/two`, `touch ${m}/sizes/one`]) {
+      const r = await sh(cmd);
+      expect(r.code, cmd).not.toBe(0);
+      expect(r.stderr, cmd).toMatch(/Read-only file system/);
+    }
+    const missing = await sh(`cat ${m}/no/such/file`);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/No such file or directory/);
+    expect(await sha256Of(path.join(m, 'sizes/one'))).toBe(sha(files['sizes/one']!));
+  });
+});
+
+describe('the block cache', () => {
+  it('serves the second read of a file from the cache (metrics prove it)', async () => {
+    const file = path.join(mnt.mountpoint, 'sizes/block-plus-1');
+    await dropPageCache();
+    await sha256Of(file);
+    const before = await mnt.metrics();
+    await dropPageCache();
+    expect(await sha256Of(file)).toBe(sha(files['sizes/block-plus-1']!));
+    const after = await mnt.metrics();
+    expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);
+    expect(after.value('cachefs_client_read_bytes_total', { path: 'cache' }) - before.value('cachefs_client_read_bytes_total', { path: 'cache' })).toBe(BLOCK + 1);
+  });
+
+  it('keeps cached blocks across umount and remount', async () => {
+    const cacheDir = path.join(work, 'remount-cache');
+    const first = await mountCachefs({ ufs: 's3://data/sizes', cacheDir, args: mountArgs(), env: env() });
+    expect(await sha256Of(path.join(first.mountpoint, 'block'))).toBe(sha(files['sizes/block']!));
+    expect((await first.metrics()).value('cachefs_ufs_read_bytes_total')).toBe(BLOCK);
+    await first.stop();
+    const second = await mountCachefs({ ufs: 's3://data/sizes', cacheDir, args: mountArgs(), env: env() });
+    await dropPageCache();
+    expect(await sha256Of(path.join(second.mountpoint, 'block'))).toBe(sha(files['sizes/block']!));
+    const m = await second.metrics();
+    expect(m.value('cachefs_ufs_read_bytes_total')).toBe(0);
+    expect(m.value('cachefs_client_read_bytes_total', { path: 'cache' })).toBe(BLOCK);
+    await second.stop();
+  });
+
+  it('evicts to stay under its quota, and still reads right', async () => {
+    const small = await mountCachefs({ ufs: 's3://data/big', args: [...mountArgs(), '--cache-size', '8MiB'], env: env() });
+    expect(await sha256Of(path.join(small.mountpoint, 'hundred.bin'))).toBe(sha(files['big/hundred.bin']!));
+    const m = await small.metrics();
+    expect(m.value('cachefs_cache_evictions_total')).toBeGreaterThan(80);
+    expect(m.value('cachefs_cache_used_bytes')).toBeLessThanOrEqual(8 * MiB);
+    const du = await sh(`du -sb ${small.cacheDir} | cut -f1`);
+    expect(Number(du.stdout)).toBeLessThanOrEqual(8 * MiB + 64 * 1024);
+    await small.stop();
+  });
+
+  it('detects a block file truncated on disk and fetches the block again', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/sizes', args: mountArgs(), env: env() });
+    const file = path.join(m.mountpoint, 'block-minus-1');
+    expect(await sha256Of(file)).toBe(sha(files['sizes/block-minus-1']!));
+    const blocks = (await readdir(m.cacheDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && /^[0-9a-f]{40}$/.test(e.name));
+    expect(blocks.length).toBe(1);
+    const blockFile = path.join(blocks[0]!.parentPath, blocks[0]!.name);
+    await truncate(blockFile, 1000);
+    await dropPageCache();
+    expect(await sha256Of(file)).toBe(sha(files['sizes/block-minus-1']!));
+    const after = await m.metrics();
+    expect(after.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
+    expect(after.value('cachefs_ufs_read_bytes_total')).toBe(2 * (BLOCK - 1));
+    expect((await stat(blockFile)).size).toBe(BLOCK - 1);
+    await m.stop();
+  });
+});

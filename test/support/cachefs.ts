@@ -1,0 +1,106 @@
+/**
+ * Runs the real `cachefs` binary (bin/cachefs, built into dist/) for tests: mounts
+ * in the foreground as a tracked child process, waits until the mount answers,
+ * and stops it by PID and unmounts — also when a test fails. Tests never touch a
+ * mount synchronously from the vitest process: shell commands go through
+ * `sh()` (an async child process).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
+import { forceUnmount, freePort, isMounted, runCommand, waitFor, type CommandResult } from './processes.js';
+
+export const CACHEFS_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/cachefs');
+
+/** Runs `cachefs ARGS` to completion. */
+export function cachefs(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<CommandResult> {
+  return runCommand(process.execPath, [CACHEFS_BIN, ...args], { env: { ...process.env, ...env }, timeoutMs });
+}
+
+/** Runs a shell command line (bash -c) as a child process. */
+export function sh(script: string, timeoutMs = 120_000): Promise<CommandResult> {
+  return runCommand('bash', ['-c', script], { timeoutMs });
+}
+
+export interface TestMount {
+  readonly mountpoint: string;
+  readonly cacheDir: string;
+  readonly metricsPort: number;
+  readonly process: ChildProcess;
+  metrics(): Promise<MetricsSnapshot>;
+  /** Stops the serving process (SIGTERM, then SIGKILL) and makes sure nothing stays mounted. */
+  stop(): Promise<void>;
+  /** Everything the process logged so far. */
+  output(): string;
+}
+
+export interface MountOptions {
+  ufs: string;
+  mountpoint?: string;
+  cacheDir?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+const live = new Set<TestMount>();
+
+/** Mounts with `cachefs mount --foreground`; resolves once the mount point answers. */
+export async function mountCachefs(options: MountOptions): Promise<TestMount> {
+  const mountpoint = options.mountpoint ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-mnt-')));
+  const cacheDir = options.cacheDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-cache-')));
+  const metricsPort = await freePort();
+  const args = [CACHEFS_BIN, 'mount', mountpoint, '--ufs', options.ufs, '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
+  const child = spawn(process.execPath, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const mount: TestMount = {
+    mountpoint,
+    cacheDir,
+    metricsPort,
+    process: child,
+    metrics: () => scrapeMetrics(`http://127.0.0.1:${metricsPort}/metrics`),
+    output: () => out,
+    stop: async () => {
+      live.delete(mount);
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      if (await isMounted(mountpoint)) await forceUnmount(mountpoint);
+    },
+  };
+  live.add(mount);
+  try {
+    await waitFor(async () => {
+      if (child.exitCode !== null) throw new Error(`cachefs mount exited with ${child.exitCode}: ${out}`);
+      return isMounted(mountpoint);
+    }, { timeoutMs: 30_000, intervalMs: 50 });
+  } catch (err) {
+    await mount.stop();
+    throw err;
+  }
+  return mount;
+}
+
+/** Stops every mount still running (for afterAll/afterEach). */
+export async function stopAllMounts(): Promise<void> {
+  for (const m of [...live]) await m.stop();
+}
+
+export async function dropPageCache(): Promise<void> {
+  await sh('sync; echo 3 > /proc/sys/vm/drop_caches');
+}
+
+/** sha256 of a file read through a child process (`sha256sum`). */
+export async function sha256Of(file: string): Promise<string> {
+  const r = await sh(`sha256sum ${JSON.stringify(file)}`);
+  if (r.code !== 0) throw new Error(`sha256sum ${file} failed: ${r.stderr}`);
+  return r.stdout.split(' ')[0]!;
+}
