@@ -1,0 +1,306 @@
+/**
+ * `MasterClient`: how workers, mounts and the admin commands talk to the master
+ * (an undici pool to one `host:port`). Every call has a per-attempt timeout
+ * (AbortSignal) and retries with capped exponential backoff while the master is
+ * unreachable, times out or is shutting down; answers the master rejected are
+ * never retried. With a `cacheDir`, the mount table and live worker lists are
+ * remembered on disk (`state-cache.ts`) and served from there when the master
+ * cannot be reached, so a mount starts and keeps reading during a master
+ * restart. Failures are CachefsErrors: UNREACHABLE / TIMEOUT for a master that
+ * does not answer, the master's own code (NOT_FOUND, CONFLICT, INVALID_ARGUMENT
+ * for other 4xx) for rejected requests.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Pool } from 'undici';
+import { CachefsError, isCachefsError, type ErrorCode } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { parseHostPort, type HostPort } from './address.js';
+import {
+  ROUTES,
+  decodeApiError,
+  decodeCacheGroupSummary,
+  decodeMountEntry,
+  decodeWorkerRecord,
+  decodeWorkerTiming,
+  type CacheGroupSummary,
+  type HealthResponse,
+  type HeartbeatRequest,
+  type HeartbeatResponse,
+  type MountEntry,
+  type MountEntryView,
+  type PutMountRequest,
+  type PutMountResponse,
+  type RegisterWorkerRequest,
+  type RegisterWorkerResponse,
+  type ResolveMountResponse,
+  type WorkerListResponse,
+  type WorkerRecord,
+  type WorkerState,
+} from './api.js';
+import { Fields } from './decode.js';
+import { normalizeMountPath, resolveMountPath } from './mount-path.js';
+import { MasterStateCache } from './state-cache.js';
+
+export interface MasterClientOptions {
+  /** Time allowed for one attempt, default 5s. */
+  timeoutMs?: number;
+  /** Retries after the first attempt while the master does not answer, default 5. */
+  retries?: number;
+  /** First backoff delay, default 100ms; doubles on each retry. */
+  backoffInitialMs?: number;
+  /** Cap on the backoff delay, default 5s. */
+  backoffMaxMs?: number;
+  /** Where to remember the mount table and worker lists; none when absent. */
+  cacheDir?: string;
+  /** Concurrent connections to the master, default 4. */
+  connections?: number;
+  logger?: Logger;
+}
+
+export interface CallOptions {
+  /** Cancels the call, retries included (ends in TIMEOUT). */
+  signal?: AbortSignal;
+  /** Overrides the client's retries for this call (0: one attempt). */
+  retries?: number;
+  /** Overrides the client's per-attempt timeout for this call. */
+  timeoutMs?: number;
+}
+
+/** An answer that may come from the on-disk cache instead of the master. */
+export interface MaybeCached<T> {
+  value: T;
+  source: 'master' | 'cache';
+  /** Epoch milliseconds when the master gave this answer. */
+  fetchedAt: number;
+}
+
+export interface WorkerQuery {
+  cacheGroup?: string;
+  state?: WorkerState;
+}
+
+type Method = 'GET' | 'PUT' | 'POST' | 'DELETE';
+
+const RETRYABLE: readonly ErrorCode[] = ['UNREACHABLE', 'TIMEOUT'];
+
+function statusCode(status: number): ErrorCode {
+  if (status === 404) return 'NOT_FOUND';
+  if (status === 409) return 'CONFLICT';
+  if (status === 403 || status === 401) return 'ACCESS_DENIED';
+  if (status >= 400 && status < 500) return 'INVALID_ARGUMENT';
+  if (status === 502 || status === 503 || status === 504) return 'UNREACHABLE';
+  return 'IO';
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const code = (err as NodeJS.ErrnoException).code;
+  const inner = err.cause instanceof Error ? `: ${err.cause.message}` : '';
+  return code && !err.message.includes(code) ? `${code} ${err.message}${inner}` : `${err.message}${inner}`;
+}
+
+export class MasterClient {
+  readonly address: HostPort;
+  private readonly pool: Pool;
+  private readonly timeoutMs: number;
+  private readonly retries: number;
+  private readonly backoffInitialMs: number;
+  private readonly backoffMaxMs: number;
+  private readonly cache: MasterStateCache | undefined;
+  private readonly logger: Logger;
+
+  /** `master` is `host:port` (INVALID_ARGUMENT otherwise). */
+  constructor(master: string, options: MasterClientOptions = {}) {
+    this.address = parseHostPort(master, '--master address');
+    this.timeoutMs = options.timeoutMs ?? 5000;
+    this.retries = options.retries ?? 5;
+    this.backoffInitialMs = options.backoffInitialMs ?? 100;
+    this.backoffMaxMs = options.backoffMaxMs ?? 5000;
+    this.cache = options.cacheDir === undefined ? undefined : new MasterStateCache(options.cacheDir);
+    this.logger = options.logger ?? silentLogger;
+    this.pool = new Pool(this.address.origin, { connections: options.connections ?? 4, keepAliveTimeout: 4000 });
+  }
+
+  async health(opts: CallOptions = {}): Promise<HealthResponse> {
+    await this.call('GET', ROUTES.healthz, undefined, opts);
+    return { status: 'ok' };
+  }
+
+  // ------------------------------------------------------------ mount table
+
+  /** The mount table as listings show it (secret values masked). */
+  async listMounts(opts: CallOptions = {}): Promise<MountEntryView[]> {
+    const f = Fields.of(await this.call('GET', ROUTES.mountTable, undefined, opts), 'mount table');
+    return f.array('entries').map((e, i) => decodeMountEntry(e, `entries[${i}]`));
+  }
+
+  async addMount(req: PutMountRequest, opts: CallOptions = {}): Promise<PutMountResponse> {
+    const f = Fields.of(await this.call('PUT', ROUTES.mountTable, req, opts), 'mount-table answer');
+    return { entry: decodeMountEntry(f.raw('entry')), created: f.boolean('created', false) };
+  }
+
+  async removeMount(path: string, opts: CallOptions = {}): Promise<MountEntryView> {
+    const f = Fields.of(await this.call('DELETE', withQuery(ROUTES.mountTable, { path }), undefined, opts), 'mount-table answer');
+    return decodeMountEntry(f.raw('removed'));
+  }
+
+  /**
+   * The whole mount table with secrets. Remembered in the cache dir; served
+   * from there when the master does not answer (UNREACHABLE when there is no
+   * cached copy either).
+   */
+  async mountTable(opts: CallOptions = {}): Promise<MaybeCached<MountEntry[]>> {
+    try {
+      const f = Fields.of(await this.call('GET', ROUTES.mountTableResolveAll, undefined, opts), 'mount table');
+      const entries = f.array('entries').map((e, i) => decodeMountEntry(e, `entries[${i}]`));
+      await this.remember('mount table', () => this.cache?.saveMountTable(entries));
+      return { value: entries, source: 'master', fetchedAt: Date.now() };
+    } catch (err) {
+      const cached = await this.fallback(err, 'mount table', () => this.cache?.loadMountTable());
+      return { value: cached.value, source: 'cache', fetchedAt: cached.savedAt };
+    }
+  }
+
+  /** The entry covering `path` (with secrets) and the path below it; from the cached table when the master does not answer. */
+  async resolveMount(path: string, opts: CallOptions = {}): Promise<MaybeCached<ResolveMountResponse>> {
+    const normalized = normalizeMountPath(path);
+    try {
+      const f = Fields.of(await this.call('GET', withQuery(ROUTES.mountTableResolve, { path: normalized }), undefined, opts), 'resolved mount');
+      return { value: { entry: decodeMountEntry(f.raw('entry')), subPath: f.string('subPath') }, source: 'master', fetchedAt: Date.now() };
+    } catch (err) {
+      const cached = await this.fallback(err, 'mount table', () => this.cache?.loadMountTable());
+      const found = resolveMountPath(cached.value, normalized);
+      if (!found) throw new CachefsError('NOT_FOUND', `no mount-table entry covers '${normalized}' (cached mount table; the master is unreachable)`);
+      return { value: found, source: 'cache', fetchedAt: cached.savedAt };
+    }
+  }
+
+  // ------------------------------------------------------------ workers
+
+  async registerWorker(req: RegisterWorkerRequest, opts: CallOptions = {}): Promise<RegisterWorkerResponse> {
+    const f = Fields.of(await this.call('POST', ROUTES.workersRegister, req, opts), 'registration answer');
+    return { worker: decodeWorkerRecord(f.raw('worker')), ...decodeWorkerTiming(f) };
+  }
+
+  /** NOT_FOUND means the master does not know this worker (any more): register again. */
+  async heartbeat(req: HeartbeatRequest, opts: CallOptions = {}): Promise<HeartbeatResponse> {
+    const f = Fields.of(await this.call('POST', ROUTES.workersHeartbeat, req, opts), 'heartbeat answer');
+    return { state: 'alive', ...decodeWorkerTiming(f) };
+  }
+
+  /** Worker records, alive and lost unless `state` says which. */
+  async listWorkers(query: WorkerQuery = {}, opts: CallOptions = {}): Promise<WorkerListResponse> {
+    const f = Fields.of(await this.call('GET', withQuery(ROUTES.workers, { ...query }), undefined, opts), 'worker list');
+    return { workers: f.array('workers').map((w, i) => decodeWorkerRecord(w, `workers[${i}]`)), now: f.count('now') };
+  }
+
+  /** The alive workers of a cache group (a client's ring); remembered and served from the cache dir like the mount table. */
+  async liveWorkers(cacheGroup: string, opts: CallOptions = {}): Promise<MaybeCached<WorkerRecord[]>> {
+    try {
+      const { workers } = await this.listWorkers({ cacheGroup, state: 'alive' }, opts);
+      await this.remember('worker list', () => this.cache?.saveWorkers(cacheGroup, workers));
+      return { value: workers, source: 'master', fetchedAt: Date.now() };
+    } catch (err) {
+      const cached = await this.fallback(err, `worker list of cache group '${cacheGroup}'`, () => this.cache?.loadWorkers(cacheGroup));
+      return { value: cached.value, source: 'cache', fetchedAt: cached.savedAt };
+    }
+  }
+
+  async removeWorker(id: string, opts: CallOptions = {}): Promise<WorkerRecord> {
+    const f = Fields.of(await this.call('DELETE', withQuery(ROUTES.workers, { id }), undefined, opts), 'worker answer');
+    return decodeWorkerRecord(f.raw('removed'));
+  }
+
+  async cacheGroups(opts: CallOptions = {}): Promise<CacheGroupSummary[]> {
+    const f = Fields.of(await this.call('GET', ROUTES.cacheGroups, undefined, opts), 'cache groups');
+    return f.array('groups').map(decodeCacheGroupSummary);
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+
+  // ------------------------------------------------------------ internals
+
+  private async remember(what: string, save: () => Promise<void> | undefined): Promise<void> {
+    try {
+      await save();
+    } catch (err) {
+      this.logger.warn({ err: (err as Error).message, cacheDir: this.cache?.dir }, `cannot cache the ${what}`);
+    }
+  }
+
+  /** The cached answer when `err` says the master does not answer and there is one; rethrows otherwise. */
+  private async fallback<T>(err: unknown, what: string, load: () => Promise<{ value: T; savedAt: number } | undefined> | undefined): Promise<{ value: T; savedAt: number }> {
+    if (!isCachefsError(err) || !RETRYABLE.includes(err.code)) throw err;
+    if (!this.cache) throw err;
+    const cached = await load();
+    if (!cached) throw new CachefsError(err.code, `${err.message}; no cached ${what} in ${this.cache.dir}`, { cause: err });
+    this.logger.warn({ master: this.address.text, savedAt: new Date(cached.savedAt).toISOString(), err: err.message }, `master unreachable: using the cached ${what}`);
+    return cached;
+  }
+
+  /** One API call with retries; resolves to the parsed JSON body of a 2xx answer. */
+  private async call(method: Method, path: string, body: unknown, opts: CallOptions): Promise<unknown> {
+    const retries = opts.retries ?? this.retries;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.attempt(method, path, body, opts);
+      } catch (err) {
+        if (!isCachefsError(err) || !RETRYABLE.includes(err.code) || attempt >= retries || opts.signal?.aborted) throw err;
+        const ceiling = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** attempt);
+        const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+        this.logger.debug({ method, path, attempt: attempt + 1, delayMs: delay, err: err.message }, 'master call failed, retrying');
+        try {
+          await sleep(delay, undefined, { signal: opts.signal });
+        } catch {
+          throw new CachefsError('TIMEOUT', `${method} ${path} to master ${this.address.text} was cancelled`, { cause: err });
+        }
+      }
+    }
+  }
+
+  private async attempt(method: Method, path: string, body: unknown, opts: CallOptions): Promise<unknown> {
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
+    const timeout = AbortSignal.timeout(timeoutMs);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
+    let status: number;
+    let text: string;
+    try {
+      const res = await this.pool.request({
+        method,
+        path,
+        signal,
+        headers: body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      status = res.statusCode;
+      text = await res.body.text();
+    } catch (err) {
+      const where = `master ${this.address.text}`;
+      if (opts.signal?.aborted) throw new CachefsError('TIMEOUT', `${method} ${path} to ${where} was cancelled`, { cause: err });
+      if (timeout.aborted) throw new CachefsError('TIMEOUT', `${where} did not answer ${method} ${path} within ${timeoutMs}ms`, { cause: err });
+      throw new CachefsError('UNREACHABLE', `cannot reach ${where}: ${describe(err)}`, { cause: err });
+    }
+    let parsed: unknown;
+    try {
+      parsed = text === '' ? undefined : (JSON.parse(text) as unknown);
+    } catch {
+      parsed = undefined;
+    }
+    if (status >= 200 && status < 300) {
+      if (parsed === undefined) throw new CachefsError('IO', `master ${this.address.text} answered ${method} ${path} with a body that is not JSON`);
+      return parsed;
+    }
+    const apiError = decodeApiError(parsed);
+    const code = status === 503 ? 'UNREACHABLE' : (apiError?.code ?? statusCode(status));
+    throw new CachefsError(code, apiError?.message ?? `master ${this.address.text} answered ${method} ${path} with HTTP ${status}`);
+  }
+}
+
+function withQuery(path: string, params: Record<string, string | undefined>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined) q.set(k, v);
+  const s = q.toString();
+  return s === '' ? path : `${path}?${s}`;
+}

@@ -1,0 +1,289 @@
+/**
+ * The master process's HTTP server (node:http): the JSON API of `api.ts` over
+ * the mount table and the worker registry, plus `/healthz` and `/metrics`.
+ * Translates between HTTP and the tables only: requests are decoded with the
+ * `api.ts` decoders, failures become `{error:{code,message}}` with a 4xx/5xx
+ * status. Owns the store it is given: `close()` stops the listener, waits for
+ * requests in flight, stops the expiry timer and closes the store.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { CachefsError, isCachefsError, type ErrorCode } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import {
+  DEFAULT_MASTER_PORT,
+  ROUTES,
+  decodeHeartbeatRequest,
+  decodePutMountRequest,
+  decodeRegisterWorkerRequest,
+  parseCacheGroup,
+  parseWorkerId,
+  statusOf,
+  type ApiErrorBody,
+  type CacheGroupsResponse,
+  type DeleteMountResponse,
+  type HealthResponse,
+  type HeartbeatResponse,
+  type MountTableResponse,
+  type PutMountResponse,
+  type RegisterWorkerResponse,
+  type ResolveMountResponse,
+  type ResolvedMountTableResponse,
+  type WorkerListResponse,
+} from './api.js';
+import type { MetaStore } from './meta-store.js';
+import { MasterMetrics } from './metrics.js';
+import { MountTable } from './mount-table.js';
+import { WorkerRegistry } from './worker-registry.js';
+
+const MAX_BODY_BYTES = 1024 * 1024;
+/** How long `close()` lets requests in flight finish before cutting connections. */
+const CLOSE_GRACE_MS = 2000;
+
+export interface MasterServerOptions {
+  /** The state; the server closes it on `close()`. */
+  store: MetaStore;
+  host?: string;
+  /** 0 picks a free port; see `port` on the started server. */
+  port?: number;
+  workerTimeoutMs?: number;
+  heartbeatIntervalMs?: number;
+  logger?: Logger;
+  /** Include Node process metrics on /metrics (default true). */
+  withProcessMetrics?: boolean;
+}
+
+type Method = 'GET' | 'PUT' | 'POST' | 'DELETE';
+
+interface Reply {
+  status: number;
+  body: unknown;
+}
+
+interface RequestContext {
+  url: URL;
+  /** The parsed JSON body; INVALID_ARGUMENT when it is not JSON. */
+  json(): Promise<unknown>;
+}
+
+type Handler = (ctx: RequestContext) => Promise<Reply>;
+
+/** An error answered with a status of its own rather than the one its code maps to. */
+class HttpError extends CachefsError {
+  constructor(readonly status: number, code: ErrorCode, message: string) {
+    super(code, message);
+  }
+}
+
+function ok(body: unknown, status = 200): Reply {
+  return { status, body };
+}
+
+function query(url: URL, name: string): string {
+  const value = url.searchParams.get(name);
+  if (value === null || value === '') throw new CachefsError('INVALID_ARGUMENT', `missing query parameter '${name}'`);
+  return value;
+}
+
+export class MasterServer {
+  private readonly routes = new Map<string, Partial<Record<Method, Handler>>>();
+  private readonly inFlight = new Set<Promise<void>>();
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly server: Server,
+    private readonly store: MetaStore,
+    readonly mountTable: MountTable,
+    readonly workers: WorkerRegistry,
+    readonly metrics: MasterMetrics,
+    private readonly logger: Logger,
+  ) {
+    this.defineRoutes();
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => this.track(req, res));
+  }
+
+  /** Loads the state from the store and starts listening. */
+  static async start(options: MasterServerOptions): Promise<MasterServer> {
+    const logger = options.logger ?? silentLogger;
+    const host = options.host ?? '0.0.0.0';
+    const port = options.port ?? DEFAULT_MASTER_PORT;
+    const mountTable = await MountTable.load(options.store, logger);
+    const workers = await WorkerRegistry.load(options.store, logger, {
+      workerTimeoutMs: options.workerTimeoutMs,
+      heartbeatIntervalMs: options.heartbeatIntervalMs,
+    });
+    const metrics = new MasterMetrics(mountTable, workers, options.withProcessMetrics ?? true);
+    const server = createServer();
+    const master = new MasterServer(server, options.store, mountTable, workers, metrics, logger);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        reject(new CachefsError(err.code === 'EADDRINUSE' ? 'CONFLICT' : 'INVALID_ARGUMENT', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
+      };
+      server.once('error', onError);
+      server.listen(port, host, () => {
+        server.off('error', onError);
+        resolve();
+      });
+    });
+    workers.start();
+    logger.info({ host, port: master.port, mountEntries: mountTable.size, workers: workers.list().length }, 'master listening');
+    return master;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Stops serving, lets requests in flight finish, stops timers and closes the store. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.inFlight]),
+      new Promise<void>((resolve) => {
+        grace = setTimeout(resolve, CLOSE_GRACE_MS);
+      }),
+    ]);
+    clearTimeout(grace);
+    this.server.closeAllConnections();
+    await closed;
+    await Promise.allSettled([...this.inFlight]);
+    try {
+      await this.workers.close();
+      await this.mountTable.idle();
+    } finally {
+      await this.store.close();
+    }
+    this.logger.info('master stopped');
+  }
+
+  /** Handles a request and remembers it until it is answered, so that `close()` can wait for it. */
+  private track(req: IncomingMessage, res: ServerResponse): void {
+    const p: Promise<void> = this.handle(req, res)
+      .catch((err: unknown) => {
+        this.logger.error({ err: err instanceof Error ? err.stack : String(err) }, 'request handling failed');
+        res.destroy();
+      })
+      .finally(() => this.inFlight.delete(p));
+    this.inFlight.add(p);
+  }
+
+  private defineRoutes(): void {
+    const { mountTable, workers } = this;
+    this.route(ROUTES.healthz, { GET: async () => ok({ status: 'ok' } satisfies HealthResponse) });
+    this.route(ROUTES.mountTable, {
+      GET: async () => ok({ entries: mountTable.list() } satisfies MountTableResponse),
+      PUT: async (ctx) => {
+        const result = await mountTable.put(decodePutMountRequest(await ctx.json()), Date.now());
+        return ok(result satisfies PutMountResponse, result.created ? 201 : 200);
+      },
+      DELETE: async (ctx) => ok({ removed: await mountTable.remove(query(ctx.url, 'path')) } satisfies DeleteMountResponse),
+    });
+    this.route(ROUTES.mountTableResolve, {
+      GET: async (ctx) => ok(mountTable.resolve(query(ctx.url, 'path')) satisfies ResolveMountResponse),
+    });
+    this.route(ROUTES.mountTableResolveAll, {
+      GET: async () => ok({ entries: mountTable.all() } satisfies ResolvedMountTableResponse),
+    });
+    this.route(ROUTES.workersRegister, {
+      POST: async (ctx) => {
+        const worker = await workers.register(decodeRegisterWorkerRequest(await ctx.json()));
+        return ok({ worker, ...workers.timing } satisfies RegisterWorkerResponse);
+      },
+    });
+    this.route(ROUTES.workersHeartbeat, {
+      POST: async (ctx) => ok({ state: 'alive', ...workers.heartbeat(decodeHeartbeatRequest(await ctx.json())) } satisfies HeartbeatResponse),
+    });
+    this.route(ROUTES.workers, {
+      GET: async (ctx) => {
+        const group = ctx.url.searchParams.get('cacheGroup');
+        const state = ctx.url.searchParams.get('state');
+        if (state !== null && state !== 'alive' && state !== 'lost') {
+          throw new CachefsError('INVALID_ARGUMENT', `invalid query parameter state='${state}': expected alive or lost`);
+        }
+        const list = workers.list({ cacheGroup: group === null ? undefined : parseCacheGroup(group), state: state ?? undefined });
+        return ok({ workers: list, now: Date.now() } satisfies WorkerListResponse);
+      },
+      DELETE: async (ctx) => ok({ removed: await workers.remove(parseWorkerId(query(ctx.url, 'id'))) }),
+    });
+    this.route(ROUTES.cacheGroups, { GET: async () => ok({ groups: workers.groups() } satisfies CacheGroupsResponse) });
+  }
+
+  private route(path: string, handlers: Partial<Record<Method, Handler>>): void {
+    this.routes.set(path, handlers);
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    const url = new URL(req.url ?? '/', 'http://master');
+    const routeLabel = this.routes.has(url.pathname) || url.pathname === ROUTES.metrics ? url.pathname : 'unknown';
+    let status = 500;
+    try {
+      if (this.closing) {
+        throw new HttpError(503, 'UNREACHABLE', 'master is shutting down');
+      }
+      if (url.pathname === ROUTES.metrics && req.method === 'GET') {
+        const text = await this.metrics.registry.metrics();
+        status = 200;
+        res.writeHead(200, { 'content-type': this.metrics.registry.contentType }).end(text);
+        return;
+      }
+      const handlers = this.routes.get(url.pathname);
+      if (!handlers) throw new HttpError(404, 'NOT_FOUND', `no such API path '${url.pathname}'`);
+      const handler = handlers[req.method as Method];
+      if (!handler) {
+        res.setHeader('allow', Object.keys(handlers).join(', '));
+        throw new HttpError(405, 'INVALID_ARGUMENT', `method ${req.method ?? '?'} is not allowed on ${url.pathname} (allowed: ${Object.keys(handlers).join(', ')})`);
+      }
+      const reply = await handler({ url, json: () => readJson(req) });
+      status = reply.status;
+      this.send(res, reply.status, reply.body);
+    } catch (err) {
+      status = err instanceof HttpError ? err.status : isCachefsError(err) ? statusOf(err.code) : 500;
+      const code = isCachefsError(err) ? err.code : 'IO';
+      const message = isCachefsError(err) ? err.message : 'internal error in the master (see its log)';
+      if (status >= 500) this.logger.error({ method: req.method, path: url.pathname, err: err instanceof Error ? err.stack : String(err) }, 'request failed');
+      else this.logger.debug({ method: req.method, path: url.pathname, status, code, message }, 'request rejected');
+      this.send(res, status, { error: { code, message } } satisfies ApiErrorBody);
+    } finally {
+      this.metrics.requests.inc({ route: routeLabel, status: String(status) });
+      this.metrics.requestSeconds.observe({ route: routeLabel }, (performance.now() - started) / 1000);
+    }
+  }
+
+  private send(res: ServerResponse, status: number, body: unknown): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const text = JSON.stringify(body);
+    // After an error the request body may be unread: do not reuse the connection.
+    if (status >= 400 || this.closing) res.setHeader('connection', 'close');
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text) }).end(text);
+  }
+}
+
+/** Reads and parses a JSON request body of at most 1 MiB. */
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw new HttpError(413, 'INVALID_ARGUMENT', `request body is larger than ${MAX_BODY_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') throw new CachefsError('INVALID_ARGUMENT', 'request body is empty: expected a JSON object');
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw new CachefsError('INVALID_ARGUMENT', `request body is not valid JSON: ${(err as Error).message}`);
+  }
+}
