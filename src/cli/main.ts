@@ -4,8 +4,12 @@
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { fail } from './exit.js';
+import { registerMasterCommand } from './master.js';
+import { registerMountTableCommand } from './mount-table.js';
 import { registerMountCommand } from './mount.js';
+import { registerReportCommand } from './report.js';
 import { registerUmountCommand } from './umount.js';
+import { registerWorkerCommand } from './worker.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -19,5 +23,9 @@ const program = new Command('cachefs')
   });
 registerMountCommand(program);
 registerUmountCommand(program);
+registerMasterCommand(program);
+registerMountTableCommand(program);
+registerWorkerCommand(program);
+registerReportCommand(program);
 
 program.parseAsync(process.argv).catch(fail);

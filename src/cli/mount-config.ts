@@ -7,10 +7,17 @@ import { parseDuration, parsePort, parseSize } from '../config/units.js';
 import { CachefsError } from '../errors.js';
 import type { UfsOptions } from '../ufs/ufs.js';
 import { parseUfsUri, type UfsUri } from '../ufs/uri.js';
+import { parseHostPort } from '../master/address.js';
+import { parseCacheGroup } from '../master/api.js';
 import { defaultCacheDir, parsePairs, readSecretFiles } from './options.js';
 
 export interface MountFlags {
   ufs?: string;
+  master?: string;
+  cacheGroup: string;
+  sharing: boolean;
+  workerPort: string;
+  advertiseHost?: string;
   foreground?: boolean;
   cacheDir?: string;
   cacheSize: string;
@@ -32,9 +39,21 @@ export interface MountFlags {
   optionFromFile: string[];
 }
 
+/** A mount of the cluster's namespace: the master's mount table, blocks from the workers of a cache group. */
+export interface ClusterConfig {
+  master: string;
+  cacheGroup: string;
+  /** Run an embedded worker that joins the group (without --no-sharing). */
+  sharing: boolean;
+  workerPort: number;
+  advertiseHost?: string;
+}
+
 export interface MountConfig {
   mountpoint: string;
-  ufs: UfsUri;
+  /** Set for a mount of one UFS with the embedded cache; the cluster mount has `cluster` instead. */
+  ufs?: UfsUri;
+  cluster?: ClusterConfig;
   ufsOptions: UfsOptions;
   foreground: boolean;
   cacheDir: string;
@@ -55,8 +74,20 @@ export interface MountConfig {
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 export function parseMountConfig(mountpoint: string, flags: MountFlags): MountConfig {
-  if (!flags.ufs) throw new CachefsError('INVALID_ARGUMENT', 'missing --ufs URI: expected e.g. --ufs s3://bucket/prefix or --ufs file:///srv/data');
-  const ufs = parseUfsUri(flags.ufs);
+  if (!flags.ufs && !flags.master) {
+    throw new CachefsError('INVALID_ARGUMENT', 'missing --ufs URI or --master: expected e.g. --ufs s3://bucket/prefix, --ufs file:///srv/data or --master host:19998');
+  }
+  if (flags.ufs && flags.master) throw new CachefsError('INVALID_ARGUMENT', "--ufs and --master exclude each other: a cluster mount's sources come from the master's mount table");
+  const ufs = flags.ufs ? parseUfsUri(flags.ufs) : undefined;
+  const cluster = flags.master
+    ? {
+        master: parseHostPort(flags.master, '--master').text,
+        cacheGroup: parseCacheGroup(flags.cacheGroup, '--cache-group'),
+        sharing: flags.sharing,
+        workerPort: parsePort(flags.workerPort, '--worker-port'),
+        advertiseHost: flags.advertiseHost,
+      }
+    : undefined;
   if (!LOG_LEVELS.includes(flags.logLevel)) throw new CachefsError('INVALID_ARGUMENT', `invalid --log-level '${flags.logLevel}': expected one of ${LOG_LEVELS.join(', ')}`);
   const ufsOptions: Record<string, string> = { ...parsePairs(flags.option, '--option'), ...readSecretFiles(flags.optionFromFile) };
   if (flags.s3Endpoint !== undefined) ufsOptions['s3.endpoint'] = flags.s3Endpoint;
@@ -68,6 +99,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
   return {
     mountpoint: path.resolve(mountpoint),
     ufs,
+    cluster,
     ufsOptions,
     foreground: !!flags.foreground,
     cacheDir: path.resolve(flags.cacheDir ?? defaultCacheDir()),
@@ -95,4 +127,6 @@ export const MOUNT_DEFAULTS = {
   metaTtl: '5m',
   logLevel: 'info',
   metricsHost: '0.0.0.0',
+  cacheGroup: 'default',
+  workerPort: '0',
 };

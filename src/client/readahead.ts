@@ -7,8 +7,12 @@
  */
 import type { AccessPattern } from './block-source.js';
 
-/** Kernel readahead issues several 128 KiB requests at once; they may arrive out of order. */
-const REORDER_SLACK = 2 * 1024 * 1024;
+/**
+ * The kernel's readahead issues many 128 KiB requests at once, up to its readahead
+ * size ahead of the reader, and a multi-threaded FUSE loop delivers them out of
+ * order: a read this close to the stream still belongs to it.
+ */
+const REORDER_SLACK = 16 * 1024 * 1024;
 
 export class Readahead {
   private nextOffset = 0;

@@ -5,7 +5,6 @@
  * missing), pinned while it is streamed, and checked against its expected length
  * before a byte leaves, so a damaged file is refetched rather than served.
  */
-import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -88,14 +87,21 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
         await readThrough.discard(ref, `block file has ${size} bytes, expected ${ref.length}`);
         continue;
       }
-      res.writeHead(status, headers(count));
-      const stream = createReadStream('', { fd: handle.fd, start: range.start, end: range.end, autoClose: false });
-      await new Promise<void>((resolve) => {
-        stream.on('error', () => res.destroy());
-        res.on('close', resolve);
-        stream.pipe(res);
-      });
-      await handle.close();
+      // One positioned read into one buffer and one write: for whole blocks this is faster than a
+      // stream of 64 KiB chunks, and the block is pinned only for as long as the read takes.
+      const body = Buffer.allocUnsafe(count);
+      let done = 0;
+      try {
+        while (done < count) {
+          const { bytesRead } = await handle.read(body, done, count - done, range.start + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+      } finally {
+        await handle.close();
+      }
+      if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
+      res.writeHead(status, headers(count)).end(body);
       return served(metrics, count);
     } finally {
       readThrough.store.unpin(ref.id);

@@ -1,0 +1,91 @@
+/**
+ * `cachefs worker`: a cache worker of a cache group — tiered block store,
+ * read-through from the UFS of the master's mount table, HTTP block service,
+ * registration and heartbeats. Runs until SIGTERM/SIGINT.
+ */
+import os from 'node:os';
+import type { Command } from 'commander';
+import { createLogger } from '../log.js';
+import { DEFAULT_MASTER_PORT } from '../master/api.js';
+import { MasterClient } from '../master/client.js';
+import { Metrics } from '../metrics/metrics.js';
+import { CachefsError } from '../errors.js';
+import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
+import { NamespaceSync } from '../ufs/namespace-sync.js';
+import { Worker } from '../worker/worker.js';
+import { fail, runAction } from './exit.js';
+import { collect } from './options.js';
+import { checkTiers, defaultAdvertiseHost, parseCacheGroup, parsePort, parseTier, parseWatermarks, parseWorkerId } from './worker-config.js';
+
+interface WorkerFlags {
+  master: string;
+  cacheGroup: string;
+  tier: string[];
+  high: string;
+  low: string;
+  host: string;
+  port: string;
+  advertiseHost?: string;
+  hostname: string;
+  id?: string;
+  stateDir: string;
+  logLevel: string;
+  logFile?: string;
+}
+
+export function registerWorkerCommand(program: Command): void {
+  program
+    .command('worker')
+    .description('run a cache worker: tiered block store, read-through, block service')
+    .requiredOption('--master <host:port>', `the master (port ${DEFAULT_MASTER_PORT} by default)`)
+    .option('--cache-group <name>', 'cache group to join', 'default')
+    .option('--tier <MEDIUM:DIR:SIZE>', 'a storage tier, repeatable: MEM, SSD or HDD, a directory, a quota', collect, [])
+    .option('--high <fraction>', 'evict when a tier is fuller than this', '0.95')
+    .option('--low <fraction>', 'evict down to this', '0.7')
+    .option('--host <address>', 'address the block service listens on', '0.0.0.0')
+    .option('--port <port>', 'block service port', '29999')
+    .option('--advertise-host <host>', 'host clients use to reach this worker (default: first non-loopback IPv4)')
+    .option('--hostname <name>', 'hostname for locality', os.hostname())
+    .option('--id <id>', 'worker id, unique in the cluster (default: <hostname>-<port>)')
+    .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw', '/var/lib/cachefs/worker')
+    .option('--log-level <level>', 'log level', 'info')
+    .option('--log-file <file>', 'log to a file instead of stderr')
+    .action(
+      runAction(async (flags: WorkerFlags) => {
+        const tiers = flags.tier.map(parseTier);
+        checkTiers(tiers);
+        const { high, low } = parseWatermarks(flags.high, flags.low);
+        const port = parsePort(flags.port, '--port');
+        const cacheGroup = parseCacheGroup(flags.cacheGroup, '--cache-group');
+        const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
+        const log = createLogger(flags.logLevel, flags.logFile);
+        const metrics = new Metrics();
+        const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log });
+        const namespace = new NamespaceSync(master, log);
+        await namespace.start();
+        const worker = await Worker.start(
+          { id, cacheGroup, tiers, high, low, host: flags.host, port, advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host), hostname: flags.hostname, domainSocketPath: '' },
+          {
+            master,
+            metrics,
+            log,
+            resolveUfs: async (mount) => {
+              if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
+              return namespace.ufs;
+            },
+            onFatal: (err) => fail(err),
+          },
+        );
+        await new Promise<void>((resolve) => {
+          process.once('SIGTERM', resolve);
+          process.once('SIGINT', resolve);
+        });
+        log.info({ id }, 'worker stopping');
+        await worker.close();
+        await namespace.close();
+        await master.close();
+        log.flush();
+        process.exit(0);
+      }),
+    );
+}

@@ -1,0 +1,137 @@
+/**
+ * The block source of a mount in a cache group. For each block it tries the
+ * workers in rendezvous order — the embedded worker in-process when this mount
+ * shares its cache, others over the network — and, when none answers, reads the
+ * UFS directly: the application sees a slower read, never an error, while the UFS
+ * answers. Remote and UFS bytes of sequential streams are fetched as whole
+ * blocks into a bounded memory buffer; random reads fetch just their range.
+ */
+import type { BlockRef } from '../block/block.js';
+import { asCachefsError, type CachefsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { WorkerRecord } from '../master/api.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { UfsResolver } from '../worker/read-through.js';
+import { BackgroundQueue } from './background.js';
+import type { BlockRead, BlockSource } from './block-source.js';
+import type { Membership } from './membership.js';
+import { MemoryBlocks } from './memory-blocks.js';
+import { RemoteWorker } from './remote-worker.js';
+
+export interface ClusterSourceConfig {
+  membership: Membership;
+  /** The embedded worker of a sharing mount: its id and a source that reads its store in-process. */
+  local?: { workerId: string; source: BlockSource };
+  resolveUfs: UfsResolver;
+  memoryBytes: number;
+  prefetchConcurrency: number;
+  metrics: Metrics;
+  log: Logger;
+}
+
+/** Errors that another worker or the UFS would answer the same way: no point falling back. */
+const FINAL = new Set(['STALE', 'NOT_FOUND', 'INVALID_ARGUMENT']);
+
+export class ClusterSource implements BlockSource {
+  private readonly remotes = new Map<string, RemoteWorker>();
+  private readonly memory: MemoryBlocks;
+  private readonly background: BackgroundQueue;
+  private readonly bytes;
+
+  constructor(private readonly config: ClusterSourceConfig) {
+    this.memory = new MemoryBlocks(config.memoryBytes);
+    this.background = new BackgroundQueue(config.prefetchConcurrency);
+    const c = config.metrics.clientReadBytes;
+    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs') };
+  }
+
+  async read(req: BlockRead): Promise<number> {
+    const { ref } = req;
+    const inMemory = this.memory.get(ref.id);
+    if (inMemory) return this.copy(inMemory, req, 'remote');
+    for (const worker of this.config.membership.candidates(ref.id)) {
+      try {
+        if (this.isLocal(worker)) return await this.config.local!.source.read(req);
+        const remote = this.remote(worker);
+        if (req.pattern === 'sequential') {
+          return this.copy(await this.memory.load(ref.id, () => remote.read(ref, 0, ref.length, req.signal)), req, 'remote');
+        }
+        const data = await remote.read(ref, req.offset, req.length, req.signal);
+        data.copy(req.dest, req.destOffset);
+        this.bytes.remote.inc(data.length);
+        return data.length;
+      } catch (err) {
+        this.failed(worker, asCachefsError(err));
+      }
+    }
+    return this.readUfs(req);
+  }
+
+  prefetch(ref: BlockRef): void {
+    if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
+    const owner = this.config.membership.candidates(ref.id)[0];
+    if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref);
+    this.background.add(ref.id, () =>
+      this.memory.load(ref.id, async () => {
+        if (owner) {
+          try {
+            return await this.remote(owner).read(ref);
+          } catch (err) {
+            this.failed(owner, asCachefsError(err));
+          }
+        }
+        return this.fetchUfs(ref, 0, ref.length);
+      }),
+    );
+  }
+
+  private async readUfs(req: BlockRead): Promise<number> {
+    const { ref } = req;
+    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, () => this.fetchUfs(ref, 0, ref.length, req.signal)), req, 'ufs');
+    const data = await this.fetchUfs(ref, req.offset, req.length, req.signal);
+    data.copy(req.dest, req.destOffset);
+    this.bytes.ufs.inc(data.length);
+    return data.length;
+  }
+
+  private async fetchUfs(ref: BlockRef, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+    const ufs = await this.config.resolveUfs(ref.object.mount);
+    this.config.metrics.ufsRequests.inc({ op: 'read' });
+    const data = await ufs.readRange(ref.object.key, ref.offset + offset, length, { etag: ref.object.etag, signal });
+    this.config.metrics.ufsReadBytes.inc(data.length);
+    return data;
+  }
+
+  private copy(block: Buffer, req: BlockRead, path: 'remote' | 'ufs'): number {
+    const n = block.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
+    this.bytes[path].inc(n);
+    return n;
+  }
+
+  private isLocal(worker: WorkerRecord): boolean {
+    return this.config.local !== undefined && worker.id === this.config.local.workerId;
+  }
+
+  private remote(worker: WorkerRecord): RemoteWorker {
+    let r = this.remotes.get(worker.id);
+    if (!r || r.address !== worker.address) {
+      void r?.close();
+      r = new RemoteWorker(worker.address);
+      this.remotes.set(worker.id, r);
+    }
+    return r;
+  }
+
+  private failed(worker: WorkerRecord, err: CachefsError): void {
+    if (FINAL.has(err.code)) throw err;
+    this.config.log.warn({ worker: worker.id, address: worker.address, code: err.code, err: err.message }, 'worker read failed; trying the next');
+    this.config.membership.suspect(worker.id);
+  }
+
+  async close(): Promise<void> {
+    this.memory.clear();
+    for (const r of this.remotes.values()) await r.close();
+    this.remotes.clear();
+    await this.config.local?.source.close();
+  }
+}

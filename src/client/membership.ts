@@ -1,0 +1,66 @@
+/**
+ * A client's view of its cache group: the live workers as a `WorkerRing`,
+ * refreshed from the master (or the master client's on-disk copy while the
+ * master is down), plus short-lived suspicion of workers that just failed a read
+ * so the next reads skip them until the master confirms or clears them.
+ */
+import type { Logger } from '../log.js';
+import type { WorkerRecord } from '../master/api.js';
+import type { MasterClient } from '../master/client.js';
+import { Poller } from './poller.js';
+import { WorkerRing } from './worker-ring.js';
+
+const SUSPECT_MS = 5000;
+
+export class Membership {
+  private current = new WorkerRing<WorkerRecord>([]);
+  private readonly suspects = new Map<string, number>();
+  private readonly poller: Poller;
+  private warnedEmpty = false;
+
+  constructor(private readonly master: MasterClient, readonly cacheGroup: string, private readonly log: Logger, intervalMs = 2000) {
+    this.poller = new Poller(`worker list of cache group '${cacheGroup}'`, intervalMs, () => this.refresh(), log);
+  }
+
+  /** Starts polling; an unreachable master only means reading from the UFS until it answers. */
+  async start(): Promise<void> {
+    await this.poller.start(true);
+  }
+
+  get ring(): WorkerRing<WorkerRecord> {
+    return this.current;
+  }
+
+  /** Workers to try for a block, most preferred first, skipping recent failures. */
+  candidates(blockId: string): WorkerRecord[] {
+    const now = Date.now();
+    return this.current.order(blockId).filter((w) => (this.suspects.get(w.id) ?? 0) < now);
+  }
+
+  /** The worker failed a request: skip it for a while and ask the master for news. */
+  suspect(workerId: string): void {
+    this.suspects.set(workerId, Date.now() + SUSPECT_MS);
+    void this.poller.poke();
+  }
+
+  private async refresh(): Promise<void> {
+    const live = await this.master.liveWorkers(this.cacheGroup);
+    const before = new Set(this.current.all.map((w) => `${w.id}@${w.address}/${w.instance ?? w.startedAt}`));
+    const after = new Set(live.value.map((w) => `${w.id}@${w.address}/${w.instance ?? w.startedAt}`));
+    const changed = before.size !== after.size || [...after].some((k) => !before.has(k));
+    this.current = new WorkerRing(live.value);
+    if (changed) {
+      // A worker that re-registered is trusted again.
+      for (const w of live.value) if (!before.has(`${w.id}@${w.address}/${w.instance ?? w.startedAt}`)) this.suspects.delete(w.id);
+      this.log.info({ cacheGroup: this.cacheGroup, workers: live.value.map((w) => w.id), source: live.source }, 'cache group membership changed');
+    }
+    if (live.value.length === 0 && !this.warnedEmpty) {
+      this.warnedEmpty = true;
+      this.log.warn({ cacheGroup: this.cacheGroup }, 'cache group has no live workers: reading from the UFS');
+    } else if (live.value.length > 0) this.warnedEmpty = false;
+  }
+
+  async close(): Promise<void> {
+    await this.poller.close();
+  }
+}

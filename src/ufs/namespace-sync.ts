@@ -1,0 +1,68 @@
+/**
+ * Keeps a `NamespaceUfs` in step with the master's mount table: polls it (the
+ * master client falls back to its on-disk copy when the master is down), opens a
+ * backend for each new entry and closes the backends of removed ones.
+ */
+import { Poller } from '../client/poller.js';
+import type { Logger } from '../log.js';
+import type { MountEntry } from '../master/api.js';
+import type { MasterClient } from '../master/client.js';
+import { NamespaceUfs } from './namespace.js';
+import { openUfs } from './open-ufs.js';
+import type { Ufs } from './ufs.js';
+
+export class NamespaceSync {
+  readonly ufs = new NamespaceUfs([]);
+  private readonly open = new Map<string, Ufs>();
+  private readonly poller: Poller;
+
+  constructor(private readonly master: MasterClient, private readonly log: Logger, intervalMs = 10_000) {
+    this.poller = new Poller('mount table', intervalMs, () => this.refresh(), log);
+  }
+
+  /** Loads the mount table once (from the master, or its cached copy) and keeps polling. */
+  async start(): Promise<void> {
+    await this.poller.start();
+  }
+
+  /** Refreshes now, e.g. after a lookup missed. */
+  poke(): Promise<void> {
+    return this.poller.poke();
+  }
+
+  private async refresh(): Promise<void> {
+    const table = await this.master.mountTable();
+    const wanted = new Map(table.value.map((e) => [identity(e), e]));
+    for (const [id, ufs] of this.open) {
+      if (!wanted.has(id)) {
+        this.open.delete(id);
+        await ufs.close();
+      }
+    }
+    const entries = [];
+    for (const [id, entry] of wanted) {
+      let ufs = this.open.get(id);
+      if (!ufs) {
+        try {
+          ufs = await openUfs(entry.uri, { ...entry.options, ...entry.secretOptions });
+        } catch (err) {
+          this.log.warn({ path: entry.path, uri: entry.uri, err: (err as Error).message }, 'cannot open mount-table entry');
+          continue;
+        }
+        this.open.set(id, ufs);
+      }
+      entries.push({ path: entry.path, ufs });
+    }
+    this.ufs.replace(entries);
+  }
+
+  async close(): Promise<void> {
+    await this.poller.close();
+    for (const ufs of this.open.values()) await ufs.close();
+    this.open.clear();
+  }
+}
+
+function identity(e: MountEntry): string {
+  return JSON.stringify([e.path, e.uri, e.options, e.secretOptions]);
+}

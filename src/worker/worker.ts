@@ -1,0 +1,91 @@
+/**
+ * A cache worker: a tiered block store with read-through from the UFS, served
+ * over HTTP to clients of its cache group, registered with the master. Runs as
+ * `cachefs worker`, or embedded in a sharing mount.
+ */
+import type { Logger } from '../log.js';
+import type { MasterClient } from '../master/client.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { TierConfig } from '../store/tier.js';
+import { TieredStore } from '../store/tiered-store.js';
+import { BlockService } from './block-service.js';
+import { ReadThrough, type UfsResolver } from './read-through.js';
+import { Registration } from './registration.js';
+
+export interface WorkerConfig {
+  id: string;
+  cacheGroup: string;
+  tiers: TierConfig[];
+  high: number;
+  low: number;
+  /** Address the block service listens on. */
+  host: string;
+  port: number;
+  /** Host clients use to reach this worker. */
+  advertiseHost: string;
+  hostname: string;
+  domainSocketPath: string;
+}
+
+export interface WorkerDeps {
+  master: MasterClient;
+  resolveUfs: UfsResolver;
+  metrics: Metrics;
+  log: Logger;
+  /** Called when the worker cannot go on (its id was taken over). */
+  onFatal: (err: Error) => void;
+}
+
+export class Worker {
+  private constructor(
+    readonly config: WorkerConfig,
+    readonly store: TieredStore,
+    readonly readThrough: ReadThrough,
+    readonly service: BlockService,
+    readonly registration: Registration,
+  ) {}
+
+  get address(): string {
+    return `${this.config.advertiseHost}:${this.service.port}`;
+  }
+
+  static async start(config: WorkerConfig, deps: WorkerDeps): Promise<Worker> {
+    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low }, deps.metrics, deps.log);
+    await store.open();
+    const readThrough = new ReadThrough(store, deps.resolveUfs, deps.metrics, deps.log);
+    let service: BlockService;
+    try {
+      service = await BlockService.start({ readThrough, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+    } catch (err) {
+      await store.close();
+      throw err;
+    }
+    const registration = new Registration(
+      deps.master,
+      { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath },
+      () => ({
+        capacityBytes: store.capacityBytes,
+        usedBytes: store.usedBytes,
+        blocks: store.blockCount,
+        tiers: store.tiers.map((t) => ({ medium: t.medium, dir: t.dir, quotaBytes: t.quotaBytes, usedBytes: t.usedBytes })),
+      }),
+      deps.log,
+      deps.onFatal,
+    );
+    const worker = new Worker(config, store, readThrough, service, registration);
+    try {
+      await registration.start();
+    } catch (err) {
+      await worker.close();
+      throw err;
+    }
+    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
+    return worker;
+  }
+
+  async close(): Promise<void> {
+    this.registration.close();
+    await this.service.close();
+    await this.store.close();
+  }
+}
