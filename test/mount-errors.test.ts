@@ -61,9 +61,8 @@ describe('cachefs mount refuses bad input', () => {
     expect((await mountFails([path.join(work, 'a-file'), '--ufs', 's3://data', ...s3args()])).line).toMatch(/a-file is not a directory/);
   });
   it('a mount point that is already a mount', async () => {
-    const m = await mountCachefs({ ufs: 's3://data', mountpoint: path.join(work, 'taken'), args: s3args(), env }).catch(async (e) => {
-      throw e;
-    });
+    await mkdir(path.join(work, 'taken'));
+    const m = await mountCachefs({ ufs: 's3://data', mountpoint: path.join(work, 'taken'), args: s3args(), env });
     const r = await cachefs(['mount', m.mountpoint, '--ufs', 's3://data', ...s3args(), '--cache-dir', path.join(work, 'cache2')], env);
     expect(r.code).not.toBe(0);
     expect(r.stderr.trim()).toMatch(/^cachefs: mount point .*taken is already a mount: unmount it first$/);
@@ -98,9 +97,13 @@ describe('cachefs mount refuses bad input', () => {
     expect(r.ms).toBeLessThan(10_000);
   });
   it('a cache dir that is not writable', async () => {
-    const r = await cachefs(['mount', mnt, '--ufs', 's3://data', ...s3args(), '--cache-dir', path.join(work, 'a-file', 'cache')], env);
-    expect(r.code).not.toBe(0);
-    expect(r.stderr.trim()).toMatch(/^cachefs: cache dir '.*a-file\/cache\/[0-9a-f]+' is not writable/);
+    const bad = path.join(work, 'a-file', 'cache');
+    const background = await cachefs(['mount', mnt, '--ufs', 's3://data', ...s3args(), '--cache-dir', bad], env);
+    expect(background.code).toBe(2);
+    expect(background.stderr.trim()).toBe(`cachefs: cannot write the log file in the cache dir (is --cache-dir ${bad} writable?) '${bad}/cachefs.log': ENOTDIR`);
+    const foreground = await cachefs(['mount', mnt, '--ufs', 's3://data', ...s3args(), '--cache-dir', bad, '--foreground'], env);
+    expect(foreground.code).toBe(2);
+    expect(foreground.stderr.trim()).toMatch(new RegExp(`^cachefs: cache dir '${bad}/[0-9a-f]{16}' is not writable: ENOTDIR`));
     expect(await isMounted(mnt)).toBe(false);
   });
   it('sizes that are not sizes', async () => {

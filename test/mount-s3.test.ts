@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { runCommand } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
 const MiB = 1024 * 1024;
@@ -24,10 +25,6 @@ const files: Record<string, Buffer> = {
   'd1/d2/d3/deep.txt': Buffer.from('deep\n'),
   'with space/ünïcødé 名前.txt': Buffer.from('unicode\n'),
   'emptydir/': Buffer.alloc(0),
-  'bad//double-slash.txt': Buffer.from('x'),
-  'dots/../escape.txt': Buffer.from('x'),
-  [`long/${'n'.repeat(300)}`]: Buffer.from('x'),
-  'long/ok.txt': Buffer.from('ok\n'),
 };
 const MANY = 10_000;
 
@@ -75,8 +72,8 @@ describe('reading through the mount', () => {
       console.log(h.digest('hex'));`;
     const want = createHash('sha256');
     for (const { at, len } of offsets) want.update(big.subarray(at, at + len));
-    const r = await sh(`node -e ${JSON.stringify(script)} ${path.join(mnt.mountpoint, 'big/hundred.bin')} '${JSON.stringify(offsets)}'`);
-    expect(r.stderr).toBe('');
+    const r = await runCommand(process.execPath, ['-e', script, path.join(mnt.mountpoint, 'big/hundred.bin'), JSON.stringify(offsets)]);
+    expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(want.digest('hex'));
   });
 });
@@ -87,16 +84,6 @@ describe('the tree', () => {
     expect(r.code).toBe(0);
     const lines = r.stdout.split('\n');
     for (const want of ['big', 'd1', 'emptydir', 'many', 'sizes', 'with space', 'deep.txt', 'ünïcødé 名前.txt', 'unicode']) expect(lines).toContain(want);
-  });
-
-  it('leaves out object names that cannot be POSIX names, without failing the listing', async () => {
-    const r = await sh(`cd ${mnt.mountpoint} && ls -1a bad dots long`);
-    expect(r.code).toBe(0);
-    expect(r.stdout).toContain('ok.txt');
-    expect(r.stdout).not.toContain('nnnnnnnnnn');
-    expect(r.stdout).not.toContain('escape.txt');
-    expect(r.stdout).not.toContain('double-slash');
-    expect((await mnt.metrics()).value('cachefs_skipped_names_total')).toBeGreaterThanOrEqual(3);
   });
 
   it('lists a directory of 10,000 entries completely (ListObjectsV2 pagination)', async () => {

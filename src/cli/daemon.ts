@@ -14,9 +14,14 @@ const READY_ENV = 'CACHEFS_READY_FD';
 const READY_TIMEOUT_MS = 120_000;
 
 /** Runs this process's command again in the background; resolves once it is ready, throws its error otherwise. */
-export async function detach(logFile: string): Promise<number> {
-  mkdirSync(path.dirname(logFile), { recursive: true });
-  const log = openSync(logFile, 'a');
+export async function detach(logFile: string, what = 'log file'): Promise<number> {
+  let log: number;
+  try {
+    mkdirSync(path.dirname(logFile), { recursive: true });
+    log = openSync(logFile, 'a');
+  } catch (err) {
+    throw new CachefsError('INVALID_ARGUMENT', `cannot write the ${what} '${logFile}': ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
   const args = [...process.execArgv, process.argv[1]!, ...process.argv.slice(2), '--foreground'];
   const child = spawn(process.execPath, args, {
     detached: true,

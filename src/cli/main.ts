@@ -11,6 +11,10 @@ import { registerReportCommand } from './report.js';
 import { registerUmountCommand } from './umount.js';
 import { registerWorkerCommand } from './worker.js';
 
+// The pinned AWS SDK supports Node 20; its multi-line notice about future releases would break
+// the one-line error contract of every command that loads it.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 const program = new Command('cachefs')

@@ -47,7 +47,8 @@ export function registerMountCommand(program: Command): void {
       runAction(async (mountpoint: string, flags: MountFlags) => {
         const config = parseMountConfig(mountpoint, flags);
         if (!config.foreground) {
-          await detach(config.logFile ?? path.join(config.cacheDir, 'cachefs.log'));
+          if (config.logFile) await detach(config.logFile);
+          else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
           return;
         }
         const log = createLogger(config.logLevel, config.logFile);

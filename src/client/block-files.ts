@@ -30,7 +30,8 @@ export class BlockFiles {
       let done = 0;
       while (done < length) {
         const n = await readFd(entry.fd, dest, destOffset + done, length - done, position + done);
-        if (n === 0) break;
+        // The caller asks only for bytes inside the block: a short read means the file was cut under us.
+        if (n === 0) throw new BlockFileSizeError(position + done, expectedSize);
         done += n;
       }
       return done;

@@ -1,0 +1,34 @@
+/**
+ * Reads a Prometheus text endpoint and answers sums of series by name and labels.
+ */
+export interface MetricsSnapshot {
+  /** Sum of every series of `name` whose labels include `labels` (0 when none). */
+  value(name: string, labels?: Record<string, string>): number;
+  text: string;
+}
+
+export function parseMetrics(text: string): MetricsSnapshot {
+  const series: { name: string; labels: Record<string, string>; value: number }[] = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const labels: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]!] = l[2]!.replace(/\\(.)/g, '$1');
+    series.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return {
+    text,
+    value(name, want = {}) {
+      return series
+        .filter((s) => s.name === name && Object.entries(want).every(([k, v]) => s.labels[k] === v))
+        .reduce((sum, s) => sum + s.value, 0);
+    },
+  };
+}
+
+export async function scrapeMetrics(url: string): Promise<MetricsSnapshot> {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url} answered ${res.status}`);
+  return parseMetrics(await res.text());
+}
