@@ -38,7 +38,8 @@ export interface TestMount {
 }
 
 export interface MountOptions {
-  ufs: string;
+  /** The source; omit for a cluster mount (pass --master in args). */
+  ufs?: string;
   mountpoint?: string;
   cacheDir?: string;
   args?: string[];
@@ -52,7 +53,7 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
   const mountpoint = options.mountpoint ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-mnt-')));
   const cacheDir = options.cacheDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-cache-')));
   const metricsPort = await freePort();
-  const args = [CACHEFS_BIN, 'mount', mountpoint, '--ufs', options.ufs, '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
+  const args = [CACHEFS_BIN, 'mount', mountpoint, ...(options.ufs ? ['--ufs', options.ufs] : []), '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
   const child = spawn(process.execPath, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

@@ -1,0 +1,108 @@
+/**
+ * Real cluster processes for tests: a master (`cachefs master`) and workers
+ * (`cachefs worker`) started from bin/cachefs on 127.0.0.1 with free ports, each
+ * a tracked child stopped by PID (SIGTERM, or SIGKILL to simulate a crash).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { CACHEFS_BIN, cachefs } from './cachefs.js';
+import { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
+import { freePort, waitFor } from './processes.js';
+
+export interface ServiceProcess {
+  readonly port: number;
+  readonly address: string;
+  readonly child: ChildProcess;
+  output(): string;
+  metrics(): Promise<MetricsSnapshot>;
+  /** SIGTERM and wait; SIGKILL after 10 s. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait: a crash. */
+  kill(): Promise<void>;
+}
+
+const live = new Set<ServiceProcess>();
+
+function start(args: string[], port: number, ready: (out: string) => boolean, env: NodeJS.ProcessEnv = {}): Promise<ServiceProcess> {
+  const child = spawn(process.execPath, [CACHEFS_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const running = (): boolean => child.exitCode === null && child.signalCode === null;
+  const halt = async (signal: NodeJS.Signals): Promise<void> => {
+    live.delete(svc);
+    if (!running()) return;
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    await exited;
+    clearTimeout(timer);
+  };
+  const svc: ServiceProcess = {
+    port,
+    address: `127.0.0.1:${port}`,
+    child,
+    output: () => out,
+    metrics: () => scrapeMetrics(`http://127.0.0.1:${port}/metrics`),
+    stop: () => halt('SIGTERM'),
+    kill: () => halt('SIGKILL'),
+  };
+  live.add(svc);
+  return waitFor(
+    () => {
+      if (!running()) throw new Error(`cachefs ${args[0]} exited (${child.exitCode ?? child.signalCode}): ${out}`);
+      return ready(out);
+    },
+    { timeoutMs: 30_000, intervalMs: 50, what: `cachefs ${args[0]} to start` },
+  ).then(
+    () => svc,
+    async (err: unknown) => {
+      await svc.kill();
+      throw err;
+    },
+  );
+}
+
+export async function startMaster(options: { metaDir?: string; port?: number; workerTimeout?: string } = {}): Promise<ServiceProcess & { metaDir: string }> {
+  const metaDir = options.metaDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-meta-')));
+  const port = options.port ?? (await freePort());
+  const svc = await start(['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', String(port), '--worker-timeout', options.workerTimeout ?? '3s'], port, (out) => out.includes('listening on'));
+  return Object.assign(svc, { metaDir });
+}
+
+export interface WorkerOptions {
+  master: string;
+  cacheGroup?: string;
+  id?: string;
+  port?: number;
+  tierDir?: string;
+  tierSize?: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string }> {
+  const port = options.port ?? (await freePort());
+  const tierDir = options.tierDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-tier-')));
+  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-wstate-'));
+  const id = options.id ?? `worker-${port}`;
+  const svc = await start(
+    ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--log-level', 'debug', ...(options.args ?? [])],
+    port,
+    (out) => out.includes('registered with the master'),
+    options.env,
+  );
+  return Object.assign(svc, { tierDir, id });
+}
+
+/** Adds a mount-table entry through the CLI. */
+export async function addMountEntry(master: string, mountPath: string, uri: string, options: string[] = []): Promise<void> {
+  const r = await cachefs(['mount-table', 'add', mountPath, uri, '--master', master, ...options.flatMap((o) => ['--option', o])]);
+  if (r.code !== 0) throw new Error(`mount-table add failed: ${r.stderr}`);
+}
+
+export async function stopAllServices(): Promise<void> {
+  for (const s of [...live]) await s.stop();
+}
