@@ -15,7 +15,7 @@ import type { UfsResolver } from '../worker/read-through.js';
 import { BackgroundQueue } from './background.js';
 import type { BlockRead, BlockSource } from './block-source.js';
 import type { Membership } from './membership.js';
-import { MemoryBlocks } from './memory-blocks.js';
+import { MemoryBlocks, type HeldBlock } from './memory-blocks.js';
 import { RemoteWorker } from './remote-worker.js';
 
 export interface ClusterSourceConfig {
@@ -48,13 +48,13 @@ export class ClusterSource implements BlockSource {
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
     const inMemory = this.memory.get(ref.id);
-    if (inMemory) return this.copy(inMemory, req, 'remote');
+    if (inMemory) return this.copy(inMemory, req);
     for (const worker of this.config.membership.candidates(ref.id)) {
       try {
         if (this.isLocal(worker)) return await this.config.local!.source.read(req);
         const remote = this.remote(worker);
         if (req.pattern === 'sequential') {
-          return this.copy(await this.memory.load(ref.id, () => remote.read(ref, 0, ref.length, req.signal)), req, 'remote');
+          return this.copy(await this.memory.load(ref.id, async () => ({ data: await remote.read(ref, 0, ref.length, req.signal), from: 'remote' })), req);
         }
         const data = await remote.read(ref, req.offset, req.length, req.signal);
         data.copy(req.dest, req.destOffset);
@@ -75,19 +75,19 @@ export class ClusterSource implements BlockSource {
       this.memory.load(ref.id, async () => {
         if (owner) {
           try {
-            return await this.remote(owner).read(ref);
+            return { data: await this.remote(owner).read(ref), from: 'remote' };
           } catch (err) {
             this.failed(owner, asCachefsError(err));
           }
         }
-        return this.fetchUfs(ref, 0, ref.length);
+        return { data: await this.fetchUfs(ref, 0, ref.length), from: 'ufs' };
       }),
     );
   }
 
   private async readUfs(req: BlockRead): Promise<number> {
     const { ref } = req;
-    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, () => this.fetchUfs(ref, 0, ref.length, req.signal)), req, 'ufs');
+    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, async () => ({ data: await this.fetchUfs(ref, 0, ref.length, req.signal), from: 'ufs' })), req);
     const data = await this.fetchUfs(ref, req.offset, req.length, req.signal);
     data.copy(req.dest, req.destOffset);
     this.bytes.ufs.inc(data.length);
@@ -102,9 +102,9 @@ export class ClusterSource implements BlockSource {
     return data;
   }
 
-  private copy(block: Buffer, req: BlockRead, path: 'remote' | 'ufs'): number {
-    const n = block.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
-    this.bytes[path].inc(n);
+  private copy(block: HeldBlock, req: BlockRead): number {
+    const n = block.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
+    this.bytes[block.from].inc(n);
     return n;
   }
 

@@ -7,15 +7,21 @@
 import { LRUCache } from 'lru-cache';
 import { SingleFlight } from '../worker/single-flight.js';
 
+/** A block in memory and where its bytes came from (for the read-path metrics). */
+export interface HeldBlock {
+  data: Buffer;
+  from: 'remote' | 'ufs';
+}
+
 export class MemoryBlocks {
-  private readonly blocks: LRUCache<string, Buffer>;
-  private readonly flights = new SingleFlight<Buffer>();
+  private readonly blocks: LRUCache<string, HeldBlock>;
+  private readonly flights = new SingleFlight<HeldBlock>();
 
   constructor(maxBytes: number) {
-    this.blocks = new LRUCache({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.length) });
+    this.blocks = new LRUCache({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.data.length) });
   }
 
-  get(id: string): Buffer | undefined {
+  get(id: string): HeldBlock | undefined {
     return this.blocks.get(id);
   }
 
@@ -24,13 +30,13 @@ export class MemoryBlocks {
   }
 
   /** The block from memory, or fetched by `fetch` (once, however many callers wait). */
-  load(id: string, fetch: () => Promise<Buffer>): Promise<Buffer> {
+  load(id: string, fetch: () => Promise<HeldBlock>): Promise<HeldBlock> {
     const hit = this.blocks.get(id);
     if (hit) return Promise.resolve(hit);
     return this.flights.do(id, async () => {
-      const data = await fetch();
-      this.blocks.set(id, data);
-      return data;
+      const held = await fetch();
+      this.blocks.set(id, held);
+      return held;
     });
   }
 
