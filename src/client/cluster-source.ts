@@ -105,6 +105,7 @@ export class ClusterSource implements BlockSource {
   private copy(block: HeldBlock, req: BlockRead): number {
     const n = block.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
     this.bytes[block.from].inc(n);
+    if (req.pattern === 'sequential') this.memory.consumed(req.ref.id, n);
     return n;
   }
 

@@ -13,8 +13,13 @@ export interface HeldBlock {
   from: 'remote' | 'ufs';
 }
 
+interface Entry extends HeldBlock {
+  /** Bytes handed to sequential readers so far. */
+  consumed: number;
+}
+
 export class MemoryBlocks {
-  private readonly blocks: LRUCache<string, HeldBlock>;
+  private readonly blocks: LRUCache<string, Entry>;
   private readonly flights = new SingleFlight<HeldBlock>();
 
   constructor(maxBytes: number) {
@@ -35,9 +40,21 @@ export class MemoryBlocks {
     if (hit) return Promise.resolve(hit);
     return this.flights.do(id, async () => {
       const held = await fetch();
-      this.blocks.set(id, held);
+      this.blocks.set(id, { ...held, consumed: 0 });
       return held;
     });
+  }
+
+  /**
+   * Records bytes of the block read by a sequential stream. A block read to the end is
+   * dropped: the page cache has it now, and keeping it would push out the blocks fetched
+   * ahead of the reader, which are older in LRU order but needed sooner.
+   */
+  consumed(id: string, bytes: number): void {
+    const e = this.blocks.peek(id);
+    if (!e) return;
+    e.consumed += bytes;
+    if (e.consumed >= e.data.length) this.blocks.delete(id);
   }
 
   clear(): void {
