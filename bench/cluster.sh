@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The network read path against the embedded cache, in one run, on one 256 MiB file
+# (UFS = s3rver on 127.0.0.1):
+#   remote   - a --no-sharing cluster mount whose blocks are cached on a worker in
+#              another process (HTTP over loopback)
+#   embedded - a mount with the in-process cache, blocks cached
+# Both warmed first; page cache dropped before every timed read. Prints MB/s
+# medians of RUNS runs (default 5), min-max, and the ratio (target >= 0.6).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib/common.sh
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache)" >&2; exit 1; }
+bash scripts/setup.sh
+RUNS=${RUNS:-5}
+SIZE_MIB=${SIZE_MIB:-256}
+work=$(mktemp -d /tmp/cachefs-bench-cluster.XXXXXX)
+pids=()
+cleanup() {
+  for m in "$work/remote" "$work/embedded"; do mountpoint -q "$m" && { fusermount -uz "$m" || umount -l "$m"; }; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work/data" "$work/s3" "$work/remote" "$work/embedded"
+head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$work/data/file.bin"
+want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)
+export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
+node bench/lib/s3-server.mjs "$work/s3" bench "$work/data/file.bin" > "$work/s3.out" &
+pids+=($!)
+for _ in $(seq 600); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
+s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+node bin/cachefs master --meta-dir "$work/meta" --host 127.0.0.1 --port "$mport" --log-level warn &
+pids+=($!)
+for _ in $(seq 100); do node bin/cachefs mount-table list --master "127.0.0.1:$mport" >/dev/null 2>&1 && break; sleep 0.1; done
+node bin/cachefs mount-table add /bench s3://bench --master "127.0.0.1:$mport" \
+  --option "s3.endpoint=http://127.0.0.1:$s3port" --option s3.accessKeyId=S3RVER --option s3.secretAccessKey=S3RVER >/dev/null
+node bin/cachefs worker --master "127.0.0.1:$mport" --cache-group bench --host 127.0.0.1 --port 0 \
+  --tier "SSD:$work/tier:2GiB" --state-dir "$work/wstate" --log-level warn &
+pids+=($!)
+sleep 1
+node bin/cachefs mount "$work/remote" --master "127.0.0.1:$mport" --cache-group bench --no-sharing --cache-dir "$work/rcache" --log-level warn
+node bin/cachefs mount "$work/embedded" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/ecache" --log-level warn
+
+for f in "$work/remote/bench/file.bin" "$work/embedded/file.bin"; do
+  got=$(sha256sum < "$f" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || { echo "bench: wrong bytes through $f" >&2; exit 1; }
+done
+remote=(); embedded=()
+for run in $(seq "$RUNS"); do
+  drop_caches; remote+=("$(read_mbps "$work/remote/bench/file.bin")")
+  drop_caches; embedded+=("$(read_mbps "$work/embedded/file.bin")")
+done
+node bin/cachefs umount "$work/remote"; node bin/cachefs umount "$work/embedded"
+
+m_remote=$(median "${remote[@]}"); m_embedded=$(median "${embedded[@]}")
+printf '\n%s MiB file, warm, %s runs, MB/s (median, min-max)\n' "$SIZE_MIB" "$RUNS"
+printf '%-40s %8s  %s\n' "remote worker (HTTP, loopback)" "$m_remote" "$(minmax "${remote[@]}")"
+printf '%-40s %8s  %s\n' "embedded cache (in-process)" "$m_embedded" "$(minmax "${embedded[@]}")"
+printf '\nratio: remote/embedded %s (target >= 0.6)\n' "$(ratio "$m_remote" "$m_embedded")"
