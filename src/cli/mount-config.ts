@@ -1,7 +1,9 @@
 /**
  * `cachefs mount` options parsed once into a typed, validated `MountConfig`.
  */
+import os from 'node:os';
 import path from 'node:path';
+import type { ShortCircuitMode } from '../client/cluster-source.js';
 import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../block/block.js';
 import { parseDuration, parsePort, parseSize } from '../config/units.js';
 import { CachefsError } from '../errors.js';
@@ -18,6 +20,8 @@ export interface MountFlags {
   sharing: boolean;
   workerPort: string;
   advertiseHost?: string;
+  shortCircuit: string;
+  hostname?: string;
   foreground?: boolean;
   cacheDir?: string;
   cacheSize: string;
@@ -47,6 +51,8 @@ export interface ClusterConfig {
   sharing: boolean;
   workerPort: number;
   advertiseHost?: string;
+  shortCircuit: ShortCircuitMode;
+  hostname: string;
 }
 
 export interface MountConfig {
@@ -86,6 +92,8 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
         sharing: flags.sharing,
         workerPort: parsePort(flags.workerPort, '--worker-port'),
         advertiseHost: flags.advertiseHost,
+        shortCircuit: parseShortCircuit(flags.shortCircuit),
+        hostname: flags.hostname ?? os.hostname(),
       }
     : undefined;
   if (!LOG_LEVELS.includes(flags.logLevel)) throw new CachefsError('INVALID_ARGUMENT', `invalid --log-level '${flags.logLevel}': expected one of ${LOG_LEVELS.join(', ')}`);
@@ -129,4 +137,10 @@ export const MOUNT_DEFAULTS = {
   metricsHost: '0.0.0.0',
   cacheGroup: 'default',
   workerPort: '0',
+  shortCircuit: 'uuid',
 };
+
+function parseShortCircuit(text: string): ShortCircuitMode {
+  if (text === 'uuid' || text === 'hostname' || text === 'off') return text;
+  throw new CachefsError('INVALID_ARGUMENT', `invalid --short-circuit '${text}': expected uuid, hostname or off`);
+}

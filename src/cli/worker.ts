@@ -3,7 +3,9 @@
  * read-through from the UFS of the master's mount table, HTTP block service,
  * registration and heartbeats. Runs until SIGTERM/SIGINT.
  */
+import { randomUUID } from 'node:crypto';
 import os from 'node:os';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { createLogger } from '../log.js';
 import { DEFAULT_MASTER_PORT } from '../master/api.js';
@@ -29,6 +31,8 @@ interface WorkerFlags {
   hostname: string;
   id?: string;
   stateDir: string;
+  domainSocketDir: string;
+  locality: string;
   logLevel: string;
   logFile?: string;
 }
@@ -47,6 +51,8 @@ export function registerWorkerCommand(program: Command): void {
     .option('--advertise-host <host>', 'host clients use to reach this worker (default: first non-loopback IPv4)')
     .option('--hostname <name>', 'hostname for locality', os.hostname())
     .option('--id <id>', 'worker id, unique in the cluster (default: <hostname>-<port>)')
+    .option('--domain-socket-dir <dir>', "Unix socket dir for co-located clients (a shared hostPath); 'none' disables", '/run/cachefs')
+    .option('--locality <mode>', 'how clients know they are co-located: uuid (socket file <dir>/<uuid>, visible only where the dir is shared) or hostname (<dir>/worker.sock, same --hostname)', 'uuid')
     .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw', '/var/lib/cachefs/worker')
     .option('--log-level <level>', 'log level', 'info')
     .option('--log-file <file>', 'log to a file instead of stderr')
@@ -58,13 +64,14 @@ export function registerWorkerCommand(program: Command): void {
         const port = parsePort(flags.port, '--port');
         const cacheGroup = parseCacheGroup(flags.cacheGroup, '--cache-group');
         const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
+        const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
         const log = createLogger(flags.logLevel, flags.logFile);
         const metrics = new Metrics();
         const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log });
         const namespace = new NamespaceSync(master, log);
         await namespace.start();
         const worker = await Worker.start(
-          { id, cacheGroup, tiers, high, low, host: flags.host, port, advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host), hostname: flags.hostname, domainSocketPath: '' },
+          { id, cacheGroup, tiers, high, low, host: flags.host, port, advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host), hostname: flags.hostname, domainSocketPath },
           {
             master,
             metrics,
@@ -88,4 +95,12 @@ export function registerWorkerCommand(program: Command): void {
         process.exit(0);
       }),
     );
+}
+
+/** uuid mode: a new `<dir>/<uuid>` each start, so a stale file never matches; hostname mode: `<dir>/worker.sock`. */
+function socketPathFor(dir: string, locality: string): string {
+  if (locality !== 'uuid' && locality !== 'hostname') throw new CachefsError('INVALID_ARGUMENT', `invalid --locality '${locality}': expected uuid or hostname`);
+  if (dir === 'none') return '';
+  if (!path.isAbsolute(dir)) throw new CachefsError('INVALID_ARGUMENT', `invalid --domain-socket-dir '${dir}': expected an absolute path or 'none'`);
+  return path.join(dir, locality === 'uuid' ? randomUUID() : 'worker.sock');
 }

@@ -27,7 +27,7 @@ export class BlockClient {
   }
 
   /** Reads up to `length` bytes at `position` into `dest`; returns the count (short only at end of object). */
-  async read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, signal?: AbortSignal): Promise<number> {
+  async read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, signal?: AbortSignal): Promise<number> {
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
@@ -42,10 +42,14 @@ export class BlockClient {
       refs.map((ref) => {
         const from = Math.max(position, ref.offset);
         const to = Math.min(end, ref.offset + ref.length);
-        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, signal });
+        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, session, signal });
       }),
     );
     return counts.reduce((a, b) => a + b, 0);
+  }
+
+  release(session: number): void {
+    this.source.release?.(session);
   }
 
   close(): Promise<void> {

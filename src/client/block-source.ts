@@ -17,6 +17,8 @@ export interface BlockRead {
   dest: Buffer;
   destOffset: number;
   pattern: AccessPattern;
+  /** The open file handle the read belongs to: what holds short-circuit pins. */
+  session?: number;
   signal?: AbortSignal;
 }
 
@@ -25,5 +27,7 @@ export interface BlockSource {
   read(req: BlockRead): Promise<number>;
   /** Starts caching the block in the background if it is not cached; never throws. */
   prefetch(ref: BlockRef): void;
+  /** The file handle is gone: let go of what it held (pins). */
+  release?(session: number): void;
   close(): Promise<void>;
 }

@@ -6,6 +6,7 @@
  * answers. Remote and UFS bytes of sequential streams are fetched as whole
  * blocks into a bounded memory buffer; random reads fetch just their range.
  */
+import { existsSync } from 'node:fs';
 import type { BlockRef } from '../block/block.js';
 import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -17,9 +18,17 @@ import type { BlockRead, BlockSource } from './block-source.js';
 import type { Membership } from './membership.js';
 import { MemoryBlocks, type HeldBlock } from './memory-blocks.js';
 import { RemoteWorker } from './remote-worker.js';
+import { BlockFiles } from './block-files.js';
+import { ColocatedWorker } from './colocated-worker.js';
+
+/** How a client decides it runs on a worker's node (DESIGN.md, "Locality"). */
+export type ShortCircuitMode = 'uuid' | 'hostname' | 'off';
 
 export interface ClusterSourceConfig {
   membership: Membership;
+  shortCircuit: ShortCircuitMode;
+  /** This node's hostname, for hostname mode. */
+  hostname: string;
   /** The embedded worker of a sharing mount: its id and a source that reads its store in-process. */
   local?: { workerId: string; source: BlockSource };
   resolveUfs: UfsResolver;
@@ -34,6 +43,8 @@ const FINAL = new Set(['STALE', 'NOT_FOUND', 'INVALID_ARGUMENT']);
 
 export class ClusterSource implements BlockSource {
   private readonly remotes = new Map<string, RemoteWorker>();
+  private readonly colocated = new Map<string, ColocatedWorker | null>();
+  private readonly files = new BlockFiles();
   private readonly memory: MemoryBlocks;
   private readonly background: BackgroundQueue;
   private readonly bytes;
@@ -52,6 +63,8 @@ export class ClusterSource implements BlockSource {
     for (const worker of this.config.membership.candidates(ref.id)) {
       try {
         if (this.isLocal(worker)) return await this.config.local!.source.read(req);
+        const near = this.near(worker);
+        if (near) return await near.read(req);
         const remote = this.remote(worker);
         if (req.pattern === 'sequential') {
           return this.copy(await this.memory.load(ref.id, async () => ({ data: await remote.read(ref, 0, ref.length, req.signal), from: 'remote' })), req);
@@ -71,6 +84,11 @@ export class ClusterSource implements BlockSource {
     if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
     const owner = this.config.membership.candidates(ref.id)[0];
     if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref);
+    const near = owner && this.near(owner);
+    if (near) {
+      this.background.add(ref.id, () => near.warm(ref).catch((err: unknown) => this.failed(owner, asCachefsError(err))));
+      return;
+    }
     this.background.add(ref.id, () =>
       this.memory.load(ref.id, async () => {
         if (owner) {
@@ -109,6 +127,23 @@ export class ClusterSource implements BlockSource {
     return n;
   }
 
+  release(session: number): void {
+    for (const near of this.colocated.values()) near?.release(session);
+    this.config.local?.source.release?.(session);
+  }
+
+  /** The worker as a co-located one (short-circuit), if it is one; decided once per worker process. */
+  private near(worker: WorkerRecord): ColocatedWorker | undefined {
+    const key = `${worker.id}/${worker.instance ?? worker.startedAt}`;
+    let near = this.colocated.get(key);
+    if (near === undefined) {
+      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.log, this.config.metrics) : null;
+      this.colocated.set(key, near);
+      if (near) this.config.log.info({ worker: worker.id, socket: worker.domainSocketPath, mode: this.config.shortCircuit }, 'worker is co-located: reading its blocks by short-circuit');
+    }
+    return near ?? undefined;
+  }
+
   private isLocal(worker: WorkerRecord): boolean {
     return this.config.local !== undefined && worker.id === this.config.local.workerId;
   }
@@ -133,6 +168,20 @@ export class ClusterSource implements BlockSource {
     this.memory.clear();
     for (const r of this.remotes.values()) await r.close();
     this.remotes.clear();
+    for (const near of this.colocated.values()) near?.close();
+    this.colocated.clear();
+    this.files.closeAll();
     await this.config.local?.source.close();
   }
+}
+
+/**
+ * uuid mode: co-located exactly when the worker's socket file (a fresh uuid per
+ * worker start) exists in our filesystem, i.e. its socket dir is shared with us.
+ * hostname mode: when the worker advertises our hostname.
+ */
+function isColocated(worker: WorkerRecord, mode: ShortCircuitMode, hostname: string): boolean {
+  if (mode === 'off' || !worker.domainSocketPath) return false;
+  if (mode === 'hostname') return worker.hostname === hostname;
+  return existsSync(worker.domainSocketPath);
 }

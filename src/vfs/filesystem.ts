@@ -161,7 +161,7 @@ export class Filesystem {
     const handle = this.handles.get(fh);
     if (!handle) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
     try {
-      return await this.client.read(handle.object, position, dest, length, handle.readahead);
+      return await this.client.read(handle.object, position, dest, length, handle.readahead, fh);
     } catch (err) {
       if (isCachefsError(err, 'STALE')) this.cache.invalidate(handle.object.key, parentKey(handle.object.key));
       throw err;
@@ -169,7 +169,7 @@ export class Filesystem {
   }
 
   release(fh: number): void {
-    this.handles.delete(fh);
+    if (this.handles.delete(fh)) this.client.release(fh);
   }
 
   async access(path: string, mode: number): Promise<void> {

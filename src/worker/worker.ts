@@ -9,6 +9,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { TierConfig } from '../store/tier.js';
 import { TieredStore } from '../store/tiered-store.js';
 import { BlockService } from './block-service.js';
+import { DomainSocketService } from './domain-socket-service.js';
 import { ReadThrough, type UfsResolver } from './read-through.js';
 import { Registration } from './registration.js';
 
@@ -24,6 +25,7 @@ export interface WorkerConfig {
   /** Host clients use to reach this worker. */
   advertiseHost: string;
   hostname: string;
+  /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
 }
 
@@ -43,6 +45,7 @@ export class Worker {
     readonly readThrough: ReadThrough,
     readonly service: BlockService,
     readonly registration: Registration,
+    readonly socket: DomainSocketService | undefined,
   ) {}
 
   get address(): string {
@@ -54,8 +57,15 @@ export class Worker {
     await store.open();
     const readThrough = new ReadThrough(store, deps.resolveUfs, deps.metrics, deps.log);
     let service: BlockService;
+    let socket: DomainSocketService | undefined;
     try {
       service = await BlockService.start({ readThrough, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      try {
+        if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, readThrough, deps.metrics, deps.log);
+      } catch (err) {
+        await service.close();
+        throw err;
+      }
     } catch (err) {
       await store.close();
       throw err;
@@ -68,23 +78,25 @@ export class Worker {
         usedBytes: store.usedBytes,
         blocks: store.blockCount,
         tiers: store.tiers.map((t) => ({ medium: t.medium, dir: t.dir, quotaBytes: t.quotaBytes, usedBytes: t.usedBytes })),
+        shortCircuitBytes: socket?.shortCircuitBytes ?? 0,
       }),
       deps.log,
       deps.onFatal,
     );
-    const worker = new Worker(config, store, readThrough, service, registration);
+    const worker = new Worker(config, store, readThrough, service, registration, socket);
     try {
       await registration.start();
     } catch (err) {
       await worker.close();
       throw err;
     }
-    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
+    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, domainSocket: config.domainSocketPath || undefined, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
     return worker;
   }
 
   async close(): Promise<void> {
     this.registration.close();
+    await this.socket?.close();
     await this.service.close();
     await this.store.close();
   }

@@ -1,0 +1,82 @@
+/**
+ * Reading from a worker on the same node. Short-circuit: the worker pins the block
+ * and answers its file path, and we read the file ourselves with positioned reads
+ * through a kept fd — no copy through the worker. The pin is held per open file
+ * handle (session) and released when the handle is released. If the block files
+ * are not visible in our mount namespace, the bytes come over the socket instead
+ * (domain socket stream), decided once per worker.
+ */
+import type { BlockRef } from '../block/block.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { BlockFiles } from './block-files.js';
+import type { BlockRead } from './block-source.js';
+import { WorkerSocket } from './worker-socket.js';
+
+export class ColocatedWorker {
+  private readonly socket: WorkerSocket;
+  /** Blocks pinned on behalf of each session (file handle). */
+  private readonly pinned = new Map<number, Map<string, string>>();
+  private streamOnly = false;
+  private readonly scBytes;
+  private readonly dsBytes;
+
+  constructor(readonly workerId: string, socketPath: string, private readonly files: BlockFiles, private readonly log: Logger, metrics: Metrics) {
+    this.socket = new WorkerSocket(socketPath);
+    this.scBytes = metrics.clientReadBytes.labels('short_circuit');
+    this.dsBytes = metrics.clientReadBytes.labels('domain_socket');
+  }
+
+  async read(req: BlockRead): Promise<number> {
+    const { ref } = req;
+    if (!this.streamOnly) {
+      const path = await this.openFor(req.session, ref);
+      try {
+        const n = await this.files.read(ref.id, path, ref.length, req.dest, req.destOffset, req.length, req.offset);
+        this.scBytes.inc(n);
+        return n;
+      } catch (err) {
+        this.files.invalidate(ref.id);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
+        this.streamOnly = true;
+        this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
+      }
+    }
+    const data = await this.socket.read(ref, req.offset, req.length);
+    data.copy(req.dest, req.destOffset);
+    this.dsBytes.inc(data.length);
+    return data.length;
+  }
+
+  /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */
+  async warm(ref: BlockRef): Promise<void> {
+    await this.socket.open(ref);
+    await this.socket.close(ref.id);
+  }
+
+  /** Unpins everything the session (file handle) opened. */
+  release(session: number): void {
+    const blocks = this.pinned.get(session);
+    if (!blocks) return;
+    this.pinned.delete(session);
+    for (const id of blocks.keys()) this.socket.close(id).catch(() => undefined);
+  }
+
+  private async openFor(session: number | undefined, ref: BlockRef): Promise<string> {
+    const key = session ?? 0;
+    const known = this.pinned.get(key)?.get(ref.id);
+    if (known) return known;
+    const { path } = await this.socket.open(ref);
+    let blocks = this.pinned.get(key);
+    if (!blocks) this.pinned.set(key, (blocks = new Map()));
+    if (blocks.has(ref.id)) await this.socket.close(ref.id); // a concurrent read of the session pinned it first
+    else blocks.set(ref.id, path);
+    return path;
+  }
+
+  close(): void {
+    this.pinned.clear();
+    this.socket.destroy();
+  }
+}

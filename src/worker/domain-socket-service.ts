@@ -1,0 +1,145 @@
+/**
+ * The worker's Unix-domain-socket service for co-located clients: short-circuit
+ * (`open` pins a cached block and answers its file path, the client reads the file
+ * itself) and the domain socket stream (`read` sends the bytes over the socket,
+ * for clients that cannot see the tier dirs). Protocol in `socket-protocol.ts`.
+ *
+ * The socket file is created mode 0666: any local process that can reach the
+ * directory may read cached blocks, exactly what it could read through the mount;
+ * restrict access with the directory's own permissions. A stale socket left by a
+ * dead worker is replaced; one a live process still answers on is refused.
+ */
+import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { asCachefsError, CachefsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { ReadThrough } from './read-through.js';
+import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketRequest } from './socket-protocol.js';
+
+export class DomainSocketService {
+  private readonly connections = new Set<Socket>();
+  /** Bytes handed out by short-circuit opens (the clients read them themselves). */
+  shortCircuitBytes = 0;
+
+  private constructor(private readonly server: Server, readonly path: string) {}
+
+  static async start(path: string, readThrough: ReadThrough, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
+    await prepareSocketPath(path);
+    let service: DomainSocketService | undefined;
+    const server = createServer((socket) => service!.serve(socket, readThrough, metrics, log));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err) => reject(new CachefsError('CONFLICT', `cannot listen on ${path}: ${err.message}`)));
+      server.listen(path, resolve);
+    });
+    await chmod(path, 0o666);
+    service = new DomainSocketService(server, path);
+    return service;
+  }
+
+  private serve(socket: Socket, readThrough: ReadThrough, metrics: Metrics, log: Logger): void {
+    this.connections.add(socket);
+    const pins = new Map<string, number>();
+    const answer = (a: SocketAnswer, payload?: Buffer): void => {
+      if (!socket.destroyed) for (const part of encodeFrame(a, payload)) socket.write(part);
+    };
+    const handle = async (req: SocketRequest): Promise<void> => {
+      if (req.op === 'close') {
+        const n = pins.get(req.id);
+        if (n !== undefined) {
+          readThrough.store.unpin(req.id);
+          if (n <= 1) pins.delete(req.id);
+          else pins.set(req.id, n - 1);
+        }
+        metrics.workerRequests.inc({ path: 'short_circuit', status: 'close' });
+        return answer({ seq: req.seq, ok: true });
+      }
+      const ref = fromWire(req.block);
+      for (let attempt = 0; ; attempt++) {
+        const ensured = await readThrough.ensure(ref);
+        if (req.op === 'read') {
+          const end = Math.min(ref.length, req.offset + req.length);
+          if (!(req.offset >= 0 && req.offset < end)) throw new CachefsError('INVALID_ARGUMENT', `range ${req.offset}+${req.length} outside block of ${ref.length}`);
+          let bytes: Buffer;
+          if (ensured.data) bytes = ensured.data.subarray(req.offset, end);
+          else {
+            const fh = await open(ensured.stored!.path, 'r');
+            try {
+              bytes = Buffer.allocUnsafe(end - req.offset);
+              const { bytesRead } = await fh.read(bytes, 0, bytes.length, req.offset);
+              if (bytesRead !== bytes.length) {
+                if (attempt > 0) throw new CachefsError('IO', `block ${ref.id} is damaged`);
+                await readThrough.discard(ref, `short read of ${bytesRead} bytes`);
+                continue;
+              }
+            } finally {
+              await fh.close();
+            }
+          }
+          metrics.workerServedBytes.inc({ path: 'domain_socket' }, bytes.length);
+          metrics.workerRequests.inc({ path: 'domain_socket', status: 'ok' });
+          return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
+        }
+        if (!ensured.stored) throw new CachefsError('IO', `block ${ref.id} could not be cached (tiers full of pinned blocks)`);
+        readThrough.store.pin(ref.id);
+        pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
+        this.shortCircuitBytes += ref.length;
+        metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
+        metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
+        return answer({ seq: req.seq, ok: true, path: ensured.stored.path, length: ref.length });
+      }
+    };
+    const reader = new FrameReader<SocketRequest>(
+      () => 0,
+      (req) => {
+        handle(req).catch((err: unknown) => {
+          const e = asCachefsError(err);
+          metrics.workerRequests.inc({ path: req.op === 'read' ? 'domain_socket' : 'short_circuit', status: e.code });
+          answer({ seq: req.seq, ok: false, code: e.code, message: e.message });
+        });
+      },
+    );
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        reader.push(chunk);
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'bad frame on the domain socket; closing the connection');
+        socket.destroy();
+      }
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      this.connections.delete(socket);
+      // A client that went away (closed, crashed, killed) leaves no pins behind.
+      for (const [id, n] of pins) for (let i = 0; i < n; i++) readThrough.store.unpin(id);
+      pins.clear();
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.connections) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await unlink(this.path).catch(() => undefined);
+  }
+}
+
+/** Makes the socket's directory and clears a stale socket file; refuses a live one or a non-socket. */
+async function prepareSocketPath(path: string): Promise<void> {
+  await mkdir(path.slice(0, path.lastIndexOf('/')) || '/', { recursive: true }).catch((err: Error) => {
+    throw new CachefsError('INVALID_ARGUMENT', `domain socket dir for ${path} cannot be created: ${err.message}`);
+  });
+  const st = await lstat(path).catch(() => undefined);
+  if (!st) return;
+  if (!st.isSocket()) throw new CachefsError('CONFLICT', `${path} exists and is not a socket: refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const c = createConnection(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (live) throw new CachefsError('CONFLICT', `another worker is serving on ${path}`);
+  await unlink(path);
+}

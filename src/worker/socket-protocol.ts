@@ -1,0 +1,124 @@
+/**
+ * The framing of the worker's Unix-socket protocol (short-circuit and domain
+ * socket stream). Every message, both ways, is
+ *
+ *     uint32 BE  header length
+ *     header     UTF-8 JSON object
+ *     payload    `header.bytes` raw bytes (only on `read` answers)
+ *
+ * Requests carry a `seq` that the answer repeats, so one connection carries many
+ * requests at once:
+ *
+ *   {seq, op: 'open',  block}                 → {seq, ok, path, length}   pins the block
+ *   {seq, op: 'close', id}                    → {seq, ok}                 unpins it
+ *   {seq, op: 'read',  block, offset, length} → {seq, ok, bytes} + bytes
+ *   any failure                               → {seq, ok: false, code, message}
+ *
+ * `block` is `{mount, key, etag, size, bs, index}`; the worker derives the block id
+ * from it (as the HTTP service does), so no path ever comes from a client. Pins are
+ * owned by the connection: when it closes, the worker unpins everything it opened.
+ */
+import { blockRef, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type BlockRef } from '../block/block.js';
+import { CachefsError } from '../errors.js';
+
+export interface WireBlock {
+  mount: string;
+  key: string;
+  etag: string;
+  size: number;
+  bs: number;
+  index: number;
+}
+
+export type SocketRequest =
+  | { seq: number; op: 'open'; block: WireBlock }
+  | { seq: number; op: 'close'; id: string }
+  | { seq: number; op: 'read'; block: WireBlock; offset: number; length: number };
+
+export interface SocketAnswer {
+  seq: number;
+  ok: boolean;
+  path?: string;
+  length?: number;
+  bytes?: number;
+  code?: string;
+  message?: string;
+}
+
+const MAX_HEADER = 64 * 1024;
+
+export function toWire(ref: BlockRef): WireBlock {
+  return { mount: ref.object.mount, key: ref.object.key, etag: ref.object.etag, size: ref.object.size, bs: ref.blockSize, index: ref.index };
+}
+
+/** The block a request names, validated like an HTTP block request. */
+export function fromWire(b: WireBlock): BlockRef {
+  const ok =
+    b && typeof b.mount === 'string' && typeof b.key === 'string' && typeof b.etag === 'string' &&
+    Number.isSafeInteger(b.size) && b.size > 0 && Number.isSafeInteger(b.bs) && b.bs >= MIN_BLOCK_SIZE && b.bs <= MAX_BLOCK_SIZE && Number.isSafeInteger(b.index);
+  if (!ok) throw new CachefsError('INVALID_ARGUMENT', 'bad block in socket request');
+  return blockRef({ mount: b.mount, key: b.key, etag: b.etag, size: b.size }, b.bs, b.index);
+}
+
+export function encodeFrame(header: object, payload?: Buffer): Buffer[] {
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.allocUnsafe(4);
+  len.writeUInt32BE(json.length);
+  return payload ? [len, json, payload] : [len, json];
+}
+
+/**
+ * Splits a byte stream into frames. `payloadOf(header)` says how many raw bytes
+ * follow a header; frames are handed to `onFrame` in order.
+ */
+export class FrameReader<H extends object> {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private header?: H;
+  private need = 0;
+
+  constructor(private readonly payloadOf: (header: H) => number, private readonly onFrame: (header: H, payload: Buffer) => void) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    for (;;) {
+      if (!this.header) {
+        if (this.buffered < 4) return;
+        const hlen = this.peek(4).readUInt32BE(0);
+        if (hlen > MAX_HEADER) throw new CachefsError('INVALID_ARGUMENT', `socket frame header of ${hlen} bytes`);
+        if (this.buffered < 4 + hlen) return;
+        this.take(4);
+        this.header = JSON.parse(this.take(hlen).toString('utf8')) as H;
+        this.need = this.payloadOf(this.header);
+      }
+      if (this.buffered < this.need) return;
+      const header = this.header;
+      const payload = this.need > 0 ? this.take(this.need) : Buffer.alloc(0);
+      this.header = undefined;
+      this.need = 0;
+      this.onFrame(header, payload);
+    }
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
+    return Buffer.concat(this.chunks).subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) {
+      const first = this.chunks[0]!;
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.buffered -= n;
+      return out;
+    }
+    const all = Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    this.chunks = all.length > n ? [all.subarray(n)] : [];
+    this.buffered -= n;
+    return out;
+  }
+}
