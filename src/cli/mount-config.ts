@@ -20,7 +20,7 @@ export interface MountFlags {
   sharing: boolean;
   workerPort: string;
   advertiseHost?: string;
-  shortCircuit: string;
+  shortCircuit?: string;
   hostname?: string;
   foreground?: boolean;
   cacheDir?: string;
@@ -92,7 +92,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
         sharing: flags.sharing,
         workerPort: parsePort(flags.workerPort, '--worker-port'),
         advertiseHost: flags.advertiseHost,
-        shortCircuit: parseShortCircuit(flags.shortCircuit),
+        shortCircuit: parseShortCircuit(flags.shortCircuit ?? MOUNT_DEFAULTS.shortCircuit),
         hostname: flags.hostname ?? os.hostname(),
       }
     : undefined;
