@@ -5,6 +5,11 @@
  * handle (session) and released when the handle is released. If the block files
  * are not visible in our mount namespace, the bytes come over the socket instead
  * (domain socket stream), decided once per worker.
+ *
+ * A handle pins at most `MAX_PINS_PER_SESSION` blocks, its most recently opened
+ * ones: a long sequential read of a file larger than the tier must not pin the
+ * whole tier. An unpinned block stays readable through its open fd (an evicted
+ * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import type { BlockRef } from '../block/block.js';
 import type { Logger } from '../log.js';
@@ -12,6 +17,8 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { BlockFiles } from './block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
+
+const MAX_PINS_PER_SESSION = 16;
 
 export class ColocatedWorker {
   private readonly socket: WorkerSocket;
@@ -29,8 +36,8 @@ export class ColocatedWorker {
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    if (!this.streamOnly) {
-      const path = await this.openFor(req.session, ref);
+    const path = this.streamOnly ? undefined : await this.openFor(req.session, ref);
+    if (path) {
       try {
         const n = await this.files.read(ref.id, path, ref.length, req.dest, req.destOffset, req.length, req.offset);
         this.scBytes.inc(n);
@@ -51,8 +58,8 @@ export class ColocatedWorker {
 
   /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */
   async warm(ref: BlockRef): Promise<void> {
-    await this.socket.open(ref);
-    await this.socket.close(ref.id);
+    const { path } = await this.socket.open(ref);
+    if (path) await this.socket.close(ref.id);
   }
 
   /** Unpins everything the session (file handle) opened. */
@@ -63,15 +70,24 @@ export class ColocatedWorker {
     for (const id of blocks.keys()) this.socket.close(id).catch(() => undefined);
   }
 
-  private async openFor(session: number | undefined, ref: BlockRef): Promise<string> {
+  /** The block file's path, pinned for the session; undefined when the worker could not store the block. */
+  private async openFor(session: number | undefined, ref: BlockRef): Promise<string | undefined> {
     const key = session ?? 0;
     const known = this.pinned.get(key)?.get(ref.id);
     if (known) return known;
     const { path } = await this.socket.open(ref);
+    if (!path) return undefined;
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
     if (blocks.has(ref.id)) await this.socket.close(ref.id); // a concurrent read of the session pinned it first
-    else blocks.set(ref.id, path);
+    else {
+      blocks.set(ref.id, path);
+      if (blocks.size > MAX_PINS_PER_SESSION) {
+        const [oldest] = blocks.keys();
+        blocks.delete(oldest!);
+        this.socket.close(oldest!).catch(() => undefined);
+      }
+    }
     return path;
   }
 

@@ -23,10 +23,11 @@ export class WorkerSocket {
 
   constructor(readonly path: string) {}
 
-  async open(ref: BlockRef): Promise<{ path: string; length: number }> {
+  /** Pins the block and answers its file path; no path when the worker could not store it (then nothing is pinned). */
+  async open(ref: BlockRef): Promise<{ path?: string; length: number }> {
     const { answer } = await this.call({ op: 'open', block: toWire(ref) });
-    if (typeof answer.path !== 'string' || answer.length !== ref.length) throw new CachefsError('IO', `worker at ${this.path} answered open without a usable path`);
-    return { path: answer.path, length: answer.length };
+    if (answer.length !== ref.length) throw new CachefsError('IO', `worker at ${this.path} answered open with a length of ${answer.length}, expected ${ref.length}`);
+    return { path: typeof answer.path === 'string' ? answer.path : undefined, length: answer.length };
   }
 
   async close(id: string): Promise<void> {

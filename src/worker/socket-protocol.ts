@@ -10,6 +10,7 @@
  * requests at once:
  *
  *   {seq, op: 'open',  block}                 → {seq, ok, path, length}   pins the block
+ *                                               (no path: it could not be stored; use read)
  *   {seq, op: 'close', id}                    → {seq, ok}                 unpins it
  *   {seq, op: 'read',  block, offset, length} → {seq, ok, bytes} + bytes
  *   any failure                               → {seq, ok: false, code, message}

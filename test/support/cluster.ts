@@ -25,8 +25,9 @@ export interface ServiceProcess {
 
 const live = new Set<ServiceProcess>();
 
-function start(args: string[], port: number, ready: (out: string) => boolean, env: NodeJS.ProcessEnv = {}): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, [CACHEFS_BIN, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+function start(args: string[], port: number, ready: (out: string) => boolean, env: NodeJS.ProcessEnv = {}, prefix: string[] = []): Promise<ServiceProcess> {
+  const argv = [...prefix, process.execPath, CACHEFS_BIN, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -81,6 +82,10 @@ export interface WorkerOptions {
   tierSize?: string;
   args?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Unix socket dir for co-located clients; none by default, so reads take the network path. */
+  socketDir?: string;
+  /** A command the worker runs under (it must exec it, keeping the pid), e.g. `unshare -m ...`. */
+  prefix?: string[];
 }
 
 export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string }> {
@@ -89,10 +94,11 @@ export async function startWorker(options: WorkerOptions): Promise<ServiceProces
   const stateDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-wstate-'));
   const id = options.id ?? `worker-${port}`;
   const svc = await start(
-    ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--log-level', 'debug', ...(options.args ?? [])],
+    ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--domain-socket-dir', options.socketDir ?? 'none', '--log-level', 'debug', ...(options.args ?? [])],
     port,
     (out) => out.includes('registered with the master'),
     options.env,
+    options.prefix,
   );
   return Object.assign(svc, { tierDir, id });
 }

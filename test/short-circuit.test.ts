@@ -1,0 +1,183 @@
+/**
+ * Short-circuit reads between a mount and a worker on the same node: uuid and
+ * hostname locality, the domain socket stream when block files are not visible,
+ * pins held by open files, and crashes on either side.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { blockRef } from '../src/block/block.js';
+import { NAMESPACE_MOUNT_ID } from '../src/ufs/namespace.js';
+import { CACHEFS_BIN, mountCachefs, sh, sha256Of, stopAllMounts } from './support/cachefs.js';
+import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
+import { freePort, runCommand, waitFor } from './support/processes.js';
+import { startS3Server, type S3TestServer } from './support/s3-server.js';
+
+const MiB = 1024 * 1024;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const F = randomBytes(12 * MiB + 3);
+const G = randomBytes(24 * MiB);
+const H = randomBytes(24 * MiB);
+let etagF = '';
+
+let s3: S3TestServer;
+let master: ServiceProcess;
+let work: string;
+let group = 0;
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), 'cachefs-sc-'));
+  s3 = await startS3Server({ buckets: ['data'] });
+  etagF = await s3.putObject('data', 'f.bin', F);
+  await s3.putObject('data', 'g.bin', G);
+  await s3.putObject('data', 'h.bin', H);
+  master = await startMaster();
+  await addMountEntry(master.address, '/data', 's3://data', [`s3.endpoint=${s3.endpoint}`, 's3.accessKeyId=S3RVER', 's3.secretAccessKey=S3RVER']);
+}, 60_000);
+
+const workers: ServiceProcess[] = [];
+
+afterEach(async () => {
+  await stopAllMounts();
+  for (const w of workers.splice(0)) await w.stop();
+});
+
+afterAll(async () => {
+  await stopAllServices();
+  await s3?.close();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+/** A fresh cache group with one worker; its socket dir under the test's work dir unless given. */
+async function worker(options: { socketDir?: string; args?: string[]; prefix?: string[]; tierSize?: string } = {}) {
+  const cacheGroup = `sc${++group}`;
+  const socketDir = options.socketDir ?? (await mkdtemp(path.join(work, 'sock-')));
+  const w = await startWorker({ master: master.address, cacheGroup, socketDir, args: options.args, prefix: options.prefix, tierSize: options.tierSize });
+  workers.push(w);
+  return Object.assign(w, { cacheGroup, socketDir });
+}
+
+const mountArgs = (cacheGroup: string, extra: string[] = []): string[] => ['--master', master.address, '--cache-group', cacheGroup, '--no-sharing', '--block-size', '1MiB', ...extra];
+
+describe('short-circuit locality', () => {
+  it('uuid mode: a co-located mount reads every byte by short-circuit, none by the network', async () => {
+    const w = await worker();
+    const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
+    expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(F));
+    const mm = await m.metrics();
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(F.length);
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(0);
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'ufs' })).toBe(0);
+    const wm = await w.metrics();
+    expect(wm.value('cachefs_worker_served_bytes_total', { path: 'short_circuit' })).toBeGreaterThanOrEqual(F.length);
+    expect(wm.value('cachefs_worker_served_bytes_total', { path: 'remote' })).toBe(0);
+    const report = await runCommand(process.execPath, [CACHEFS_BIN, 'report', '--master', master.address, '--cache-group', w.cacheGroup]);
+    expect(report.stdout).toMatch(/short/i);
+  });
+
+  it('hostname mode reads by short-circuit when hostnames match; --short-circuit off takes the network', async () => {
+    const w = await worker({ args: ['--locality', 'hostname', '--hostname', 'node-a'] });
+    expect(existsSync(path.join(w.socketDir, 'worker.sock'))).toBe(true);
+    const near = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'hostname', '--hostname', 'node-a']) });
+    expect(await sha256Of(path.join(near.mountpoint, 'data/f.bin'))).toBe(sha(F));
+    expect((await near.metrics()).value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(F.length);
+    const other = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'hostname', '--hostname', 'node-b']) });
+    expect(await sha256Of(path.join(other.mountpoint, 'data/f.bin'))).toBe(sha(F));
+    expect((await other.metrics()).value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
+    const off = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'off']) });
+    expect(await sha256Of(path.join(off.mountpoint, 'data/f.bin'))).toBe(sha(F));
+    const om = await off.metrics();
+    expect(om.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
+    expect(om.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
+  });
+
+  it('uuid mode with the socket dir not shared: no short-circuit', async () => {
+    const socketDir = await mkdtemp(path.join(work, 'private-sock-'));
+    // The worker gets its own mount namespace with a private tmpfs over its socket dir: its socket
+    // file exists only there, as for a worker whose socket dir is not a shared hostPath.
+    const w = await worker({ socketDir, prefix: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs tmpfs "$0" && exec "$@"', socketDir] });
+    const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
+    expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(F));
+    const mm = await m.metrics();
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
+  });
+
+  it('block files invisible to the client: bytes come over the domain socket, correct', async () => {
+    const w = await worker();
+    const mnt = await mkdtemp(path.join(work, 'ns-mnt-'));
+    const port = await freePort();
+    // The mount and its reader live in their own mount namespace where the worker's tier dir is hidden.
+    const script = `
+      set -e
+      mount -t tmpfs tmpfs ${w.tierDir}
+      ${process.execPath} ${CACHEFS_BIN} mount ${mnt} --foreground --cache-dir ${work}/ns-cache --metrics-port ${port} --metrics-host 127.0.0.1 ${mountArgs(w.cacheGroup).join(' ')} & pid=$!
+      for i in $(seq 300); do mountpoint -q ${mnt} && break; sleep 0.1; done
+      sha256sum ${mnt}/data/f.bin
+      curl -s http://127.0.0.1:${port}/metrics | grep '^cachefs_client_read_bytes_total'
+      kill $pid; wait $pid || true`;
+    const r = await runCommand('unshare', ['-m', '--propagation', 'private', 'bash', '-c', script], { timeoutMs: 60_000 });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.split(' ')[0]).toBe(sha(F));
+    expect(r.stdout, r.stdout).toContain(`cachefs_client_read_bytes_total{path="domain_socket"} ${F.length}`);
+    expect(r.stdout).not.toMatch(/path="short_circuit"\} [1-9]/);
+    expect((await w.metrics()).value('cachefs_worker_served_bytes_total', { path: 'domain_socket' })).toBe(F.length);
+  });
+});
+
+describe('pins', () => {
+  /** A child that opens a file through the mount, reads it whole, and keeps it open until its stdin closes. */
+  function holdOpen(file: string) {
+    const script = `const fs=require('fs');const fd=fs.openSync(process.argv[1],'r');const b=Buffer.alloc(1<<20);let p=0,n;while((n=fs.readSync(fd,b,0,b.length,p))>0)p+=n;console.log('read '+p);process.stdin.on('end',()=>{fs.closeSync(fd);process.exit(0)});process.stdin.resume();`;
+    const { spawn } = require('node:child_process') as typeof import('node:child_process');
+    const child = spawn(process.execPath, ['-e', script, file], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const ready = new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => d.toString().includes('read') && resolve()));
+    return { child, ready, release: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.stdin!.end(); }) };
+  }
+  const blocksOfF = () => Array.from({ length: 13 }, (_, i) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i).id);
+  const present = (tierDir: string, ids: string[]) => ids.filter((id) => existsSync(path.join(tierDir, 'blocks', id.slice(0, 2), id))).length;
+
+  it('keeps the blocks of an open file through eviction pressure, and lets them go after close', async () => {
+    const w = await worker({ tierSize: '24MiB', args: ['--high', '0.9', '--low', '0.5'] });
+    const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
+    const holder = holdOpen(path.join(m.mountpoint, 'data/f.bin'));
+    await holder.ready;
+    expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(13);
+    expect(await sha256Of(path.join(m.mountpoint, 'data/g.bin'))).toBe(sha(G)); // 24 MiB through a 24 MiB tier
+    const wm = await w.metrics();
+    expect(wm.value('cachefs_cache_evictions_total')).toBeGreaterThan(0);
+    expect(present(w.tierDir, blocksOfF())).toBe(13);
+    await holder.release();
+    await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'pins to be released' });
+    expect(await sha256Of(path.join(m.mountpoint, 'data/h.bin'))).toBe(sha(H)); // more pressure, nothing pinned now
+    expect(present(w.tierDir, blocksOfF())).toBeLessThan(13);
+  });
+
+  it('a client killed while holding pins leaves none behind', async () => {
+    const w = await worker();
+    const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
+    const holder = holdOpen(path.join(m.mountpoint, 'data/f.bin'));
+    await holder.ready;
+    expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(13);
+    // Kill the whole mount: the supervisor first (so it restarts nothing), then the serving process.
+    const children = (await sh(`pgrep -P ${m.process.pid}`)).stdout.trim().split('\n').filter(Boolean).map(Number);
+    m.process.kill('SIGKILL');
+    for (const pid of children) process.kill(pid, 'SIGKILL');
+    await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'the worker to unpin a dead client' });
+    holder.child.kill('SIGKILL');
+  });
+
+  it('finishes a short-circuit read whose worker is killed mid-way', async () => {
+    const w = await worker();
+    const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
+    const reading = sha256Of(path.join(m.mountpoint, 'data/g.bin'));
+    await waitFor(async () => (await m.metrics()).value('cachefs_client_read_bytes_total', { path: 'short_circuit' }) > 2 * MiB, { timeoutMs: 10_000, intervalMs: 10 });
+    await w.kill();
+    expect(await reading).toBe(sha(G));
+    const mm = await m.metrics();
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'ufs' }) + mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(G.length);
+  });
+});
