@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/common.sh
+. bench/lib/cluster-env.sh
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache)" >&2; exit 1; }
 bash scripts/setup.sh
 RUNS=${RUNS:-5}
@@ -28,22 +29,8 @@ want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
-node bench/lib/s3-server.mjs "$work/s3" bench "$work/data/file.bin" > "$work/s3.out" &
-pids+=($!)
-for _ in $(seq 600); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
-s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-
-node bin/cachefs master --meta-dir "$work/meta" --host 127.0.0.1 --port "$mport" --log-level warn &
-pids+=($!)
-for _ in $(seq 100); do node bin/cachefs mount-table list --master "127.0.0.1:$mport" >/dev/null 2>&1 && break; sleep 0.1; done
-node bin/cachefs mount-table add /bench s3://bench --master "127.0.0.1:$mport" \
-  --option "s3.endpoint=http://127.0.0.1:$s3port" --option s3.accessKeyId=S3RVER --option s3.secretAccessKey=S3RVER >/dev/null
-node bin/cachefs worker --master "127.0.0.1:$mport" --cache-group bench --host 127.0.0.1 --port 0 \
-  --tier "SSD:$work/tier:2GiB" --state-dir "$work/wstate" --log-level warn &
-pids+=($!)
-sleep 1
-node bin/cachefs mount "$work/remote" --master "127.0.0.1:$mport" --cache-group bench --no-sharing --cache-dir "$work/rcache" --log-level warn
+start_bench_cluster "$work/data/file.bin"
+node bin/cachefs mount "$work/remote" --master "127.0.0.1:$mport" --cache-group bench --no-sharing --short-circuit off --cache-dir "$work/rcache" --log-level warn
 node bin/cachefs mount "$work/embedded" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/ecache" --log-level warn
 
 for f in "$work/remote/bench/file.bin" "$work/embedded/file.bin"; do
