@@ -1,17 +1,31 @@
 /**
  * `cachefs mount MOUNTPOINT --ufs URI`: mounts an object store or folder with the
- * embedded block cache. Without `--foreground` it detaches and returns once the
- * mount answers.
+ * embedded block cache (or a cluster's namespace with `--master`).
+ *
+ * Three processes play a part, all this same command line:
+ *
+ * - without `--foreground`, the command detaches (`daemon.ts`): it re-runs itself
+ *   with `--foreground` in the background and returns 0 once the mount answers;
+ * - with `--foreground`, the process is the mount's **supervisor**: it serves the
+ *   metrics port, writes the `--pid-file` (its own pid: SIGTERM to it unmounts and
+ *   ends both processes) and runs the serving process, replacing it whenever it
+ *   dies (`fuse/supervisor.ts`);
+ * - with the hidden `--supervised`, the process is the **serving process**: it
+ *   mounts and answers FUSE requests, its metrics on a private port of 127.0.0.1
+ *   that the supervisor merges into its own.
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
+import { MountSupervisor, ServingStartError, type ServingCommand } from '../fuse/supervisor.js';
+import { SupervisorMetrics, SupervisorMetricsServer } from '../fuse/supervisor-metrics.js';
+import { MountAnchor } from '../fuse/mount-anchor.js';
+import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../fuse/serving-channel.js';
 import { createLogger } from '../log.js';
 import { reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';
-import { MOUNT_DEFAULTS, parseMountConfig, type MountFlags } from './mount-config.js';
+import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
-import { serveMount } from './serve-mount.js';
 
 export function registerMountCommand(program: Command): void {
   program
@@ -35,7 +49,7 @@ export function registerMountCommand(program: Command): void {
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to a file (default: stderr in the foreground, <cache-dir>/cachefs.log when detached)')
-    .option('--pid-file <file>', 'write the pid of the serving process here while mounted')
+    .option('--pid-file <file>', 'write the pid of the mount supervisor here while mounted (SIGTERM to it unmounts)')
     .option('--metrics-port <port>', 'serve Prometheus metrics on /metrics at this port (0 picks one)')
     .option('--metrics-host <host>', 'address the metrics server listens on', MOUNT_DEFAULTS.metricsHost)
     .option('--s3-endpoint <url>', 'S3 endpoint, e.g. http://127.0.0.1:9000 (same as --option s3.endpoint=...)')
@@ -43,41 +57,97 @@ export function registerMountCommand(program: Command): void {
     .option('--s3-path-style', 'address buckets by path, not by virtual host (default when --s3-endpoint is given)')
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, oss.endpoint, cos.region, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
+    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp())
     .action(
-      runAction(async (mountpoint: string, flags: MountFlags) => {
+      runAction(async (mountpoint: string, flags: MountFlags & { supervised?: boolean }) => {
         const config = parseMountConfig(mountpoint, flags);
+        if (flags.supervised) return serve(config);
         if (!config.foreground) {
           if (config.logFile) await detach(config.logFile);
           else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
           return;
         }
-        const log = createLogger(config.logLevel, config.logFile);
-        let mount;
-        try {
-          mount = await serveMount(config, log);
-        } catch (err) {
-          reportFailure(exitCodeOf(err), oneLine(err));
-          throw err;
-        }
-        if (config.pidFile) writeFileSync(config.pidFile, `${process.pid}\n`);
-        reportReady();
-        const why = await Promise.race([untilSignalled().then(() => 'signal'), mount.gone.then(() => 'unmounted from outside')]);
-        log.info({ mountpoint: mount.mountpoint, why }, 'unmounting');
-        await mount.close();
-        if (config.pidFile) rmSync(config.pidFile, { force: true });
-        log.flush();
-        process.exit(0);
+        return supervise(config);
       }),
     );
 }
+
+/** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
+async function supervise(config: MountConfig): Promise<void> {
+  const log = createLogger(config.logLevel, config.logFile).child({ role: 'supervisor' });
+  const metrics = new SupervisorMetrics();
+  const supervisor = new MountSupervisor({ mountpoint: config.mountpoint, command: servingCommand(), log, metrics });
+  const stop = (): void => void supervisor.stop();
+  for (const s of SIGNALS) process.on(s, stop);
+  let server: SupervisorMetricsServer | undefined;
+  try {
+    if (config.metricsPort !== undefined) server = await SupervisorMetricsServer.start(metrics, supervisor, config.metricsPort, config.metricsHost);
+    await supervisor.start();
+  } catch (err) {
+    reportFailure(exitCodeOf(err), oneLine(err));
+    await supervisor.stop();
+    await server?.close();
+    // The serving process wrote its one line to our shared stderr already.
+    if (err instanceof ServingStartError && err.printed) exitAfterFlush(log, err.exitCode);
+    throw err;
+  }
+  if (config.pidFile) writeFileSync(config.pidFile, `${process.pid}\n`);
+  reportReady();
+  log.info({ mountpoint: config.mountpoint, servingPid: supervisor.serving()?.pid, metricsPort: server?.port }, 'supervising the mount');
+  const why = await supervisor.ended;
+  log.info({ mountpoint: config.mountpoint, why }, 'supervision ended');
+  await server?.close();
+  if (config.pidFile) rmSync(config.pidFile, { force: true });
+  exitAfterFlush(log, 0);
+}
+
+/** This command line again, as the serving process. */
+function servingCommand(): ServingCommand {
+  const env = { ...process.env };
+  // The ready pipe of `detach()` is the supervisor's to answer; the serving process reports over IPC.
+  delete env.CACHEFS_READY_FD;
+  return { file: process.execPath, args: [...process.execArgv, process.argv[1]!, ...process.argv.slice(2), '--supervised'], env };
+}
+
+/** The serving process: mounts, tells the supervisor, serves until signalled or unmounted from outside. */
+async function serve(config: MountConfig): Promise<void> {
+  const log = createLogger(config.logLevel, config.logFile).child({ role: 'serving' });
+  // Listening before mounting: a stop while mounting unmounts right after, instead of killing us mid-mount.
+  const signalled = untilSignalled();
+  whenSupervisorGone(() => log.warn('the supervisor is gone: serving on without one'));
+  let mount;
+  try {
+    // Loaded here, not at the top: the supervisor never needs the filesystem, the backends or their SDKs.
+    const { serveMount } = await import('./serve-mount.js');
+    const metricsPort = config.metricsPort === undefined ? undefined : 0;
+    mount = await serveMount({ ...config, metricsPort, metricsHost: '127.0.0.1', pidFile: undefined }, log);
+  } catch (err) {
+    await tellSupervisor({ kind: 'failed', exitCode: exitCodeOf(err), message: oneLine(err) });
+    throw err;
+  }
+  await tellSupervisor({ kind: 'ready', metricsPort: mount.metricsPort });
+  const why = await Promise.race([signalled.then(() => 'signal'), mount.gone.then(() => 'unmounted from outside')]);
+  log.info({ mountpoint: mount.mountpoint, why }, 'unmounting');
+  await mount.close();
+  // A supervisor that was killed could not release its anchor of this mount.
+  if (!hasSupervisor()) await MountAnchor.sweepOrphans(log);
+  exitAfterFlush(log, 0);
+}
+
+const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
 /** Resolves on SIGTERM, SIGINT or SIGHUP. */
 function untilSignalled(): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
-      for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.off(s, done);
+      for (const s of SIGNALS) process.off(s, done);
       resolve();
     };
-    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(s, done);
+    for (const s of SIGNALS) process.on(s, done);
   });
+}
+
+function exitAfterFlush(log: { flush(): void }, code: number): never {
+  log.flush();
+  process.exit(code);
 }

@@ -1,0 +1,37 @@
+/**
+ * The channel between the mount supervisor and its serving process: Node's IPC
+ * channel (fd 3 of the child). The serving process says once whether it mounted
+ * (`ready`, with the port of its own metrics endpoint) or why it could not
+ * (`failed`, with the exit code and the one-line message it also prints); nothing
+ * else crosses it. Stopping goes the other way as a plain SIGTERM, so an operator
+ * can stop a serving process the same way.
+ */
+
+export type ServingMessage = { kind: 'ready'; metricsPort?: number } | { kind: 'failed'; exitCode: number; message: string };
+
+/** Narrows what arrived on the IPC channel; anything else is ignored. */
+export function asServingMessage(value: unknown): ServingMessage | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const v = value as Record<string, unknown>;
+  if (v.kind === 'ready') return { kind: 'ready', metricsPort: typeof v.metricsPort === 'number' ? v.metricsPort : undefined };
+  if (v.kind === 'failed' && typeof v.exitCode === 'number' && typeof v.message === 'string') return { kind: 'failed', exitCode: v.exitCode, message: v.message };
+  return undefined;
+}
+
+/** Whether this process was started by a supervisor (it has the IPC channel). */
+export function hasSupervisor(): boolean {
+  return typeof process.send === 'function' && process.connected;
+}
+
+/** Sends one message to the supervisor; resolves once it is written (so exiting right after loses nothing). */
+export function tellSupervisor(message: ServingMessage): Promise<void> {
+  return new Promise((resolve) => {
+    if (!hasSupervisor()) return resolve();
+    process.send!(message, undefined, {}, () => resolve());
+  });
+}
+
+/** Calls `onGone` once if the supervisor's end of the channel closes (the supervisor died). */
+export function whenSupervisorGone(onGone: () => void): void {
+  process.once('disconnect', onGone);
+}
