@@ -38,6 +38,8 @@ export function registerMountCommand(program: Command): void {
     .option('--no-sharing', 'with --master: only read from the group; run no embedded worker (for short-lived pods)')
     .option('--worker-port <port>', 'with --master and sharing: port of the embedded worker (0 picks one)', MOUNT_DEFAULTS.workerPort)
     .option('--advertise-host <host>', 'with --master and sharing: host other nodes reach the embedded worker at')
+    .option('--short-circuit <mode>', "with --master: read co-located workers' block files directly: uuid (socket file visible), hostname (same --hostname), off", MOUNT_DEFAULTS.shortCircuit)
+    .option('--hostname <name>', 'with --master: this node\'s hostname for --short-circuit hostname (default: the system hostname)')
     .option('-f, --foreground', 'stay in the foreground (default: detach once mounted)')
     .option('--cache-dir <dir>', 'where cached blocks are kept (default /var/cache/cachefs as root, ~/.cache/cachefs otherwise)')
     .option('--cache-size <size>', 'cache quota', MOUNT_DEFAULTS.cacheSize)
