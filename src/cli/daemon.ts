@@ -10,7 +10,8 @@ import { openSync, writeSync, closeSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { CachefsError } from '../errors.js';
 
-const READY_ENV = 'CACHEFS_READY_FD';
+/** The environment variable naming the pipe a detached child reports readiness on. */
+export const READY_ENV = 'CACHEFS_READY_FD';
 const READY_TIMEOUT_MS = 120_000;
 
 /** Runs this process's command again in the background; resolves once it is ready, throws its error otherwise. */

@@ -22,7 +22,7 @@ import { SupervisorMetrics, SupervisorMetricsServer } from '../fuse/supervisor-m
 import { MountAnchor } from '../fuse/mount-anchor.js';
 import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../fuse/serving-channel.js';
 import { createLogger } from '../log.js';
-import { reportFailure, reportReady, detach } from './daemon.js';
+import { READY_ENV, reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';
 import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
@@ -107,7 +107,7 @@ async function supervise(config: MountConfig): Promise<void> {
 function servingCommand(): ServingCommand {
   const env = { ...process.env };
   // The ready pipe of `detach()` is the supervisor's to answer; the serving process reports over IPC.
-  delete env.CACHEFS_READY_FD;
+  delete env[READY_ENV];
   return { file: process.execPath, args: [...process.execArgv, process.argv[1]!, ...process.argv.slice(2), '--supervised'], env };
 }
 

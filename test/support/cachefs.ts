@@ -6,7 +6,7 @@
  * `sh()` (an async child process).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -68,11 +68,17 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
     stop: async () => {
       live.delete(mount);
       if (child.exitCode === null && child.signalCode === null) {
+        // `cachefs mount --foreground` is a supervisor; its serving process is a child of it.
+        const serving = await childrenOf(child.pid!);
         const exited = new Promise((resolve) => child.once('exit', resolve));
         child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          for (const pid of serving) killQuietly(pid);
+        }, 10_000);
         await exited;
         clearTimeout(timer);
+        for (const pid of serving) killQuietly(pid);
       }
       if (await isMounted(mountpoint)) await forceUnmount(mountpoint);
     },
@@ -104,4 +110,23 @@ export async function sha256Of(file: string): Promise<string> {
   const r = await sh(`sha256sum ${JSON.stringify(file)}`);
   if (r.code !== 0) throw new Error(`sha256sum ${file} failed: ${r.stderr}`);
   return r.stdout.split(' ')[0]!;
+}
+
+/** Direct children of a process, from /proc (by PID, never by name). */
+async function childrenOf(pid: number): Promise<number[]> {
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+  const out: number[] = [];
+  for (const t of tasks) {
+    const text = await readFile(`/proc/${pid}/task/${t}/children`, 'utf8').catch(() => '');
+    out.push(...text.split(' ').filter(Boolean).map(Number));
+  }
+  return out;
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
 }

@@ -41,6 +41,8 @@ export function runCommand(cmd: string, args: string[], options: RunOptions = {}
       clearTimeout(timer);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });
     });
+    // A child that exits before reading its stdin must not fail the run with EPIPE.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(options.input ?? '');
   });
 }
