@@ -134,7 +134,11 @@ describe('pins', () => {
     const script = `const fs=require('fs');const fd=fs.openSync(process.argv[1],'r');const b=Buffer.alloc(1<<20);let p=0,n;while((n=fs.readSync(fd,b,0,b.length,p))>0)p+=n;console.log('read '+p);process.stdin.on('end',()=>{fs.closeSync(fd);process.exit(0)});process.stdin.resume();`;
     const { spawn } = require('node:child_process') as typeof import('node:child_process');
     const child = spawn(process.execPath, ['-e', script, file], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const ready = new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => d.toString().includes('read') && resolve()));
+    const ready = new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (d: Buffer) => d.toString().includes('read') && resolve());
+      child.once('exit', (code) => reject(new Error(`the reader holding ${file} exited with ${code} before reading it`)));
+      setTimeout(() => reject(new Error(`the reader holding ${file} did not finish reading in 30 s`)), 30_000).unref();
+    });
     return { child, ready, release: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.stdin!.end(); }) };
   }
   const blocksOfF = () => Array.from({ length: 13 }, (_, i) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i).id);
