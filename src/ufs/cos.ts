@@ -23,6 +23,7 @@ import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
+import { abortable, decodeListed, sanitizedCause, stripQuotes } from './sdk-call.js';
 
 /** cos-request applies it to connecting and to every silence between bytes afterwards. */
 const SOCKET_TIMEOUT_MS = 5000;
@@ -80,7 +81,7 @@ export class CosUfs implements Ufs {
     const facts = cosErrorFacts(err);
     if (bucketLevel && facts.status === 404) facts.code = 'NoSuchBucket';
     const where = facts.code === 'NoSuchBucket' ? this.where() : this.where(key);
-    return serviceError(facts, where, sanitizedCause(facts));
+    return serviceError(facts, where, sanitizedCause('COS', facts));
   }
 
   async check(signal?: AbortSignal): Promise<void> {
@@ -212,46 +213,4 @@ function cosErrorFacts(err: unknown): ServiceErrorFacts & { requestId?: string }
   return { code, status, requestId };
 }
 
-/** The SDK's error object holds request details; keep only what helps and never a credential. */
-function sanitizedCause(facts: ServiceErrorFacts & { requestId?: string }): Error {
-  const parts = [facts.code ?? 'unknown error'];
-  if (facts.status !== undefined) parts.push(`HTTP ${facts.status}`);
-  if (facts.requestId) parts.push(`request id ${facts.requestId}`);
-  return new Error(`COS: ${parts.join(', ')}`);
-}
 
-/** Settles with `work`, or rejects as soon as `signal` aborts (the SDK itself cannot be cancelled). */
-async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined, where: string): Promise<T> {
-  if (!signal) return work;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal, where));
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
-}
-
-function abortError(signal: AbortSignal, where: string): CachefsError {
-  const reason: unknown = signal.reason;
-  if (isCachefsError(reason)) return reason;
-  const timedOut = reason instanceof Error && reason.name === 'TimeoutError';
-  return new CachefsError(timedOut ? 'TIMEOUT' : 'IO', `${timedOut ? 'timed out' : 'aborted'}: request to ${where}`, { cause: reason });
-}
-
-/** Listings are requested with encoding-type=url; decode as a query component ('+' is a space). */
-function decodeListed(s: string): string {
-  return decodeURIComponent(s.replace(/\+/g, ' '));
-}
-
-function stripQuotes(etag: string): string {
-  return etag.replace(/^"|"$/g, '');
-}

@@ -25,6 +25,7 @@ import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
+import { abortError, abortable, decodeListed, sanitizedCause, stripQuotes } from './sdk-call.js';
 
 const CONNECT_TIMEOUT_MS = 3000;
 /** Until the response headers (streamed reads) or the whole response (listings, HEAD). */
@@ -121,7 +122,7 @@ export class OssUfs implements Ufs {
     const facts = ossErrorFacts(err);
     if (bucketLevel && facts.status === 404) facts.code = 'NoSuchBucket';
     const where = facts.code === 'NoSuchBucket' ? this.where() : this.where(key);
-    return serviceError(facts, where, sanitizedCause(facts));
+    return serviceError(facts, where, sanitizedCause('OSS', facts));
   }
 
   async check(signal?: AbortSignal): Promise<void> {
@@ -261,41 +262,6 @@ function ossErrorFacts(err: unknown): ServiceErrorFacts & { requestId?: string }
   return { code, status: status !== undefined && status > 0 ? status : undefined, requestId };
 }
 
-/** The SDK's error object holds request details; keep only what helps and never a credential. */
-function sanitizedCause(facts: ServiceErrorFacts & { requestId?: string }): Error {
-  const parts = [facts.code ?? 'unknown error'];
-  if (facts.status !== undefined) parts.push(`HTTP ${facts.status}`);
-  if (facts.requestId) parts.push(`request id ${facts.requestId}`);
-  return new Error(`OSS: ${parts.join(', ')}`);
-}
-
-/** Settles with `work`, or rejects as soon as `signal` aborts; a late result is handed to `discard`. */
-async function abortable<T>(work: Promise<T>, signal: AbortSignal | undefined, where: string, discard?: (late: T) => void): Promise<T> {
-  if (!signal) return work;
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(abortError(signal, where));
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        if (signal.aborted) discard?.(value);
-        else resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    );
-  });
-}
-
-function abortError(signal: AbortSignal, where: string): CachefsError {
-  const reason: unknown = signal.reason;
-  if (isCachefsError(reason)) return reason;
-  const timedOut = reason instanceof Error && reason.name === 'TimeoutError';
-  return new CachefsError(timedOut ? 'TIMEOUT' : 'IO', `${timedOut ? 'timed out' : 'aborted'}: request to ${where}`, { cause: reason });
-}
 
 /**
  * Reads `length` bytes after skipping `skip` into one buffer. A 206 must not send
@@ -340,11 +306,3 @@ function headerValue(res: OssResponse, name: string): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-/** Listings are requested with encoding-type=url; decode as a query component ('+' is a space). */
-function decodeListed(s: string): string {
-  return decodeURIComponent(s.replace(/\+/g, ' '));
-}
-
-function stripQuotes(etag: string): string {
-  return etag.replace(/^"|"$/g, '');
-}

@@ -13,6 +13,7 @@ import { CachefsError } from '../errors.js';
 import { errorFacts, serviceError } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
+import { stripQuotes } from './sdk-call.js';
 
 const CONNECT_TIMEOUT_MS = 3000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -144,6 +145,3 @@ async function readBody(body: AsyncIterable<Uint8Array> | undefined, expected: n
   return at === expected ? out : out.subarray(0, at);
 }
 
-function stripQuotes(etag: string): string {
-  return etag.replace(/^"|"$/g, '');
-}
