@@ -26,6 +26,7 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import { bindMount, lazyUnmount, makePrivateMount } from './mount-commands.js';
 import { readMountTable } from './mountinfo.js';
+import { isAlive } from '../pid-lock.js';
 
 /** Where anchors live: a directory per mount namespace (`/run` may be shared by containers), one per mount point in it. */
 export const ANCHOR_ROOT = '/run/cachefs/anchors';
@@ -105,14 +106,6 @@ function namespaceRoot(): string {
   return path.join(ANCHOR_ROOT, `mnt-${ns}`);
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function ignoreMissing(err: unknown): void {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;

@@ -9,7 +9,7 @@
 import { mkdir } from 'node:fs/promises';
 import { open, type RootDatabase } from 'lmdb';
 import { CachefsError } from '../errors.js';
-import { MetaDirLock } from './meta-dir-lock.js';
+import { PidLock } from '../pid-lock.js';
 import { isDelete, type MetaEntry, type MetaStore, type MetaWrite } from './meta-store.js';
 
 export class LmdbMetaStore implements MetaStore {
@@ -17,7 +17,7 @@ export class LmdbMetaStore implements MetaStore {
 
   private constructor(
     private readonly db: RootDatabase<unknown, string>,
-    private readonly lock: MetaDirLock,
+    private readonly lock: PidLock,
     readonly dir: string,
   ) {}
 
@@ -27,7 +27,7 @@ export class LmdbMetaStore implements MetaStore {
     } catch (err) {
       throw new CachefsError('INVALID_ARGUMENT', `cannot create meta dir '${dir}': ${(err as Error).message}`, { cause: err });
     }
-    const lock = await MetaDirLock.acquire(dir);
+    const lock = await PidLock.acquire(dir, { file: 'master.pid', what: 'meta dir', owner: 'master process', hint: 'remove master.pid if that process is not a cachefs master' });
     try {
       const db = open<unknown, string>({
         path: dir,

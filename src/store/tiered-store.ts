@@ -7,7 +7,7 @@
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
-import { DirLock } from './dir-lock.js';
+import { PidLock } from '../pid-lock.js';
 import { Tier, type TierConfig } from './tier.js';
 
 export interface StoreConfig {
@@ -27,7 +27,7 @@ const MEDIUM_ORDER = { MEM: 0, SSD: 1, HDD: 2 } as const;
 export class TieredStore {
   readonly tiers: Tier[];
   private readonly pins = new Map<string, number>();
-  private readonly locks: DirLock[] = [];
+  private readonly locks: PidLock[] = [];
   private readonly high: number;
   private readonly low: number;
 
@@ -44,7 +44,7 @@ export class TieredStore {
   async open(): Promise<void> {
     try {
       for (const tier of this.tiers) {
-        this.locks.push(await DirLock.acquire(tier.dir));
+        this.locks.push(await PidLock.acquire(tier.dir, { file: '.lock', what: 'cache dir', owner: 'process', hint: 'give each mount or worker its own cache dir' }));
         await tier.open();
       }
     } catch (err) {
