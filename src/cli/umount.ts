@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { CachefsError } from '../errors.js';
 import { unmountPath } from '../fuse/fuse-mount.js';
-import { readMounts } from '../fuse/mountpoint.js';
+import { readMountTable } from '../fuse/mountinfo.js';
 import { runAction } from './exit.js';
 
 export function registerUmountCommand(program: Command): void {
@@ -18,7 +18,7 @@ export function registerUmountCommand(program: Command): void {
     .action(
       runAction(async (mountpoint: string) => {
         const abs = path.resolve(mountpoint);
-        const mount = (await readMounts()).find((m) => m.mountpoint === abs);
+        const mount = (await readMountTable()).find((m) => m.mountpoint === abs);
         if (!mount) throw new CachefsError('INVALID_ARGUMENT', `${abs} is not mounted`);
         if (!mount.fstype.startsWith('fuse')) throw new CachefsError('INVALID_ARGUMENT', `${abs} is a ${mount.fstype} mount, not cachefs`);
         const how = await unmountPath(abs);

@@ -1,36 +1,16 @@
 /**
- * Checks of a mount point before mounting, and reading the mount table: a missing
- * path, a non-directory, or a path that is already a mount (live or a dead FUSE
- * connection) are refused with a message that says what to do.
+ * Checks of a mount point before mounting: a missing path, a non-directory, or a
+ * path that is already a mount (live or a dead FUSE connection) are refused with a
+ * message that says what to do.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { CachefsError } from '../errors.js';
-
-export interface MountInfo {
-  mountpoint: string;
-  fstype: string;
-  source: string;
-  options: string;
-}
-
-/** Mounts of this mount namespace, from /proc/self/mountinfo (octal escapes decoded). */
-export async function readMounts(): Promise<MountInfo[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const out: MountInfo[] = [];
-  for (const line of text.split('\n')) {
-    if (!line) continue;
-    const [left, right] = line.split(' - ');
-    const l = left!.split(' ');
-    const r = (right ?? '').split(' ');
-    out.push({ mountpoint: unescape(l[4]!), options: l[5] ?? '', fstype: r[0] ?? '', source: unescape(r[1] ?? '') });
-  }
-  return out;
-}
+import { readMountTable } from './mountinfo.js';
 
 export async function isMountpoint(dir: string): Promise<boolean> {
   const abs = path.resolve(dir);
-  return (await readMounts()).some((m) => m.mountpoint === abs);
+  return (await readMountTable()).some((m) => m.mountpoint === abs);
 }
 
 /** Resolves and validates a mount point for a new mount. */
@@ -50,6 +30,3 @@ export async function checkMountpoint(dir: string): Promise<string> {
   return abs;
 }
 
-function unescape(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
