@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 dpkg -s libfuse2 >/dev/null 2>&1 || need+=(libfuse2)
 command -v fusermount >/dev/null 2>&1 || need+=(fuse)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
