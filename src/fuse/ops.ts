@@ -13,11 +13,15 @@ import { errnoName, errnoOf } from './errno.js';
 const WRITE_OPS = ['write', 'create', 'mkdir', 'mknod', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr'] as const;
 
 export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps {
-  const opCounters = new Map<string, { inc(): void }>();
-  const count = (op: string): void => {
-    let c = opCounters.get(op);
-    if (!c) opCounters.set(op, (c = metrics.fuseOps.labels(op)));
-    c.inc();
+  const opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
+  /** Counts the op and returns a function that records its duration when it is answered. */
+  const count = (op: string): (() => void) => {
+    let m = opMetrics.get(op);
+    if (!m) opMetrics.set(op, (m = { count: metrics.fuseOps.labels(op), seconds: metrics.fuseOpSeconds.labels(op) }));
+    m.count.inc();
+    const t0 = process.hrtime.bigint();
+    const seconds = m.seconds;
+    return () => seconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
   };
   /** Reports a failure as a negative errno, counted by op and errno name. */
   const failed = (op: string, path: string, err: unknown): number => {
@@ -29,10 +33,19 @@ export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps 
   };
   /** Runs an op whose reply carries no value other than the result. */
   const run = <T>(op: string, path: string, work: () => Promise<T> | T, reply: (value: T) => void, fail: (errno: number) => void): void => {
-    count(op);
+    const done = count(op);
     Promise.resolve()
       .then(work)
-      .then(reply, (err: unknown) => fail(failed(op, path, err)));
+      .then(
+        (value) => {
+          done();
+          reply(value);
+        },
+        (err: unknown) => {
+          done();
+          fail(failed(op, path, err));
+        },
+      );
   };
 
   const ops: FuseOps = {

@@ -5,7 +5,7 @@
  * served them: `cache` (embedded cache), `short_circuit`, `domain_socket`,
  * `remote`, `ufs`.
  */
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export type ReadPath = 'cache' | 'short_circuit' | 'domain_socket' | 'remote' | 'ufs';
 
@@ -24,6 +24,13 @@ export class Metrics {
   readonly ufsReadBytes = this.counter('cachefs_ufs_read_bytes_total', 'Bytes fetched from the UFS');
   readonly ufsErrors = this.counter('cachefs_ufs_errors_total', 'Failed UFS requests', ['op', 'code']);
   readonly fuseOps = this.counter('cachefs_fuse_ops_total', 'FUSE operations', ['op']);
+  readonly fuseOpSeconds = new Histogram({
+    name: 'cachefs_fuse_op_seconds',
+    help: 'Time from a FUSE request reaching cachefs to its answer, by op',
+    labelNames: ['op'],
+    buckets: [0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2, 1, 5],
+    registers: [this.registry],
+  });
   readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
   readonly metaCacheHits = this.counter('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
   readonly metaCacheMisses = this.counter('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
