@@ -14,13 +14,13 @@ mkdir -p "$work/data" "$mnt" "$work/cache"
 uri=${1:-}
 if [ -z "$uri" ]; then
   uri="file://$work/data"
-  if [ ! -f "$work/data/.complete" ]; then
+  if [ ! -f "$work/.data-complete" ]; then
     echo "== generating a sample dataset in $work/data (256 MiB in 2 directories)"
     mkdir -p "$work/data/train" "$work/data/val"
     for i in $(seq -w 0 13); do head -c 16777216 /dev/urandom > "$work/data/train/part-$i.bin"; done
     for i in 0 1; do head -c 16777216 /dev/urandom > "$work/data/val/part-$i.bin"; done
     printf 'file,label\npart-00.bin,cat\npart-01.bin,dog\n' > "$work/data/train/labels.csv"
-    touch "$work/data/.complete"
+    touch "$work/.data-complete"
   fi
 fi
 
@@ -39,9 +39,9 @@ drop; read -r a b < <(read_all); echo "== second read: $(awk -v n="$bytes" -v a=
 
 if [[ "$uri" == file://* ]]; then
   echo "== checking every byte against the source"
-  (cd "${uri#file://}" && find . -type f ! -name .complete -exec sha256sum {} + | sort -k2) > "$work/want.sha256"
+  (cd "${uri#file://}" && find . -type f -exec sha256sum {} + | sort -k2) > "$work/want.sha256"
   (cd "$mnt" && find . -type f -exec sha256sum {} + | sort -k2) > "$work/got.sha256"
-  diff "$work/want.sha256" "$work/got.sha256" && echo "all $(wc -l < "$work/got.sha256") files identical"
+  if diff "$work/want.sha256" "$work/got.sha256"; then echo "all $(wc -l < "$work/got.sha256") files identical"; else echo "demo: bytes differ" >&2; exit 1; fi
 fi
 echo "== metrics (http://127.0.0.1:$metrics_port/metrics)"
 curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^cachefs_(client_read_bytes_total|cache_hits_total|cache_misses_total|ufs_read_bytes_total)' || true
