@@ -112,7 +112,11 @@ export class Filesystem {
     const dir = await this.lookup(path);
     if (dir.kind !== 'dir') throw new CachefsError('NOT_DIRECTORY', `not a directory: ${path}`);
     const listing = this.cache.listing(dir.key) ?? (await this.lists.do(dir.key, () => this.listAll(dir.key)));
-    const out: DirEntry[] = [];
+    const self = attrOf(dir, this.config.owner);
+    const out: DirEntry[] = [
+      { name: '.', attr: self },
+      { name: '..', attr: self },
+    ];
     for (const [name, entry] of listing.children) out.push({ name, attr: attrOf(entry, this.config.owner) });
     return out;
   }
