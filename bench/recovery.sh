@@ -25,10 +25,8 @@ mkdir -p "$work/data" "$work/s3" "$work/mnt" "$work/cache"
 head -c $((8 * 1024 * 1024 + 4321)) /dev/urandom > "$work/data/file.bin"
 want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)
 
-node bench/lib/s3-server.mjs "$work/s3" bench "$work/data/file.bin" > "$work/s3.out" &
-pids+=($!)
-for _ in $(seq 600); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
-port=$(awk '/PORT/ {print $2}' "$work/s3.out")
+start_s3 "$work/data/file.bin"
+port=$s3port
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
 

@@ -112,6 +112,32 @@ describe('the tree', () => {
   });
 });
 
+describe('kernel metadata caching', () => {
+  // libfuse's high-level API answers lookups with getattr, so every lookup or stat that
+  // reaches cachefs is one getattr op in the histogram.
+  const getattrs = async (m: TestMount): Promise<number> => (await m.metrics()).value('cachefs_fuse_op_seconds_count', { op: 'getattr' });
+  const statTwice = async (m: TestMount): Promise<number> => {
+    const r = await sh(`stat -c %s ${m.mountpoint}/block ${m.mountpoint}/one >/dev/null && sleep 0.3 && stat -c %s ${m.mountpoint}/block ${m.mountpoint}/one`);
+    expect(r.stdout.trim().split('\n')).toEqual([String(BLOCK), '1']);
+    return getattrs(m);
+  };
+
+  it('keeps attributes and names in the kernel for --meta-ttl by default', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/sizes', args: mountArgs(), env: env() });
+    const before = await getattrs(m);
+    // The first stat of each file reaches cachefs, the repeat is answered by the kernel.
+    expect((await statTwice(m)) - before).toBe(2);
+    await m.stop();
+  });
+
+  it('asks cachefs on every stat with --attr-timeout 0 --entry-timeout 0', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/sizes', args: [...mountArgs(), '--attr-timeout', '0', '--entry-timeout', '0'], env: env() });
+    const before = await getattrs(m);
+    expect((await statTwice(m)) - before).toBeGreaterThanOrEqual(4);
+    await m.stop();
+  });
+});
+
 describe('the block cache', () => {
   it('serves the second read of a file from the cache (metrics prove it)', async () => {
     const file = path.join(mnt.mountpoint, 'sizes/block-plus-1');

@@ -23,3 +23,14 @@ wait_mounted() {
   for _ in $(seq 300); do mountpoint -q "$1" && return 0; sleep 0.1; done
   echo "bench: $1 did not get mounted" >&2; return 1
 }
+
+# start_s3 ARGS...: an S3 server (s3rver with the tests' listing fix) with bucket `bench`
+# holding ARGS (see bench/lib/s3-server.mjs); needs $work and the pids array; sets s3port.
+start_s3() {
+  node_modules/.bin/tsc -p tsconfig.bench.json
+  node bench/lib/s3-server.mjs bench "$@" > "$work/s3.out" &
+  pids+=($!)
+  for _ in $(seq 3000); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
+  s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
+  [ -n "$s3port" ] || { echo "bench: s3 server did not start" >&2; return 1; }
+}

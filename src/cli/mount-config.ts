@@ -27,8 +27,9 @@ export interface MountFlags {
   cacheSize: string;
   blockSize: string;
   readahead: string;
-  attrTimeout: string;
-  entryTimeout: string;
+  /** Default: --meta-ttl (the kernel caches metadata as long as cachefs trusts it). */
+  attrTimeout?: string;
+  entryTimeout?: string;
   metaTtl: string;
   allowOther?: boolean;
   logLevel: string;
@@ -104,6 +105,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
   const blockSize = parseSize(flags.blockSize, '--block-size', { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE });
   const cacheSize = parseSize(flags.cacheSize, '--cache-size');
   if (cacheSize < blockSize) throw new CachefsError('INVALID_ARGUMENT', `invalid --cache-size '${flags.cacheSize}': must hold at least one block (${flags.blockSize})`);
+  const metaTtlMs = parseDuration(flags.metaTtl, '--meta-ttl');
   return {
     mountpoint: path.resolve(mountpoint),
     ufs,
@@ -114,9 +116,9 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
     cacheSize,
     blockSize,
     readaheadBytes: parseSize(flags.readahead, '--readahead', { min: 0 }),
-    attrTimeoutMs: parseDuration(flags.attrTimeout, '--attr-timeout'),
-    entryTimeoutMs: parseDuration(flags.entryTimeout, '--entry-timeout'),
-    metaTtlMs: parseDuration(flags.metaTtl, '--meta-ttl'),
+    attrTimeoutMs: flags.attrTimeout === undefined ? metaTtlMs : parseDuration(flags.attrTimeout, '--attr-timeout'),
+    entryTimeoutMs: flags.entryTimeout === undefined ? metaTtlMs : parseDuration(flags.entryTimeout, '--entry-timeout'),
+    metaTtlMs,
     allowOther: !!flags.allowOther,
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
@@ -130,8 +132,6 @@ export const MOUNT_DEFAULTS = {
   cacheSize: '10GiB',
   blockSize: `${DEFAULT_BLOCK_SIZE / 1024 / 1024}MiB`,
   readahead: '64MiB',
-  attrTimeout: '1s',
-  entryTimeout: '1s',
   metaTtl: '5m',
   logLevel: 'info',
   metricsHost: '0.0.0.0',

@@ -48,13 +48,17 @@ export class FuseMount {
   static async mount(mountpoint: string, ops: FuseOps, options: FuseMountOptions): Promise<FuseMount> {
     const fuse = new Fuse(mountpoint, ops, {
       fsname: 'cachefs',
-      // fuse-native has no generic option pass-through; libfuse splits each -o value at commas,
-      // so options it does not know ride along after the subtype.
-      subtype: ['cachefs', 'ro', `max_readahead=${options.maxReadahead}`].join(','),
+      // fuse-native has no generic option pass-through (and drops a timeout of 0); libfuse
+      // splits each -o value at commas, so options ride along after the subtype.
+      subtype: [
+        'cachefs',
+        'ro',
+        `max_readahead=${options.maxReadahead}`,
+        `attr_timeout=${options.attrTimeoutSec}`,
+        `entry_timeout=${options.entryTimeoutSec}`,
+      ].join(','),
       autoCache: true,
       allowOther: options.allowOther,
-      attrTimeout: options.attrTimeoutSec,
-      entryTimeout: options.entryTimeoutSec,
       timeout: options.opTimeoutMs,
     });
     await new Promise<void>((resolve, reject) => {

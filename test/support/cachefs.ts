@@ -6,7 +6,7 @@
  * `sh()` (an async child process).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,6 +81,9 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
         for (const pid of serving) killQuietly(pid);
       }
       if (await isMounted(mountpoint)) await forceUnmount(mountpoint);
+      // Directories made here are removed; ones the test passed in are the test's.
+      if (!options.cacheDir) await rm(cacheDir, { recursive: true, force: true });
+      if (!options.mountpoint && !(await isMounted(mountpoint))) await rm(mountpoint, { recursive: true, force: true });
     },
   };
   live.add(mount);

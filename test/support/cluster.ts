@@ -4,7 +4,7 @@
  * a tracked child stopped by PID (SIGTERM, or SIGKILL to simulate a crash).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CACHEFS_BIN, cachefs } from './cachefs.js';
@@ -24,6 +24,14 @@ export interface ServiceProcess {
 }
 
 const live = new Set<ServiceProcess>();
+/** Temporary dirs made here; removed by stopAllServices (restarts within a test reuse them). */
+const made: string[] = [];
+
+async function tempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
 
 function start(args: string[], port: number, ready: (out: string) => boolean, env: NodeJS.ProcessEnv = {}, prefix: string[] = []): Promise<ServiceProcess> {
   const argv = [...prefix, process.execPath, CACHEFS_BIN, ...args];
@@ -67,7 +75,7 @@ function start(args: string[], port: number, ready: (out: string) => boolean, en
 }
 
 export async function startMaster(options: { metaDir?: string; port?: number; workerTimeout?: string } = {}): Promise<ServiceProcess & { metaDir: string }> {
-  const metaDir = options.metaDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-meta-')));
+  const metaDir = options.metaDir ?? (await tempDir('cachefs-meta-'));
   const port = options.port ?? (await freePort());
   const svc = await start(['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', String(port), '--worker-timeout', options.workerTimeout ?? '3s'], port, (out) => out.includes('listening on'));
   return Object.assign(svc, { metaDir });
@@ -90,8 +98,8 @@ export interface WorkerOptions {
 
 export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string }> {
   const port = options.port ?? (await freePort());
-  const tierDir = options.tierDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-tier-')));
-  const stateDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-wstate-'));
+  const tierDir = options.tierDir ?? (await tempDir('cachefs-tier-'));
+  const stateDir = await tempDir('cachefs-wstate-');
   const id = options.id ?? `worker-${port}`;
   const svc = await start(
     ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--domain-socket-dir', options.socketDir ?? 'none', '--log-level', 'debug', ...(options.args ?? [])],
@@ -111,4 +119,5 @@ export async function addMountEntry(master: string, mountPath: string, uri: stri
 
 export async function stopAllServices(): Promise<void> {
   for (const s of [...live]) await s.stop();
+  for (const dir of made.splice(0)) await rm(dir, { recursive: true, force: true });
 }

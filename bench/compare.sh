@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# cachefs against the clients users would pick, side by side, in one run, on the same
+# data served by s3rver on 127.0.0.1 (see README, "Comparing with other clients").
+#
+# Systems: cachefs (embedded cache), cachefs cluster with short-circuit, cachefs cluster
+# with --short-circuit off (network path), s3fs (use_cache), rclone mount
+# (--vfs-cache-mode full), bindfs over the cachefs worker's tier dir (a C FUSE
+# passthrough: the practical ceiling of a FUSE read), and direct reads of the same bytes
+# from local disk (the physical ceiling).
+# Workloads: cold and warm sequential reads of a 1 GiB file, warm re-read with page
+# cache, fio 4-thread random 128 KiB reads of a 256 MiB file, find+stat over the small
+# files cold and warm, and a read of every small file in random order (the ML
+# data-loader pattern). Every read is checked against checksums.
+# Env: RUNS (default 3), BIG_MIB (1024), MID_MIB (256), SMALL_DIRS (100), SMALL_PER_DIR (100),
+# SMALL_KIB (128), FIO_SECONDS (8). Results: bench/results/compare.{json,md}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib/common.sh
+. bench/lib/cluster-env.sh
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache, mounts)" >&2; exit 1; }
+bash scripts/setup.sh bindfs s3fs rclone fio
+RUNS=${RUNS:-3}; BIG_MIB=${BIG_MIB:-1024}; MID_MIB=${MID_MIB:-256}
+SMALL_DIRS=${SMALL_DIRS:-100}; SMALL_PER_DIR=${SMALL_PER_DIR:-100}; SMALL_KIB=${SMALL_KIB:-128}; FIO_SECONDS=${FIO_SECONDS:-8}
+unset AWS_CA_BUNDLE AWS_PROFILE AWS_SESSION_TOKEN
+export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
+work=$(mktemp -d /tmp/cachefs-compare.XXXXXX)
+pids=(); mounts=()
+cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -d "$work" ]; then
+    mkdir -p /tmp/cachefs-compare-logs && cp "$work"/*.log /tmp/cachefs-compare-logs/ 2>/dev/null || true
+    echo "bench: failed ($rc); logs kept in /tmp/cachefs-compare-logs" >&2
+  fi
+  for m in "${mounts[@]}"; do mountpoint -q "$m" && { fusermount -uz "$m" 2>/dev/null || umount -l "$m"; }; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# ---------------------------------------------------------------- data
+log "generating data: ${BIG_MIB} MiB, ${MID_MIB} MiB, $((SMALL_DIRS * SMALL_PER_DIR)) x ${SMALL_KIB} KiB"
+data="$work/data"; mkdir -p "$data"
+head -c $((BIG_MIB * 1048576)) /dev/urandom > "$data/big.bin"
+head -c $((MID_MIB * 1048576)) /dev/urandom > "$data/mid.bin"
+for d in $(seq -w 0 $((SMALL_DIRS - 1))); do
+  mkdir -p "$data/s$d"
+  for f in $(seq -w 0 $((SMALL_PER_DIR - 1))); do head -c $((SMALL_KIB * 1024)) /dev/urandom > "$data/s$d/f$f"; done
+done
+big_sum=$(sha256sum < "$data/big.bin" | cut -d' ' -f1)
+(cd "$data" && find . -path './s*' -type f | sed 's#^\./##' | sort) > "$work/small.list"
+(cd "$data" && xargs -a "$work/small.list" sha256sum | sort -k2) > "$work/small.sums"
+shuf --random-source=<(yes) "$work/small.list" > "$work/small.random"
+log "starting s3rver, master and worker; uploading"
+start_bench_cluster --tree "$data"
+master="127.0.0.1:$mport"
+
+# ---------------------------------------------------------------- systems
+# Each system: mount_<s> (mounts at $work/m/<s>, cold: empty caches), root_<s> (where the data appears).
+systems=(cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local)
+declare -A root
+for s in "${systems[@]}"; do mkdir -p "$work/m/$s"; done
+root[cachefs]="$work/m/cachefs"; root[cachefs_sc]="$work/m/cachefs_sc/bench"; root[cachefs_remote]="$work/m/cachefs_remote/bench"
+root[s3fs]="$work/m/s3fs"; root[rclone]="$work/m/rclone"; root[bindfs]="$work/m/bindfs"; root[local]="$data"
+echo "S3RVER:S3RVER" > "$work/s3fs.passwd"; chmod 600 "$work/s3fs.passwd"
+
+serving_pid=""
+mount_system() {
+  local s=$1 m="$work/m/$1"
+  case $s in
+    cachefs)
+      rm -rf "$work/c/$s"
+      node bin/cachefs mount "$m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/c/$s" --cache-size 8GiB --log-level info --log-file "$work/$s.log" --pid-file "$work/$s.pid"
+      serving_pid=$(cat /proc/"$(cat "$work/$s.pid")"/task/*/children | awk '{print $1}') ;;
+    cachefs_sc|cachefs_remote)
+      local sc=uuid; [ "$s" = cachefs_remote ] && sc=off
+      rm -rf "$work/c/$s"
+      node bin/cachefs mount "$m" --master "$master" --cache-group bench --no-sharing --short-circuit "$sc" --cache-dir "$work/c/$s" --log-level info --log-file "$work/$s.log" --pid-file "$work/$s.pid"
+      serving_pid=$(cat /proc/"$(cat "$work/$s.pid")"/task/*/children | awk '{print $1}') ;;
+    s3fs)
+      rm -rf "$work/c/s3fs"; mkdir -p "$work/c/s3fs"
+      s3fs bench "$m" -o url="http://127.0.0.1:$s3port" -o use_path_request_style -o passwd_file="$work/s3fs.passwd" \
+        -o use_cache="$work/c/s3fs" -o ro -o stat_cache_expire=900
+      wait_mounted "$m"; serving_pid=$(pgrep -n -x s3fs || true) ;;
+    rclone)
+      rm -rf "$work/c/rclone"
+      RCLONE_CONFIG_B_TYPE=s3 RCLONE_CONFIG_B_PROVIDER=Other RCLONE_CONFIG_B_ENDPOINT="http://127.0.0.1:$s3port" \
+      RCLONE_CONFIG_B_ACCESS_KEY_ID=S3RVER RCLONE_CONFIG_B_SECRET_ACCESS_KEY=S3RVER RCLONE_CONFIG_B_FORCE_PATH_STYLE=true \
+        rclone mount b:bench "$m" --vfs-cache-mode full --cache-dir "$work/c/rclone" --read-only --config /dev/null >"$work/rclone.log" 2>&1 &
+      serving_pid=$!; pids+=($serving_pid)
+      wait_mounted "$m" ;;
+    bindfs)
+      bindfs -o ro "$tier" "$m"; serving_pid="" ;;
+    local) return 0 ;;
+  esac
+  mounts+=("$m")
+}
+umount_system() {
+  local m="$work/m/$1"
+  [ "$1" = local ] && return 0
+  case $1 in cachefs*) node bin/cachefs umount "$m" ;; *) fusermount -u "$m" 2>/dev/null || umount -l "$m" ;; esac
+  sleep 1.2
+}
+
+# ---------------------------------------------------------------- measurements
+declare -A result   # result[system,metric]="median min-max"
+record() { result[$1,$2]="$(median "${@:3}") $(minmax "${@:3}")"; }
+check_big() { local got; got=$(sha256sum < "$1" | cut -d' ' -f1); [ "$got" = "$big_sum" ] || { echo "bench: wrong bytes in $1 ($2)" >&2; exit 1; }; }
+find_stat() { local t0 t1 n; t0=$(date +%s.%N); n=$(find "$1" -path "$1/s*" -type f -printf '%s\n' | wc -l); t1=$(date +%s.%N); [ "$n" = "$(wc -l < "$work/small.list")" ] || { echo "bench: find saw $n files in $1" >&2; exit 1; }; awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) }'; }
+small_random() {
+  local t0 t1; t0=$(date +%s.%N)
+  (cd "$1" && xargs -a "$work/small.random" -P 4 -n 100 sha256sum) | sort -k2 > "$work/got.sums"
+  t1=$(date +%s.%N)
+  cmp -s "$work/got.sums" "$work/small.sums" || { echo "bench: wrong bytes among small files in $1" >&2; exit 1; }
+  awk -v n="$(wc -l < "$work/small.list")" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) }'
+}
+fio_rand() {
+  fio --name=rand --filename="$1/mid.bin" --readonly --rw=randread --bs=128k --numjobs=4 --ioengine=psync --time_based \
+    --runtime="$FIO_SECONDS" --group_reporting --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e6))'
+}
+rss_during() { # rss_during PID FILE: peak VmRSS (MiB) of PID while FILE is read once
+  local pid=$1 peak=0 r
+  (cat "$2" > /dev/null) & local reader=$!
+  while kill -0 "$reader" 2>/dev/null; do
+    r=$(awk '/VmRSS/ {print $2}' /proc/"$pid"/status 2>/dev/null || echo 0); [ "${r:-0}" -gt "$peak" ] && peak=$r; sleep 0.05
+  done
+  wait "$reader"; echo $((peak / 1024))
+}
+
+for s in "${systems[@]}"; do
+  log "== $s"
+  if [ "$s" = bindfs ] || [ "$s" = local ]; then
+    # Ceilings: the bytes are on local disk already; "cold" is a read with the page cache dropped.
+    mount_system "$s"
+    r=${root[$s]}
+    cold=(); warm=(); rer=()
+    if [ "$s" = bindfs ]; then
+      files=$(find "$r/blocks" -type f | sort)
+      for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps $files)"); rer+=("$(read_mbps $files)"); done
+      record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
+    else
+      for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps "$r/big.bin")"); rer+=("$(read_mbps "$r/big.bin")"); done
+      record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
+      f=(); for i in $(seq "$RUNS"); do drop_caches; f+=("$(fio_rand "$r")"); done; record "$s" fio_rand "${f[@]}"
+      drop_caches; record "$s" find_cold "$(find_stat "$r")"
+      w=(); for i in $(seq "$RUNS"); do w+=("$(find_stat "$r")"); done; record "$s" find_warm "${w[@]}"
+      w=(); for i in $(seq "$RUNS"); do drop_caches; w+=("$(small_random "$r")"); done; record "$s" small_random "${w[@]}"
+    fi
+    umount_system "$s"
+    continue
+  fi
+  cold=(); warm=(); rer=(); fc=()
+  for i in $(seq "$RUNS"); do
+    [ "$s" = cachefs_sc ] || [ "$s" = cachefs_remote ] && start_worker
+    mount_system "$s"
+    r=${root[$s]}
+    drop_caches; fc+=("$(find_stat "$r")")
+    drop_caches; cold+=("$(read_mbps "$r/big.bin")")
+    [ "$i" = "$RUNS" ] || umount_system "$s"
+  done
+  record "$s" cold_seq "${cold[@]}"; record "$s" find_cold "${fc[@]}"
+  check_big "$r/big.bin" "$s"
+  if [ -n "$serving_pid" ]; then drop_caches; result[$s,rss_mib]="$(rss_during "$serving_pid" "$r/big.bin") -"; fi
+  for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps "$r/big.bin")"); rer+=("$(read_mbps "$r/big.bin")"); done
+  record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
+  cat "$r/mid.bin" > /dev/null
+  f=(); for i in $(seq "$RUNS"); do drop_caches; f+=("$(fio_rand "$r")"); done; record "$s" fio_rand "${f[@]}"
+  w=(); for i in $(seq "$RUNS"); do w+=("$(find_stat "$r")"); done; record "$s" find_warm "${w[@]}"
+  small_random "$r" > /dev/null   # warms the caches
+  w=(); for i in $(seq "$RUNS"); do drop_caches; w+=("$(small_random "$r")"); done; record "$s" small_random "${w[@]}"
+  umount_system "$s"
+done
+
+# ---------------------------------------------------------------- report
+mkdir -p bench/results
+metrics=(cold_seq warm_seq warm_reread fio_rand find_cold find_warm small_random rss_mib)
+units=(MB/s MB/s MB/s MB/s files/s files/s files/s MiB)
+{
+  for s in "${systems[@]}"; do for m in "${metrics[@]}"; do
+    [ -n "${result[$s,$m]:-}" ] && echo "$s $m ${result[$s,$m]}"
+  done; done
+} > "$work/results.txt"
+python3 bench/lib/compare-report.py "$work/results.txt" "$RUNS" "BIG_MIB=$BIG_MIB MID_MIB=$MID_MIB SMALL=$((SMALL_DIRS * SMALL_PER_DIR))x${SMALL_KIB}KiB FIO_SECONDS=$FIO_SECONDS" bench/results/compare
+cat bench/results/compare.md
