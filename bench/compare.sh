@@ -6,7 +6,8 @@
 # with --short-circuit off (network path), s3fs (use_cache), rclone mount
 # (--vfs-cache-mode full), bindfs over the cachefs worker's tier dir (a C FUSE
 # passthrough: the practical ceiling of a FUSE read), and direct reads of the same bytes
-# from local disk (the physical ceiling).
+# from local disk and tmpfs (the physical ceilings; tmpfs only for the re-read with page
+# cache, as its bytes never leave memory).
 # Workloads: cold and warm sequential reads of a 1 GiB file, warm re-read with page
 # cache, fio 4-thread random 128 KiB reads of a 256 MiB file, find+stat over the small
 # files cold and warm, and a read of every small file in random order (the ML
@@ -34,7 +35,7 @@ cleanup() {
   for m in "${mounts[@]}"; do mountpoint -q "$m" && { fusermount -uz "$m" 2>/dev/null || umount -l "$m"; }; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  rm -rf "$work" "${shm:-}"
 }
 trap cleanup EXIT INT TERM
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -58,11 +59,12 @@ master="127.0.0.1:$mport"
 
 # ---------------------------------------------------------------- systems
 # Each system: mount_<s> (mounts at $work/m/<s>, cold: empty caches), root_<s> (where the data appears).
-systems=(cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local)
+systems=(cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local tmpfs)
 declare -A root
 for s in "${systems[@]}"; do mkdir -p "$work/m/$s"; done
 root[cachefs]="$work/m/cachefs"; root[cachefs_sc]="$work/m/cachefs_sc/bench"; root[cachefs_remote]="$work/m/cachefs_remote/bench"
 root[s3fs]="$work/m/s3fs"; root[rclone]="$work/m/rclone"; root[bindfs]="$work/m/bindfs"; root[local]="$data"
+shm=$(mktemp -d /dev/shm/cachefs-compare.XXXXXX); root[tmpfs]=$shm
 echo "S3RVER:S3RVER" > "$work/s3fs.passwd"; chmod 600 "$work/s3fs.passwd"
 
 serving_pid=""
@@ -93,12 +95,13 @@ mount_system() {
     bindfs)
       bindfs -o ro "$tier" "$m"; serving_pid="" ;;
     local) return 0 ;;
+    tmpfs) cp "$data/big.bin" "$shm/"; return 0 ;;
   esac
   mounts+=("$m")
 }
 umount_system() {
   local m="$work/m/$1"
-  [ "$1" = local ] && return 0
+  [ "$1" = local ] || [ "$1" = tmpfs ] && return 0
   case $1 in cachefs*) node bin/cachefs umount "$m" ;; *) fusermount -u "$m" 2>/dev/null || umount -l "$m" ;; esac
   sleep 1.2
 }
@@ -131,13 +134,20 @@ rss_during() { # rss_during PID FILE: peak VmRSS (MiB) of PID while FILE is read
 
 for s in "${systems[@]}"; do
   log "== $s"
+  if [ "$s" = tmpfs ]; then
+    mount_system tmpfs; rer=()
+    for i in $(seq "$RUNS"); do cat "${root[tmpfs]}/big.bin" > /dev/null; rer+=("$(read_mbps "${root[tmpfs]}/big.bin")"); done
+    record tmpfs warm_reread "${rer[@]}"; check_big "${root[tmpfs]}/big.bin" tmpfs
+    continue
+  fi
   if [ "$s" = bindfs ] || [ "$s" = local ]; then
     # Ceilings: the bytes are on local disk already; "cold" is a read with the page cache dropped.
     mount_system "$s"
     r=${root[$s]}
     cold=(); warm=(); rer=()
     if [ "$s" = bindfs ]; then
-      files=$(find "$r/blocks" -type f | sort)
+      # The blocks of the two large files (4 MiB each), not the 10,000 small ones: a sequential read.
+      files=$(find "$r/blocks" -type f -size +1M | sort)
       for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps $files)"); rer+=("$(read_mbps $files)"); done
       record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
     else

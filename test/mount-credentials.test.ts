@@ -197,6 +197,8 @@ describe.each(kinds)('$name mounts', (k) => {
       expect(metrics.value('cachefs_fuse_errors_total', { op: 'read', errno: 'EIO' })).toBeGreaterThanOrEqual(1);
       expect(metrics.text).not.toContain(SECRET);
       expect(m.output()).toMatch(/FUSE op failed.*broken\.bin|broken\.bin.*FUSE op failed/);
+      // Not only EIO: a refused read is a failure the operator must see, with its errno.
+      expect(m.output()).toMatch(/"path":"\/refused\.bin","errno":"EACCES".*"msg":"FUSE op failed"/);
       expect(m.output()).not.toContain(SECRET);
     }
     await fromFile.stop();

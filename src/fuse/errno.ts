@@ -25,6 +25,14 @@ const BY_CODE: Record<ErrorCode, number> = {
   IO: E.EIO,
 };
 
+/** Answers about the caller's request (a missing name, a write to a read-only mount), not failures. */
+const ANSWERS = new Set<ErrorCode>(['NOT_FOUND', 'NOT_DIRECTORY', 'IS_DIRECTORY', 'READ_ONLY', 'INVALID_ARGUMENT', 'BAD_HANDLE', 'CONFLICT']);
+
+/** True when the error is a failure worth a warning (the store, the cache, a worker), not an answer. */
+export function isFailure(err: unknown): boolean {
+  return !(err instanceof CachefsError && ANSWERS.has(err.code));
+}
+
 const NAMES = new Map<number, string>(Object.entries(E).map(([name, n]) => [n, name]));
 
 /** A positive errno for the error. */

@@ -8,7 +8,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Attr } from '../vfs/entry.js';
 import type { Filesystem } from '../vfs/filesystem.js';
-import { errnoName, errnoOf } from './errno.js';
+import { errnoName, errnoOf, isFailure } from './errno.js';
 
 const WRITE_OPS = ['write', 'create', 'mkdir', 'mknod', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr'] as const;
 
@@ -28,7 +28,8 @@ export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps 
     const errno = errnoOf(err);
     const name = errnoName(errno);
     metrics.fuseErrors.inc({ op, errno: name });
-    if (name === 'EIO') log.warn({ op, path, err: (err as Error).message }, 'FUSE op failed');
+    if (isFailure(err)) log.warn({ op, path, errno: name, err: (err as Error).message }, 'FUSE op failed');
+    else log.debug({ op, path, errno: name }, 'FUSE op answered with an error');
     return -errno;
   };
   /** Runs an op whose reply carries no value other than the result. */
