@@ -105,6 +105,6 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
   const membership = new Membership(master, cluster.cacheGroup, log);
   await membership.start();
   closers.push(() => membership.close());
-  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, resolveUfs, memoryBytes: CLUSTER_MEMORY_BYTES, prefetchConcurrency: PREFETCH_CONCURRENCY, metrics, log });
+  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, resolveUfs, blockSize: config.blockSize, memoryBytes: CLUSTER_MEMORY_BYTES, prefetchConcurrency: PREFETCH_CONCURRENCY, metrics, log });
   return { ufs: namespace.ufs, source, mountId: NAMESPACE_MOUNT_ID };
 }

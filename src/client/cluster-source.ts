@@ -8,6 +8,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { BlockRef } from '../block/block.js';
+import { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
@@ -32,6 +33,8 @@ export interface ClusterSourceConfig {
   /** The embedded worker of a sharing mount: its id and a source that reads its store in-process. */
   local?: { workerId: string; source: BlockSource };
   resolveUfs: UfsResolver;
+  /** The mount's block size: whole blocks fetched from workers reuse buffers of this size. */
+  blockSize: number;
   memoryBytes: number;
   prefetchConcurrency: number;
   metrics: Metrics;
@@ -46,11 +49,14 @@ export class ClusterSource implements BlockSource {
   private readonly colocated = new Map<string, ColocatedWorker | null>();
   private readonly files = new BlockFiles();
   private readonly memory: MemoryBlocks;
+  private readonly buffers: BufferPool;
   private readonly background: BackgroundQueue;
   private readonly bytes;
 
   constructor(private readonly config: ClusterSourceConfig) {
-    this.memory = new MemoryBlocks(config.memoryBytes);
+    // Free buffers kept: as many as the prefetches in flight, within the memory budget.
+    this.buffers = new BufferPool(config.blockSize, Math.max(1, Math.min(config.prefetchConcurrency, Math.floor(config.memoryBytes / config.blockSize / 2))));
+    this.memory = new MemoryBlocks(config.memoryBytes, this.buffers);
     this.background = new BackgroundQueue(config.prefetchConcurrency);
     const c = config.metrics.clientReadBytes;
     this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs') };
@@ -152,7 +158,7 @@ export class ClusterSource implements BlockSource {
     let r = this.remotes.get(worker.id);
     if (!r || r.address !== worker.address) {
       void r?.close();
-      r = new RemoteWorker(worker.address);
+      r = new RemoteWorker(worker.address, this.buffers);
       this.remotes.set(worker.id, r);
     }
     return r;

@@ -5,6 +5,7 @@
  * readahead of a sequential stream are served from memory.
  */
 import { LRUCache } from 'lru-cache';
+import type { BufferPool } from '../block/buffer-pool.js';
 import { SingleFlight } from '../worker/single-flight.js';
 
 /** A block in memory and where its bytes came from (for the read-path metrics). */
@@ -22,7 +23,7 @@ export class MemoryBlocks {
   private readonly blocks: LRUCache<string, Entry>;
   private readonly flights = new SingleFlight<HeldBlock>();
 
-  constructor(maxBytes: number) {
+  constructor(maxBytes: number, private readonly buffers?: BufferPool) {
     this.blocks = new LRUCache({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.data.length) });
   }
 
@@ -48,13 +49,18 @@ export class MemoryBlocks {
   /**
    * Records bytes of the block read by a sequential stream. A block read to the end is
    * dropped: the page cache has it now, and keeping it would push out the blocks fetched
-   * ahead of the reader, which are older in LRU order but needed sooner.
+   * ahead of the reader, which are older in LRU order but needed sooner. Its buffer goes
+   * back to the pool: readers copy from a block in the turn they obtain it, and the pool
+   * takes it only after this turn.
    */
   consumed(id: string, bytes: number): void {
     const e = this.blocks.peek(id);
     if (!e) return;
     e.consumed += bytes;
-    if (e.consumed >= e.data.length) this.blocks.delete(id);
+    if (e.consumed >= e.data.length) {
+      this.blocks.delete(id);
+      this.buffers?.giveLater(e.data);
+    }
   }
 
   clear(): void {

@@ -6,6 +6,7 @@
  */
 import { Pool } from 'undici';
 import type { BlockRef } from '../block/block.js';
+import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
 import { blockRequestPath, errorFromResponse } from '../worker/block-protocol.js';
 
@@ -17,7 +18,7 @@ const CONNECT_TIMEOUT_MS = 2000;
 export class RemoteWorker {
   private readonly pool: Pool;
 
-  constructor(readonly address: string, connections = 8) {
+  constructor(readonly address: string, private readonly buffers: BufferPool, connections = 8) {
     this.pool = new Pool(`http://${address}`, {
       connections,
       connectTimeout: CONNECT_TIMEOUT_MS,
@@ -42,7 +43,7 @@ export class RemoteWorker {
       throw new CachefsError('UNREACHABLE', `worker ${this.address} did not answer: ${(err as Error).message}`, { cause: err });
     }
     if (res.statusCode !== 200 && res.statusCode !== 206) throw errorFromResponse(res.statusCode, await res.body.text().catch(() => ''));
-    const out = Buffer.allocUnsafe(length);
+    const out = this.buffers.take(length);
     let at = 0;
     try {
       for await (const chunk of res.body) {
