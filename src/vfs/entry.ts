@@ -2,6 +2,9 @@
  * The filesystem's view of one path: a directory or a regular file backed by an
  * object (size, mtime, ETag). What `getattr` reports and what a file handle reads.
  */
+import { createHash } from 'node:crypto';
+import type { UfsObject } from '../ufs/ufs.js';
+
 export type Entry =
   | { kind: 'dir'; key: string; mtimeMs: number }
   | { kind: 'file'; key: string; size: number; mtimeMs: number; etag: string };
@@ -25,4 +28,20 @@ export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr 
     return { mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: 4096, ...owner };
   }
   return { mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, ...owner };
+}
+
+/**
+ * The entry of a file object. Object stores give Last-Modified in whole seconds, and the
+ * kernel keeps a file's page cache while its size and mtime stay the same (auto_cache), so
+ * an object rewritten with the same size within the same second would keep serving its old
+ * bytes. Such an mtime gets a millisecond part derived from the ETag: still within the
+ * second the store reported, and different for another version (but for 1 in 1000).
+ */
+export function fileEntry(object: UfsObject): Entry {
+  return { kind: 'file', key: object.key, size: object.size, mtimeMs: versionedMtime(object.mtimeMs, object.etag), etag: object.etag };
+}
+
+export function versionedMtime(mtimeMs: number, etag: string): number {
+  if (mtimeMs % 1000 !== 0 || etag === '') return mtimeMs;
+  return mtimeMs + (createHash('sha1').update(etag.toLowerCase()).digest().readUInt32BE(0) % 1000);
 }

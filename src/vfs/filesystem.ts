@@ -13,7 +13,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Ufs } from '../ufs/ufs.js';
 import { SingleFlight } from '../worker/single-flight.js';
-import { attrOf, type Attr, type Entry } from './entry.js';
+import { attrOf, fileEntry, type Attr, type Entry } from './entry.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
 
@@ -103,7 +103,7 @@ export class Filesystem {
     const [object, below] = await Promise.all([this.ufs.stat(key), this.ufs.list(`${key}/`, { maxKeys: 1 })]);
     let entry: Entry | null = null;
     if (below.objects.length > 0 || below.prefixes.length > 0) entry = { kind: 'dir', key, mtimeMs: below.objects[0]?.mtimeMs ?? this.mountedAt };
-    else if (object) entry = { kind: 'file', key, size: object.size, mtimeMs: object.mtimeMs, etag: object.etag };
+    else if (object) entry = fileEntry({ ...object, key });
     this.cache.set(key, entry);
     return entry;
   }
@@ -137,7 +137,7 @@ export class Filesystem {
         if (o.key === prefix) continue; // the directory's own marker object
         const name = o.key.slice(prefix.length);
         if (name.endsWith('/') || !isPosixName(name)) skipped.push(o.key);
-        else if (children.get(name)?.kind !== 'dir') children.set(name, { kind: 'file', key: o.key, size: o.size, mtimeMs: o.mtimeMs, etag: o.etag });
+        else if (children.get(name)?.kind !== 'dir') children.set(name, fileEntry(o));
       }
       token = page.nextToken;
     } while (token);
