@@ -32,6 +32,14 @@ async function openStore(quota: number, tiers: ('MEM' | 'SSD')[] = ['SSD'], metr
   return store;
 }
 
+async function waitUntil(check: () => boolean | Promise<boolean>, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 async function filesUnder(root: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await readdir(root, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(path.join(e.parentPath, e.name));
@@ -66,10 +74,35 @@ describe('TieredStore', () => {
     await expect(store.put(id(10), block(10))).rejects.toMatchObject({ code: 'IO' });
     for (let i = 0; i < 9; i++) store.unpin(id(i));
     expect(store.pinnedCount).toBe(1);
+    // The tier was left above high; it is trimmed to low once the pins go.
+    await waitUntil(() => store.usedBytes <= 500 * KiB);
     await store.put(id(11), block(11));
-    expect(store.usedBytes).toBeLessThanOrEqual(500 * KiB);
+    expect(store.usedBytes).toBeLessThanOrEqual(600 * KiB);
     expect(store.lookup(id(9))).toBeDefined();
     expect(store.lookup(id(11))).toBeDefined();
+  });
+
+  it('trims a tier left above the high watermark by pins once the last pin goes', async () => {
+    const store = await openStore(1000 * KiB);
+    for (let i = 0; i < 10; i++) {
+      await store.put(id(i), block(i));
+      store.pin(id(i));
+    }
+    expect(store.usedBytes).toBe(1000 * KiB); // above high: every block was pinned
+    for (let i = 0; i < 9; i++) store.unpin(id(i));
+    await waitUntil(async () => store.usedBytes <= 500 * KiB && (await filesUnder(path.join(dir, 'SSD', 'blocks'))).length === store.blockCount);
+    expect(store.blockCount).toBe(5);
+    expect(store.lookup(id(9))).toBeDefined(); // still pinned
+  });
+
+  it('never overruns its quota with concurrent fills', async () => {
+    const store = await openStore(1000 * KiB);
+    const results = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => store.put(id(i), block(i))));
+    // Ten blocks fit; the others find no room while those are being written, and say why.
+    expect(results.filter((r) => r.status === 'fulfilled').length).toBe(10);
+    for (const r of results) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'IO', message: expect.stringMatching(/being written/) });
+    expect(store.usedBytes).toBeLessThanOrEqual(1000 * KiB);
+    await waitUntil(async () => store.usedBytes <= 900 * KiB && (await filesUnder(path.join(dir, 'SSD', 'blocks'))).length === store.blockCount);
   });
 
   it('puts new blocks in the fastest tier with room', async () => {

@@ -2,7 +2,10 @@
  * A worker's block store: tiers ordered fastest first (MEM, SSD, HDD). A new block
  * goes to the fastest tier with room; when a tier's usage passes `high × quota`,
  * least-recently-used blocks are evicted until it is at or below `low × quota`.
- * Pinned blocks (open readers, short-circuit clients) are never evicted.
+ * Pinned blocks (open readers, short-circuit clients) are never evicted; a tier left
+ * above `high` because its blocks were pinned is trimmed when the last pin goes. Bytes
+ * being written count toward a tier's usage from the start, so concurrent fills never
+ * overrun its quota.
  */
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -27,6 +30,10 @@ const MEDIUM_ORDER = { MEM: 0, SSD: 1, HDD: 2 } as const;
 export class TieredStore {
   readonly tiers: Tier[];
   private readonly pins = new Map<string, number>();
+  /** Tiers whose last watermark eviction stopped short of `low` because of pins. */
+  private readonly shortOfLow = new Set<Tier>();
+  /** Bytes of blocks being written, by tier. */
+  private readonly writing = new Map<Tier, number>();
   private readonly locks: PidLock[] = [];
   private readonly high: number;
   private readonly low: number;
@@ -85,20 +92,29 @@ export class TieredStore {
     return undefined;
   }
 
-  /** Stores a block; fails with IO when every tier is full of pinned blocks. */
+  /** Stores a block; fails with IO when every tier is full of pinned blocks and blocks being written. */
   async put(id: string, data: Buffer): Promise<StoredBlock> {
     const existing = this.lookup(id);
     if (existing && existing.length === data.length) return existing;
     for (const tier of this.tiers) {
-      if (tier.usedBytes + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - data.length, id);
-      if (tier.usedBytes + data.length <= tier.quotaBytes) {
-        await tier.write(id, data);
-        if (tier.usedBytes > this.high * tier.quotaBytes) await this.evict(tier, this.low * tier.quotaBytes, id);
+      const room = (): number => tier.quotaBytes - tier.usedBytes - (this.writing.get(tier) ?? 0);
+      if (room() < data.length) await this.evict(tier, tier.usedBytes - (data.length - room()), id);
+      if (room() >= data.length) {
+        this.writing.set(tier, (this.writing.get(tier) ?? 0) + data.length);
+        try {
+          await tier.write(id, data);
+        } finally {
+          this.writing.set(tier, this.writing.get(tier)! - data.length);
+        }
+        if (tier.usedBytes > this.high * tier.quotaBytes) {
+          await this.evict(tier, this.low * tier.quotaBytes, id);
+          if (tier.usedBytes > this.low * tier.quotaBytes) this.shortOfLow.add(tier);
+        }
         this.publish();
         return { path: tier.pathOf(id), length: data.length, tier };
       }
     }
-    throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks`);
+    throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks and blocks being written`);
   }
 
   /** Drops a block (e.g. found truncated on disk). */
@@ -118,6 +134,21 @@ export class TieredStore {
     if (n <= 1) this.pins.delete(id);
     else this.pins.set(id, n - 1);
     this.metrics.pinnedBlocks.set(this.pins.size);
+    if (n <= 1) this.trimLater();
+  }
+
+  /** Evicts down to `low` any tier still above `high` (its blocks were pinned when it filled). */
+  private trimLater(): void {
+    const over = this.tiers.filter((t) => this.shortOfLow.has(t) || t.usedBytes > this.high * t.quotaBytes);
+    if (!over.length) return;
+    Promise.all(
+      over.map(async (t) => {
+        await this.evict(t, this.low * t.quotaBytes, '');
+        if (t.usedBytes <= this.low * t.quotaBytes) this.shortOfLow.delete(t);
+      }),
+    )
+      .then(() => this.publish())
+      .catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'trimming the cache failed'));
   }
 
   isPinned(id: string): boolean {
