@@ -1,14 +1,14 @@
 /**
- * The network read path to one worker: an undici pool of keep-alive connections
- * to its block service, bounded concurrency, and timeouts. Reads a block or a
- * range of it into a buffer; any failure is a CachefsError (the caller decides
- * whether to try another worker).
+ * The network read path to one worker: a pool of keep-alive connections to its
+ * block service (block-connection.ts), bounded concurrency, and timeouts. Reads a
+ * block or a range of it into a buffer; any failure is a CachefsError (the caller
+ * decides whether to try another worker).
  */
-import { Pool } from 'undici';
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
 import { blockRequestPath, errorFromResponse } from '../worker/block-protocol.js';
+import { ConnectionPool } from './block-connection.js';
 
 /** A cold block may first be fetched from the UFS by the worker. */
 const HEADERS_TIMEOUT_MS = 20_000;
@@ -16,50 +16,33 @@ const BODY_TIMEOUT_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 2000;
 
 export class RemoteWorker {
-  private readonly pool: Pool;
+  private readonly pool: ConnectionPool;
 
   constructor(readonly address: string, private readonly buffers: BufferPool, connections = 8) {
-    this.pool = new Pool(`http://${address}`, {
-      connections,
-      connectTimeout: CONNECT_TIMEOUT_MS,
-      headersTimeout: HEADERS_TIMEOUT_MS,
-      bodyTimeout: BODY_TIMEOUT_MS,
-      keepAliveTimeout: 30_000,
-    });
+    const colon = address.lastIndexOf(':');
+    const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
+    const port = Number(address.slice(colon + 1));
+    if (colon < 0 || !Number.isInteger(port)) throw new CachefsError('INVALID_ARGUMENT', `invalid worker address '${address}': expected host:port`);
+    this.pool = new ConnectionPool(host, port, connections, { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS });
   }
 
   /** Reads `length` bytes at `offset` of the block (the whole block by default). */
   async read(ref: BlockRef, offset = 0, length = ref.length, signal?: AbortSignal): Promise<Buffer> {
     const whole = offset === 0 && length === ref.length;
+    const dest = this.buffers.take(length);
     let res;
     try {
-      res = await this.pool.request({
-        method: 'GET',
-        path: blockRequestPath(ref),
-        headers: whole ? {} : { range: `bytes=${offset}-${offset + length - 1}` },
-        signal,
-      });
+      res = await this.pool.request({ path: blockRequestPath(ref), range: whole ? undefined : `bytes=${offset}-${offset + length - 1}`, dest, signal });
     } catch (err) {
+      if (err instanceof CachefsError) throw err;
       throw new CachefsError('UNREACHABLE', `worker ${this.address} did not answer: ${(err as Error).message}`, { cause: err });
     }
-    if (res.statusCode !== 200 && res.statusCode !== 206) throw errorFromResponse(res.statusCode, await res.body.text().catch(() => ''));
-    const out = this.buffers.take(length);
-    let at = 0;
-    try {
-      for await (const chunk of res.body) {
-        const c = chunk as Buffer;
-        if (at + c.length > length) throw new CachefsError('IO', `worker ${this.address} sent more than asked`);
-        c.copy(out, at);
-        at += c.length;
-      }
-    } catch (err) {
-      throw err instanceof CachefsError ? err : new CachefsError('UNREACHABLE', `worker ${this.address} broke off: ${(err as Error).message}`, { cause: err });
-    }
-    if (at !== length) throw new CachefsError('IO', `worker ${this.address} sent ${at} of ${length} bytes`);
-    return out;
+    if (res.status !== 200 && res.status !== 206) throw errorFromResponse(res.status, res.errorBody ?? '');
+    if (res.length !== length) throw new CachefsError('IO', `worker ${this.address} sent ${res.length} of ${length} bytes`);
+    return dest;
   }
 
   async close(): Promise<void> {
-    await this.pool.destroy();
+    this.pool.close();
   }
 }
