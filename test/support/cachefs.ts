@@ -5,7 +5,7 @@
  * mount synchronously from the vitest process: shell commands go through
  * `sh()` (an async child process).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +47,15 @@ export interface MountOptions {
 }
 
 const live = new Set<TestMount>();
+
+// The safety net for a run cut short (a hook that timed out never reaches its cleanup): when
+// the test process exits, whatever it still has mounted is killed by PID and unmounted.
+process.once('exit', () => {
+  for (const m of live) {
+    m.process.kill('SIGKILL');
+    spawnSync('fusermount', ['-uz', m.mountpoint], { stdio: 'ignore', timeout: 5000 });
+  }
+});
 
 /** Mounts with `cachefs mount --foreground`; resolves once the mount point answers. */
 export async function mountCachefs(options: MountOptions): Promise<TestMount> {
