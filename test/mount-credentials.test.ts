@@ -177,15 +177,16 @@ describe.each(kinds)('$name mounts', (k) => {
     for (const m of [fromFile, fromEnv]) {
       expect(await sha256Of(path.join(m.mountpoint, 'x.bin'))).toBe(sha(data));
       // Failed reads, so that the log holds SDK errors too. Each fault twice: the kernel
-      // reads a page again itself after its readahead of it failed.
+      // reads a page again itself after its readahead of it failed. Faults are bound to their
+      // object, so a late retry of one read cannot use up the other's.
       const refused = path.join(m.mountpoint, 'refused.bin');
       const broken = path.join(m.mountpoint, 'broken.bin');
       expect((await sh(`stat -c %s ${refused} ${broken}`)).stdout.trim().split('\n')).toEqual([String(data.length), String(data.length)]);
-      k.server().failNext(403, 'AccessDenied', 2);
+      k.server().failNext(403, 'AccessDenied', 2, 'refused.bin');
       const denied = await sh(`cat ${refused} > /dev/null`);
       expect(denied.code).not.toBe(0);
       expect(denied.stderr).toMatch(/Permission denied/);
-      k.server().failNext(400, 'InvalidArgument', 2);
+      k.server().failNext(400, 'InvalidArgument', 2, 'broken.bin');
       const failed = await sh(`cat ${broken} > /dev/null`);
       expect(failed.code).not.toBe(0);
       expect(failed.stderr).toMatch(/Input\/output error/);

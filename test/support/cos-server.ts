@@ -56,7 +56,8 @@ export interface CosTestServer {
   put(bucket: string, key: string, body: Buffer | string): string;
   remove(bucket: string, key: string): void;
   /** Answers the next `count` requests with this error instead of serving them. */
-  failNext(status: number, code: string, count?: number): void;
+  /** The next `count` requests (for `key` only, when given) fail with this status and code. */
+  failNext(status: number, code: string, count?: number, key?: string): void;
   requestLog(): readonly RecordedCosRequest[];
   clearRequestLog(): void;
   close(): Promise<void>;
@@ -110,7 +111,7 @@ export async function startCosServer(options: StartCosServerOptions): Promise<Co
   const region = options.region ?? 'ap-guangzhou';
   const buckets = new Map<string, Bucket>(options.buckets.map((name) => [name, new Bucket()]));
   const log: RecordedCosRequest[] = [];
-  const faults: { status: number; code: string }[] = [];
+  const faults: { status: number; code: string; key?: string }[] = [];
   const sockets = new Set<Socket>();
 
   const putObject = (bucket: Bucket, key: string, body: Buffer): StoredObject => {
@@ -141,7 +142,8 @@ export async function startCosServer(options: StartCosServerOptions): Promise<Co
     const body = await readBody(req);
     const resource = `${host}/${key}`;
     try {
-      const fault = faults.shift();
+      const at = faults.findIndex((f) => f.key === undefined || f.key === key);
+      const fault = at < 0 ? undefined : faults.splice(at, 1)[0];
       if (fault) throw new CosError(fault.status, fault.code, 'Injected fault.');
       authenticate(req, method, url, key);
       const bucket = buckets.get(bucketName);
@@ -302,8 +304,8 @@ export async function startCosServer(options: StartCosServerOptions): Promise<Co
     remove(bucketName, key) {
       buckets.get(bucketName)?.delete(key);
     },
-    failNext(status, code, count = 1) {
-      for (let i = 0; i < count; i++) faults.push({ status, code });
+    failNext(status, code, count = 1, key) {
+      for (let i = 0; i < count; i++) faults.push({ status, code, key });
     },
     requestLog: () => log,
     clearRequestLog: () => {

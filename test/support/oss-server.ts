@@ -57,7 +57,8 @@ export interface OssTestServer {
   put(bucket: string, key: string, body: Buffer | string): string;
   remove(bucket: string, key: string): void;
   /** Answers the next `count` requests with this error instead of serving them. */
-  failNext(status: number, code: string, count?: number): void;
+  /** The next `count` requests (for `key` only, when given) fail with this status and code. */
+  failNext(status: number, code: string, count?: number, key?: string): void;
   requestLog(): readonly RecordedOssRequest[];
   clearRequestLog(): void;
   close(): Promise<void>;
@@ -132,7 +133,7 @@ export async function startOssServer(options: StartOssServerOptions): Promise<Os
   const region = (options.region ?? 'cn-hangzhou').replace(/^oss-/, '');
   const buckets = new Map<string, Bucket>(options.buckets.map((name) => [name, new Bucket()]));
   const log: RecordedOssRequest[] = [];
-  const faults: { status: number; code: string }[] = [];
+  const faults: { status: number; code: string; key?: string }[] = [];
   const sockets = new Set<Socket>();
 
   const putObject = (bucket: Bucket, key: string, body: Buffer): StoredObject => {
@@ -163,7 +164,8 @@ export async function startOssServer(options: StartOssServerOptions): Promise<Os
     log.push({ method, bucket: bucketName, key, query: url.searchParams, headers: req.headers });
     const body = await readBody(req);
     try {
-      const fault = faults.shift();
+      const at = faults.findIndex((f) => f.key === undefined || f.key === key);
+      const fault = at < 0 ? undefined : faults.splice(at, 1)[0];
       if (fault) throw new OssError(fault.status, fault.code, 'Injected fault.');
       authenticate(req, method, bucketName, key, url.searchParams);
       if (!bucketName) throw new OssError(400, 'InvalidRequest', 'This server serves bucket and object requests only.');
@@ -376,8 +378,8 @@ export async function startOssServer(options: StartOssServerOptions): Promise<Os
     remove(bucketName, key) {
       buckets.get(bucketName)?.delete(key);
     },
-    failNext(status, code, count = 1) {
-      for (let i = 0; i < count; i++) faults.push({ status, code });
+    failNext(status, code, count = 1, key) {
+      for (let i = 0; i < count; i++) faults.push({ status, code, key });
     },
     requestLog: () => log,
     clearRequestLog: () => {
