@@ -59,25 +59,18 @@ export class ClusterSource implements BlockSource {
     this.memory = new MemoryBlocks(config.memoryBytes, this.buffers);
     this.background = new BackgroundQueue(config.prefetchConcurrency);
     const c = config.metrics.clientReadBytes;
-    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), short_circuit: c.labels('short_circuit'), domain_socket: c.labels('domain_socket') };
+    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs') };
   }
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    // A block read ahead from a co-located worker is pinned for this file handle when used,
-    // as a short-circuit read would pin it; the copy then follows in the same turn.
-    const held = this.memory.get(ref.id);
-    const pinning = held?.pinFor?.(req.session);
-    const inMemory = pinning ? (await pinning, this.memory.get(ref.id)) : held;
+    const inMemory = this.memory.get(ref.id);
     if (inMemory) return this.copy(inMemory, req);
     for (const worker of this.config.membership.candidates(ref.id)) {
       try {
         if (this.isLocal(worker)) return await this.config.local!.source.read(req);
         const near = this.near(worker);
-        if (near) {
-          if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length), req.session ?? 0)), req);
-          return await near.read(req);
-        }
+        if (near) return await near.read(req);
         const remote = this.remote(worker);
         if (req.pattern === 'sequential') {
           return this.copy(await this.memory.load(ref.id, async () => ({ data: await remote.read(ref, 0, ref.length, req.signal), from: 'remote' })), req);
@@ -99,7 +92,7 @@ export class ClusterSource implements BlockSource {
     if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref);
     const near = owner && this.near(owner);
     if (near) {
-      this.background.add(ref.id, () => this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length))).catch((err: unknown) => this.failed(owner, asCachefsError(err))));
+      this.background.add(ref.id, () => near.warm(ref).catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }
     this.background.add(ref.id, () =>
