@@ -3,6 +3,9 @@
 # in cache group `bench` whose socket dir is $work/sock. Sourced after common.sh;
 # needs $work and the pids array; sets s3port, mport, tier, sockdir, worker_pid.
 
+# free_port: a TCP port free on 127.0.0.1 right now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # start_worker: (re)starts the bench worker on an empty tier; sets worker_pid.
 start_worker() {
   if [ -n "${worker_pid:-}" ]; then kill "$worker_pid" 2>/dev/null || true; wait "$worker_pid" 2>/dev/null || true; fi
@@ -17,13 +20,13 @@ start_worker() {
 
 start_bench_cluster() {
   start_s3 "$@"
-  mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mport=$(free_port)
   node bin/cachefs master --meta-dir "$work/meta" --host 127.0.0.1 --port "$mport" --log-level info >"$work/master.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do node bin/cachefs mount-table list --master "127.0.0.1:$mport" >/dev/null 2>&1 && break; sleep 0.1; done
   node bin/cachefs mount-table add /bench s3://bench --master "127.0.0.1:$mport" \
     --option "s3.endpoint=http://127.0.0.1:$s3port" --option s3.accessKeyId=S3RVER --option s3.secretAccessKey=S3RVER >/dev/null
   tier="$work/tier"; sockdir="$work/sock"
-  wport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  wport=$(free_port)
   start_worker
 }

@@ -50,11 +50,10 @@ interface Job {
 }
 
 class Connection {
-  readonly socket: net.Socket;
+  private readonly socket: net.Socket;
   private readonly head = Buffer.allocUnsafe(HEAD_MAX);
   private headLength = 0;
   private job?: Job;
-  private connected = false;
   private readonly ready: Promise<void>;
   broken = false;
   /** Counted out of its pool already. */
@@ -73,7 +72,6 @@ class Connection {
       const timer = setTimeout(() => this.socket.destroy(new Error(`connect timed out after ${timeouts.connectMs} ms`)), timeouts.connectMs);
       this.socket.once('connect', () => {
         clearTimeout(timer);
-        this.connected = true;
         resolve();
       });
       this.socket.once('error', (err) => {
@@ -85,10 +83,6 @@ class Connection {
     this.socket.on('error', (err) => this.fail(err));
     this.socket.on('close', () => this.fail(new Error('connection closed')));
     this.socket.on('timeout', () => this.socket.destroy(new Error(this.job?.phase === 'head' ? `no answer within ${this.timeouts.headersMs} ms` : `body stalled for ${this.timeouts.bodyMs} ms`)));
-  }
-
-  get isConnected(): boolean {
-    return this.connected && !this.broken;
   }
 
   async request(req: BlockRequest): Promise<BlockResponse> {

@@ -7,6 +7,7 @@
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
+import { parseHostPort } from '../master/address.js';
 import { blockRequestPath, errorFromResponse } from '../worker/block-protocol.js';
 import { ConnectionPool } from './block-connection.js';
 
@@ -19,10 +20,7 @@ export class RemoteWorker {
   private readonly pool: ConnectionPool;
 
   constructor(readonly address: string, private readonly buffers: BufferPool, connections = 8) {
-    const colon = address.lastIndexOf(':');
-    const host = address.slice(0, colon).replace(/^\[|\]$/g, '');
-    const port = Number(address.slice(colon + 1));
-    if (colon < 0 || !Number.isInteger(port)) throw new CachefsError('INVALID_ARGUMENT', `invalid worker address '${address}': expected host:port`);
+    const { host, port } = parseHostPort(address, 'worker address');
     this.pool = new ConnectionPool(host, port, connections, { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS });
   }
 

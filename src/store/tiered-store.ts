@@ -97,14 +97,14 @@ export class TieredStore {
     const existing = this.lookup(id);
     if (existing && existing.length === data.length) return existing;
     for (const tier of this.tiers) {
-      const room = (): number => tier.quotaBytes - tier.usedBytes - (this.writing.get(tier) ?? 0);
-      if (room() < data.length) await this.evict(tier, tier.usedBytes - (data.length - room()), id);
-      if (room() >= data.length) {
-        this.writing.set(tier, (this.writing.get(tier) ?? 0) + data.length);
+      const writing = (): number => this.writing.get(tier) ?? 0;
+      if (tier.usedBytes + writing() + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - writing() - data.length, id);
+      if (tier.usedBytes + writing() + data.length <= tier.quotaBytes) {
+        this.writing.set(tier, writing() + data.length);
         try {
           await tier.write(id, data);
         } finally {
-          this.writing.set(tier, this.writing.get(tier)! - data.length);
+          this.writing.set(tier, writing() - data.length);
         }
         if (tier.usedBytes > this.high * tier.quotaBytes) {
           await this.evict(tier, this.low * tier.quotaBytes, id);
