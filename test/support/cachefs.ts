@@ -64,6 +64,9 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
   const metricsPort = await freePort();
   const args = [CACHEFS_BIN, 'mount', mountpoint, ...(options.ufs ? ['--ufs', options.ufs] : []), '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
   const child = spawn(process.execPath, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Listened for from the start: a process that exits while stop() awaits something else
+  // must not leave stop() waiting for an 'exit' event that has already passed.
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -79,7 +82,6 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
       if (child.exitCode === null && child.signalCode === null) {
         // `cachefs mount --foreground` is a supervisor; its serving process is a child of it.
         const serving = await childrenOf(child.pid!);
-        const exited = new Promise((resolve) => child.once('exit', resolve));
         child.kill('SIGTERM');
         const timer = setTimeout(() => {
           child.kill('SIGKILL');
