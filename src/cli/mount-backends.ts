@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
+import { BufferPool } from '../block/buffer-pool.js';
 import type { BlockSource } from '../client/block-source.js';
 import { ClusterSource } from '../client/cluster-source.js';
 import { EmbeddedSource } from '../client/embedded-source.js';
@@ -62,7 +63,8 @@ async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logge
   await store.open();
   closers.push(() => store.close());
   const resolveUfs = async (): Promise<Ufs> => ufs;
-  const source = new EmbeddedSource(new ReadThrough(store, resolveUfs, metrics, log), resolveUfs, metrics, log, PREFETCH_CONCURRENCY);
+  const buffers = new BufferPool(config.blockSize, PREFETCH_CONCURRENCY / 2);
+  const source = new EmbeddedSource(new ReadThrough(store, resolveUfs, metrics, log, buffers), resolveUfs, metrics, log, PREFETCH_CONCURRENCY);
   return { ufs, source, mountId: uri.text };
 }
 

@@ -104,26 +104,37 @@ export class ClusterSource implements BlockSource {
             this.failed(owner, asCachefsError(err));
           }
         }
-        return { data: await this.fetchUfs(ref, 0, ref.length), from: 'ufs' };
+        return { data: await this.fetchUfs(ref), from: 'ufs' };
       }),
     );
   }
 
   private async readUfs(req: BlockRead): Promise<number> {
     const { ref } = req;
-    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, async () => ({ data: await this.fetchUfs(ref, 0, ref.length, req.signal), from: 'ufs' })), req);
-    const data = await this.fetchUfs(ref, req.offset, req.length, req.signal);
-    data.copy(req.dest, req.destOffset);
-    this.bytes.ufs.inc(data.length);
-    return data.length;
+    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, async () => ({ data: await this.fetchUfs(ref, req.signal), from: 'ufs' })), req);
+    const n = await this.readUfsInto(ref, req.offset, req.dest.subarray(req.destOffset, req.destOffset + req.length), req.signal);
+    this.bytes.ufs.inc(n);
+    return n;
   }
 
-  private async fetchUfs(ref: BlockRef, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+  /** The whole block from the UFS, in a pooled buffer. */
+  private async fetchUfs(ref: BlockRef, signal?: AbortSignal): Promise<Buffer> {
+    const dest = this.buffers.take(ref.length);
+    try {
+      const n = await this.readUfsInto(ref, 0, dest, signal);
+      return n === ref.length ? dest : dest.subarray(0, n);
+    } catch (err) {
+      this.buffers.giveLater(dest);
+      throw err;
+    }
+  }
+
+  private async readUfsInto(ref: BlockRef, offset: number, dest: Buffer, signal?: AbortSignal): Promise<number> {
     const ufs = await this.config.resolveUfs(ref.object.mount);
     this.config.metrics.ufsRequests.inc({ op: 'read' });
-    const data = await ufs.readRange(ref.object.key, ref.offset + offset, length, { etag: ref.object.etag, signal });
-    this.config.metrics.ufsReadBytes.inc(data.length);
-    return data;
+    const n = await ufs.readInto(ref.object.key, ref.offset + offset, dest, { etag: ref.object.etag, signal });
+    this.config.metrics.ufsReadBytes.inc(n);
+    return n;
   }
 
   private copy(block: HeldBlock, req: BlockRead): number {

@@ -77,12 +77,12 @@ export class EmbeddedSource implements BlockSource {
     const { ref } = req;
     const ufs = await this.resolveUfs(ref.object.mount);
     this.metrics.ufsRequests.inc({ op: 'read' });
-    const data = await ufs.readRange(ref.object.key, ref.offset + req.offset, req.length, { etag: ref.object.etag, signal: req.signal });
-    this.metrics.ufsReadBytes.inc(data.length);
-    data.copy(req.dest, req.destOffset);
-    this.ufsBytes.inc(data.length);
+    const dest = req.dest.subarray(req.destOffset, req.destOffset + req.length);
+    const n = await ufs.readInto(ref.object.key, ref.offset + req.offset, dest, { etag: ref.object.etag, signal: req.signal });
+    this.metrics.ufsReadBytes.inc(n);
+    this.ufsBytes.inc(n);
     this.prefetch(ref);
-    return data.length;
+    return n;
   }
 
   async close(): Promise<void> {

@@ -1,6 +1,6 @@
 /**
  * The network read path to one worker: a pool of keep-alive connections to its
- * block service (block-connection.ts), bounded concurrency, and timeouts. Reads a
+ * block service (net/body-connection.ts), bounded concurrency, and timeouts. Reads a
  * block or a range of it into a buffer; any failure is a CachefsError (the caller
  * decides whether to try another worker).
  */
@@ -9,7 +9,7 @@ import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
 import { parseHostPort } from '../master/address.js';
 import { blockRequestPath, errorFromResponse } from '../worker/block-protocol.js';
-import { ConnectionPool } from './block-connection.js';
+import { BodyConnectionPool } from '../net/body-connection.js';
 
 /** A cold block may first be fetched from the UFS by the worker. */
 const HEADERS_TIMEOUT_MS = 20_000;
@@ -17,11 +17,11 @@ const BODY_TIMEOUT_MS = 10_000;
 const CONNECT_TIMEOUT_MS = 2000;
 
 export class RemoteWorker {
-  private readonly pool: ConnectionPool;
+  private readonly pool: BodyConnectionPool;
 
   constructor(readonly address: string, private readonly buffers: BufferPool, connections = 8) {
     const { host, port } = parseHostPort(address, 'worker address');
-    this.pool = new ConnectionPool(host, port, connections, { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS });
+    this.pool = new BodyConnectionPool({ host, port, size: connections, timeouts: { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS } });
   }
 
   /** Reads `length` bytes at `offset` of the block (the whole block by default). */
@@ -30,12 +30,12 @@ export class RemoteWorker {
     const dest = this.buffers.take(length);
     let res;
     try {
-      res = await this.pool.request({ path: blockRequestPath(ref), range: whole ? undefined : `bytes=${offset}-${offset + length - 1}`, dest, signal });
+      res = await this.pool.request({ path: blockRequestPath(ref), headers: whole ? undefined : { range: `bytes=${offset}-${offset + length - 1}` }, dest, signal });
     } catch (err) {
       if (err instanceof CachefsError) throw err;
       throw new CachefsError('UNREACHABLE', `worker ${this.address} did not answer: ${(err as Error).message}`, { cause: err });
     }
-    if (res.status !== 200 && res.status !== 206) throw errorFromResponse(res.status, res.errorBody ?? '');
+    if (res.status !== 200 && res.status !== 206) throw errorFromResponse(res.status, res.errorBody?.toString('utf8') ?? '');
     if (res.length !== length) throw new CachefsError('IO', `worker ${this.address} sent ${res.length} of ${length} bytes`);
     return dest;
   }

@@ -149,8 +149,9 @@ export class CosUfs implements Ufs {
     return { objects, prefixes, nextToken };
   }
 
-  async readRange(key: string, offset: number, length: number, options: UfsReadOptions = {}): Promise<Buffer> {
-    if (length <= 0) return Buffer.alloc(0);
+  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
+    const length = dest.length;
+    if (length <= 0) return 0;
     let out: COS.GetObjectResult;
     try {
       out = await abortable(
@@ -165,14 +166,14 @@ export class CosUfs implements Ufs {
         this.where(key),
       );
     } catch (err) {
-      if (cosErrorFacts(err).status === 416) return Buffer.alloc(0); // starts at or past the end
+      if (cosErrorFacts(err).status === 416) return 0; // starts at or past the end
       throw this.fail(err, key);
     }
     const body = out.Body ?? Buffer.alloc(0);
     // A 200 carries the whole object from byte 0.
     const bytes = out.statusCode === 206 ? body : body.subarray(offset, offset + length);
     if (bytes.length > length) throw new CachefsError('IO', `object store sent more than the ${length} bytes asked for from ${this.where(key)}`);
-    return bytes;
+    return bytes.copy(dest);
   }
 
   async close(): Promise<void> {

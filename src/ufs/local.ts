@@ -114,7 +114,7 @@ export class LocalUfs implements Ufs {
     return names;
   }
 
-  async readRange(key: string, offset: number, length: number, options: UfsReadOptions = {}): Promise<Buffer> {
+  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
     let handle;
     try {
       handle = await open(this.resolve(key), constants.O_RDONLY);
@@ -126,14 +126,13 @@ export class LocalUfs implements Ufs {
       if (options.etag && etagOf(await handle.stat()) !== options.etag) {
         throw new CachefsError('STALE', `file changed while reading ${this.displayUri}/${key}`);
       }
-      const buf = Buffer.allocUnsafe(length);
       let done = 0;
-      while (done < length) {
-        const { bytesRead } = await handle.read(buf, done, length - done, offset + done);
+      while (done < dest.length) {
+        const { bytesRead } = await handle.read(dest, done, dest.length - done, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      return done === length ? buf : buf.subarray(0, done);
+      return done;
     } catch (err) {
       throw err instanceof CachefsError ? err : ioError(err, key);
     } finally {

@@ -90,10 +90,10 @@ export class NamespaceUfs implements Ufs {
     return [...out].sort();
   }
 
-  async readRange(key: string, offset: number, length: number, options?: UfsReadOptions): Promise<Buffer> {
+  async readInto(key: string, offset: number, dest: Buffer, options?: UfsReadOptions): Promise<number> {
     const r = this.route(key);
     if (!r || r.inner === '') throw new CachefsError('NOT_FOUND', `not found: ${key}`);
-    return r.route.ufs.readRange(r.inner, offset, length, options);
+    return r.route.ufs.readInto(r.inner, offset, dest, options);
   }
 
   async close(): Promise<void> {

@@ -180,8 +180,9 @@ export class OssUfs implements Ufs {
     };
   }
 
-  async readRange(key: string, offset: number, length: number, options: UfsReadOptions = {}): Promise<Buffer> {
-    if (length <= 0) return Buffer.alloc(0);
+  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
+    const length = dest.length;
+    if (length <= 0) return 0;
     const headers: Record<string, string> = {
       Range: `bytes=${offset}-${offset + length - 1}`,
       // Without it OSS answers a range past the end with the whole object and a 200.
@@ -194,22 +195,22 @@ export class OssUfs implements Ufs {
         late.stream.destroy(),
       );
     } catch (err) {
-      if (ossErrorFacts(err).status === 416) return Buffer.alloc(0); // starts at or past the end
+      if (ossErrorFacts(err).status === 416) return 0; // starts at or past the end
       throw this.fail(err, key);
     }
     const partial = response.res.status === 206;
-    let bytes: Buffer;
+    let count: number;
     try {
       // A 200 carries the whole object from byte 0.
-      bytes = await readBody(response.stream, partial ? 0 : offset, length, partial, options.signal, this.where(key));
+      count = await readBody(response.stream, partial ? 0 : offset, dest, partial, options.signal, this.where(key));
     } catch (err) {
       throw this.fail(err, key);
     }
     const range = /^bytes (\d+)-(\d+)\/\d+$/.exec(headerValue(response.res, 'content-range') ?? '');
-    if (partial && range && bytes.length !== Number(range[2]) - Number(range[1]) + 1) {
-      throw new CachefsError('IO', `object store sent ${bytes.length} of ${Number(range[2]) - Number(range[1]) + 1} bytes from ${this.where(key)}`);
+    if (partial && range && count !== Number(range[2]) - Number(range[1]) + 1) {
+      throw new CachefsError('IO', `object store sent ${count} of ${Number(range[2]) - Number(range[1]) + 1} bytes from ${this.where(key)}`);
     }
-    return bytes;
+    return count;
   }
 
   async close(): Promise<void> {
@@ -267,8 +268,9 @@ function ossErrorFacts(err: unknown): ServiceErrorFacts & { requestId?: string }
  * Reads `length` bytes after skipping `skip` into one buffer. A 206 must not send
  * more than asked; a 200 (whole object) is cut off once the range is in hand.
  */
-async function readBody(stream: Readable, skip: number, length: number, exact: boolean, signal: AbortSignal | undefined, where: string): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
+/** Copies the body into `out` (skipping `skip` bytes first); `exact`: more than fits is an error. */
+async function readBody(stream: Readable, skip: number, out: Buffer, exact: boolean, signal: AbortSignal | undefined, where: string): Promise<number> {
+  const length = out.length;
   let at = 0;
   let toSkip = skip;
   const idle = setTimeout(() => {
@@ -298,7 +300,7 @@ async function readBody(stream: Readable, skip: number, length: number, exact: b
     clearTimeout(idle);
     signal?.removeEventListener('abort', onAbort);
   }
-  return at === length ? out : out.subarray(0, at);
+  return at;
 }
 
 function headerValue(res: OssResponse, name: string): string | undefined {

@@ -2,7 +2,8 @@
  * S3 (and S3-compatible) backend, on @aws-sdk/client-s3. Options: `s3.endpoint`,
  * `s3.region`, `s3.pathStyle`, `s3.accessKeyId`/`s3.secretAccessKey`/`s3.sessionToken`
  * (otherwise the standard AWS chain: env, shared files). Connections are kept alive
- * and pooled; checksums are only computed where S3 requires them so that any
+ * and pooled; object bytes are received straight into the caller's buffer
+ * (s3-get-handler.ts); checksums are only computed where S3 requires them so that any
  * S3-protocol server works.
  */
 import { Agent } from 'node:http';
@@ -13,6 +14,7 @@ import { CachefsError } from '../errors.js';
 import { errorFacts, serviceError } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
+import { S3GetHandler } from './s3-get-handler.js';
 import { stripQuotes } from './sdk-call.js';
 
 const CONNECT_TIMEOUT_MS = 3000;
@@ -44,12 +46,16 @@ export class S3Ufs implements Ufs {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 3,
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: CONNECT_TIMEOUT_MS,
-        requestTimeout: REQUEST_TIMEOUT_MS,
-        httpAgent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
-        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
-      }),
+      requestHandler: new S3GetHandler(
+        new NodeHttpHandler({
+          connectionTimeout: CONNECT_TIMEOUT_MS,
+          requestTimeout: REQUEST_TIMEOUT_MS,
+          httpAgent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
+          httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
+        }),
+        MAX_SOCKETS,
+        { connectMs: CONNECT_TIMEOUT_MS, headersMs: REQUEST_TIMEOUT_MS, bodyMs: REQUEST_TIMEOUT_MS },
+      ),
     });
   }
 
@@ -107,22 +113,19 @@ export class S3Ufs implements Ufs {
     }
   }
 
-  async readRange(key: string, offset: number, length: number, options: UfsReadOptions = {}): Promise<Buffer> {
-    if (length <= 0) return Buffer.alloc(0);
+  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
+    if (dest.length === 0) return 0;
     try {
-      const out = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.bucket,
-          Key: this.root + key,
-          Range: `bytes=${offset}-${offset + length - 1}`,
-          IfMatch: options.etag ? `"${options.etag}"` : undefined,
-        }),
-        { abortSignal: options.signal },
-      );
-      return await readBody(out.Body as AsyncIterable<Uint8Array> | undefined, length);
+      const command = new GetObjectCommand({
+        Bucket: this.bucket,
+        Key: this.root + key,
+        Range: `bytes=${offset}-${offset + dest.length - 1}`,
+        IfMatch: options.etag ? `"${options.etag}"` : undefined,
+      });
+      return await S3GetHandler.into(dest, () => this.client.send(command, { abortSignal: options.signal }));
     } catch (err) {
       const facts = errorFacts(err);
-      if (facts.status === 416) return Buffer.alloc(0); // range starts at or past the end
+      if (facts.status === 416) return 0; // range starts at or past the end
       throw serviceError(facts, this.where(key), err);
     }
   }
@@ -131,17 +134,3 @@ export class S3Ufs implements Ufs {
     this.client.destroy();
   }
 }
-
-/** Reads a response body into one buffer of the expected size: one copy, no concatenation. */
-async function readBody(body: AsyncIterable<Uint8Array> | undefined, expected: number): Promise<Buffer> {
-  if (!body) return Buffer.alloc(0);
-  const out = Buffer.allocUnsafe(expected);
-  let at = 0;
-  for await (const chunk of body) {
-    if (at + chunk.length > expected) throw new CachefsError('IO', `object store sent more than the ${expected} bytes asked for`);
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  return at === expected ? out : out.subarray(0, at);
-}
-

@@ -49,8 +49,12 @@ export interface Ufs {
   stat(key: string, signal?: AbortSignal): Promise<UfsObject | null>;
   /** One page of a delimiter ('/') listing of `prefix` ('' for the root, otherwise ending in '/'). */
   list(prefix: string, options?: UfsListOptions): Promise<UfsListPage>;
-  /** Exactly `length` bytes from `offset` (fewer only at the end of the object). */
-  readRange(key: string, offset: number, length: number, options?: UfsReadOptions): Promise<Buffer>;
+  /**
+   * Reads the object's bytes from `offset` into all of `dest` (fewer only at the end of
+   * the object); resolves with the count. Into the caller's buffer, so that block reads
+   * can reuse their buffers.
+   */
+  readInto(key: string, offset: number, dest: Buffer, options?: UfsReadOptions): Promise<number>;
   close(): Promise<void>;
 }
 

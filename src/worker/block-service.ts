@@ -122,7 +122,7 @@ function fail(config: BlockServiceConfig, res: ServerResponse, err: unknown): vo
     res.destroy();
     return;
   }
-  // Every response carries its length: clients read exactly that many bytes (block-connection.ts).
+  // Every response carries its length: clients read exactly that many bytes (net/body-connection.ts).
   const body = JSON.stringify({ error: { code: e.code, message: e.message } });
   res.writeHead(statusForCode(e.code), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) }).end(body);
 }

@@ -5,6 +5,7 @@
  * readers need not read the file back.
  */
 import type { BlockRef } from '../block/block.js';
+import type { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -30,6 +31,12 @@ export class ReadThrough {
     private readonly resolveUfs: UfsResolver,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    /**
+     * Block buffers to reuse, when every reader of `EnsuredBlock.data` is done with it
+     * within the turn of the event loop that hands it out (see BufferPool); a worker
+     * that writes it to sockets has none.
+     */
+    private readonly buffers?: BufferPool,
   ) {}
 
   /** The cached block, if present and whole. */
@@ -62,24 +69,30 @@ export class ReadThrough {
   private async fetch(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
     this.metrics.cacheMisses.inc();
     const ufs = await this.resolveUfs(ref.object.mount);
-    let data: Buffer;
+    const data = this.buffers?.take(ref.length) ?? Buffer.allocUnsafeSlow(ref.length);
     try {
-      this.metrics.ufsRequests.inc({ op: 'read' });
-      data = await ufs.readRange(ref.object.key, ref.offset, ref.length, { etag: ref.object.etag, signal });
-    } catch (err) {
-      const e = asCachefsError(err);
-      this.metrics.ufsErrors.inc({ op: 'read', code: e.code });
-      throw e;
-    }
-    this.metrics.ufsReadBytes.inc(data.length);
-    if (data.length !== ref.length) {
-      throw new CachefsError('STALE', `object ${ref.object.key} is shorter than when it was opened (block ${ref.index}: ${data.length} of ${ref.length} bytes)`);
-    }
-    try {
-      return { stored: await this.store.put(ref.id, data), data };
-    } catch (err) {
-      this.log.warn({ block: ref.id, err: (err as Error).message }, 'block not cached');
-      return { data };
+      let n: number;
+      try {
+        this.metrics.ufsRequests.inc({ op: 'read' });
+        n = await ufs.readInto(ref.object.key, ref.offset, data, { etag: ref.object.etag, signal });
+      } catch (err) {
+        const e = asCachefsError(err);
+        this.metrics.ufsErrors.inc({ op: 'read', code: e.code });
+        throw e;
+      }
+      this.metrics.ufsReadBytes.inc(n);
+      if (n !== ref.length) {
+        throw new CachefsError('STALE', `object ${ref.object.key} is shorter than when it was opened (block ${ref.index}: ${n} of ${ref.length} bytes)`);
+      }
+      try {
+        return { stored: await this.store.put(ref.id, data), data };
+      } catch (err) {
+        this.log.warn({ block: ref.id, err: (err as Error).message }, 'block not cached');
+        return { data };
+      }
+    } finally {
+      // Waiters copy from `data` as the flight settles, before the pool hands it out again.
+      this.buffers?.giveLater(data);
     }
   }
 }

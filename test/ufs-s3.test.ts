@@ -1,0 +1,108 @@
+/**
+ * S3Ufs reads against s3rver: byte-exact ranges received into the caller's buffers
+ * (concurrently, over kept-alive connections), the ends of objects, and the error
+ * contract of object reads through the SDK's signing and error parsing: NOT_FOUND,
+ * ACCESS_DENIED on an unknown key id, cancellation.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CachefsError } from '../src/errors.js';
+import { openUfs } from '../src/ufs/open-ufs.js';
+import type { Ufs } from '../src/ufs/ufs.js';
+import { parseUfsUri } from '../src/ufs/uri.js';
+import { startS3Server, type S3TestServer } from './support/s3-server.js';
+
+const MiB = 1024 * 1024;
+const BIG = randomBytes(9 * MiB + 77);
+let server: S3TestServer;
+let ufs: Ufs;
+
+async function open(accessKeyId = 'S3RVER'): Promise<Ufs> {
+  return openUfs(parseUfsUri('s3://data/p/'), {
+    's3.endpoint': server.endpoint,
+    's3.region': 'us-east-1',
+    's3.accessKeyId': accessKeyId,
+    's3.secretAccessKey': 'S3RVER',
+  });
+}
+
+async function failure(p: Promise<unknown>): Promise<CachefsError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof CachefsError) return err;
+    throw err;
+  }
+  throw new Error('expected a failure');
+}
+
+beforeAll(async () => {
+  server = await startS3Server({ buckets: ['data'] });
+  await server.putObject('data', 'p/big.bin', BIG);
+  ufs = await open();
+});
+
+afterAll(async () => {
+  await ufs?.close();
+  await server?.close();
+});
+
+describe('S3Ufs.readInto', () => {
+  it('reads ranges byte-exactly into the given buffers, fewer bytes only at the end', async () => {
+    // Not [0, 1], and no ranges of empty objects: s3rver 3.7.1 answers `bytes=0-0` with
+    // the whole object, and a range of an empty object with a Content-Length of 1 and no byte.
+    const cases: [number, number][] = [
+      [1, 1],
+      [0, 2],
+      [0, 4 * MiB],
+      [12345, MiB],
+      [BIG.length - 100, 100],
+      [BIG.length - 100, 4096],
+    ];
+    for (const [offset, length] of cases) {
+      const dest = Buffer.alloc(length);
+      const n = await ufs.readInto('big.bin', offset, dest);
+      expect(n, `${offset}+${length}`).toBe(Math.min(length, BIG.length - offset));
+      expect(dest.subarray(0, n).equals(BIG.subarray(offset, offset + n)), `${offset}+${length}`).toBe(true);
+    }
+    expect(await ufs.readInto('big.bin', BIG.length, Buffer.alloc(10))).toBe(0);
+    expect(await ufs.readInto('big.bin', 0, Buffer.alloc(0))).toBe(0);
+    const ranges = server.requestLog().filter((r) => r.method === 'GET' && r.key === 'p/big.bin').map((r) => r.range);
+    expect(ranges).toContain(`bytes=12345-${12345 + MiB - 1}`);
+  });
+
+  it('reads every 1 MiB of a 9 MiB object, 10 at a time, into reused buffers', async () => {
+    const buffers = Array.from({ length: 10 }, () => Buffer.alloc(MiB));
+    const blocks = Math.ceil(BIG.length / MiB);
+    for (let round = 0; round < 3; round++) {
+      const ok = await Promise.all(
+        Array.from({ length: blocks }, async (_, i) => {
+          const dest = buffers[i]!;
+          const n = await ufs.readInto('big.bin', i * MiB, dest, { etag: (await ufs.stat('big.bin'))!.etag });
+          return dest.subarray(0, n).equals(BIG.subarray(i * MiB, (i + 1) * MiB));
+        }),
+      );
+      expect(ok.every(Boolean)).toBe(true);
+    }
+  });
+
+  // Not STALE: s3rver 3.7.1 ignores If-Match on GET (the OSS and COS servers check it).
+  it('fails with NOT_FOUND, ACCESS_DENIED and on cancellation, naming the object', async () => {
+    const missing = await failure(ufs.readInto('missing.bin', 0, Buffer.alloc(10)));
+    expect(missing).toMatchObject({ code: 'NOT_FOUND', message: 'not found: s3://data/p/missing.bin' });
+    // s3rver checks the access key id, not the signature.
+    const wrong = await open('NOT-A-KEY-ID');
+    try {
+      const denied = await failure(wrong.readInto('big.bin', 0, Buffer.alloc(10)));
+      expect(denied).toMatchObject({ code: 'ACCESS_DENIED', message: 'access denied to s3://data/p/big.bin: InvalidAccessKeyId' });
+    } finally {
+      await wrong.close();
+    }
+    const cancelled = await failure(ufs.readInto('big.bin', 0, Buffer.alloc(4 * MiB), { signal: AbortSignal.abort() }));
+    expect(cancelled.code).not.toBe('NOT_FOUND');
+    // The connections are still good after the errors.
+    const dest = Buffer.alloc(10);
+    expect(await ufs.readInto('big.bin', 5, dest)).toBe(10);
+    expect(dest.equals(BIG.subarray(5, 15))).toBe(true);
+  });
+});
