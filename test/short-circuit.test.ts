@@ -124,7 +124,11 @@ describe('short-circuit locality', () => {
     expect(r.stdout.split(' ')[0]).toBe(sha(F));
     expect(r.stdout, r.stdout).toContain(`cachefs_client_read_bytes_total{path="domain_socket"} ${F.length}`);
     expect(r.stdout).not.toMatch(/path="short_circuit"\} [1-9]/);
-    expect((await w.metrics()).value('cachefs_worker_served_bytes_total', { path: 'domain_socket' })).toBe(F.length);
+    // Every byte once, but for parts of the blocks a reader was inside when it became a stream
+    // (a read the kernel sent ahead of a block's start), which are then sent whole.
+    const served = (await w.metrics()).value('cachefs_worker_served_bytes_total', { path: 'domain_socket' });
+    expect(served).toBeGreaterThanOrEqual(F.length);
+    expect(served).toBeLessThanOrEqual(F.length + 2 * MiB);
   });
 });
 

@@ -23,7 +23,9 @@ export class BlockClient {
   }
 
   newReadahead(): Readahead {
-    return new Readahead(this.maxWindowBlocks);
+    // Two blocks of contiguous reading before whole blocks go into memory: a random reader
+    // of large records pays at most that much extra per record.
+    return new Readahead(this.maxWindowBlocks, 2 * this.blockSize);
   }
 
   /** Reads up to `length` bytes at `position` into `dest`; returns the count (short only at end of object). */
@@ -31,10 +33,11 @@ export class BlockClient {
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
+    const streaming = readahead.streaming;
     if (pattern === 'sequential' && this.maxWindowBlocks > 0) {
       const last = refs[refs.length - 1]!.index;
       for (const i of readahead.blocksToPrefetch(last, blockCount(object.size, this.blockSize))) {
-        this.source.prefetch(blockRef(object, this.blockSize, i));
+        this.source.prefetch(blockRef(object, this.blockSize, i), streaming);
       }
     }
     const end = Math.min(object.size, position + length);
@@ -42,7 +45,7 @@ export class BlockClient {
       refs.map((ref) => {
         const from = Math.max(position, ref.offset);
         const to = Math.min(end, ref.offset + ref.length);
-        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, session, signal });
+        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session, signal });
       }),
     );
     return counts.reduce((a, b) => a + b, 0);

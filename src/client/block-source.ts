@@ -17,6 +17,11 @@ export interface BlockRead {
   dest: Buffer;
   destOffset: number;
   pattern: AccessPattern;
+  /**
+   * The reader has read a long contiguous run (Readahead.streaming): whole blocks taken
+   * into memory pay off. Never set for reads that only look sequential by chance.
+   */
+  streaming?: boolean;
   /** The open file handle the read belongs to: what holds short-circuit pins. */
   session?: number;
   signal?: AbortSignal;
@@ -25,8 +30,8 @@ export interface BlockRead {
 export interface BlockSource {
   /** Copies `length` bytes of the block into `dest`; returns the byte count (short only at end of object). */
   read(req: BlockRead): Promise<number>;
-  /** Starts caching the block in the background if it is not cached; never throws. */
-  prefetch(ref: BlockRef): void;
+  /** Starts caching the block in the background if it is not cached (for a streaming reader: in memory too, where that helps); never throws. */
+  prefetch(ref: BlockRef, streaming: boolean): void;
   /** The file handle is gone: let go of what it held (pins). */
   release?(session: number): void;
   close(): Promise<void>;

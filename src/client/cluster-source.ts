@@ -59,18 +59,26 @@ export class ClusterSource implements BlockSource {
     this.memory = new MemoryBlocks(config.memoryBytes, this.buffers);
     this.background = new BackgroundQueue(config.prefetchConcurrency);
     const c = config.metrics.clientReadBytes;
-    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs') };
+    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), short_circuit: c.labels('short_circuit'), domain_socket: c.labels('domain_socket') };
   }
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    const inMemory = this.memory.get(ref.id);
+    // A block read ahead from a co-located worker is pinned for this file handle when used,
+    // as a short-circuit read would pin it; the copy then follows in the same turn.
+    const held = this.memory.get(ref.id);
+    const pinning = held?.pinFor?.(req.session);
+    const inMemory = pinning ? (await pinning, this.memory.get(ref.id)) : held;
     if (inMemory) return this.copy(inMemory, req);
     for (const worker of this.config.membership.candidates(ref.id)) {
       try {
         if (this.isLocal(worker)) return await this.config.local!.source.read(req);
         const near = this.near(worker);
-        if (near) return await near.read(req);
+        if (near) {
+          // A stream entering a block takes all of it; a block it is already inside is read in place.
+          if (req.streaming && req.offset === 0) return this.copy(await this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length), req.session ?? 0)), req);
+          return await near.read(req);
+        }
         const remote = this.remote(worker);
         if (req.pattern === 'sequential') {
           return this.copy(await this.memory.load(ref.id, async () => ({ data: await remote.read(ref, 0, ref.length, req.signal), from: 'remote' })), req);
@@ -86,13 +94,15 @@ export class ClusterSource implements BlockSource {
     return this.readUfs(req);
   }
 
-  prefetch(ref: BlockRef): void {
+  prefetch(ref: BlockRef, streaming: boolean): void {
     if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
     const owner = this.config.membership.candidates(ref.id)[0];
-    if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref);
+    if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref, streaming);
     const near = owner && this.near(owner);
     if (near) {
-      this.background.add(ref.id, () => near.warm(ref).catch((err: unknown) => this.failed(owner, asCachefsError(err))));
+      // A stream gets the block in memory ahead of its reads; otherwise it is only made sure to be cached on the worker.
+      const work = streaming ? () => this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length))) : () => near.warm(ref);
+      this.background.add(ref.id, () => work().catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }
     this.background.add(ref.id, () =>

@@ -12,6 +12,7 @@
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import type { BlockRef } from '../block/block.js';
+import type { HeldBlock } from './memory-blocks.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { BlockFiles } from './block-files.js';
@@ -43,11 +44,7 @@ export class ColocatedWorker {
         this.scBytes.inc(n);
         return n;
       } catch (err) {
-        this.files.invalidate(ref.id);
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
-        this.streamOnly = true;
-        this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
+        this.streamFrom(err, ref, path);
       }
     }
     const data = await this.socket.read(ref, req.offset, req.length);
@@ -56,10 +53,48 @@ export class ColocatedWorker {
     return data.length;
   }
 
+  /**
+   * Reads the whole block into `dest` for a streaming reader: its many 128 KiB FUSE reads
+   * are then copies from memory, not file reads. With a session (file handle) the block
+   * stays pinned for it like any short-circuit read; a prefetch pins it only while reading.
+   */
+  async readBlock(ref: BlockRef, dest: Buffer, session?: number): Promise<HeldBlock> {
+    const path = this.streamOnly ? undefined : session === undefined ? (await this.socket.open(ref)).path : await this.openFor(session, ref);
+    if (path) {
+      try {
+        await this.files.read(ref.id, path, ref.length, dest, 0, ref.length, 0);
+        return { data: dest, from: 'short_circuit', pinFor: (s) => this.pinFor(s, ref) };
+      } catch (err) {
+        this.streamFrom(err, ref, path);
+      } finally {
+        if (session === undefined) this.socket.close(ref.id).catch(() => undefined);
+      }
+    }
+    return { data: await this.socket.read(ref, 0, ref.length), from: 'domain_socket' };
+  }
+
   /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */
   async warm(ref: BlockRef): Promise<void> {
     const { path } = await this.socket.open(ref);
     if (path) await this.socket.close(ref.id);
+  }
+
+  /** After a failed block file read: rethrows unless the files are not visible here, then streams from now on. */
+  private streamFrom(err: unknown, ref: BlockRef, path: string): void {
+    this.files.invalidate(ref.id);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
+    this.streamOnly = true;
+    this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
+  }
+
+  /** Pins the block for the session as a short-circuit read of it would (best effort); undefined when it already is. */
+  private pinFor(session: number | undefined, ref: BlockRef): Promise<void> | undefined {
+    if (this.streamOnly || this.pinned.get(session ?? 0)?.has(ref.id)) return undefined;
+    return this.openFor(session, ref).then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   /** Unpins everything the session (file handle) opened. */

@@ -11,7 +11,9 @@ import { SingleFlight } from '../worker/single-flight.js';
 /** A block in memory and where its bytes came from (for the read-path metrics). */
 export interface HeldBlock {
   data: Buffer;
-  from: 'remote' | 'ufs';
+  from: 'remote' | 'ufs' | 'short_circuit' | 'domain_socket';
+  /** For a block read from a co-located worker: pins it for a session, or undefined when it already is. */
+  pinFor?: (session: number | undefined) => Promise<void> | undefined;
 }
 
 interface Entry extends HeldBlock {

@@ -16,19 +16,35 @@ const REORDER_SLACK = 16 * 1024 * 1024;
 
 export class Readahead {
   private nextOffset = 0;
+  /** Bytes read by the current sequential run. */
+  private runBytes = 0;
   private window = 0;
   private currentBlock = -1;
   /** Highest block index already handed to prefetch. */
   private prefetchedThrough = -1;
 
-  constructor(private readonly maxWindowBlocks: number) {}
+  constructor(
+    private readonly maxWindowBlocks: number,
+    private readonly streamingBytes = Infinity,
+  ) {}
+
+  /**
+   * The current run has read at least `streamingBytes`: a stream, not random reads that
+   * land near each other by chance (with the reorder slack, one random read in
+   * eight of a 256 MiB file looks sequential; dozens in a row do not happen).
+   */
+  get streaming(): boolean {
+    return this.runBytes >= this.streamingBytes;
+  }
 
   /** Records a read and says which pattern it belongs to. */
   observe(offset: number, length: number): AccessPattern {
     const sequential = Math.abs(offset - this.nextOffset) <= REORDER_SLACK;
     if (sequential) {
       this.nextOffset = Math.max(this.nextOffset, offset + length);
+      this.runBytes += length;
     } else {
+      this.runBytes = length;
       this.window = 0;
       this.currentBlock = -1;
       this.prefetchedThrough = -1;
