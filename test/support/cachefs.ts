@@ -121,7 +121,8 @@ export async function dropPageCache(): Promise<void> {
 
 /** sha256 of a file read through a child process (`sha256sum`). */
 export async function sha256Of(file: string): Promise<string> {
-  const r = await sh(`sha256sum ${JSON.stringify(file)}`);
+  // In a child process, with the name as an argument (never through a shell).
+  const r = await runCommand('sha256sum', ['--', file], { timeoutMs: 120_000 });
   if (r.code !== 0) throw new Error(`sha256sum ${file} failed: ${r.stderr}`);
   return r.stdout.split(' ')[0]!;
 }
