@@ -10,6 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockRef } from '../block/block.js';
+import type { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -18,6 +19,8 @@ import type { ReadThrough } from './read-through.js';
 
 export interface BlockServiceConfig {
   readThrough: ReadThrough;
+  /** Buffers for blocks read from the store, each given back once its response is sent. */
+  buffers: BufferPool;
   metrics: Metrics;
   registry: Registry;
   log: Logger;
@@ -89,7 +92,7 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
       }
       // One positioned read into one buffer and one write: for whole blocks this is faster than a
       // stream of 64 KiB chunks, and the block is pinned only for as long as the read takes.
-      const body = Buffer.allocUnsafe(count);
+      const body = config.buffers.take(count);
       let done = 0;
       try {
         while (done < count) {
@@ -101,6 +104,8 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
         await handle.close();
       }
       if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
+      // 'finish': the socket has taken the last byte, nothing refers to the buffer any more.
+      res.once('finish', () => config.buffers.giveLater(body));
       res.writeHead(status, headers(count)).end(body);
       return served(metrics, count);
     } finally {

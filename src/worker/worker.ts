@@ -3,6 +3,8 @@
  * over HTTP to clients of its cache group, registered with the master. Runs as
  * `cachefs worker`, or embedded in a sharing mount.
  */
+import { DEFAULT_BLOCK_SIZE } from '../block/block.js';
+import { BufferPool } from '../block/buffer-pool.js';
 import type { Logger } from '../log.js';
 import type { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -12,6 +14,13 @@ import { BlockService } from './block-service.js';
 import { DomainSocketService } from './domain-socket-service.js';
 import { ReadThrough, type UfsResolver } from './read-through.js';
 import { Registration } from './registration.js';
+
+/**
+ * Free block buffers the block service keeps for blocks it reads from the store (blocks of
+ * the default size; other sizes are allocated per request): as many as a client's
+ * connections read at once.
+ */
+const SERVED_BUFFERS = 8;
 
 export interface WorkerConfig {
   id: string;
@@ -59,7 +68,8 @@ export class Worker {
     let service: BlockService;
     let socket: DomainSocketService | undefined;
     try {
-      service = await BlockService.start({ readThrough, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      const buffers = new BufferPool(DEFAULT_BLOCK_SIZE, SERVED_BUFFERS);
+      service = await BlockService.start({ readThrough, buffers, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, readThrough, deps.metrics, deps.log);
       } catch (err) {
