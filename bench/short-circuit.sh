@@ -18,13 +18,7 @@ RUNS=${RUNS:-5}
 SIZE_MIB=${SIZE_MIB:-256}
 work=$(mktemp -d /tmp/cachefs-bench-sc.XXXXXX)
 pids=()
-cleanup() {
-  for m in "$work/sc" "$work/remote" "$work/bind"; do mountpoint -q "$m" && { fusermount -uz "$m" || umount -l "$m"; }; done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'cleanup_bench "$work/sc" "$work/remote" "$work/bind"' EXIT
 mkdir -p "$work/data" "$work/s3" "$work/sc" "$work/remote" "$work/ds" "$work/bind"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$work/data/file.bin"
 want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)

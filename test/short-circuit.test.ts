@@ -5,11 +5,15 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { blockRef } from '../src/block/block.js';
+import { BlockFiles } from '../src/client/block-files.js';
+import { ColocatedWorker } from '../src/client/colocated-worker.js';
+import { silentLogger } from '../src/log.js';
+import { Metrics } from '../src/metrics/metrics.js';
 import { NAMESPACE_MOUNT_ID } from '../src/ufs/namespace.js';
 import { CACHEFS_BIN, mountCachefs, sh, sha256Of, stopAllMounts } from './support/cachefs.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
@@ -162,6 +166,28 @@ describe('pins', () => {
     await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'pins to be released' });
     expect(await sha256Of(path.join(m.mountpoint, 'data/h.bin'))).toBe(sha(H)); // more pressure, nothing pinned now
     expect(present(w.tierDir, blocksOfF())).toBeLessThan(13);
+  });
+
+  it('holds a block read ahead for a handle until the handle goes, and lets go of a pin that arrives after it went', async () => {
+    const w = await worker();
+    const [socketName] = await readdir(w.socketDir);
+    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), silentLogger, new Metrics(false));
+    try {
+      const ref = (i: number) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i);
+      const pinned = async () => (await w.metrics()).value('cachefs_pinned_blocks');
+      const kept = await near.readBlock(ref(0), Buffer.alloc(MiB), 7);
+      expect(sha(kept.data)).toBe(sha(F.subarray(0, MiB)));
+      expect(await pinned()).toBe(1);
+      // Handle 8 is released while the worker is still answering its pin: nothing else would release it.
+      const late = near.readBlock(ref(1), Buffer.alloc(MiB), 8);
+      near.release(8);
+      expect(sha((await late).data)).toBe(sha(F.subarray(MiB, 2 * MiB)));
+      await waitFor(async () => (await pinned()) === 1, { timeoutMs: 5000, what: 'the late pin to be let go' });
+      near.release(7);
+      await waitFor(async () => (await pinned()) === 0, { timeoutMs: 5000, what: 'the pins of handle 7 to be released' });
+    } finally {
+      near.close();
+    }
   });
 
   it('a client killed while holding pins leaves none behind', async () => {

@@ -3,6 +3,15 @@
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
+# cleanup_bench MOUNT...: for an EXIT trap: unmounts what is still mounted, stops the
+# processes in the pids array, removes $work.
+cleanup_bench() {
+  for m in "$@"; do mountpoint -q "$m" && { fusermount -uz "$m" || umount -l "$m"; }; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
 # read_mbps FILE...: reads the files once with dd-sized reads, prints MB/s.
 read_mbps() {
   local bytes t0 t1

@@ -4,7 +4,7 @@
  * paths or FUSE; a `vfs` file handle owns one `Readahead` and passes it in.
  */
 import { blockCount, blockRef, blocksCovering, type ObjectRef } from '../block/block.js';
-import type { BlockSource } from './block-source.js';
+import type { BlockRead, BlockSource } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
@@ -28,8 +28,11 @@ export class BlockClient {
     return new Readahead(this.maxWindowBlocks, 2 * this.blockSize);
   }
 
-  /** Reads up to `length` bytes at `position` into `dest`; returns the count (short only at end of object). */
-  async read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, signal?: AbortSignal): Promise<number> {
+  /**
+   * Reads up to `length` bytes at `position` into `dest`; returns the count (short only at
+   * end of object), without a promise when the source has the bytes in memory.
+   */
+  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, signal?: AbortSignal): number | Promise<number> {
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
@@ -37,18 +40,17 @@ export class BlockClient {
     if (pattern === 'sequential' && this.maxWindowBlocks > 0) {
       const last = refs[refs.length - 1]!.index;
       for (const i of readahead.blocksToPrefetch(last, blockCount(object.size, this.blockSize))) {
-        this.source.prefetch(blockRef(object, this.blockSize, i), streaming);
+        this.source.prefetch(blockRef(object, this.blockSize, i), streaming, session);
       }
     }
     const end = Math.min(object.size, position + length);
-    const counts = await Promise.all(
-      refs.map((ref) => {
-        const from = Math.max(position, ref.offset);
-        const to = Math.min(end, ref.offset + ref.length);
-        return this.source.read({ ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session, signal });
-      }),
-    );
-    return counts.reduce((a, b) => a + b, 0);
+    const reads = refs.map((ref): BlockRead => {
+      const from = Math.max(position, ref.offset);
+      const to = Math.min(end, ref.offset + ref.length);
+      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session, signal };
+    });
+    if (reads.length === 1) return this.source.readNow?.(reads[0]!) ?? this.source.read(reads[0]!);
+    return Promise.all(reads.map((req) => this.source.read(req))).then((counts) => counts.reduce((a, b) => a + b, 0));
   }
 
   release(session: number): void {

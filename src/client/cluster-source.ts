@@ -62,21 +62,27 @@ export class ClusterSource implements BlockSource {
     this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), short_circuit: c.labels('short_circuit'), domain_socket: c.labels('domain_socket') };
   }
 
+  readNow(req: BlockRead): number | undefined {
+    const inMemory = this.memory.get(req.ref.id);
+    if (!inMemory) return undefined;
+    // A block read ahead from a co-located worker is pinned for this file handle when used,
+    // as a short-circuit read would pin it.
+    inMemory.pinFor?.(req.session);
+    return this.copy(inMemory, req);
+  }
+
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    // A block read ahead from a co-located worker is pinned for this file handle when used,
-    // as a short-circuit read would pin it; the copy then follows in the same turn.
-    const held = this.memory.get(ref.id);
-    const pinning = held?.pinFor?.(req.session);
-    const inMemory = pinning ? (await pinning, this.memory.get(ref.id)) : held;
-    if (inMemory) return this.copy(inMemory, req);
+    const now = this.readNow(req);
+    if (now !== undefined) return now;
     for (const worker of this.config.membership.candidates(ref.id)) {
       try {
         if (this.isLocal(worker)) return await this.config.local!.source.read(req);
         const near = this.near(worker);
         if (near) {
-          // A stream entering a block takes all of it; a block it is already inside is read in place.
-          if (req.streaming && req.offset === 0) return this.copy(await this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length), req.session ?? 0)), req);
+          // A stream entering a block takes all of it, and waits for a fetch of the block already
+          // under way (a read in place would queue behind it); a block it is already inside is read in place.
+          if (req.streaming && (req.offset === 0 || this.memory.isFetching(ref.id))) return this.copy(await this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length), req.session ?? 0)), req);
           return await near.read(req);
         }
         const remote = this.remote(worker);
@@ -94,14 +100,15 @@ export class ClusterSource implements BlockSource {
     return this.readUfs(req);
   }
 
-  prefetch(ref: BlockRef, streaming: boolean): void {
+  prefetch(ref: BlockRef, streaming: boolean, session?: number): void {
     if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
     const owner = this.config.membership.candidates(ref.id)[0];
     if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref, streaming);
     const near = owner && this.near(owner);
     if (near) {
-      // A stream gets the block in memory ahead of its reads; otherwise it is only made sure to be cached on the worker.
-      const work = streaming ? () => this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length))) : () => near.warm(ref);
+      // A stream gets the block in memory ahead of its reads, pinned for its handle as its reads
+      // would pin it; otherwise the block is only made sure to be cached on the worker.
+      const work = streaming ? () => this.memory.load(ref.id, () => near.readBlock(ref, this.buffers.take(ref.length), session)) : () => near.warm(ref);
       this.background.add(ref.id, () => work().catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }

@@ -25,6 +25,8 @@ export class ColocatedWorker {
   private readonly socket: WorkerSocket;
   /** Blocks pinned on behalf of each session (file handle). */
   private readonly pinned = new Map<number, Map<string, string>>();
+  /** Pins asked of the worker and not yet answered, per session. */
+  private readonly pinning = new Map<number, Map<string, Promise<string | undefined>>>();
   private streamOnly = false;
   private readonly scBytes;
   private readonly dsBytes;
@@ -56,7 +58,7 @@ export class ColocatedWorker {
   /**
    * Reads the whole block into `dest` for a streaming reader: its many 128 KiB FUSE reads
    * are then copies from memory, not file reads. With a session (file handle) the block
-   * stays pinned for it like any short-circuit read; a prefetch pins it only while reading.
+   * stays pinned for it like any short-circuit read; without one, only while it is read.
    */
   async readBlock(ref: BlockRef, dest: Buffer, session?: number): Promise<HeldBlock> {
     const path = this.streamOnly ? undefined : session === undefined ? (await this.socket.open(ref)).path : await this.openFor(session, ref);
@@ -88,46 +90,67 @@ export class ColocatedWorker {
     this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
   }
 
-  /** Pins the block for the session as a short-circuit read of it would (best effort); undefined when it already is. */
-  private pinFor(session: number | undefined, ref: BlockRef): Promise<void> | undefined {
-    if (this.streamOnly || this.pinned.get(session ?? 0)?.has(ref.id)) return undefined;
-    return this.openFor(session, ref).then(
-      () => undefined,
-      () => undefined,
-    );
+  /**
+   * Pins the block for the session as a short-circuit read of it would, in the background
+   * (best effort): the bytes are in memory already, and a read that waited for the worker's
+   * answer stalled every FUSE read of the block behind it.
+   */
+  private pinFor(session: number | undefined, ref: BlockRef): void {
+    const key = session ?? 0;
+    if (this.streamOnly || this.pinned.get(key)?.has(ref.id) || this.pinning.get(key)?.has(ref.id)) return;
+    this.openFor(session, ref).catch(() => undefined);
   }
 
-  /** Unpins everything the session (file handle) opened. */
+  /** Unpins everything the session (file handle) opened; pins still being taken for it are let go when they arrive. */
   release(session: number): void {
+    this.pinning.delete(session);
     const blocks = this.pinned.get(session);
     if (!blocks) return;
     this.pinned.delete(session);
     for (const id of blocks.keys()) this.socket.close(id).catch(() => undefined);
   }
 
-  /** The block file's path, pinned for the session; undefined when the worker could not store the block. */
-  private async openFor(session: number | undefined, ref: BlockRef): Promise<string | undefined> {
+  /** The block file's path, pinned for the session; undefined when the worker could not store the block. Asks the worker once however many reads want it. */
+  private openFor(session: number | undefined, ref: BlockRef): Promise<string | undefined> {
     const key = session ?? 0;
     const known = this.pinned.get(key)?.get(ref.id);
-    if (known) return known;
+    if (known) return Promise.resolve(known);
+    let inFlight = this.pinning.get(key);
+    if (!inFlight) this.pinning.set(key, (inFlight = new Map()));
+    let opening = inFlight.get(ref.id);
+    if (!opening) {
+      const pins = inFlight;
+      opening = this.pin(key, ref, pins).finally(() => {
+        pins.delete(ref.id);
+        if (pins.size === 0 && this.pinning.get(key) === pins) this.pinning.delete(key);
+      });
+      pins.set(ref.id, opening);
+    }
+    return opening;
+  }
+
+  private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<string | undefined>>): Promise<string | undefined> {
     const { path } = await this.socket.open(ref);
     if (!path) return undefined;
+    if (this.pinning.get(key) !== inFlight) {
+      // The session was released while the worker answered: nothing will release this pin.
+      this.socket.close(ref.id).catch(() => undefined);
+      return path;
+    }
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
-    if (blocks.has(ref.id)) await this.socket.close(ref.id); // a concurrent read of the session pinned it first
-    else {
-      blocks.set(ref.id, path);
-      if (blocks.size > MAX_PINS_PER_SESSION) {
-        const [oldest] = blocks.keys();
-        blocks.delete(oldest!);
-        this.socket.close(oldest!).catch(() => undefined);
-      }
+    blocks.set(ref.id, path);
+    if (blocks.size > MAX_PINS_PER_SESSION) {
+      const [oldest] = blocks.keys();
+      blocks.delete(oldest!);
+      this.socket.close(oldest!).catch(() => undefined);
     }
     return path;
   }
 
   close(): void {
     this.pinned.clear();
+    this.pinning.clear();
     this.socket.destroy();
   }
 }

@@ -12,8 +12,8 @@ import { SingleFlight } from '../worker/single-flight.js';
 export interface HeldBlock {
   data: Buffer;
   from: 'remote' | 'ufs' | 'short_circuit' | 'domain_socket';
-  /** For a block read from a co-located worker: pins it for a session, or undefined when it already is. */
-  pinFor?: (session: number | undefined) => Promise<void> | undefined;
+  /** For a block read from a co-located worker: pins it for a session (in the background). */
+  pinFor?: (session: number | undefined) => void;
 }
 
 interface Entry extends HeldBlock {

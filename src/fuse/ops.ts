@@ -32,21 +32,25 @@ export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps 
     else log.debug({ op, path, errno: name }, 'FUSE op answered with an error');
     return -errno;
   };
-  /** Runs an op whose reply carries no value other than the result. */
+  /** Runs an op whose reply carries no value other than the result; a result that is not a promise is answered at once. */
   const run = <T>(op: string, path: string, work: () => Promise<T> | T, reply: (value: T) => void, fail: (errno: number) => void): void => {
     const done = count(op);
-    Promise.resolve()
-      .then(work)
-      .then(
-        (value) => {
-          done();
-          reply(value);
-        },
-        (err: unknown) => {
-          done();
-          fail(failed(op, path, err));
-        },
-      );
+    const ok = (value: T): void => {
+      done();
+      reply(value);
+    };
+    const bad = (err: unknown): void => {
+      done();
+      fail(failed(op, path, err));
+    };
+    let result: Promise<T> | T;
+    try {
+      result = work();
+    } catch (err) {
+      return bad(err);
+    }
+    if (result instanceof Promise) result.then(ok, bad);
+    else ok(result);
   };
 
   const ops: FuseOps = {

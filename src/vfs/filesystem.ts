@@ -161,15 +161,16 @@ export class Filesystem {
     return fh;
   }
 
-  async read(fh: number, dest: Buffer, length: number, position: number): Promise<number> {
+  /** Reads into `dest`; the count comes without a promise when the bytes were in memory. */
+  read(fh: number, dest: Buffer, length: number, position: number): number | Promise<number> {
     const handle = this.handles.get(fh);
     if (!handle) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
-    try {
-      return await this.client.read(handle.object, position, dest, length, handle.readahead, fh);
-    } catch (err) {
+    const n = this.client.read(handle.object, position, dest, length, handle.readahead, fh);
+    if (typeof n === 'number') return n;
+    return n.catch((err: unknown) => {
       if (isCachefsError(err, 'STALE')) this.cache.invalidate(handle.object.key, parentKey(handle.object.key));
       throw err;
-    }
+    });
   }
 
   release(fh: number): void {
