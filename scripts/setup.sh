@@ -20,8 +20,8 @@ fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: run where FUSE is available (a privileged container)" >&2; exit 1; }
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  # `npm install` honours the lock file. `npm ci` is not used: npm 11 refuses this lock because
-  # lmdb's msgpackr-extract lists prebuilt packages for other platforms that npm never records.
-  npm install --no-audit --no-fund --loglevel=error
+  # Exactly the lock file's versions. The lock records the optional prebuilt packages of every
+  # platform (lmdb's msgpackr-extract among them): npm 11's `npm ci` refuses a lock without them.
+  npm ci --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build

@@ -201,7 +201,7 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
     const file = at('sizes/block-plus-1');
     await sha256Of(file);
     const before = await mnt.metrics();
-    await dropPageCache();
+    await dropPageCache(file);
     expect(await sha256Of(file)).toBe(sha(sizes['sizes/block-plus-1']!));
     const after = await mnt.metrics();
     expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);

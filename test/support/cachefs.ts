@@ -115,8 +115,15 @@ export async function stopAllMounts(): Promise<void> {
   for (const m of [...live]) await m.stop();
 }
 
-export async function dropPageCache(): Promise<void> {
-  await sh('sync; echo 3 > /proc/sys/vm/drop_caches');
+/**
+ * Drops the kernel's cached pages of one file (posix_fadvise DONTNEED, by `dd`), so its
+ * next read goes to the filesystem. Only that file: test files run in parallel, and a
+ * system-wide drop would also evict pages another test's reader has read ahead but not
+ * yet consumed, making the kernel ask that test's mount for them twice.
+ */
+export async function dropPageCache(file: string): Promise<void> {
+  const r = await runCommand('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
+  if (r.code !== 0) throw new Error(`dropping the cached pages of ${file} failed: ${r.stderr}`);
 }
 
 /** sha256 of a file read through a child process (`sha256sum`). */
