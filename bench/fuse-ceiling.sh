@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What a FUSE read costs before cachefs does anything, in one run, on one file held in
 # memory (no disk anywhere; page cache dropped before every read):
-#   memory-fs - a fuse-native filesystem whose read is one copy from a Buffer
-#               (bench/lib/memory-fs.mjs): the ceiling of any Node FUSE client here
+#   memory-fs - cachefs's own FUSE session and ops over a filesystem whose read is one
+#               copy from a Buffer (bench/lib/memory-fs.mjs): what the FUSE layer costs
 #   cachefs   - the embedded-cache mount, blocks cached, its cache dir on tmpfs
 #   bindfs    - bindfs (C libfuse passthrough) of the file on tmpfs
 # Prints MB/s medians of RUNS runs (default 5), min-max, and the ratios.
@@ -45,7 +45,7 @@ drop_caches; check "$work/cachefs/file.bin"
 
 m_memfs=$(median "${memfs[@]}"); m_cachefs=$(median "${cachefs[@]}"); m_bind=$(median "${bind[@]}")
 printf '\n%s MiB file in memory, %s runs, MB/s (median, min-max)\n' "$SIZE_MIB" "$RUNS"
-printf '%-40s %8s  %s\n' "memory-fs (fuse-native, one copy)" "$m_memfs" "$(minmax "${memfs[@]}")"
+printf '%-40s %8s  %s\n' "memory-fs (cachefs FUSE layer, one copy)" "$m_memfs" "$(minmax "${memfs[@]}")"
 printf '%-40s %8s  %s\n' "cachefs (embedded, cache on tmpfs)" "$m_cachefs" "$(minmax "${cachefs[@]}")"
 printf '%-40s %8s  %s\n' "bindfs (C libfuse, file on tmpfs)" "$m_bind" "$(minmax "${bind[@]}")"
 printf '\nratios: cachefs/memory-fs %s   memory-fs/bindfs %s\n' "$(ratio "$m_cachefs" "$m_memfs")" "$(ratio "$m_memfs" "$m_bind")"

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Installs what cachefs needs on a fresh Debian machine (libfuse2 and fusermount for
-# fuse-native's prebuilt binary), the npm dependencies, and builds dist/.
+# Installs what cachefs needs on a fresh Debian machine (fusermount; cachefs speaks to
+# /dev/fuse itself and mounts with mount(8)), the npm dependencies, and builds dist/.
 # Extra Debian packages to install can be named as arguments (e.g. bindfs fio).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-dpkg -s libfuse2 >/dev/null 2>&1 || need+=(libfuse2)
 command -v fusermount >/dev/null 2>&1 || need+=(fuse)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)

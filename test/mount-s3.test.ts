@@ -61,6 +61,19 @@ describe('reading through the mount', () => {
     expect(dd.stdout.split(' ')[0]).toBe(sha(files['sizes/block-plus-1']!));
   });
 
+  it('gets sequential reads from the kernel in requests of 1 MiB, not libfuse 2\'s 128 KiB', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/big', args: mountArgs(), env: env() });
+    const before = await m.metrics();
+    expect(await sha256Of(path.join(m.mountpoint, 'hundred.bin'))).toBe(sha(files['big/hundred.bin']!));
+    const after = await m.metrics();
+    const reads = after.value('cachefs_fuse_ops_total', { op: 'read' }) - before.value('cachefs_fuse_ops_total', { op: 'read' });
+    const bytes = files['big/hundred.bin']!.length;
+    // 101 requests at 1 MiB; the first reads of a file come before readahead opens up.
+    expect(reads).toBeGreaterThanOrEqual(Math.ceil(bytes / MiB));
+    expect(reads).toBeLessThan(bytes / (512 * 1024));
+    await m.stop();
+  });
+
   it('serves reads at random offsets byte-exactly', async () => {
     const big = files['big/hundred.bin']!;
     const offsets = Array.from({ length: 200 }, (_, i) => ({ at: Math.floor(((i * 7919 + 13) / 200 / 7919) * big.length) % big.length, len: 1 + ((i * 104729) % (300 * 1024)) }));
@@ -113,9 +126,11 @@ describe('the tree', () => {
 });
 
 describe('kernel metadata caching', () => {
-  // libfuse's high-level API answers lookups with getattr, so every lookup or stat that
-  // reaches cachefs is one getattr op in the histogram.
-  const getattrs = async (m: TestMount): Promise<number> => (await m.metrics()).value('cachefs_fuse_op_seconds_count', { op: 'getattr' });
+  // Every lookup or stat that reaches cachefs is one lookup or getattr op in the histogram.
+  const getattrs = async (m: TestMount): Promise<number> => {
+    const metrics = await m.metrics();
+    return metrics.value('cachefs_fuse_op_seconds_count', { op: 'lookup' }) + metrics.value('cachefs_fuse_op_seconds_count', { op: 'getattr' });
+  };
   const statTwice = async (m: TestMount): Promise<number> => {
     const r = await sh(`stat -c %s ${m.mountpoint}/block ${m.mountpoint}/one >/dev/null && sleep 0.3 && stat -c %s ${m.mountpoint}/block ${m.mountpoint}/one`);
     expect(r.stdout.trim().split('\n')).toEqual([String(BLOCK), '1']);
@@ -171,7 +186,9 @@ describe('the block cache', () => {
     const small = await mountCachefs({ ufs: 's3://data/big', args: [...mountArgs(), '--cache-size', '8MiB'], env: env() });
     expect(await sha256Of(path.join(small.mountpoint, 'hundred.bin'))).toBe(sha(files['big/hundred.bin']!));
     const m = await small.metrics();
-    expect(m.value('cachefs_cache_evictions_total')).toBeGreaterThan(80);
+    // 100 blocks pass through room for 8; a block that finds the room taken by the 8 fetches
+    // of the readahead window in flight is served without being stored, so not every one is.
+    expect(m.value('cachefs_cache_evictions_total')).toBeGreaterThan(50);
     expect(m.value('cachefs_cache_used_bytes')).toBeLessThanOrEqual(8 * MiB);
     const du = await sh(`du -sb ${small.cacheDir} | cut -f1`);
     expect(Number(du.stdout)).toBeLessThanOrEqual(8 * MiB + 64 * 1024);

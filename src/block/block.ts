@@ -42,7 +42,7 @@ export function blockCount(size: number, blockSize: number): number {
 }
 
 /**
- * Refs already made, per object and block size: every 128 KiB FUSE read asks for its
+ * Refs already made, per object and block size: every FUSE read asks for its
  * block's ref, and hashing the name each time (a native Hash object per read) made the
  * garbage collector the busiest part of a mount serving 1 GB/s.
  */

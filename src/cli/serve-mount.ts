@@ -7,7 +7,6 @@
 import { BlockClient } from '../client/block-client.js';
 import { FuseMount } from '../fuse/fuse-mount.js';
 import { checkMountpoint } from '../fuse/mountpoint.js';
-import { fuseOps } from '../fuse/ops.js';
 import type { Logger } from '../log.js';
 import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
@@ -56,7 +55,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       metricsPort = server.port;
       closers.push(() => server.close());
     }
-    const fuse = await FuseMount.mount(mountpoint, fuseOps(fs, metrics, log), {
+    const fuse = await FuseMount.mount(mountpoint, fs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,
       allowOther: config.allowOther,

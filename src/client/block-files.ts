@@ -1,5 +1,5 @@
 /**
- * Open file descriptors of cached block files, reused across the many 128 KiB reads
+ * Open file descriptors of cached block files, reused across the many FUSE reads
  * that FUSE makes of one block. Reference counted, so an fd is never closed while a
  * read on it is in flight (a reused fd number would read another file); idle fds
  * beyond the limit are closed least recently used first. An evicted block's file

@@ -32,7 +32,7 @@ export interface BlockSource {
   read(req: BlockRead): Promise<number>;
   /**
    * Copies the bytes now, without a promise, when the block is held in memory; undefined
-   * otherwise (then `read`). A stream of 128 KiB FUSE reads from memory spent more of the
+   * otherwise (then `read`). A stream of FUSE reads from memory spent more of the
    * event loop on promise turns than on copying.
    */
   readNow?(req: BlockRead): number | undefined;

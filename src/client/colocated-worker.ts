@@ -56,7 +56,7 @@ export class ColocatedWorker {
   }
 
   /**
-   * Reads the whole block into `dest` for a streaming reader: its many 128 KiB FUSE reads
+   * Reads the whole block into `dest` for a streaming reader: its many FUSE reads
    * are then copies from memory, not file reads. With a session (file handle) the block
    * stays pinned for it like any short-circuit read; without one, only while it is read.
    */

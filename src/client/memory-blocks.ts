@@ -1,7 +1,7 @@
 /**
  * Whole blocks held in memory by a client that reads them from elsewhere (a remote
  * worker, or the UFS when no worker answers): fetched once (single-flight), kept in
- * an LRU bounded by bytes, so the many 128 KiB FUSE reads of a block and the
+ * an LRU bounded by bytes, so the many FUSE reads of a block and the
  * readahead of a sequential stream are served from memory.
  */
 import { LRUCache } from 'lru-cache';

@@ -8,9 +8,9 @@
 import type { AccessPattern } from './block-source.js';
 
 /**
- * The kernel's readahead issues many 128 KiB requests at once, up to its readahead
- * size ahead of the reader, and a multi-threaded FUSE loop delivers them out of
- * order: a read this close to the stream still belongs to it.
+ * The kernel's readahead issues many requests (of up to 1 MiB) at once, up to its
+ * readahead size ahead of the reader, and they are answered out of order: a read
+ * this close to the stream still belongs to it.
  */
 const REORDER_SLACK = 16 * 1024 * 1024;
 

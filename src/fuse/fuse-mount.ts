@@ -1,16 +1,20 @@
 /**
- * Mounting and unmounting through fuse-native, with cachefs's kernel options:
- * read-only at the kernel (`ro`: writes fail with EROFS before reaching us), page
- * cache kept across opens while size and mtime are unchanged (`auto_cache`; a
- * changed object has a new mtime), and a larger kernel readahead so sequential
- * reads keep several requests in flight.
+ * A cachefs mount: the kernel connection (`session.ts`) served by the FUSE ops
+ * (`ops.ts`), with cachefs's kernel options: read-only at the kernel (`ro`: writes
+ * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
+ * `maxReadahead` so sequential reads keep several large requests in flight, and the
+ * page cache kept across opens while size and mtime are unchanged (auto_cache).
  */
 import { execFile } from 'node:child_process';
-import Fuse, { type FuseOps } from 'fuse-native';
 import { CachefsError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Filesystem } from '../vfs/filesystem.js';
 import { isMountpoint } from './mountpoint.js';
+import { FuseOps } from './ops.js';
+import { FuseSession } from './session.js';
 
-/** How often the serving process checks that its mount still exists (it may be unmounted from outside). */
+/** How often the serving process checks that its mount still exists (it may be unmounted lazily from outside). */
 const WATCH_INTERVAL_MS = 1000;
 
 export interface FuseMountOptions {
@@ -26,11 +30,11 @@ export interface FuseMountOptions {
 export class FuseMount {
   private watch?: NodeJS.Timeout;
 
-  private constructor(private readonly fuse: Fuse, readonly mountpoint: string) {}
+  private constructor(private readonly session: FuseSession, readonly mountpoint: string) {}
 
-  /** Resolves when the mount disappears without `unmount()` (fusermount -u, umount from outside). */
+  /** Resolves when the mount disappears without `unmount()` (umount from outside, the connection aborted). */
   whenGone(): Promise<void> {
-    return new Promise((resolve) => {
+    const unmounted = new Promise<void>((resolve) => {
       this.watch = setInterval(() => {
         isMountpoint(this.mountpoint).then(
           (mounted) => {
@@ -43,42 +47,20 @@ export class FuseMount {
       }, WATCH_INTERVAL_MS);
       this.watch.unref();
     });
+    return Promise.race([unmounted, this.session.ended]);
   }
 
-  static async mount(mountpoint: string, ops: FuseOps, options: FuseMountOptions): Promise<FuseMount> {
-    const fuse = new Fuse(mountpoint, ops, {
-      fsname: 'cachefs',
-      // fuse-native has no generic option pass-through (and drops a timeout of 0); libfuse
-      // splits each -o value at commas, so options ride along after the subtype.
-      subtype: [
-        'cachefs',
-        'ro',
-        `max_readahead=${options.maxReadahead}`,
-        `attr_timeout=${options.attrTimeoutSec}`,
-        `entry_timeout=${options.entryTimeoutSec}`,
-      ].join(','),
-      autoCache: true,
-      allowOther: options.allowOther,
-      timeout: options.opTimeoutMs,
-    });
-    await new Promise<void>((resolve, reject) => {
-      fuse.mount((err) => (err ? reject(new CachefsError('IO', `cannot mount ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
-    });
-    return new FuseMount(fuse, mountpoint);
+  static async mount(mountpoint: string, fs: Filesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
+    const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs }, log);
+    session.start(new FuseOps(fs, session, options, metrics, log));
+    return new FuseMount(session, mountpoint);
   }
 
   /** Unmounts (lazily, so open files do not keep a dying mount); nothing to do if already gone. */
   async unmount(): Promise<void> {
     clearInterval(this.watch);
-    await new Promise<void>((resolve, reject) => {
-      this.fuse.unmount((err) => {
-        if (!err) return resolve();
-        isMountpoint(this.mountpoint).then(
-          (mounted) => (mounted ? reject(new CachefsError('IO', `cannot unmount ${this.mountpoint}: ${err.message}`, { cause: err })) : resolve()),
-          reject,
-        );
-      });
-    });
+    await this.session.close();
+    if (await isMountpoint(this.mountpoint)) throw new CachefsError('IO', `cannot unmount ${this.mountpoint}`);
   }
 }
 

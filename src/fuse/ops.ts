@@ -1,47 +1,244 @@
 /**
- * The thin fuse-native adapter: each FUSE op calls the `Filesystem`, replies on
- * success, maps a failure to an errno in one place and counts it. No decisions
- * are made here.
+ * The FUSE ops of a cachefs mount: each request read from the kernel is decoded,
+ * handed to the `Filesystem` by path (`inodes.ts` keeps the kernel's node ids),
+ * answered on success, and a failure is mapped to an errno in one place and
+ * counted. No decisions about the tree or the data are made here.
+ *
+ * Kernel caching: names and attributes are kept for --entry-timeout and
+ * --attr-timeout; a file's pages are kept across opens while its mtime and size are
+ * what they were at the last open (auto_cache), and dropped by the kernel itself
+ * when a getattr shows them changed (AUTO_INVAL_DATA).
  */
-import type { FuseOps, FuseStat } from 'fuse-native';
+import { writeFile } from 'node:fs/promises';
+import { constants } from 'node:os';
+import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Attr } from '../vfs/entry.js';
-import type { Filesystem } from '../vfs/filesystem.js';
+import type { DirEntry, Filesystem } from '../vfs/filesystem.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
+import { childPath, Inodes, type Inode } from './inodes.js';
+import {
+  attrOut,
+  cString,
+  direntSize,
+  entryOut,
+  InitFlag,
+  initOut,
+  type NodeAttr,
+  Op,
+  OpenFlag,
+  openOut,
+  putDirent,
+  type RequestHeader,
+  statfsOut,
+  u64,
+  UNKNOWN_INO,
+  WRITE_OPS,
+} from './protocol.js';
+import { MAX_WRITE, type FuseSession, type SessionHandler } from './session.js';
 
-const WRITE_OPS = ['write', 'create', 'mkdir', 'mknod', 'unlink', 'rmdir', 'rename', 'link', 'symlink', 'truncate', 'ftruncate', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr'] as const;
+const E = constants.errno;
+/** The largest read the kernel is asked to send: 256 pages. */
+export const MAX_READ = 1024 * 1024;
+/** Read buffers kept for replies; a read's buffer is free again once its reply is written. */
+const FREE_READ_BUFFERS = 16;
 
-export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps {
-  const opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
-  /** Counts the op and returns a function that records its duration when it is answered. */
-  const count = (op: string): (() => void) => {
-    let m = opMetrics.get(op);
-    if (!m) opMetrics.set(op, (m = { count: metrics.fuseOps.labels(op), seconds: metrics.fuseOpSeconds.labels(op) }));
-    m.count.inc();
-    const t0 = process.hrtime.bigint();
-    const seconds = m.seconds;
-    return () => seconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
-  };
-  /** Reports a failure as a negative errno, counted by op and errno name. */
-  const failed = (op: string, path: string, err: unknown): number => {
-    const errno = errnoOf(err);
-    const name = errnoName(errno);
-    metrics.fuseErrors.inc({ op, errno: name });
-    if (isFailure(err)) log.warn({ op, path, errno: name, err: (err as Error).message }, 'FUSE op failed');
-    else log.debug({ op, path, errno: name }, 'FUSE op answered with an error');
-    return -errno;
-  };
-  /** Runs an op whose reply carries no value other than the result; a result that is not a promise is answered at once. */
-  const run = <T>(op: string, path: string, work: () => Promise<T> | T, reply: (value: T) => void, fail: (errno: number) => void): void => {
-    const done = count(op);
+export interface FuseOpsOptions {
+  attrTimeoutSec: number;
+  entryTimeoutSec: number;
+  /** Kernel readahead per file, bytes. */
+  maxReadahead: number;
+}
+
+interface DirHandle {
+  path: string;
+  entries: DirEntry[];
+}
+
+export class FuseOps implements SessionHandler {
+  private readonly inodes = new Inodes();
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextDir = 1;
+  /** The path of each open file handle, for logging a failed read. */
+  private readonly files = new Map<number, string>();
+  private readonly readBuffers: Buffer[] = [];
+  private readonly opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
+
+  constructor(
+    private readonly fs: Filesystem,
+    private readonly session: FuseSession,
+    private readonly options: FuseOpsOptions,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  request(h: RequestHeader, body: Buffer): void {
+    const { unique, nodeid } = h;
+    switch (h.opcode) {
+      case Op.INIT:
+        return this.init(unique, body);
+      case Op.LOOKUP:
+        return this.lookup(unique, nodeid, cString(body, 0));
+      case Op.FORGET:
+        return this.inodes.forget(nodeid, u64(body, 0));
+      case Op.BATCH_FORGET: {
+        const count = body.readUInt32LE(0);
+        for (let i = 0; i < count; i++) this.inodes.forget(u64(body, 8 + 16 * i), u64(body, 16 + 16 * i));
+        return;
+      }
+      case Op.GETATTR:
+        return this.onNode(unique, nodeid, 'getattr', (node) => this.fs.getattr(node.path), (attr, node) => [attrOut(this.nodeAttr(node, attr), this.options.attrTimeoutSec)]);
+      case Op.OPEN: {
+        const flags = body.readUInt32LE(0);
+        return this.onNode(unique, nodeid, 'open', (node) => this.fs.open(node.path, flags), (fh, node) => {
+          this.files.set(fh, node.path);
+          // auto_cache: the pages are still right while the file is as it was when last opened.
+          const keep = node.version !== undefined && node.version === node.openedVersion;
+          node.openedVersion = node.version;
+          return [openOut(fh, keep ? OpenFlag.KEEP_CACHE : 0)];
+        });
+      }
+      case Op.READ:
+        return this.read(unique, u64(body, 0), u64(body, 8), body.readUInt32LE(16));
+      case Op.RELEASE: {
+        const fh = u64(body, 0);
+        const path = this.files.get(fh) ?? `#${fh}`;
+        this.files.delete(fh);
+        return this.run(unique, 'release', path, () => this.fs.release(fh), () => []);
+      }
+      case Op.OPENDIR:
+        return this.onNode(unique, nodeid, 'opendir', (node) => this.fs.readdir(node.path), (entries, node) => {
+          const fh = this.nextDir++;
+          this.dirs.set(fh, { path: node.path, entries });
+          return [openOut(fh, 0)];
+        });
+      case Op.READDIR:
+        return this.readdir(unique, u64(body, 0), u64(body, 8), body.readUInt32LE(16));
+      case Op.RELEASEDIR:
+        this.dirs.delete(u64(body, 0));
+        return this.run(unique, 'releasedir', '', () => undefined, () => []);
+      case Op.STATFS:
+        return this.run(unique, 'statfs', '/', () => this.fs.statfs(), (s) => [statfsOut(s)]);
+      case Op.ACCESS: {
+        const mask = body.readUInt32LE(0);
+        return this.onNode(unique, nodeid, 'access', (node) => this.fs.access(node.path, mask), () => []);
+      }
+      case Op.INTERRUPT:
+        return; // reads are not cancelled; the reply comes as it would have
+      case Op.DESTROY:
+        return this.session.reply(unique, 0);
+      default: {
+        const write = WRITE_OPS.get(h.opcode);
+        if (write) return this.onNode(unique, nodeid, write, (node) => this.fs.refuseWrite(node.path), () => []);
+        // flush, fsync, xattrs, locks, ...: ENOSYS tells the kernel not to ask again where it can.
+        this.session.reply(unique, -E.ENOSYS);
+      }
+    }
+  }
+
+  private init(unique: number, body: Buffer): void {
+    const kernelFlags = body.readUInt32LE(12);
+    const wanted = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+    this.session.reply(
+      unique,
+      0,
+      initOut({ maxReadahead: this.options.maxReadahead, flags: wanted & kernelFlags, maxBackground: 64, congestionThreshold: 48, maxWrite: MAX_WRITE, maxPages: MAX_READ / 4096 }),
+    );
+    // The kernel caps a FUSE mount's readahead at the system default (128 KiB) whatever
+    // max_readahead says; as root it can be raised per connection.
+    const device = this.session.deviceId;
+    if (device) {
+      writeFile(`/sys/class/bdi/${device}/read_ahead_kb`, String(Math.floor(this.options.maxReadahead / 1024))).catch((err: unknown) =>
+        this.log.debug({ device, err: (err as Error).message }, 'cannot raise the kernel readahead of the mount'),
+      );
+    }
+  }
+
+  private lookup(unique: number, parentId: number, name: string): void {
+    const parent = this.inodes.get(parentId);
+    const path = parent ? childPath(parent.path, name) : name;
+    this.run(unique, 'lookup', path, () => {
+      if (!parent) throw staleNode(parentId);
+      return this.fs.getattr(path);
+    }, (attr) => {
+      const node = this.inodes.remember(path);
+      return [entryOut(node.id, this.nodeAttr(node, attr), this.options.entryTimeoutSec, this.options.attrTimeoutSec)];
+    });
+  }
+
+  private read(unique: number, fh: number, offset: number, size: number): void {
+    const done = this.count('read');
+    this.session.begin(unique);
+    const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
+    const length = Math.min(size, MAX_READ);
+    const answer = (n: number): void => {
+      done();
+      this.session.reply(unique, 0, buffer.subarray(0, n));
+      this.giveBack(buffer);
+    };
+    const fail = (err: unknown): void => {
+      done();
+      this.session.reply(unique, this.failed('read', this.files.get(fh) ?? `#${fh}`, err));
+      this.giveBack(buffer);
+    };
+    let n: number | Promise<number>;
+    try {
+      n = this.fs.read(fh, buffer, length, offset);
+    } catch (err) {
+      return fail(err);
+    }
+    if (typeof n === 'number') answer(n);
+    else n.then(answer, fail);
+  }
+
+  private giveBack(buffer: Buffer): void {
+    if (this.readBuffers.length < FREE_READ_BUFFERS) this.readBuffers.push(buffer);
+  }
+
+  private readdir(unique: number, fh: number, offset: number, size: number): void {
+    const dir = this.dirs.get(fh);
+    this.run(unique, 'readdir', dir?.path ?? `#${fh}`, () => {
+      if (!dir) throw staleNode(fh);
+      const out = Buffer.alloc(size);
+      let at = 0;
+      for (let i = offset; i < dir.entries.length; i++) {
+        const e = dir.entries[i]!;
+        const name = Buffer.from(e.name);
+        if (at + direntSize(name) > size) break;
+        const ino = e.name === '.' ? this.inodes.idOf(dir.path) : e.name === '..' ? undefined : this.inodes.idOf(childPath(dir.path, e.name));
+        at = putDirent(out, at, ino ?? UNKNOWN_INO, i + 1, e.attr.mode, name);
+      }
+      return out.subarray(0, at);
+    }, (data) => [data]);
+  }
+
+  /** An op on a node the kernel names by id: ENOENT (stale) if it is not held. */
+  private onNode<T>(unique: number, nodeid: number, op: string, work: (node: Inode) => Promise<T> | T, reply: (value: T, node: Inode) => Buffer[]): void {
+    const node = this.inodes.get(nodeid);
+    this.run(unique, op, node?.path ?? `#${nodeid}`, () => {
+      if (!node) throw staleNode(nodeid);
+      return work(node);
+    }, (value) => reply(value, node!));
+  }
+
+  /** Runs an op and answers it; a result that is not a promise is answered at once. */
+  private run<T>(unique: number, op: string, path: string, work: () => Promise<T> | T, reply: (value: T) => Buffer[]): void {
+    const done = this.count(op);
+    this.session.begin(unique);
     const ok = (value: T): void => {
       done();
-      reply(value);
+      let body: Buffer[];
+      try {
+        body = reply(value);
+      } catch (err) {
+        return bad(err);
+      }
+      this.session.reply(unique, 0, ...body);
     };
     const bad = (err: unknown): void => {
       done();
-      fail(failed(op, path, err));
+      this.session.reply(unique, this.failed(op, path, err));
     };
     let result: Promise<T> | T;
     try {
@@ -51,29 +248,35 @@ export function fuseOps(fs: Filesystem, metrics: Metrics, log: Logger): FuseOps 
     }
     if (result instanceof Promise) result.then(ok, bad);
     else ok(result);
-  };
-
-  const ops: FuseOps = {
-    getattr: (path, cb) => run('getattr', path, () => fs.getattr(path), (a) => cb(0, toStat(a)), (e) => cb(e)),
-    fgetattr: (path, _fd, cb) => run('getattr', path, () => fs.getattr(path), (a) => cb(0, toStat(a)), (e) => cb(e)),
-    access: (path, mode, cb) => run('access', path, () => fs.access(path, mode), () => cb(0), (e) => cb(e)),
-    statfs: (path, cb) => run('statfs', path, () => fs.statfs(), (s) => cb(0, s), (e) => cb(e)),
-    readdir: (path, cb) =>
-      run('readdir', path, () => fs.readdir(path), (entries) => cb(0, entries.map((e) => e.name), entries.map((e) => toStat(e.attr))), (e) => cb(e)),
-    open: (path, flags, cb) => run('open', path, () => fs.open(path, flags), (fh) => cb(0, fh), (e) => cb(e)),
-    read: (path, fh, buf, len, pos, cb) => run('read', path, () => fs.read(fh, buf, len, pos), (n) => cb(n), (e) => cb(e)),
-    release: (path, fh, cb) => run('release', path, () => fs.release(fh), () => cb(0), (e) => cb(e)),
-  };
-  for (const op of WRITE_OPS) {
-    ops[op] = ((path: string, ...rest: unknown[]) => {
-      const cb = rest[rest.length - 1] as (errno: number) => void;
-      run(op, path, () => fs.refuseWrite(path), () => cb(0), (e) => cb(e));
-    }) as FuseOps[string];
   }
-  return ops;
+
+  /** Counts the op and returns a function that records its duration when it is answered. */
+  private count(op: string): () => void {
+    let m = this.opMetrics.get(op);
+    if (!m) this.opMetrics.set(op, (m = { count: this.metrics.fuseOps.labels(op), seconds: this.metrics.fuseOpSeconds.labels(op) }));
+    m.count.inc();
+    const t0 = process.hrtime.bigint();
+    const seconds = m.seconds;
+    return () => seconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+
+  /** Reports a failure as a negative errno, counted by op and errno name. */
+  private failed(op: string, path: string, err: unknown): number {
+    const errno = errnoOf(err);
+    const name = errnoName(errno);
+    this.metrics.fuseErrors.inc({ op, errno: name });
+    if (isFailure(err)) this.log.warn({ op, path, errno: name, err: (err as Error).message }, 'FUSE op failed');
+    else this.log.debug({ op, path, errno: name }, 'FUSE op answered with an error');
+    return -errno;
+  }
+
+  /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
+  private nodeAttr(node: Inode, a: Attr): NodeAttr {
+    node.version = `${a.mtimeMs}:${a.size}`;
+    return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
+  }
 }
 
-function toStat(a: Attr): FuseStat {
-  const t = new Date(a.mtimeMs);
-  return { mode: a.mode, uid: a.uid, gid: a.gid, size: a.size, nlink: a.nlink, blksize: a.blksize, blocks: a.blocks, atime: t, mtime: t, ctime: t };
+function staleNode(id: number): CachefsError {
+  return new CachefsError('STALE', `the kernel named node or handle ${id}, which is not held`);
 }

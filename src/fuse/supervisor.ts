@@ -23,11 +23,10 @@
  * whatever is left mounted, the anchor included, is detached.
  *
  * What it does not do: keep the kernel connection itself alive across a crash.
- * fuse-native mounts through libfuse 2's `fuse_mount()`, which always opens
- * /dev/fuse and mounts anew (an `fd=` option is rejected there), and a second
- * libfuse 2 process cannot take over an initialised connection: it answers EIO to
- * everything while it waits for a FUSE_INIT the kernel sends only once, and its
- * path table does not know the kernel's node ids. So consumers see errors for the
+ * The connection is the serving process's open /dev/fuse (`session.ts`): it dies
+ * with the process, and the kernel's node ids with it. (Handing the descriptor to
+ * the supervisor would let a new serving process take it over, if it could also
+ * learn the node ids the kernel holds; not done.) So consumers see errors for the
  * recovery window.
  */
 import { spawn, type ChildProcess } from 'node:child_process';

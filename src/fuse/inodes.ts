@@ -1,0 +1,69 @@
+/**
+ * The kernel's node ids and the paths they stand for. The kernel learns a node id
+ * from each lookup it is answered, counts how often, and forgets that many later;
+ * a node lives here while the kernel holds it. Node id 1 is the root. A path keeps
+ * its node id while it is held, so a name looked up again is the same inode.
+ */
+
+export interface Inode {
+  readonly id: number;
+  readonly path: string;
+  /** Lookups answered and not yet forgotten by the kernel. */
+  lookups: number;
+  /** `mtime:size` as last told to the kernel, and as it was when the file was last opened. */
+  version?: string;
+  openedVersion?: string;
+}
+
+export const ROOT_ID = 1;
+
+export class Inodes {
+  private readonly byId = new Map<number, Inode>();
+  private readonly byPath = new Map<string, Inode>();
+  private nextId = ROOT_ID + 1;
+
+  constructor() {
+    const root: Inode = { id: ROOT_ID, path: '/', lookups: 1 };
+    this.byId.set(ROOT_ID, root);
+    this.byPath.set('/', root);
+  }
+
+  get(id: number): Inode | undefined {
+    return this.byId.get(id);
+  }
+
+  /** The node of `path`, made if the kernel holds none; one more lookup counted. */
+  remember(path: string): Inode {
+    let node = this.byPath.get(path);
+    if (!node) {
+      node = { id: this.nextId++, path, lookups: 0 };
+      this.byId.set(node.id, node);
+      this.byPath.set(path, node);
+    }
+    node.lookups += 1;
+    return node;
+  }
+
+  /** The node id the kernel holds for `path`, if it holds one. */
+  idOf(path: string): number | undefined {
+    return this.byPath.get(path)?.id;
+  }
+
+  forget(id: number, count: number): void {
+    const node = this.byId.get(id);
+    if (!node || id === ROOT_ID) return;
+    node.lookups -= count;
+    if (node.lookups > 0) return;
+    this.byId.delete(id);
+    if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+}
+
+/** The path of `name` in the directory at `dir`. */
+export function childPath(dir: string, name: string): string {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
+}

@@ -1,0 +1,257 @@
+/**
+ * The FUSE kernel protocol (linux/fuse.h, 7.31) as far as a read-only filesystem
+ * needs it: op codes, init flags, and the layouts of the requests read from
+ * /dev/fuse and the replies written to it. Little-endian, as the kernel's.
+ */
+
+export const FUSE_KERNEL_VERSION = 7;
+/** 7.28 brought max_pages (reads larger than 128 KiB); 7.31 is what the replies below are laid out for. */
+export const FUSE_KERNEL_MINOR = 31;
+
+export const Op = {
+  LOOKUP: 1,
+  FORGET: 2,
+  GETATTR: 3,
+  SETATTR: 4,
+  READLINK: 5,
+  SYMLINK: 6,
+  MKNOD: 8,
+  MKDIR: 9,
+  UNLINK: 10,
+  RMDIR: 11,
+  RENAME: 12,
+  LINK: 13,
+  OPEN: 14,
+  READ: 15,
+  WRITE: 16,
+  STATFS: 17,
+  RELEASE: 18,
+  FSYNC: 20,
+  SETXATTR: 21,
+  GETXATTR: 22,
+  LISTXATTR: 23,
+  REMOVEXATTR: 24,
+  FLUSH: 25,
+  INIT: 26,
+  OPENDIR: 27,
+  READDIR: 28,
+  RELEASEDIR: 29,
+  FSYNCDIR: 30,
+  ACCESS: 34,
+  CREATE: 35,
+  INTERRUPT: 36,
+  DESTROY: 38,
+  BATCH_FORGET: 42,
+  FALLOCATE: 43,
+  RENAME2: 45,
+  TMPFILE: 51,
+} as const;
+
+/** Ops that change the tree or a file: refused (the mount is read-only). */
+export const WRITE_OPS: ReadonlyMap<number, string> = new Map([
+  [Op.SETATTR, 'setattr'],
+  [Op.SYMLINK, 'symlink'],
+  [Op.MKNOD, 'mknod'],
+  [Op.MKDIR, 'mkdir'],
+  [Op.UNLINK, 'unlink'],
+  [Op.RMDIR, 'rmdir'],
+  [Op.RENAME, 'rename'],
+  [Op.LINK, 'link'],
+  [Op.WRITE, 'write'],
+  [Op.SETXATTR, 'setxattr'],
+  [Op.REMOVEXATTR, 'removexattr'],
+  [Op.CREATE, 'create'],
+  [Op.FALLOCATE, 'fallocate'],
+  [Op.RENAME2, 'rename'],
+  [Op.TMPFILE, 'tmpfile'],
+]);
+
+export const InitFlag = {
+  ASYNC_READ: 1 << 0,
+  AUTO_INVAL_DATA: 1 << 12,
+  PARALLEL_DIROPS: 1 << 18,
+  MAX_PAGES: 1 << 22,
+} as const;
+
+export const OpenFlag = { KEEP_CACHE: 1 << 1 } as const;
+
+/** The kernel's buffer must hold the largest request: a write of max_write bytes plus headers. */
+export const MIN_READ_BUFFER = 8192;
+export const IN_HEADER = 40;
+export const OUT_HEADER = 16;
+
+/** 2^32, to read 64-bit fields as numbers (node ids, handles and offsets stay far below 2^53). */
+const HI = 0x1_0000_0000;
+
+export function u64(b: Buffer, at: number): number {
+  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * HI;
+}
+
+export function putU64(b: Buffer, at: number, v: number): void {
+  b.writeUInt32LE(v % HI >>> 0, at);
+  b.writeUInt32LE(Math.floor(v / HI) >>> 0, at + 4);
+}
+
+export interface RequestHeader {
+  len: number;
+  opcode: number;
+  unique: number;
+  nodeid: number;
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+export function readHeader(b: Buffer): RequestHeader {
+  return { len: b.readUInt32LE(0), opcode: b.readUInt32LE(4), unique: u64(b, 8), nodeid: u64(b, 16), uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) };
+}
+
+/** A NUL-terminated name at `at` of a request body. */
+export function cString(b: Buffer, at: number): string {
+  const end = b.indexOf(0, at);
+  return b.toString('utf8', at, end < 0 ? b.length : end);
+}
+
+export function outHeader(unique: number, error: number, bodyLength: number): Buffer {
+  const h = Buffer.allocUnsafe(OUT_HEADER);
+  h.writeUInt32LE(OUT_HEADER + bodyLength, 0);
+  h.writeInt32LE(error, 4);
+  putU64(h, 8, unique);
+  return h;
+}
+
+/** What a reply says about an inode. */
+export interface NodeAttr {
+  ino: number;
+  size: number;
+  blocks: number;
+  mtimeMs: number;
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  blksize: number;
+}
+
+const ATTR = 88;
+
+function putAttr(b: Buffer, at: number, a: NodeAttr): void {
+  b.fill(0, at, at + ATTR);
+  const sec = Math.floor(a.mtimeMs / 1000);
+  const nsec = Math.round((a.mtimeMs - sec * 1000) * 1e6);
+  putU64(b, at, a.ino);
+  putU64(b, at + 8, a.size);
+  putU64(b, at + 16, a.blocks);
+  for (const t of [24, 32, 40]) putU64(b, at + t, sec); // atime, mtime, ctime
+  for (const t of [48, 52, 56]) b.writeUInt32LE(nsec, at + t);
+  b.writeUInt32LE(a.mode, at + 60);
+  b.writeUInt32LE(a.nlink, at + 64);
+  b.writeUInt32LE(a.uid, at + 68);
+  b.writeUInt32LE(a.gid, at + 72);
+  b.writeUInt32LE(a.blksize, at + 80);
+}
+
+/** Splits seconds into the whole seconds and nanoseconds of a validity field. */
+function putValid(b: Buffer, at: number, nsecAt: number, seconds: number): void {
+  const s = Math.max(0, seconds);
+  putU64(b, at, Math.floor(s));
+  b.writeUInt32LE(Math.round((s - Math.floor(s)) * 1e9) % 1e9, nsecAt);
+}
+
+/** fuse_entry_out: a name resolved to a node, with how long the kernel may keep the name and the attributes. */
+export function entryOut(nodeid: number, attr: NodeAttr, entrySec: number, attrSec: number): Buffer {
+  const b = Buffer.alloc(40 + ATTR);
+  putU64(b, 0, nodeid);
+  putValid(b, 16, 32, entrySec);
+  putValid(b, 24, 36, attrSec);
+  putAttr(b, 40, attr);
+  return b;
+}
+
+/** fuse_entry_out of a name that does not exist, cached by the kernel for `entrySec` (node id 0). */
+export function negativeEntryOut(entrySec: number): Buffer {
+  const b = Buffer.alloc(40 + ATTR);
+  putValid(b, 16, 32, entrySec);
+  return b;
+}
+
+export function attrOut(attr: NodeAttr, attrSec: number): Buffer {
+  const b = Buffer.alloc(16 + ATTR);
+  putValid(b, 0, 8, attrSec);
+  putAttr(b, 16, attr);
+  return b;
+}
+
+export function openOut(fh: number, openFlags: number): Buffer {
+  const b = Buffer.alloc(16);
+  putU64(b, 0, fh);
+  b.writeUInt32LE(openFlags, 8);
+  return b;
+}
+
+export interface InitOut {
+  maxReadahead: number;
+  flags: number;
+  maxBackground: number;
+  congestionThreshold: number;
+  maxWrite: number;
+  maxPages: number;
+}
+
+export function initOut(o: InitOut): Buffer {
+  const b = Buffer.alloc(64);
+  b.writeUInt32LE(FUSE_KERNEL_VERSION, 0);
+  b.writeUInt32LE(FUSE_KERNEL_MINOR, 4);
+  b.writeUInt32LE(o.maxReadahead, 8);
+  b.writeUInt32LE(o.flags >>> 0, 12);
+  b.writeUInt16LE(o.maxBackground, 16);
+  b.writeUInt16LE(o.congestionThreshold, 18);
+  b.writeUInt32LE(o.maxWrite, 20);
+  b.writeUInt32LE(1, 24); // time_gran: nanoseconds
+  b.writeUInt16LE(o.maxPages, 28);
+  return b;
+}
+
+export interface StatFsOut {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  namemax: number;
+  frsize: number;
+}
+
+export function statfsOut(s: StatFsOut): Buffer {
+  const b = Buffer.alloc(80);
+  putU64(b, 0, s.blocks);
+  putU64(b, 8, s.bfree);
+  putU64(b, 16, s.bavail);
+  putU64(b, 24, s.files);
+  putU64(b, 32, s.ffree);
+  b.writeUInt32LE(s.bsize, 40);
+  b.writeUInt32LE(s.namemax, 44);
+  b.writeUInt32LE(s.frsize, 48);
+  return b;
+}
+
+/** The inode number readdir gives for a name the kernel has not looked up (FUSE_UNKNOWN_INO). */
+export const UNKNOWN_INO = 0xffffffff;
+
+/** Bytes a fuse_dirent of `name` takes (24 bytes of header, the name, padding to 8). */
+export function direntSize(name: Buffer): number {
+  return (24 + name.length + 7) & ~7;
+}
+
+/** Writes a fuse_dirent at `at`; `next` is the offset the kernel passes back to continue after it. */
+export function putDirent(b: Buffer, at: number, ino: number, next: number, mode: number, name: Buffer): number {
+  const size = direntSize(name);
+  b.fill(0, at, at + size);
+  putU64(b, at, ino);
+  putU64(b, at + 8, next);
+  b.writeUInt32LE(name.length, at + 16);
+  b.writeUInt32LE((mode >>> 12) & 0o17, at + 20); // DT_* from the file type bits
+  name.copy(b, at + 24);
+  return at + size;
+}
