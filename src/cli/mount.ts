@@ -108,9 +108,6 @@ function servingCommand(): ServingCommand {
   const env = { ...process.env };
   // The ready pipe of `detach()` is the supervisor's to answer; the serving process reports over IPC.
   delete env[READY_ENV];
-  // Reads waiting on /dev/fuse hold libuv pool threads (`fuse/session.ts`); the block
-  // files, the cache index and DNS need the pool too.
-  env.UV_THREADPOOL_SIZE ??= '8';
   return { file: process.execPath, args: [...process.execArgv, process.argv[1]!, ...process.argv.slice(2), '--supervised'], env };
 }
 

@@ -30,9 +30,11 @@ export class BlockClient {
 
   /**
    * Reads up to `length` bytes at `position` into `dest`; returns the count (short only at
-   * end of object), without a promise when the source has the bytes in memory.
+   * end of object), without a promise when the source has the bytes in memory. With
+   * `view`, bytes held in memory come back as a view instead, uncopied, good only until
+   * this turn of the event loop ends.
    */
-  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, signal?: AbortSignal): number | Promise<number> {
+  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, view = false): number | Buffer | Promise<number> {
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
@@ -47,9 +49,12 @@ export class BlockClient {
     const reads = refs.map((ref): BlockRead => {
       const from = Math.max(position, ref.offset);
       const to = Math.min(end, ref.offset + ref.length);
-      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session, signal };
+      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session };
     });
-    if (reads.length === 1) return this.source.readNow?.(reads[0]!) ?? this.source.read(reads[0]!);
+    if (reads.length === 1) {
+      const req = reads[0]!;
+      return (view ? this.source.viewNow?.(req) : undefined) ?? this.source.readNow?.(req) ?? this.source.read(req);
+    }
     return Promise.all(reads.map((req) => this.source.read(req))).then((counts) => counts.reduce((a, b) => a + b, 0));
   }
 

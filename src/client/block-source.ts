@@ -37,6 +37,13 @@ export interface BlockSource {
    */
   readNow?(req: BlockRead): number | undefined;
   /**
+   * The bytes as a view of the block held in memory, without copying (`dest` is not
+   * touched); undefined when the block is not in memory. The view is good only until
+   * this turn of the event loop ends (the block's buffer may then go back to its pool):
+   * write it out at once.
+   */
+  viewNow?(req: BlockRead): Buffer | undefined;
+  /**
    * Starts caching the block in the background if it is not cached (for a streaming reader:
    * in memory too, where that helps, held for `session` as its reads would hold it); never throws.
    */

@@ -63,12 +63,16 @@ export class ClusterSource implements BlockSource {
   }
 
   readNow(req: BlockRead): number | undefined {
+    return this.viewNow(req)?.copy(req.dest, req.destOffset);
+  }
+
+  viewNow(req: BlockRead): Buffer | undefined {
     const inMemory = this.memory.get(req.ref.id);
     if (!inMemory) return undefined;
     // A block read ahead from a co-located worker is pinned for this file handle when used,
     // as a short-circuit read would pin it.
     inMemory.pinFor?.(req.session);
-    return this.copy(inMemory, req);
+    return this.view(inMemory, req);
   }
 
   async read(req: BlockRead): Promise<number> {
@@ -155,10 +159,15 @@ export class ClusterSource implements BlockSource {
   }
 
   private copy(block: HeldBlock, req: BlockRead): number {
-    const n = block.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
-    this.bytes[block.from].inc(n);
-    if (req.pattern === 'sequential') this.memory.consumed(req.ref.id, n);
-    return n;
+    return this.view(block, req).copy(req.dest, req.destOffset);
+  }
+
+  /** The request's bytes of a block in memory, counted as read (a block read to the end may go back to its pool after this turn). */
+  private view(block: HeldBlock, req: BlockRead): Buffer {
+    const view = block.data.subarray(req.offset, req.offset + req.length);
+    this.bytes[block.from].inc(view.length);
+    if (req.pattern === 'sequential') this.memory.consumed(req.ref.id, view.length);
+    return view;
   }
 
   release(session: number): void {

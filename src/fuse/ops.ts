@@ -42,7 +42,14 @@ const E = constants.errno;
 /** The largest read the kernel is asked to send: 256 pages. */
 export const MAX_READ = 1024 * 1024;
 /** Read buffers kept for replies; a read's buffer is free again once its reply is written. */
-const FREE_READ_BUFFERS = 16;
+const FREE_READ_BUFFERS = 4;
+/**
+ * Reads of one open file waiting for their bytes at once, each holding a read buffer; the
+ * kernel's readahead may send up to max_background (64) of them. Later ones wait their turn
+ * in order, still in flight for the kernel. Per file, so that reads stuck on a slow store
+ * never hold up another file's.
+ */
+const MAX_READS_WAITING = 8;
 
 export interface FuseOpsOptions {
   attrTimeoutSec: number;
@@ -63,6 +70,8 @@ export class FuseOps implements SessionHandler {
   /** The path of each open file handle, for logging a failed read. */
   private readonly files = new Map<number, string>();
   private readonly readBuffers: Buffer[] = [];
+  /** Per open file: reads waiting for their bytes, and reads queued behind them. */
+  private readonly waits = new Map<number, { waiting: number; queue: (() => void)[] }>();
   private readonly opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
 
   constructor(
@@ -168,6 +177,12 @@ export class FuseOps implements SessionHandler {
   }
 
   private read(unique: number, fh: number, offset: number, size: number): void {
+    let wait = this.waits.get(fh);
+    if (wait && wait.waiting >= MAX_READS_WAITING) {
+      this.session.begin(unique);
+      wait.queue.push(() => this.read(unique, fh, offset, size));
+      return;
+    }
     const done = this.count('read');
     this.session.begin(unique);
     const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
@@ -182,14 +197,30 @@ export class FuseOps implements SessionHandler {
       this.session.reply(unique, this.failed('read', this.files.get(fh) ?? `#${fh}`, err));
       this.giveBack(buffer);
     };
-    let n: number | Promise<number>;
+    const settled = (): void => {
+      const w = this.waits.get(fh)!;
+      w.waiting -= 1;
+      // Reads answered from memory do not wait: take queued ones until one waits again.
+      while (w.waiting < MAX_READS_WAITING && w.queue.length > 0) w.queue.shift()!();
+      if (w.waiting === 0 && w.queue.length === 0) this.waits.delete(fh);
+    };
+    let n: number | Buffer | Promise<number>;
     try {
-      n = this.fs.read(fh, buffer, length, offset);
+      n = this.fs.read(fh, buffer, length, offset, true);
     } catch (err) {
       return fail(err);
     }
     if (typeof n === 'number') answer(n);
-    else n.then(answer, fail);
+    else if (Buffer.isBuffer(n)) {
+      // Bytes held in memory, uncopied: written to the kernel now, while they are good.
+      done();
+      this.session.reply(unique, 0, n);
+      this.giveBack(buffer);
+    } else {
+      if (!wait) this.waits.set(fh, (wait = { waiting: 0, queue: [] }));
+      wait.waiting += 1;
+      n.then(answer, fail).finally(settled);
+    }
   }
 
   private giveBack(buffer: Buffer): void {

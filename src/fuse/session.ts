@@ -84,7 +84,9 @@ export class FuseSession {
       await runWithFd('mount', ['-i', '-t', 'fuse.cachefs', '-o', data.join(','), 'cachefs', mountpoint], fd);
     } catch (err) {
       closeSync(fd);
-      throw new CachefsError('IO', `cannot mount ${mountpoint}: ${(err as Error).message}`, { cause: err });
+      // mount(8) with a device descriptor is root's (CAP_SYS_ADMIN); there is no fusermount path.
+      const who = uid === 0 ? '' : ' (cachefs mounts as root only)';
+      throw new CachefsError('IO', `cannot mount ${mountpoint}${who}: ${(err as Error).message}`, { cause: err });
     }
     const session = new FuseSession(fd, mountpoint, options, log);
     session.deviceId = topMountAt(await readMountTable(), mountpoint)?.device;

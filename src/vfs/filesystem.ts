@@ -161,12 +161,16 @@ export class Filesystem {
     return fh;
   }
 
-  /** Reads into `dest`; the count comes without a promise when the bytes were in memory. */
-  read(fh: number, dest: Buffer, length: number, position: number): number | Promise<number> {
+  /**
+   * Reads into `dest`; the count comes without a promise when the bytes were in memory.
+   * With `view`, bytes in memory may come back uncopied, as a Buffer good only until this
+   * turn of the event loop ends.
+   */
+  read(fh: number, dest: Buffer, length: number, position: number, view = false): number | Buffer | Promise<number> {
     const handle = this.handles.get(fh);
     if (!handle) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
-    const n = this.client.read(handle.object, position, dest, length, handle.readahead, fh);
-    if (typeof n === 'number') return n;
+    const n = this.client.read(handle.object, position, dest, length, handle.readahead, fh, view);
+    if (typeof n === 'number' || Buffer.isBuffer(n)) return n;
     return n.catch((err: unknown) => {
       if (isCachefsError(err, 'STALE')) this.cache.invalidate(handle.object.key, parentKey(handle.object.key));
       throw err;
