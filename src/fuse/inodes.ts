@@ -15,7 +15,7 @@ export interface Inode {
   openedVersion?: string;
 }
 
-export const ROOT_ID = 1;
+const ROOT_ID = 1;
 
 export class Inodes {
   private readonly byId = new Map<number, Inode>();
@@ -56,10 +56,6 @@ export class Inodes {
     if (node.lookups > 0) return;
     this.byId.delete(id);
     if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
-  }
-
-  get size(): number {
-    return this.byId.size;
   }
 }
 

@@ -177,19 +177,20 @@ export class FuseOps implements SessionHandler {
   }
 
   private read(unique: number, fh: number, offset: number, size: number): void {
-    let wait = this.waits.get(fh);
-    if (wait && wait.waiting >= MAX_READS_WAITING) {
-      this.session.begin(unique);
-      wait.queue.push(() => this.read(unique, fh, offset, size));
-      return;
-    }
-    const done = this.count('read');
     this.session.begin(unique);
+    const wait = this.waits.get(fh);
+    if (wait && wait.waiting >= MAX_READS_WAITING) wait.queue.push(() => this.startRead(unique, fh, offset, size));
+    else this.startRead(unique, fh, offset, size);
+  }
+
+  private startRead(unique: number, fh: number, offset: number, size: number): void {
+    const done = this.count('read');
     const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
     const length = Math.min(size, MAX_READ);
-    const answer = (n: number): void => {
+    /** `data` is in `buffer`, or a view of bytes held in memory, good only now: written at once either way. */
+    const answer = (data: Buffer): void => {
       done();
-      this.session.reply(unique, 0, buffer.subarray(0, n));
+      this.session.reply(unique, 0, data);
       this.giveBack(buffer);
     };
     const fail = (err: unknown): void => {
@@ -210,16 +211,13 @@ export class FuseOps implements SessionHandler {
     } catch (err) {
       return fail(err);
     }
-    if (typeof n === 'number') answer(n);
-    else if (Buffer.isBuffer(n)) {
-      // Bytes held in memory, uncopied: written to the kernel now, while they are good.
-      done();
-      this.session.reply(unique, 0, n);
-      this.giveBack(buffer);
-    } else {
+    if (typeof n === 'number') answer(buffer.subarray(0, n));
+    else if (Buffer.isBuffer(n)) answer(n);
+    else {
+      let wait = this.waits.get(fh);
       if (!wait) this.waits.set(fh, (wait = { waiting: 0, queue: [] }));
       wait.waiting += 1;
-      n.then(answer, fail).finally(settled);
+      n.then((count) => answer(buffer.subarray(0, count)), fail).finally(settled);
     }
   }
 

@@ -75,8 +75,6 @@ export const InitFlag = {
 
 export const OpenFlag = { KEEP_CACHE: 1 << 1 } as const;
 
-/** The kernel's buffer must hold the largest request: a write of max_write bytes plus headers. */
-export const MIN_READ_BUFFER = 8192;
 export const IN_HEADER = 40;
 export const OUT_HEADER = 16;
 
@@ -165,13 +163,6 @@ export function entryOut(nodeid: number, attr: NodeAttr, entrySec: number, attrS
   putValid(b, 16, 32, entrySec);
   putValid(b, 24, 36, attrSec);
   putAttr(b, 40, attr);
-  return b;
-}
-
-/** fuse_entry_out of a name that does not exist, cached by the kernel for `entrySec` (node id 0). */
-export function negativeEntryOut(entrySec: number): Buffer {
-  const b = Buffer.alloc(40 + ATTR);
-  putValid(b, 16, 32, entrySec);
   return b;
 }
 
