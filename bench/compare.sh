@@ -11,9 +11,12 @@
 # Workloads: cold and warm sequential reads of a 1 GiB file, warm re-read with page
 # cache, fio 4-thread random 128 KiB reads of a 256 MiB file, find+stat over the small
 # files cold and warm, and a read of every small file in random order (the ML
-# data-loader pattern). Every read is checked against checksums.
+# data-loader pattern). Every read is checked against checksums. Cold reads come first, in
+# rounds that take each system in turn (the machine's speed drifts over minutes); the
+# other workloads then run system by system.
 # Env: RUNS (default 3), BIG_MIB (1024), MID_MIB (256), SMALL_DIRS (100), SMALL_PER_DIR (100),
-# SMALL_KIB (128), FIO_SECONDS (8). Results: bench/results/compare.{json,md}.
+# SMALL_KIB (128), FIO_SECONDS (8), SYSTEMS (default: all of them, in the order above).
+# Results: bench/results/compare.{json,md}; a run of fewer SYSTEMS writes bench/work/compare.{json,md}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/common.sh
@@ -59,7 +62,7 @@ master="127.0.0.1:$mport"
 
 # ---------------------------------------------------------------- systems
 # Each system: mount_<s> (mounts at $work/m/<s>, cold: empty caches), root_<s> (where the data appears).
-systems=(cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local tmpfs)
+systems=(${SYSTEMS:-cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local tmpfs})
 declare -A root
 for s in "${systems[@]}"; do mkdir -p "$work/m/$s"; done
 root[cachefs]="$work/m/cachefs"; root[cachefs_sc]="$work/m/cachefs_sc/bench"; root[cachefs_remote]="$work/m/cachefs_remote/bench"
@@ -132,6 +135,28 @@ rss_during() { # rss_during PID FILE: peak VmRSS (MiB) of PID while FILE is read
   wait "$reader"; echo $((peak / 1024))
 }
 
+# ---------------------------------------------------------------- cold reads, systems interleaved
+# The machine's speed drifts by tens of percent over minutes: each round reads cold once
+# per system, so every system's runs span the same stretch of time.
+fetching=(); for s in "${systems[@]}"; do case $s in bindfs|local|tmpfs) ;; *) fetching+=("$s") ;; esac; done
+declare -A colds finds
+for i in $(seq "$RUNS"); do
+  for s in "${fetching[@]}"; do
+    log "== cold, round $i: $s"
+    [ "$s" = cachefs_sc ] || [ "$s" = cachefs_remote ] && start_worker
+    mount_system "$s"
+    r=${root[$s]}
+    drop_caches; finds[$s]+=" $(find_stat "$r")"
+    drop_caches; colds[$s]+=" $(read_mbps "$r/big.bin")"
+    check_big "$r/big.bin" "$s"
+    umount_system "$s"
+  done
+done
+for s in "${fetching[@]}"; do
+  # shellcheck disable=SC2086 # one word per run
+  record "$s" cold_seq ${colds[$s]}; record "$s" find_cold ${finds[$s]}
+done
+
 for s in "${systems[@]}"; do
   log "== $s"
   if [ "$s" = tmpfs ]; then
@@ -144,7 +169,7 @@ for s in "${systems[@]}"; do
     # Ceilings: the bytes are on local disk already; "cold" is a read with the page cache dropped.
     mount_system "$s"
     r=${root[$s]}
-    cold=(); warm=(); rer=()
+    warm=(); rer=()
     if [ "$s" = bindfs ]; then
       # The blocks of the two large files (4 MiB each), not the 10,000 small ones: a sequential read.
       files=$(find "$r/blocks" -type f -size +1M | sort)
@@ -161,22 +186,18 @@ for s in "${systems[@]}"; do
     umount_system "$s"
     continue
   fi
-  cold=(); warm=(); rer=(); fc=()
-  for i in $(seq "$RUNS"); do
-    [ "$s" = cachefs_sc ] || [ "$s" = cachefs_remote ] && start_worker
-    mount_system "$s"
-    r=${root[$s]}
-    drop_caches; fc+=("$(find_stat "$r")")
-    drop_caches; cold+=("$(read_mbps "$r/big.bin")")
-    [ "$i" = "$RUNS" ] || umount_system "$s"
-  done
-  record "$s" cold_seq "${cold[@]}"; record "$s" find_cold "${fc[@]}"
+  warm=(); rer=()
+  [ "$s" = cachefs_sc ] || [ "$s" = cachefs_remote ] && start_worker
+  mount_system "$s"
+  r=${root[$s]}
+  cat "$r/big.bin" > /dev/null   # fills the caches (cold reads were measured above)
   check_big "$r/big.bin" "$s"
   if [ -n "$serving_pid" ]; then drop_caches; result[$s,rss_mib]="$(rss_during "$serving_pid" "$r/big.bin") -"; fi
   for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps "$r/big.bin")"); rer+=("$(read_mbps "$r/big.bin")"); done
   record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
   cat "$r/mid.bin" > /dev/null
   f=(); for i in $(seq "$RUNS"); do drop_caches; f+=("$(fio_rand "$r")"); done; record "$s" fio_rand "${f[@]}"
+  find_stat "$r" > /dev/null   # warms the metadata caches
   w=(); for i in $(seq "$RUNS"); do w+=("$(find_stat "$r")"); done; record "$s" find_warm "${w[@]}"
   small_random "$r" > /dev/null   # warms the caches
   w=(); for i in $(seq "$RUNS"); do drop_caches; w+=("$(small_random "$r")"); done; record "$s" small_random "${w[@]}"
@@ -184,7 +205,8 @@ for s in "${systems[@]}"; do
 done
 
 # ---------------------------------------------------------------- report
-mkdir -p bench/results
+out=bench/results/compare; [ -n "${SYSTEMS:-}" ] && out=bench/work/compare
+mkdir -p "$(dirname "$out")"
 metrics=(cold_seq warm_seq warm_reread fio_rand find_cold find_warm small_random rss_mib)
 units=(MB/s MB/s MB/s MB/s files/s files/s files/s MiB)
 {
@@ -192,5 +214,5 @@ units=(MB/s MB/s MB/s MB/s files/s files/s files/s MiB)
     [ -n "${result[$s,$m]:-}" ] && echo "$s $m ${result[$s,$m]}"
   done; done
 } > "$work/results.txt"
-python3 bench/lib/compare-report.py "$work/results.txt" "$RUNS" "BIG_MIB=$BIG_MIB MID_MIB=$MID_MIB SMALL=$((SMALL_DIRS * SMALL_PER_DIR))x${SMALL_KIB}KiB FIO_SECONDS=$FIO_SECONDS" bench/results/compare
-cat bench/results/compare.md
+python3 bench/lib/compare-report.py "$work/results.txt" "$RUNS" "BIG_MIB=$BIG_MIB MID_MIB=$MID_MIB SMALL=$((SMALL_DIRS * SMALL_PER_DIR))x${SMALL_KIB}KiB FIO_SECONDS=$FIO_SECONDS" "$out"
+cat "$out.md"
