@@ -2,7 +2,9 @@
 // listing fix (test/support/s3-server.ts, built into dist-bench/ by start_s3), creates
 // the bucket and uploads the given files (keys: their names) and trees (`--tree ROOT`:
 // every file below ROOT, keyed by its path below ROOT), 32 at a time. Prints
-// "PORT <n>" once ready and runs until killed; its store is deleted on exit.
+// "PORT <n>" once ready and runs until killed; its store is deleted on exit. On SIGUSR2
+// it prints the requests received since the last SIGUSR2 (or the end of the uploads) as
+// one line, `REQUESTS {"GET 4MiB":256,...}` (method and ranged-GET size), and forgets them.
 // Usage: node s3-server.mjs BUCKET [FILE | --tree ROOT]...
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -26,6 +28,23 @@ function* objects() {
 }
 await server.putObjects(bucket, objects(), { concurrency: 32 });
 server.clearRequestLog();
+// The request log is folded into counts every second: a long benchmark's log would
+// otherwise grow the server's heap, and its garbage collection, as the run goes on.
+let counts = {};
+const fold = () => {
+  for (const r of server.requestLog()) {
+    const range = /bytes=(\d+)-(\d+)/.exec(r.range ?? '');
+    const kind = range ? `${r.method} ${+((Number(range[2]) - Number(range[1]) + 1) / 1048576).toFixed(1)}MiB` : r.method;
+    counts[kind] = (counts[kind] ?? 0) + 1;
+  }
+  server.clearRequestLog();
+};
+setInterval(fold, 1000).unref();
+process.on('SIGUSR2', () => {
+  fold();
+  process.stdout.write(`REQUESTS ${JSON.stringify(counts)}\n`);
+  counts = {};
+});
 process.stdout.write(`PORT ${server.port}\n`);
 const stop = () => server.close().finally(() => process.exit(0));
 process.on('SIGTERM', stop);

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Where a cold read's CPU goes: the same 1 GiB file read cold through s3fs (use_cache)
+# and through cachefs (embedded cache), in alternating rounds against one s3rver on
+# 127.0.0.1. For each read: MB/s, the CPU seconds the S3 server and the client's serving
+# process spent during it, and the requests the server received (method, ranged-GET size).
+# On this 2-core machine a cold read is bound by the CPU of both; this shows how each
+# client spends it. Env: RUNS (default 3), SIZE_MIB (1024), CACHEFS_ARGS (extra mount flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib/common.sh
+[ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache, mounts)" >&2; exit 1; }
+bash scripts/setup.sh s3fs
+RUNS=${RUNS:-3}; SIZE_MIB=${SIZE_MIB:-1024}
+unset AWS_CA_BUNDLE AWS_PROFILE AWS_SESSION_TOKEN
+export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
+work=$(mktemp -d /tmp/cachefs-cold-cpu.XXXXXX)
+pids=()
+trap 'cleanup_bench "$work/m"' EXIT
+mkdir -p "$work/data" "$work/m"
+head -c $((SIZE_MIB * 1048576)) /dev/urandom > "$work/data/big.bin"
+want=$(sha256sum < "$work/data/big.bin" | cut -d' ' -f1)
+start_s3 "$work/data/big.bin"
+s3pid=${pids[0]}
+echo "S3RVER:S3RVER" > "$work/passwd"; chmod 600 "$work/passwd"
+tck=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }   # utime + stime, all threads
+seconds() { awk -v a="$1" -v b="$2" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) / t }'; }
+
+declare -A mbps s3cpu clientcpu
+for i in $(seq "$RUNS"); do
+  for s in s3fs cachefs; do
+    rm -rf "$work/c"; mkdir -p "$work/c"
+    if [ "$s" = s3fs ]; then
+      s3fs bench "$work/m" -o url="http://127.0.0.1:$s3port" -o use_path_request_style -o passwd_file="$work/passwd" -o use_cache="$work/c" -o ro
+      wait_mounted "$work/m"; client=$(pgrep -n -x s3fs)
+    else
+      # shellcheck disable=SC2086 # extra flags, word-split on purpose
+      node bin/cachefs mount "$work/m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/c" --cache-size 8GiB \
+        --log-level warn --pid-file "$work/pid" ${CACHEFS_ARGS:-}
+      client=$(cat /proc/"$(cat "$work/pid")"/task/*/children | awk '{print $1}')
+    fi
+    stat "$work/m/big.bin" > /dev/null
+    kill -USR2 "$s3pid"   # forget the requests so far
+    drop_caches
+    a=$(cpu_ticks "$s3pid"); b=$(cpu_ticks "$client")
+    mb=$(read_mbps "$work/m/big.bin")
+    a2=$(cpu_ticks "$s3pid"); b2=$(cpu_ticks "$client")
+    n=$(grep -c REQUESTS "$work/s3.out"); kill -USR2 "$s3pid"
+    for _ in $(seq 50); do [ "$(grep -c REQUESTS "$work/s3.out")" -gt "$n" ] && break; sleep 0.1; done
+    got=$(sha256sum < "$work/m/big.bin" | cut -d' ' -f1)
+    [ "$got" = "$want" ] || { echo "bench: wrong bytes through $s" >&2; exit 1; }
+    mbps[$s]+=" $mb"; s3cpu[$s]+=" $(seconds "$a" "$a2")"; clientcpu[$s]+=" $(seconds "$b" "$b2")"
+    printf 'round %s %-8s %5s MB/s  s3rver %s s  client %s s  %s\n' "$i" "$s" "$mb" "$(seconds "$a" "$a2")" "$(seconds "$b" "$b2")" \
+      "$(grep REQUESTS "$work/s3.out" | tail -1 | cut -d' ' -f2-)"
+    if [ "$s" = s3fs ]; then fusermount -u "$work/m"; else node bin/cachefs umount "$work/m"; fi
+    sleep 1.5
+  done
+done
+
+# shellcheck disable=SC2086 # one word per run
+{
+  printf '\n%s MiB cold, %s rounds: median (min-max)\n' "$SIZE_MIB" "$RUNS"
+  printf '%-8s %14s %22s %22s\n' "" "MB/s" "s3rver CPU s" "client CPU s"
+  for s in s3fs cachefs; do
+    printf '%-8s %5s %-9s %8s %-13s %8s %-13s\n' "$s" "$(median ${mbps[$s]})" "($(minmax ${mbps[$s]}))" \
+      "$(median ${s3cpu[$s]})" "($(minmax ${s3cpu[$s]}))" "$(median ${clientcpu[$s]})" "($(minmax ${clientcpu[$s]}))"
+  done
+  printf '\nratio: cachefs/s3fs %s (target >= 1.2)\n' "$(ratio "$(median ${mbps[cachefs]})" "$(median ${mbps[s3fs]})")"
+}
