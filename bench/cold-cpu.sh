@@ -37,7 +37,7 @@ for i in $(seq "$RUNS"); do
       # shellcheck disable=SC2086 # extra flags, word-split on purpose
       node bin/cachefs mount "$work/m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/c" --cache-size 8GiB \
         --log-level warn --pid-file "$work/pid" ${CACHEFS_ARGS:-}
-      client=$(cat /proc/"$(cat "$work/pid")"/task/*/children | awk '{print $1}')
+      client=$(serving_pid_of "$work/pid")
     fi
     stat "$work/m/big.bin" > /dev/null
     kill -USR2 "$s3pid"   # forget the requests so far

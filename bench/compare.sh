@@ -77,12 +77,12 @@ mount_system() {
     cachefs)
       rm -rf "$work/c/$s"
       node bin/cachefs mount "$m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/c/$s" --cache-size 8GiB --log-level info --log-file "$work/$s.log" --pid-file "$work/$s.pid"
-      serving_pid=$(cat /proc/"$(cat "$work/$s.pid")"/task/*/children | awk '{print $1}') ;;
+      serving_pid=$(serving_pid_of "$work/$s.pid") ;;
     cachefs_sc|cachefs_remote)
       local sc=uuid; [ "$s" = cachefs_remote ] && sc=off
       rm -rf "$work/c/$s"
       node bin/cachefs mount "$m" --master "$master" --cache-group bench --no-sharing --short-circuit "$sc" --cache-dir "$work/c/$s" --log-level info --log-file "$work/$s.log" --pid-file "$work/$s.pid"
-      serving_pid=$(cat /proc/"$(cat "$work/$s.pid")"/task/*/children | awk '{print $1}') ;;
+      serving_pid=$(serving_pid_of "$work/$s.pid") ;;
     s3fs)
       rm -rf "$work/c/s3fs"; mkdir -p "$work/c/s3fs"
       s3fs bench "$m" -o url="http://127.0.0.1:$s3port" -o use_path_request_style -o passwd_file="$work/s3fs.passwd" \

@@ -22,6 +22,10 @@ read_mbps() {
   awk -v n="$bytes" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) / 1e6 }'
 }
 
+# serving_pid_of PIDFILE: the pid of the serving process of a cachefs mount whose supervisor
+# wrote PIDFILE (--pid-file): the supervisor's child.
+serving_pid_of() { awk '{print $1}' /proc/"$(cat "$1")"/task/*/children; }
+
 # median N...: the median of the numbers.
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { printf '%s\n' "$@" | sort -n | awk 'NR==1{lo=$1} {hi=$1} END {print lo "-" hi}'; }

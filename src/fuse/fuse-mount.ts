@@ -5,11 +5,11 @@
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
  * page cache kept across opens while size and mtime are unchanged (auto_cache).
  */
-import { execFile } from 'node:child_process';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Filesystem } from '../vfs/filesystem.js';
+import { runCommand } from './mount-commands.js';
 import { isMountpoint } from './mountpoint.js';
 import { FuseOps } from './ops.js';
 import { FuseSession } from './session.js';
@@ -67,28 +67,22 @@ export class FuseMount {
 /** Unmounts a mount point from outside the serving process: clean first, lazy when busy. */
 export async function unmountPath(mountpoint: string): Promise<'clean' | 'lazy'> {
   try {
-    await run('fusermount', ['-u', mountpoint]);
+    await runCommand('fusermount', ['-u', mountpoint]);
     return 'clean';
   } catch (first) {
     const message = (first as Error).message;
     if (!/busy/i.test(message)) {
       // Not a FUSE mount of ours or fusermount missing: try the kernel directly.
       try {
-        await run('umount', [mountpoint]);
+        await runCommand('umount', [mountpoint]);
         return 'clean';
       } catch (second) {
         if (!/busy/i.test((second as Error).message)) throw new CachefsError('INVALID_ARGUMENT', `cannot unmount ${mountpoint}: ${oneLine(message)}`);
       }
     }
-    await run('fusermount', ['-uz', mountpoint]).catch(() => run('umount', ['-l', mountpoint]));
+    await runCommand('fusermount', ['-uz', mountpoint]).catch(() => runCommand('umount', ['-l', mountpoint]));
     return 'lazy';
   }
-}
-
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: 10_000 }, (err, _stdout, stderr) => (err ? reject(new Error(stderr.trim() || err.message)) : resolve()));
-  });
 }
 
 function oneLine(s: string): string {

@@ -1,10 +1,10 @@
 /**
- * The mount(8)-level commands that supervision runs on the mount table: detaching
- * a dead FUSE mount, bind-mounting, checking a path. Each runs as a child process
+ * The mount(8)-level commands that mounting and supervision run: mounting /dev/fuse,
+ * detaching a dead FUSE mount, bind-mounting, checking a path. Each runs as a child process
  * with a timeout, so a hung FUSE connection can block a command but never the
  * supervisor's own event loop or thread pool.
  */
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { CachefsError } from '../errors.js';
 
 const COMMAND_TIMEOUT_MS = 10_000;
@@ -45,12 +45,30 @@ export async function pathAnswers(file: string): Promise<boolean> {
   }
 }
 
-function run(cmd: string, args: string[]): Promise<void> {
+/**
+ * Runs `cmd`, with `fd` (if given) as its fd 3, killed after a timeout; rejects with its
+ * stderr (trimmed), or how it ended when it wrote none.
+ */
+export function runCommand(cmd: string, args: string[], fd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: COMMAND_TIMEOUT_MS }, (err, _stdout, stderr) => {
-      if (!err) return resolve();
-      const why = (stderr.trim().split('\n')[0] ?? '') || err.message;
-      reject(new CachefsError('IO', `${cmd} ${args.join(' ')}: ${why}`, { cause: err }));
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...(fd === undefined ? [] : [fd])] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), COMMAND_TIMEOUT_MS);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
     });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(stderr.trim() || `${cmd} ${signal ? `was killed by ${signal}` : `exited with ${code}`}`));
+    });
+  });
+}
+
+function run(cmd: string, args: string[]): Promise<void> {
+  return runCommand(cmd, args).catch((err: unknown) => {
+    throw new CachefsError('IO', `${cmd} ${args.join(' ')}: ${(err as Error).message.split('\n')[0]}`, { cause: err });
   });
 }

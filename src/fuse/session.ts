@@ -10,12 +10,12 @@
  * Each request not answered within `opTimeoutMs` is answered ETIMEDOUT, so an
  * application never hangs on a stuck backend.
  */
-import { spawn } from 'node:child_process';
 import { openSync, closeSync, writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { constants } from 'node:os';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { runCommand } from './mount-commands.js';
 import { readMountTable, topMountAt } from './mountinfo.js';
 import { IN_HEADER, outHeader, readHeader, type RequestHeader } from './protocol.js';
 
@@ -81,12 +81,12 @@ export class FuseSession {
     const data = ['ro', 'nosuid', 'nodev', 'fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, ...(options.allowOther ? ['allow_other'] : [])];
     try {
       // -i: no mount.fuse helper; the kernel takes the device from fd 3 of mount(8).
-      await runWithFd('mount', ['-i', '-t', 'fuse.cachefs', '-o', data.join(','), 'cachefs', mountpoint], fd);
+      await runCommand('mount', ['-i', '-t', 'fuse.cachefs', '-o', data.join(','), 'cachefs', mountpoint], fd);
     } catch (err) {
       closeSync(fd);
       // mount(8) with a device descriptor is root's (CAP_SYS_ADMIN); there is no fusermount path.
       const who = uid === 0 ? '' : ' (cachefs mounts as root only)';
-      throw new CachefsError('IO', `cannot mount ${mountpoint}${who}: ${(err as Error).message}`, { cause: err });
+      throw new CachefsError('IO', `cannot mount ${mountpoint}${who}: ${(err as Error).message.split('\n')[0]}`, { cause: err });
     }
     const session = new FuseSession(fd, mountpoint, options, log);
     session.deviceId = topMountAt(await readMountTable(), mountpoint)?.device;
@@ -179,29 +179,10 @@ export class FuseSession {
    */
   async close(): Promise<void> {
     if (this.closed) return;
-    await runWithFd('umount', [this.mountpoint]).catch(() => runWithFd('umount', ['-l', this.mountpoint]).catch(() => undefined));
+    await runCommand('umount', [this.mountpoint]).catch(() => runCommand('umount', ['-l', this.mountpoint]).catch(() => undefined));
     this.closed = true;
     if (this.device) this.device.destroy();
     else closeSync(this.fd);
     this.end();
   }
-}
-
-/** Runs a command with `fd`, if given, as its fd 3; rejects with its first stderr line. */
-function runWithFd(cmd: string, args: string[], fd?: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...(fd === undefined ? [] : [fd])] });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      if (code === 0) resolve();
-      else reject(new Error((stderr.trim().split('\n')[0] ?? '') || `${cmd} exited with ${code}`));
-    });
-  });
 }
