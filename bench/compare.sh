@@ -12,8 +12,9 @@
 # cache, fio 4-thread random 128 KiB reads of a 256 MiB file, find+stat over the small
 # files cold and warm, and a read of every small file in random order (the ML
 # data-loader pattern). Every read is checked against checksums. Cold reads come first, in
-# rounds that take each system in turn (the machine's speed drifts over minutes); the
-# other workloads then run system by system.
+# rounds that take each system in turn (the machine's speed drifts over minutes, and the
+# host keeps recently read disk bytes for a while); warm reads and re-reads then run in
+# rounds too, every system mounted at once; the other workloads run system by system.
 # Env: RUNS (default 3), BIG_MIB (1024), MID_MIB (256), SMALL_DIRS (100), SMALL_PER_DIR (100),
 # SMALL_KIB (128), FIO_SECONDS (8), SYSTEMS (default: all of them, in the order above).
 # Results: bench/results/compare.{json,md}; a run of fewer SYSTEMS writes bench/work/compare.{json,md}.
@@ -157,52 +158,59 @@ for s in "${fetching[@]}"; do
   record "$s" cold_seq ${colds[$s]}; record "$s" find_cold ${finds[$s]}
 done
 
+# ---------------------------------------------------------------- warm reads, systems interleaved
+# Every system mounted at once, its cache filled, then rounds that take each system in
+# turn: a warm read (page cache dropped), then two re-reads of which the second is
+# measured. The first read of a page after the one that brought it in moves it to the
+# kernel's active list: on FUSE's 4 KiB pages that costs half the speed of that one
+# re-read (perf: the LRU lock), on tmpfs it falls on the first read after the copy, on
+# ext4's large folios it is hardly seen. Measuring the read after it puts every system,
+# tmpfs included, at the same point: the steady state of a dataset read epoch after epoch.
+log "== warm reads: mounting every system, filling the caches"
+case " ${systems[*]} " in *" cachefs_sc "*|*" cachefs_remote "*) start_worker ;; esac
+declare -A spid
 for s in "${systems[@]}"; do
+  [ "$s" = bindfs ] && continue   # over the worker's tier, once it holds the blocks
+  mount_system "$s"; spid[$s]=$serving_pid
+  case $s in local|tmpfs) ;; *)
+    cat "${root[$s]}/big.bin" > /dev/null   # fills the caches (cold reads were measured above)
+    check_big "${root[$s]}/big.bin" "$s"
+    drop_caches; result[$s,rss_mib]="$(rss_during "${spid[$s]}" "${root[$s]}/big.bin") -" ;;
+  esac
+done
+if [[ " ${systems[*]} " == *" bindfs "* ]]; then
+  mount_system bindfs
+  # The blocks of the 1 GiB file (4 MiB each; nothing else large is cached yet): a sequential read.
+  bind_files=$(find "${root[bindfs]}/blocks" -type f -size +1M | sort)
+fi
+declare -A warms rers
+for i in $(seq "$RUNS"); do
+  for s in "${systems[@]}"; do
+    files="${root[$s]}/big.bin"; [ "$s" = bindfs ] && files=$bind_files
+    # shellcheck disable=SC2086 # bindfs: one word per block file
+    { drop_caches; w=$(read_mbps $files); read_mbps $files > /dev/null; rers[$s]+=" $(read_mbps $files)"; }
+    [ "$s" = tmpfs ] || warms[$s]+=" $w"   # tmpfs keeps its bytes in memory: no warm read without page cache
+  done
+done
+for s in "${systems[@]}"; do
+  # shellcheck disable=SC2086 # one word per run
+  { [ "$s" = tmpfs ] || record "$s" warm_seq ${warms[$s]}; record "$s" warm_reread ${rers[$s]}; }
+done
+for s in "${systems[@]}"; do [ "$s" = bindfs ] || check_big "${root[$s]}/big.bin" "$s, after the warm rounds"; done
+
+# ---------------------------------------------------------------- the other workloads, system by system
+for s in "${systems[@]}"; do
+  case $s in bindfs|tmpfs) continue ;; esac
   log "== $s"
-  if [ "$s" = tmpfs ]; then
-    mount_system tmpfs; rer=()
-    for i in $(seq "$RUNS"); do cat "${root[tmpfs]}/big.bin" > /dev/null; rer+=("$(read_mbps "${root[tmpfs]}/big.bin")"); done
-    record tmpfs warm_reread "${rer[@]}"; check_big "${root[tmpfs]}/big.bin" tmpfs
-    continue
-  fi
-  if [ "$s" = bindfs ] || [ "$s" = local ]; then
-    # Ceilings: the bytes are on local disk already; "cold" is a read with the page cache dropped.
-    mount_system "$s"
-    r=${root[$s]}
-    warm=(); rer=()
-    if [ "$s" = bindfs ]; then
-      # The blocks of the two large files (4 MiB each), not the 10,000 small ones: a sequential read.
-      files=$(find "$r/blocks" -type f -size +1M | sort)
-      for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps $files)"); rer+=("$(read_mbps $files)"); done
-      record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
-    else
-      for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps "$r/big.bin")"); rer+=("$(read_mbps "$r/big.bin")"); done
-      record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
-      f=(); for i in $(seq "$RUNS"); do drop_caches; f+=("$(fio_rand "$r")"); done; record "$s" fio_rand "${f[@]}"
-      drop_caches; record "$s" find_cold "$(find_stat "$r")"
-      w=(); for i in $(seq "$RUNS"); do w+=("$(find_stat "$r")"); done; record "$s" find_warm "${w[@]}"
-      w=(); for i in $(seq "$RUNS"); do drop_caches; w+=("$(small_random "$r")"); done; record "$s" small_random "${w[@]}"
-    fi
-    umount_system "$s"
-    continue
-  fi
-  warm=(); rer=()
-  [ "$s" = cachefs_sc ] || [ "$s" = cachefs_remote ] && start_worker
-  mount_system "$s"
   r=${root[$s]}
-  cat "$r/big.bin" > /dev/null   # fills the caches (cold reads were measured above)
-  check_big "$r/big.bin" "$s"
-  if [ -n "$serving_pid" ]; then drop_caches; result[$s,rss_mib]="$(rss_during "$serving_pid" "$r/big.bin") -"; fi
-  for i in $(seq "$RUNS"); do drop_caches; warm+=("$(read_mbps "$r/big.bin")"); rer+=("$(read_mbps "$r/big.bin")"); done
-  record "$s" warm_seq "${warm[@]}"; record "$s" warm_reread "${rer[@]}"
-  cat "$r/mid.bin" > /dev/null
+  if [ "$s" = local ]; then drop_caches; record "$s" find_cold "$(find_stat "$r")"; else cat "$r/mid.bin" > /dev/null; fi
   f=(); for i in $(seq "$RUNS"); do drop_caches; f+=("$(fio_rand "$r")"); done; record "$s" fio_rand "${f[@]}"
   find_stat "$r" > /dev/null   # warms the metadata caches
   w=(); for i in $(seq "$RUNS"); do w+=("$(find_stat "$r")"); done; record "$s" find_warm "${w[@]}"
   small_random "$r" > /dev/null   # warms the caches
   w=(); for i in $(seq "$RUNS"); do drop_caches; w+=("$(small_random "$r")"); done; record "$s" small_random "${w[@]}"
-  umount_system "$s"
 done
+for s in "${systems[@]}"; do umount_system "$s"; done
 
 # ---------------------------------------------------------------- report
 out=bench/results/compare; [ -n "${SYSTEMS:-}" ] && out=bench/work/compare
