@@ -64,6 +64,7 @@ master="127.0.0.1:$mport"
 # ---------------------------------------------------------------- systems
 # Each system: mount_<s> (mounts at $work/m/<s>, cold: empty caches), root_<s> (where the data appears).
 systems=(${SYSTEMS:-cachefs cachefs_sc cachefs_remote s3fs rclone bindfs local tmpfs})
+compared() { [[ " ${systems[*]} " == *" $1 "* ]]; }   # compared SYSTEM: is it among the systems of this run?
 declare -A root
 for s in "${systems[@]}"; do mkdir -p "$work/m/$s"; done
 root[cachefs]="$work/m/cachefs"; root[cachefs_sc]="$work/m/cachefs_sc/bench"; root[cachefs_remote]="$work/m/cachefs_remote/bench"
@@ -167,18 +168,17 @@ done
 # ext4's large folios it is hardly seen. Measuring the read after it puts every system,
 # tmpfs included, at the same point: the steady state of a dataset read epoch after epoch.
 log "== warm reads: mounting every system, filling the caches"
-case " ${systems[*]} " in *" cachefs_sc "*|*" cachefs_remote "*) start_worker ;; esac
-declare -A spid
+{ compared cachefs_sc || compared cachefs_remote; } && start_worker
 for s in "${systems[@]}"; do
   [ "$s" = bindfs ] && continue   # over the worker's tier, once it holds the blocks
-  mount_system "$s"; spid[$s]=$serving_pid
+  mount_system "$s"
   case $s in local|tmpfs) ;; *)
     cat "${root[$s]}/big.bin" > /dev/null   # fills the caches (cold reads were measured above)
     check_big "${root[$s]}/big.bin" "$s"
-    drop_caches; result[$s,rss_mib]="$(rss_during "${spid[$s]}" "${root[$s]}/big.bin") -" ;;
+    drop_caches; result[$s,rss_mib]="$(rss_during "$serving_pid" "${root[$s]}/big.bin") -" ;;
   esac
 done
-if [[ " ${systems[*]} " == *" bindfs "* ]]; then
+if compared bindfs; then
   mount_system bindfs
   # The blocks of the 1 GiB file (4 MiB each; nothing else large is cached yet): a sequential read.
   bind_files=$(find "${root[bindfs]}/blocks" -type f -size +1M | sort)

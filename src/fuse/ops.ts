@@ -42,19 +42,19 @@ const E = constants.errno;
 /** The largest read the kernel is asked to send: 256 pages. */
 export const MAX_READ = 1024 * 1024;
 /**
- * Read buffers kept for replies; a read's buffer is free again once its reply is written.
- * Enough for the reads in flight of two streams (MAX_READS_WAITING each): with fewer, a
- * stream allocated 1 MiB buffers outside V8's heap that stayed until a GC found them,
- * lifting the mount's peak RSS during a 1 GiB read by 3-15 MiB.
- */
-const FREE_READ_BUFFERS = 16;
-/**
  * Reads of one open file waiting for their bytes at once, each holding a read buffer; the
  * kernel's readahead may send up to max_background (64) of them. Later ones wait their turn
  * in order, still in flight for the kernel. Per file, so that reads stuck on a slow store
  * never hold up another file's.
  */
 const MAX_READS_WAITING = 8;
+/**
+ * Read buffers kept for replies; a read's buffer is free again once its reply is written.
+ * Enough for the reads in flight of two streams (MAX_READS_WAITING each): with fewer, a
+ * stream allocated 1 MiB buffers outside V8's heap that stayed until a GC found them,
+ * lifting the mount's peak RSS during a 1 GiB read by 3-15 MiB.
+ */
+const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
 
 export interface FuseOpsOptions {
   attrTimeoutSec: number;
