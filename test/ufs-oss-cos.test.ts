@@ -238,6 +238,17 @@ describe.each([ossBackend(), cosBackend()])('$name UFS', (backend) => {
     expect((await failure(readRange(ufs, 'missing.bin', 0, 10))).code).toBe('NOT_FOUND');
   });
 
+  it('fills several buffers in order from one read, progress rising to the count returned', async () => {
+    const ufs = await open();
+    const parts = [Buffer.alloc(1024 * 1024), Buffer.alloc(0), Buffer.alloc(2 * 1024 * 1024 + 500)];
+    const told: number[] = [];
+    const n = await ufs.readInto('big.bin', 99, parts, { onProgress: (filled) => told.push(filled) });
+    expect(n).toBe(BIG.length - 99);
+    expect(Buffer.concat(parts).subarray(0, n).equals(BIG.subarray(99))).toBe(true);
+    expect(told.every((x, i) => i === 0 || x >= told[i - 1]!)).toBe(true);
+    if (told.length > 0) expect(told.at(-1)).toBe(n);
+  });
+
   it('fails with STALE when the object changed since its ETag was taken', async () => {
     const ufs = await open();
     backend.put('data/changing.txt', 'version one');

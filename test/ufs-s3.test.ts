@@ -86,6 +86,24 @@ describe('S3Ufs.readInto', () => {
     }
   });
 
+  it('fills several buffers in order from one GET, telling progress as the body arrives', async () => {
+    const parts = [Buffer.alloc(3 * MiB), Buffer.alloc(1), Buffer.alloc(4 * MiB)];
+    const told: number[] = [];
+    const before = server.requestLog().length;
+    const n = await ufs.readInto('big.bin', 777, parts, { onProgress: (filled) => told.push(filled) });
+    expect(n).toBe(7 * MiB + 1);
+    expect(Buffer.concat(parts).equals(BIG.subarray(777, 777 + n))).toBe(true);
+    expect(server.requestLog().slice(before).filter((r) => r.method === 'GET')).toHaveLength(1);
+    // Rising, several times over 7 MiB of socket reads, ending at the count returned.
+    expect(told.length).toBeGreaterThan(2);
+    expect(told.every((x, i) => i === 0 || x > told[i - 1]!)).toBe(true);
+    expect(told.at(-1)).toBe(n);
+    // A run reaching past the end fills what there is.
+    const tail = [Buffer.alloc(MiB), Buffer.alloc(MiB)];
+    expect(await ufs.readInto('big.bin', BIG.length - MiB - 5, tail)).toBe(MiB + 5);
+    expect(Buffer.concat(tail).subarray(0, MiB + 5).equals(BIG.subarray(BIG.length - MiB - 5))).toBe(true);
+  });
+
   // Not STALE: s3rver 3.7.1 ignores If-Match on GET (the OSS and COS servers check it).
   it('fails with NOT_FOUND, ACCESS_DENIED and on cancellation, naming the object', async () => {
     const missing = await failure(ufs.readInto('missing.bin', 0, Buffer.alloc(10)));

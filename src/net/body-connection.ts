@@ -13,6 +13,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
 
 export interface BodyRequest {
@@ -21,9 +22,11 @@ export interface BodyRequest {
   method?: 'GET';
   /** Headers to send; `host` defaults to the pool's host:port. */
   headers?: Readonly<Record<string, string>>;
-  /** Where a 2xx body goes; it must have room for all of it. */
-  dest: Buffer;
+  /** Where a 2xx body goes, several buffers filled in order; it must have room for all of it. */
+  dest: Buffer | readonly Buffer[];
   signal?: AbortSignal;
+  /** Told the count of 2xx body bytes in `dest` so far, after each socket read that brought some. */
+  onProgress?: (received: number) => void;
 }
 
 export interface BodyResponse {
@@ -60,6 +63,7 @@ type Phase = 'head' | 'body' | 'error-body' | 'chunked-error';
 
 interface Job {
   req: BodyRequest;
+  dest: Scatter;
   phase: Phase;
   status: number;
   headers: Record<string, string>;
@@ -122,6 +126,7 @@ class Connection {
       const done = (): void => req.signal?.removeEventListener('abort', abort);
       this.job = {
         req,
+        dest: new Scatter(req.dest),
         phase: 'head',
         status: 0,
         headers: {},
@@ -157,7 +162,7 @@ class Connection {
    */
   private target(): Buffer {
     const job = this.job;
-    if (job?.phase === 'body') return job.req.dest.subarray(job.at, job.length);
+    if (job?.phase === 'body') return job.dest.region(job.at).subarray(0, job.length - job.at);
     if (job?.phase === 'error-body') return job.errorBody!.subarray(job.at, job.length);
     if (job?.phase === 'chunked-error') return job.errorBody!.subarray(job.at);
     return this.head.subarray(this.headLength);
@@ -174,6 +179,7 @@ class Connection {
       this.parseHead(job);
     } else {
       job.at += n;
+      if (job.phase === 'body') job.req.onProgress?.(job.at);
     }
     if (job.phase === 'chunked-error') this.chunkedProgress(job);
     else if (job.phase !== 'head' && job.at >= job.length) this.finish(job);
@@ -213,8 +219,8 @@ class Connection {
       this.socket.destroy(new CachefsError('IO', `${job.status} response without a Content-Length`));
       return;
     }
-    if (ok && length > job.req.dest.length) {
-      this.socket.destroy(new CachefsError('IO', `server sent ${length} bytes, more than the ${job.req.dest.length} asked for`));
+    if (ok && length > job.dest.length) {
+      this.socket.destroy(new CachefsError('IO', `server sent ${length} bytes, more than the ${job.dest.length} asked for`));
       return;
     }
     if (!ok && length > ERROR_BODY_MAX) {
@@ -235,8 +241,8 @@ class Connection {
       this.socket.destroy(new Error('error body too large'));
       return;
     }
-    extra.copy(ok ? job.req.dest : job.errorBody!, 0);
-    job.at = extra.length;
+    job.at = ok ? job.dest.copyIn(extra, 0) : extra.copy(job.errorBody!, 0);
+    if (ok && job.at > 0) job.req.onProgress?.(job.at);
   }
 
   /** A chunked error body so far in `errorBody[0, at)`: done once its last chunk is there. */

@@ -19,6 +19,7 @@
  */
 import { isIP } from 'node:net';
 import COS from 'cos-nodejs-sdk-v5';
+import { Scatter } from '../block/scatter.js';
 import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
@@ -149,8 +150,9 @@ export class CosUfs implements Ufs {
     return { objects, prefixes, nextToken };
   }
 
-  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
-    const length = dest.length;
+  async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
+    const scatter = new Scatter(dest);
+    const { length } = scatter;
     if (length <= 0) return 0;
     let out: COS.GetObjectResult;
     try {
@@ -173,7 +175,7 @@ export class CosUfs implements Ufs {
     // A 200 carries the whole object from byte 0.
     const bytes = out.statusCode === 206 ? body : body.subarray(offset, offset + length);
     if (bytes.length > length) throw new CachefsError('IO', `object store sent more than the ${length} bytes asked for from ${this.where(key)}`);
-    return bytes.copy(dest);
+    return scatter.copyIn(bytes, 0);
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,7 @@
 import { constants, type Stats } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
@@ -114,7 +115,7 @@ export class LocalUfs implements Ufs {
     return names;
   }
 
-  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
+  async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
     let handle;
     try {
       handle = await open(this.resolve(key), constants.O_RDONLY);
@@ -126,11 +127,14 @@ export class LocalUfs implements Ufs {
       if (options.etag && etagOf(await handle.stat()) !== options.etag) {
         throw new CachefsError('STALE', `file changed while reading ${this.displayUri}/${key}`);
       }
+      const scatter = new Scatter(dest);
       let done = 0;
-      while (done < dest.length) {
-        const { bytesRead } = await handle.read(dest, done, dest.length - done, offset + done);
+      while (done < scatter.length) {
+        const room = scatter.region(done);
+        const { bytesRead } = await handle.read(room, 0, room.length, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
+        options.onProgress?.(done);
       }
       return done;
     } catch (err) {

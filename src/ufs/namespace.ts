@@ -90,7 +90,7 @@ export class NamespaceUfs implements Ufs {
     return [...out].sort();
   }
 
-  async readInto(key: string, offset: number, dest: Buffer, options?: UfsReadOptions): Promise<number> {
+  async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options?: UfsReadOptions): Promise<number> {
     const r = this.route(key);
     if (!r || r.inner === '') throw new CachefsError('NOT_FOUND', `not found: ${key}`);
     return r.route.ufs.readInto(r.inner, offset, dest, options);

@@ -21,6 +21,7 @@
  */
 import type { Readable } from 'node:stream';
 import OSS from 'ali-oss';
+import { Scatter } from '../block/scatter.js';
 import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
@@ -180,8 +181,9 @@ export class OssUfs implements Ufs {
     };
   }
 
-  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
-    const length = dest.length;
+  async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
+    const scatter = new Scatter(dest);
+    const { length } = scatter;
     if (length <= 0) return 0;
     const headers: Record<string, string> = {
       Range: `bytes=${offset}-${offset + length - 1}`,
@@ -202,7 +204,7 @@ export class OssUfs implements Ufs {
     let count: number;
     try {
       // A 200 carries the whole object from byte 0.
-      count = await readBody(response.stream, partial ? 0 : offset, dest, partial, options.signal, this.where(key));
+      count = await readBody(response.stream, partial ? 0 : offset, scatter, partial, options, this.where(key));
     } catch (err) {
       throw this.fail(err, key);
     }
@@ -263,13 +265,12 @@ function ossErrorFacts(err: unknown): ServiceErrorFacts & { requestId?: string }
   return { code, status: status !== undefined && status > 0 ? status : undefined, requestId };
 }
 
-
 /**
- * Reads `length` bytes after skipping `skip` into one buffer. A 206 must not send
- * more than asked; a 200 (whole object) is cut off once the range is in hand.
+ * Copies the body into `out` after skipping `skip` bytes. `exact` (a 206): more than
+ * fits is an error; otherwise (a 200, the whole object) reading stops once `out` is full.
  */
-/** Copies the body into `out` (skipping `skip` bytes first); `exact`: more than fits is an error. */
-async function readBody(stream: Readable, skip: number, out: Buffer, exact: boolean, signal: AbortSignal | undefined, where: string): Promise<number> {
+async function readBody(stream: Readable, skip: number, out: Scatter, exact: boolean, options: UfsReadOptions, where: string): Promise<number> {
+  const { signal } = options;
   const length = out.length;
   let at = 0;
   let toSkip = skip;
@@ -291,9 +292,8 @@ async function readBody(stream: Readable, skip: number, out: Buffer, exact: bool
         toSkip -= n;
       }
       if (exact && at + bytes.length > length) throw new CachefsError('IO', `object store sent more than the ${length} bytes asked for from ${where}`);
-      const n = Math.min(bytes.length, length - at);
-      bytes.copy(out, at, 0, n);
-      at += n;
+      at += out.copyIn(bytes, at);
+      options.onProgress?.(at);
       if (!exact && at === length) break; // the rest of a whole-object answer is not needed
     }
   } finally {

@@ -1,7 +1,7 @@
 /**
  * The S3 client's HTTP handler. A GET sent inside `S3GetHandler.into(dest, ...)` is
  * received over a body connection (net/body-connection.ts): the object's bytes land
- * in `dest` straight from the socket. Every other request, and GETs sent outside
+ * in `dest` (one buffer or several, filled in order) straight from the socket. Every other request, and GETs sent outside
  * `into`, go to the SDK's node:http handler.
  *
  * The SDK still builds, signs, retries and parses every request; only where a GET's
@@ -18,7 +18,8 @@ import type { HttpHandlerOptions, NodeHttpHandlerOptions } from '@smithy/types';
 import { BodyConnectionPool, type ConnectionTimeouts } from '../net/body-connection.js';
 
 interface Target {
-  dest: Buffer;
+  dest: Buffer | readonly Buffer[];
+  onProgress?: (received: number) => void;
   /** Body bytes of the last successful answer. */
   length: number;
 }
@@ -34,9 +35,9 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
     private readonly timeouts: ConnectionTimeouts,
   ) {}
 
-  /** Runs `send`, whose GET writes its body into `dest`; resolves with the body's length. */
-  static async into(dest: Buffer, send: () => Promise<unknown>): Promise<number> {
-    const target: Target = { dest, length: 0 };
+  /** Runs `send`, whose GET writes its body into `dest`, telling `onProgress` as it arrives; resolves with the body's length. */
+  static async into(dest: Buffer | readonly Buffer[], send: () => Promise<unknown>, onProgress?: (received: number) => void): Promise<number> {
+    const target: Target = { dest, onProgress, length: 0 };
     await targets.run(target, send);
     return target.length;
   }
@@ -49,6 +50,7 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
       path: query ? `${request.path}?${query}` : request.path,
       headers: request.headers,
       dest: target.dest,
+      onProgress: target.onProgress,
       signal: options.abortSignal as AbortSignal | undefined,
     });
     const ok = res.status >= 200 && res.status < 300;

@@ -10,6 +10,7 @@ import { Agent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
 import { errorFacts, serviceError } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
@@ -113,16 +114,17 @@ export class S3Ufs implements Ufs {
     }
   }
 
-  async readInto(key: string, offset: number, dest: Buffer, options: UfsReadOptions = {}): Promise<number> {
-    if (dest.length === 0) return 0;
+  async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
+    const { length } = new Scatter(dest);
+    if (length === 0) return 0;
     try {
       const command = new GetObjectCommand({
         Bucket: this.bucket,
         Key: this.root + key,
-        Range: `bytes=${offset}-${offset + dest.length - 1}`,
+        Range: `bytes=${offset}-${offset + length - 1}`,
         IfMatch: options.etag ? `"${options.etag}"` : undefined,
       });
-      return await S3GetHandler.into(dest, () => this.client.send(command, { abortSignal: options.signal }));
+      return await S3GetHandler.into(dest, () => this.client.send(command, { abortSignal: options.signal }), options.onProgress);
     } catch (err) {
       const facts = errorFacts(err);
       if (facts.status === 416) return 0; // range starts at or past the end

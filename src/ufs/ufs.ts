@@ -38,6 +38,12 @@ export interface UfsReadOptions {
   /** Fail with STALE instead of returning bytes of another version. */
   etag?: string;
   signal?: AbortSignal;
+  /**
+   * Told, as the body arrives, how many leading bytes of the destination are in place
+   * (rising), so that a caller can use the front of a long read before its end. A
+   * backend that receives a body whole may not call it: the count returned is final.
+   */
+  onProgress?: (filled: number) => void;
 }
 
 export interface Ufs {
@@ -51,10 +57,10 @@ export interface Ufs {
   list(prefix: string, options?: UfsListOptions): Promise<UfsListPage>;
   /**
    * Reads the object's bytes from `offset` into all of `dest` (fewer only at the end of
-   * the object); resolves with the count. Into the caller's buffer, so that block reads
-   * can reuse their buffers.
+   * the object); resolves with the count. Into the caller's buffers, so that block reads
+   * can reuse them; several buffers are filled in order (one request for a run of blocks).
    */
-  readInto(key: string, offset: number, dest: Buffer, options?: UfsReadOptions): Promise<number>;
+  readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options?: UfsReadOptions): Promise<number>;
   close(): Promise<void>;
 }
 
