@@ -24,6 +24,8 @@ const sizes: Record<string, Buffer> = {
   'sizes/block-plus-1': randomBytes(BLOCK + 1),
   'big/twenty.bin': randomBytes(20 * MiB + 321),
 };
+/** Read only by the test of prefetch runs, so that all its blocks are cold there. */
+const RUNS_FILE = { key: 'big/runs.bin', body: randomBytes(24 * MiB + 5) };
 /** Characters that URL encoding, signing and XML listings each treat specially. */
 const ODD_CHARS = "plus+ pct%41 hash# q?x=1&y ~'(!)*;,$@[]{}^`.txt";
 const named: Record<string, Buffer> = {
@@ -88,6 +90,7 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
   const hasBadNames = kind === 'oss' || kind === 'cos';
   const objects: Record<string, Buffer> = {
     ...sizes,
+    [RUNS_FILE.key]: RUNS_FILE.body,
     ...named,
     ...many,
     ...(hasMarkers ? markers : { 'marked/inside.txt': markers['marked/inside.txt']!, 'emptymarker/': Buffer.alloc(0) }),
@@ -140,6 +143,18 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
       total += part.length;
     }
     expect(await nodeChild(script, at('big/twenty.bin'), JSON.stringify(ranges))).toEqual({ sha: want.digest('hex'), total });
+  });
+
+  it('fetches a cold sequential stream in runs of blocks, one request each, every block once and byte-exact', async () => {
+    const before = await mnt.metrics();
+    expect(await sha256Of(at(RUNS_FILE.key))).toBe(sha(RUNS_FILE.body));
+    const after = await mnt.metrics();
+    const delta = (name: string, labels?: Record<string, string>): number => after.value(name, labels) - before.value(name, labels);
+    const blocks = Math.ceil(RUNS_FILE.body.length / BLOCK);
+    expect(delta('cachefs_cache_misses_total')).toBe(blocks);
+    expect(delta('cachefs_ufs_read_bytes_total')).toBe(RUNS_FILE.body.length);
+    // A GET per block would be 25; the readahead's runs (up to 8 blocks of 1 MiB) need far fewer.
+    expect(delta('cachefs_ufs_requests_total', { op: 'read' })).toBeLessThanOrEqual(blocks / 2);
   });
 
   it('shows the whole tree: nested directories, directory markers, names with spaces, unicode and odd characters', async () => {

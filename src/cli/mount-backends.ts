@@ -71,7 +71,7 @@ async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logge
   closers.push(() => store.close());
   const resolveUfs = async (): Promise<Ufs> => ufs;
   const buffers = new BufferPool(config.blockSize, EMBEDDED_FETCHES);
-  const source = new EmbeddedSource(new ReadThrough(store, resolveUfs, metrics, log, buffers), resolveUfs, metrics, log, EMBEDDED_FETCHES);
+  const source = new EmbeddedSource(new ReadThrough(store, resolveUfs, metrics, log, buffers), resolveUfs, metrics, log, EMBEDDED_FETCHES, config.blockSize);
   return { ufs, source, mountId: uri.text };
 }
 
@@ -109,7 +109,7 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
       { master, resolveUfs, metrics, log, onFatal: (err) => log.error({ err: err.message }, 'embedded worker stopped') },
     );
     closers.push(() => worker.close());
-    local = { workerId: id, source: new EmbeddedSource(worker.readThrough, resolveUfs, metrics, log, PREFETCH_CONCURRENCY) };
+    local = { workerId: id, source: new EmbeddedSource(worker.readThrough, resolveUfs, metrics, log, PREFETCH_CONCURRENCY, config.blockSize) };
   }
   const membership = new Membership(master, cluster.cacheGroup, log);
   await membership.start();

@@ -2,23 +2,31 @@
  * The block source of a mount without a cluster: an in-process worker whose
  * read-through fills a local `TieredStore`. Cache hits are read from the block file
  * through a reused fd; misses are fetched from the UFS once and served from the
- * fetched bytes. A small random read of a cold block is answered with a ranged UFS
+ * fetched bytes. Prefetches of consecutive blocks go out as one UFS read per run
+ * (prefetch-runs.ts). A small random read of a cold block is answered with a ranged UFS
  * read while the whole block is filled in the background.
  */
 import type { BlockRef } from '../block/block.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ReadThrough, UfsResolver } from '../worker/read-through.js';
-import { BackgroundQueue } from './background.js';
+import type { EnsuredBlock, ReadThrough, UfsResolver } from '../worker/read-through.js';
 import { BlockFiles, BlockFileSizeError } from './block-files.js';
 import type { BlockRead, BlockSource } from './block-source.js';
+import { PrefetchRuns } from './prefetch-runs.js';
 
 /** Random reads up to this size of a cold block skip the whole-block fetch. */
 const SMALL_RANDOM_READ = 512 * 1024;
+/**
+ * Bytes one prefetch request fetches at most: two blocks at the default block size, so
+ * that the 8 blocks in flight are 4 GETs. Cold 1 GiB reads from s3rver, alternating
+ * rounds: 301 MB/s median against 277 with a GET per block (6 rounds), with ~10% less
+ * CPU in both the mount and the server; 16 MiB runs (2 GETs in flight) did no better.
+ */
+const RUN_BYTES = 8 * 1024 * 1024;
 
 export class EmbeddedSource implements BlockSource {
   private readonly files = new BlockFiles();
-  private readonly background: BackgroundQueue;
+  private readonly prefetches: PrefetchRuns<EnsuredBlock>;
   private readonly cacheBytes;
   private readonly ufsBytes;
 
@@ -27,9 +35,20 @@ export class EmbeddedSource implements BlockSource {
     private readonly resolveUfs: UfsResolver,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-    prefetchConcurrency: number,
+    /** Blocks prefetched at once (each holds a block buffer while in flight). */
+    prefetchBlocks: number,
+    blockSize: number,
   ) {
-    this.background = new BackgroundQueue(prefetchConcurrency);
+    this.prefetches = new PrefetchRuns(
+      (run) => {
+        const flights = readThrough.fetchRun(run);
+        for (const f of flights) f.catch((err: unknown) => log.debug({ err: (err as Error).message }, 'prefetch failed'));
+        return flights;
+      },
+      prefetchBlocks,
+      Math.max(1, Math.floor(RUN_BYTES / blockSize)),
+      (ref) => Boolean(readThrough.cached(ref)) || readThrough.isFetching(ref),
+    );
     this.cacheBytes = metrics.clientReadBytes.labels('cache');
     this.ufsBytes = metrics.clientReadBytes.labels('ufs');
   }
@@ -42,7 +61,7 @@ export class EmbeddedSource implements BlockSource {
         if (req.pattern === 'random' && req.length <= SMALL_RANDOM_READ && !this.readThrough.isFetching(ref)) {
           return this.readRangeDirect(req);
         }
-        const ensured = await this.readThrough.ensure(ref, req.signal);
+        const ensured = await (this.prefetches.startNow(ref) ?? this.readThrough.ensure(ref, req.signal));
         if (ensured.data) {
           const n = ensured.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
           this.ufsBytes.inc(n);
@@ -68,9 +87,7 @@ export class EmbeddedSource implements BlockSource {
 
   prefetch(ref: BlockRef): void {
     if (this.readThrough.cached(ref) || this.readThrough.isFetching(ref)) return;
-    this.background.add(ref.id, () =>
-      this.readThrough.ensure(ref).catch((err: unknown) => this.log.debug({ block: ref.id, err: (err as Error).message }, 'prefetch failed')),
-    );
+    this.prefetches.add(ref);
   }
 
   private async readRangeDirect(req: BlockRead): Promise<number> {

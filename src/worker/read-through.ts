@@ -23,6 +23,11 @@ export interface EnsuredBlock {
   data?: Buffer;
 }
 
+interface Waiter {
+  resolve(block: EnsuredBlock): void;
+  reject(err: unknown): void;
+}
+
 export class ReadThrough {
   private readonly flights = new SingleFlight<EnsuredBlock>();
 
@@ -56,7 +61,30 @@ export class ReadThrough {
       this.metrics.cacheHits.inc();
       return { stored };
     }
-    return this.flights.do(ref.id, () => this.fetch(ref, signal));
+    return this.flights.get(ref.id) ?? this.fetchRun([ref], signal)[0]!;
+  }
+
+  /**
+   * Fetches consecutive blocks of one object with one UFS read, each into a block
+   * buffer of its own (a sequential stream's readahead: one GET per run costs the
+   * object store and this process less than one per block). Each block is stored and
+   * its waiters answered as soon as its bytes are in, not when the run ends. The run
+   * stops before the first block that is cached or already being fetched; resolves
+   * with the flights started, one per block.
+   */
+  fetchRun(refs: readonly BlockRef[], signal?: AbortSignal): Promise<EnsuredBlock>[] {
+    const run: BlockRef[] = [];
+    for (const ref of refs) {
+      const prev = run[run.length - 1];
+      if (this.cached(ref) || this.flights.has(ref.id)) break;
+      if (prev && (ref.object !== prev.object || ref.offset !== prev.offset + prev.length)) break;
+      run.push(ref);
+    }
+    if (run.length === 0) return [];
+    const waiting: Waiter[] = [];
+    const flights = run.map((ref) => this.flights.do(ref.id, () => new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject }))));
+    void this.fill(run, waiting, signal); // settles every waiter itself; never rejects
+    return flights;
   }
 
   /** Drops a block whose file turned out damaged; the next `ensure` refetches it. */
@@ -66,33 +94,48 @@ export class ReadThrough {
     await this.store.remove(ref.id);
   }
 
-  private async fetch(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
-    this.metrics.cacheMisses.inc();
-    const ufs = await this.resolveUfs(ref.object.mount);
-    const data = this.buffers?.take(ref.length) ?? Buffer.allocUnsafeSlow(ref.length);
+  private async fill(run: BlockRef[], waiting: Waiter[], signal?: AbortSignal): Promise<void> {
+    const first = run[0]!;
+    const buffers = run.map((ref) => this.buffers?.take(ref.length) ?? Buffer.allocUnsafeSlow(ref.length));
+    const settled: Promise<unknown>[] = [];
+    let done = 0;
+    // Blocks whose bytes are all in go to the store, and their waiters, in order.
+    const progress = (filled: number): void => {
+      while (done < run.length && filled >= run[done]!.offset + run[done]!.length - first.offset) {
+        const i = done++;
+        settled.push(this.store.put(run[i]!.id, buffers[i]!).then(
+          (stored) => waiting[i]!.resolve({ stored, data: buffers[i] }),
+          (err: unknown) => {
+            this.log.warn({ block: run[i]!.id, err: (err as Error).message }, 'block not cached');
+            waiting[i]!.resolve({ data: buffers[i] });
+          },
+        ));
+      }
+    };
+    this.metrics.cacheMisses.inc(run.length);
+    this.metrics.ufsRequests.inc({ op: 'read' });
     try {
+      const ufs = await this.resolveUfs(first.object.mount);
       let n: number;
       try {
-        this.metrics.ufsRequests.inc({ op: 'read' });
-        n = await ufs.readInto(ref.object.key, ref.offset, data, { etag: ref.object.etag, signal });
+        n = await ufs.readInto(first.object.key, first.offset, buffers, { etag: first.object.etag, signal, onProgress: progress });
       } catch (err) {
         const e = asCachefsError(err);
         this.metrics.ufsErrors.inc({ op: 'read', code: e.code });
         throw e;
       }
       this.metrics.ufsReadBytes.inc(n);
-      if (n !== ref.length) {
-        throw new CachefsError('STALE', `object ${ref.object.key} is shorter than when it was opened (block ${ref.index}: ${n} of ${ref.length} bytes)`);
+      progress(n);
+      if (done < run.length) {
+        const short = run[done]!;
+        throw new CachefsError('STALE', `object ${first.object.key} is shorter than when it was opened (block ${short.index}: ${Math.max(0, n - (short.offset - first.offset))} of ${short.length} bytes)`);
       }
-      try {
-        return { stored: await this.store.put(ref.id, data), data };
-      } catch (err) {
-        this.log.warn({ block: ref.id, err: (err as Error).message }, 'block not cached');
-        return { data };
-      }
+    } catch (err) {
+      for (const w of waiting.slice(done)) w.reject(err);
     } finally {
-      // Waiters copy from `data` as the flight settles, before the pool hands it out again.
-      this.buffers?.giveLater(data);
+      await Promise.all(settled);
+      // Waiters copy from their block's buffer as its flight settles, before the pool hands it out again.
+      for (const b of buffers) this.buffers?.giveLater(b);
     }
   }
 }

@@ -15,6 +15,11 @@ export class SingleFlight<T> {
     return p;
   }
 
+  /** The call for `key` under way, if any. */
+  get(key: string): Promise<T> | undefined {
+    return this.inFlight.get(key);
+  }
+
   has(key: string): boolean {
     return this.inFlight.has(key);
   }

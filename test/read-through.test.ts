@@ -1,0 +1,114 @@
+/**
+ * Read-through of runs of blocks against a real folder source and a real store: one
+ * UFS read fills several block buffers, each block is stored and answered with its own
+ * bytes, a run stops at a block that needs no fetch, and an object shorter than its
+ * blocks say fails the blocks it cannot fill (STALE) while keeping those it filled.
+ * Also the `Scatter` those reads fill.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { blockRef, type ObjectRef } from '../src/block/block.js';
+import { Scatter } from '../src/block/scatter.js';
+import { CachefsError } from '../src/errors.js';
+import { silentLogger } from '../src/log.js';
+import { Metrics } from '../src/metrics/metrics.js';
+import { TieredStore } from '../src/store/tiered-store.js';
+import { LocalUfs } from '../src/ufs/local.js';
+import { parseUfsUri } from '../src/ufs/uri.js';
+import { ReadThrough } from '../src/worker/read-through.js';
+
+const BLOCK = 64 * 1024;
+let dir: string;
+let store: TieredStore;
+let metrics: Metrics;
+let readThrough: ReadThrough;
+const body = randomBytes(5 * BLOCK + 123);
+let object: ObjectRef;
+const ref = (i: number) => blockRef(object, BLOCK, i);
+
+async function counter(name: string, labels?: Record<string, string>): Promise<number> {
+  const m = await metrics.registry.getSingleMetric(name)!.get();
+  return m.values.filter((v) => Object.entries(labels ?? {}).every(([k, x]) => v.labels[k] === x)).reduce((a, v) => a + v.value, 0);
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-rt-'));
+  await writeFile(path.join(dir, 'obj.bin'), body);
+  const ufs = new LocalUfs(parseUfsUri(`file://${dir}`));
+  const st = (await ufs.stat('obj.bin'))!;
+  object = { mount: 'm', key: 'obj.bin', etag: st.etag, size: st.size };
+  metrics = new Metrics(false);
+  store = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'cache'), quotaBytes: 1 << 30 }], high: 0.9, low: 0.5 }, metrics, silentLogger);
+  await store.open();
+  readThrough = new ReadThrough(store, async () => ufs, metrics, silentLogger);
+});
+
+afterEach(async () => {
+  await store.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('ReadThrough.fetchRun', () => {
+  it('fills a run of blocks with one UFS read; each block is stored and answered with its own bytes', async () => {
+    const refs = [1, 2, 3, 4, 5].map(ref);
+    const flights = readThrough.fetchRun(refs);
+    expect(flights).toHaveLength(5);
+    expect(refs.every((r) => readThrough.isFetching(r))).toBe(true);
+    // A reader of a block of the run joins its flight instead of fetching again.
+    const joined = readThrough.ensure(ref(3));
+    const got = await Promise.all(flights);
+    expect((await joined).data).toBe(got[2]!.data);
+    for (const [i, r] of refs.entries()) {
+      const want = body.subarray(r.offset, r.offset + r.length);
+      expect(got[i]!.data!.equals(want), `block ${r.index}`).toBe(true);
+      expect((await readFile(got[i]!.stored!.path)).equals(want), `stored block ${r.index}`).toBe(true);
+    }
+    expect(refs[4]!.length).toBe(123);
+    expect(await counter('cachefs_ufs_requests_total', { op: 'read' })).toBe(1);
+    expect(await counter('cachefs_cache_misses_total')).toBe(5);
+    expect(await counter('cachefs_ufs_read_bytes_total')).toBe(4 * BLOCK + 123);
+  });
+
+  it('stops a run before a block that is cached or being fetched, and at a gap', async () => {
+    await readThrough.ensure(ref(2));
+    expect(readThrough.fetchRun([ref(0), ref(1), ref(2), ref(3)])).toHaveLength(2);
+    const inFlight = readThrough.fetchRun([ref(4)]);
+    expect(readThrough.fetchRun([ref(3), ref(4), ref(5)])).toHaveLength(1);
+    expect(readThrough.fetchRun([ref(5)])).toHaveLength(1);
+    await inFlight[0];
+    expect(readThrough.fetchRun([ref(2)])).toHaveLength(0);
+  });
+
+  it('fails with STALE the blocks an object too short leaves unfilled, and keeps the ones it filled', async () => {
+    // Same version (ETag), fewer bytes than the size the blocks were cut for.
+    await truncate(path.join(dir, 'obj.bin'), 2 * BLOCK + 10);
+    object = { ...object, etag: (await new LocalUfs(parseUfsUri(`file://${dir}`)).stat('obj.bin'))!.etag };
+    const results = await Promise.allSettled(readThrough.fetchRun([0, 1, 2, 3].map(ref)));
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'rejected']);
+    const err = (results[2] as PromiseRejectedResult).reason as CachefsError;
+    expect(err.code).toBe('STALE');
+    expect(err.message).toContain('block 2: 10 of 65536 bytes');
+    expect(readThrough.cached(ref(1))).toBeDefined();
+    expect(readThrough.cached(ref(2))).toBeUndefined();
+  });
+});
+
+describe('Scatter', () => {
+  it('places positions in the buffer that holds them and copies across buffer ends', () => {
+    const parts = [Buffer.alloc(3), Buffer.alloc(0), Buffer.alloc(5), Buffer.alloc(2)];
+    const s = new Scatter(parts);
+    expect(s.length).toBe(10);
+    expect(s.region(0).length).toBe(3);
+    expect(s.region(3).length).toBe(5);
+    expect(s.region(7).length).toBe(1);
+    expect(s.region(9).length).toBe(1);
+    expect(s.region(10).length).toBe(0);
+    expect(s.copyIn(Buffer.from('abcdefgh'), 1)).toBe(8);
+    expect(Buffer.concat(parts).toString('latin1')).toBe('\0abcdefgh\0');
+    expect(s.copyIn(Buffer.from('xyz'), 8)).toBe(2);
+    expect(new Scatter(Buffer.alloc(4)).region(1).length).toBe(3);
+  });
+});
