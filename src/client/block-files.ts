@@ -5,7 +5,7 @@
  * beyond the limit are closed least recently used first. An evicted block's file
  * stays readable through its open fd, and its bytes are still the block's bytes.
  */
-import { close, fstat, open, read, constants } from 'node:fs';
+import { close, fstatSync, open, read, constants } from 'node:fs';
 
 interface OpenBlock {
   fd: number;
@@ -117,12 +117,13 @@ function openBlock(path: string): Promise<OpenBlock> {
       else sized(fd);
     });
     function sized(fd: number): void {
-      fstat(fd, (err, st) => {
-        if (err) {
-          close(fd, () => {});
-          reject(err);
-        } else resolve({ fd, size: st.size, refs: 0, retired: false });
-      });
+      // The inode is in memory once open: fstat does no I/O, and a trip through the thread pool would cost more than it.
+      try {
+        resolve({ fd, size: fstatSync(fd).size, refs: 0, retired: false });
+      } catch (err) {
+        close(fd, () => {});
+        reject(err);
+      }
     }
   });
 }

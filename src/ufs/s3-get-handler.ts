@@ -10,7 +10,6 @@
  * copy), about three times what this does, and it was most of what held cold reads
  * back on small machines.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { Readable } from 'node:stream';
 import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } from '@smithy/core/protocols';
 import type { NodeHttpHandler } from '@smithy/node-http-handler';
@@ -24,7 +23,12 @@ interface Target {
   length: number;
 }
 
-const targets = new AsyncLocalStorage<Target>();
+/**
+ * The target of each GET sent by `into`, found by the abort signal the SDK hands the
+ * handler unchanged. Not an AsyncLocalStorage: on Node 20 one of those puts a hook on
+ * every promise the process makes, and a mount makes several per FUSE request.
+ */
+const targets = new WeakMap<AbortSignal, Target>();
 
 export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
   private readonly pools = new Map<string, BodyConnectionPool>();
@@ -35,15 +39,22 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
     private readonly timeouts: ConnectionTimeouts,
   ) {}
 
-  /** Runs `send`, whose GET writes its body into `dest`, telling `onProgress` as it arrives; resolves with the body's length. */
-  static async into(dest: Buffer | readonly Buffer[], send: () => Promise<unknown>, onProgress?: (received: number) => void): Promise<number> {
+  /**
+   * Runs `send`, whose GET, sent with the abort signal it is given, writes its body into
+   * `dest`, telling `onProgress` as it arrives; resolves with the body's length. The
+   * signal given to `send` follows `signal`, and is this GET's alone.
+   */
+  static async into(dest: Buffer | readonly Buffer[], send: (signal: AbortSignal) => Promise<unknown>, onProgress?: (received: number) => void, signal?: AbortSignal): Promise<number> {
+    const own = signal ? AbortSignal.any([signal]) : new AbortController().signal;
     const target: Target = { dest, onProgress, length: 0 };
-    await targets.run(target, send);
+    targets.set(own, target);
+    await send(own);
     return target.length;
   }
 
   async handle(request: HttpRequest, options: HttpHandlerOptions = {}): Promise<{ response: HttpResponse }> {
-    const target = targets.getStore();
+    const signal = options.abortSignal as AbortSignal | undefined;
+    const target = signal && targets.get(signal);
     if (!target || request.method !== 'GET') return this.fallback.handle(request, options);
     const query = buildQueryString(request.query ?? {});
     const res = await this.poolFor(request).request({
@@ -51,7 +62,7 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
       headers: request.headers,
       dest: target.dest,
       onProgress: target.onProgress,
-      signal: options.abortSignal as AbortSignal | undefined,
+      signal,
     });
     const ok = res.status >= 200 && res.status < 300;
     if (ok) target.length = res.length;

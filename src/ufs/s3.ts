@@ -124,7 +124,7 @@ export class S3Ufs implements Ufs {
         Range: `bytes=${offset}-${offset + length - 1}`,
         IfMatch: options.etag ? `"${options.etag}"` : undefined,
       });
-      return await S3GetHandler.into(dest, () => this.client.send(command, { abortSignal: options.signal }), options.onProgress);
+      return await S3GetHandler.into(dest, (abortSignal) => this.client.send(command, { abortSignal }), options.onProgress, options.signal);
     } catch (err) {
       const facts = errorFacts(err);
       if (facts.status === 416) return 0; // range starts at or past the end
