@@ -21,10 +21,11 @@ import { IN_HEADER, outHeader, readHeader, type RequestHeader } from './protocol
 
 /**
  * The largest write the kernel may send (none: the mount is read-only, but the kernel
- * sizes its checks by it). A request and its headers must fit one read of the device,
- * and the event loop reads 64 KiB at a time.
+ * sizes its checks by it). A request and its headers must fit one read of the device.
  */
 export const MAX_WRITE = 32 * 1024;
+/** Each read of the device lands in one buffer of this size, reused for every request. */
+const DEVICE_READ = 64 * 1024;
 const SWEEP_MS = 1000;
 const E = constants.errno;
 
@@ -98,9 +99,17 @@ export class FuseSession {
     const handle = new Pipe(pipeConstants.SOCKET);
     const rc = handle.open(this.fd);
     if (rc !== 0) throw new CachefsError('IO', `cannot poll /dev/fuse (uv error ${rc})`);
-    const device = new Socket({ handle, readable: true, writable: false } as ConstructorParameters<typeof Socket>[0]);
+    // onread: each request is read into one reused buffer and handed over at once, with
+    // none of a stream's per-read allocation and event machinery. `body` is valid until
+    // `request` returns, so the buffer is free again by the next read.
+    const buffer = Buffer.allocUnsafeSlow(DEVICE_READ);
+    const device = new Socket({
+      handle,
+      readable: true,
+      writable: false,
+      onread: { buffer, callback: (n: number) => this.dispatch(handler, buffer.subarray(0, n)) },
+    } as ConstructorParameters<typeof Socket>[0]);
     this.device = device;
-    device.on('data', (chunk: Buffer) => this.dispatch(handler, chunk));
     device.on('error', (err: NodeJS.ErrnoException) => {
       // ENODEV: unmounted, the connection is over.
       if (err.code !== 'ENODEV' && !this.closed) this.log.error({ err: err.message }, 'reading /dev/fuse failed: the connection is lost');
@@ -109,7 +118,7 @@ export class FuseSession {
     device.on('close', () => this.end());
   }
 
-  /** Each read of the device is one request; a chunk is walked in case the stream ever joins reads. */
+  /** Each read of the device is one request; the chunk is walked only as a guard. */
   private dispatch(handler: SessionHandler, chunk: Buffer): void {
     let at = 0;
     while (chunk.length - at >= IN_HEADER) {
