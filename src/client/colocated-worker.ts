@@ -55,24 +55,24 @@ export class ColocatedWorker {
     return data.length;
   }
 
-  /**
-   * Reads the whole block into `dest` for a streaming reader: its many FUSE reads
-   * are then copies from memory, not file reads. With a session (file handle) the block
-   * stays pinned for it like any short-circuit read; without one, only while it is read.
-   */
-  async readBlock(ref: BlockRef, dest: Buffer, session?: number): Promise<HeldBlock> {
-    const path = this.streamOnly ? undefined : session === undefined ? (await this.socket.open(ref)).path : await this.openFor(session, ref);
-    if (path) {
-      try {
-        await this.files.read(ref.id, path, ref.length, dest, 0, ref.length, 0);
-        return { data: dest, from: 'short_circuit', pinFor: (s) => this.pinFor(s, ref) };
-      } catch (err) {
-        this.streamFrom(err, ref, path);
-      } finally {
-        if (session === undefined) this.socket.close(ref.id).catch(() => undefined);
-      }
-    }
+  /** The bytes come over the worker's socket, not from its block files (they are not visible here). */
+  get streamsOverSocket(): boolean {
+    return this.streamOnly;
+  }
+
+  /** The whole block over the worker's socket, for a streaming reader: one request instead of one per FUSE read. */
+  async readBlock(ref: BlockRef): Promise<HeldBlock> {
     return { data: await this.socket.read(ref, 0, ref.length), from: 'domain_socket' };
+  }
+
+  /**
+   * Ahead of a stream's reads of the block: pins it for the session (the worker reads
+   * it through first if it must), so that the reads find its file path at once
+   * instead of each block's first read waiting on the worker.
+   */
+  async pinAhead(ref: BlockRef, session: number | undefined): Promise<void> {
+    if (this.streamOnly) return;
+    await this.openFor(session, ref);
   }
 
   /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */
@@ -88,17 +88,6 @@ export class ColocatedWorker {
     if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
     this.streamOnly = true;
     this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
-  }
-
-  /**
-   * Pins the block for the session as a short-circuit read of it would, in the background
-   * (best effort): the bytes are in memory already, and a read that waited for the worker's
-   * answer stalled every FUSE read of the block behind it.
-   */
-  private pinFor(session: number | undefined, ref: BlockRef): void {
-    const key = session ?? 0;
-    if (this.streamOnly || this.pinned.get(key)?.has(ref.id) || this.pinning.get(key)?.has(ref.id)) return;
-    this.openFor(session, ref).catch(() => undefined);
   }
 
   /** Unpins everything the session (file handle) opened; pins still being taken for it are let go when they arrive. */

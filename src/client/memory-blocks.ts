@@ -11,9 +11,7 @@ import { SingleFlight } from '../worker/single-flight.js';
 /** A block in memory and where its bytes came from (for the read-path metrics). */
 export interface HeldBlock {
   data: Buffer;
-  from: 'remote' | 'ufs' | 'short_circuit' | 'domain_socket';
-  /** For a block read from a co-located worker: pins it for a session (in the background). */
-  pinFor?: (session: number | undefined) => void;
+  from: 'remote' | 'ufs' | 'domain_socket';
 }
 
 interface Entry extends HeldBlock {
