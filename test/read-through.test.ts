@@ -3,15 +3,17 @@
  * UFS read fills several block buffers, each block is stored and answered with its own
  * bytes, a run stops at a block that needs no fetch, and an object shorter than its
  * blocks say fails the blocks it cannot fill (STALE) while keeping those it filled.
- * Also the `Scatter` those reads fill.
+ * Also the `Scatter` those reads fill, and the embedded source closing the kept fd of a
+ * block the store evicts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { blockRef, type ObjectRef } from '../src/block/block.js';
 import { Scatter } from '../src/block/scatter.js';
+import { EmbeddedSource } from '../src/client/embedded-source.js';
 import { CachefsError } from '../src/errors.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -93,6 +95,38 @@ describe('ReadThrough.fetchRun', () => {
     expect(err.message).toContain('block 2: 10 of 65536 bytes');
     expect(readThrough.cached(ref(1))).toBeDefined();
     expect(readThrough.cached(ref(2))).toBeUndefined();
+  });
+});
+
+describe('EmbeddedSource', () => {
+  /** Targets of this process's fds that are files of the cache dir. */
+  async function cacheFds(): Promise<string[]> {
+    const links = await Promise.all((await readdir('/proc/self/fd')).map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => '')));
+    return links.filter((l) => l.startsWith(path.join(dir, 'cache')));
+  }
+
+  it('closes its kept fd of a block the store evicts, so the disk gets the bytes back', async () => {
+    const small = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'cache'), quotaBytes: 3 * BLOCK }], high: 0.9, low: 0.5 }, metrics, silentLogger);
+    await store.close();
+    await small.open();
+    store = small;
+    const ufs = new LocalUfs(parseUfsUri(`file://${dir}`));
+    const source = new EmbeddedSource(new ReadThrough(small, async () => ufs, metrics, silentLogger), async () => ufs, metrics, silentLogger, 2, BLOCK);
+    const dest = Buffer.alloc(BLOCK);
+    const read = (i: number) => source.read({ ref: ref(i), offset: 0, length: ref(i).length, dest, destOffset: 0, pattern: 'sequential' });
+    try {
+      await read(0); // fetched from the UFS and stored
+      expect(await read(0)).toBe(BLOCK); // read back from its file, through a kept fd
+      expect(dest.equals(body.subarray(0, BLOCK))).toBe(true);
+      const file = small.lookup(ref(0).id)!.path;
+      expect(await cacheFds()).toEqual([file]);
+      for (const i of [1, 2, 3]) await read(i); // the quota holds 3 blocks: block 0, the oldest, goes
+      expect(small.lookup(ref(0).id)).toBeUndefined();
+      expect(await counter('cachefs_cache_evictions_total')).toBeGreaterThan(0);
+      expect((await cacheFds()).filter((l) => l.startsWith(file))).toEqual([]);
+    } finally {
+      await source.close();
+    }
   });
 });
 

@@ -1,8 +1,8 @@
 /**
  * The block source of a mount without a cluster: an in-process worker whose
  * read-through fills a local `TieredStore`. Cache hits are read from the block file
- * through a reused fd; misses are fetched from the UFS once and served from the
- * fetched bytes. Prefetches of consecutive blocks go out as one UFS read per run
+ * through a reused fd (closed when the store evicts the block); misses are fetched
+ * from the UFS once and served from the fetched bytes. Prefetches of consecutive blocks go out as one UFS read per run
  * (prefetch-runs.ts). A small random read of a cold block is answered with a ranged UFS
  * read while the whole block is filled in the background.
  */
@@ -49,6 +49,8 @@ export class EmbeddedSource implements BlockSource {
       Math.max(1, Math.floor(RUN_BYTES / blockSize)),
       (ref) => Boolean(readThrough.cached(ref)) || readThrough.isFetching(ref),
     );
+    // An fd kept on an evicted block's file would hold its disk space past the cache quota.
+    readThrough.store.onRemoved((id) => this.files.invalidate(id));
     this.cacheBytes = metrics.clientReadBytes.labels('cache');
     this.ufsBytes = metrics.clientReadBytes.labels('ufs');
   }

@@ -37,6 +37,7 @@ export class TieredStore {
   private readonly locks: PidLock[] = [];
   private readonly high: number;
   private readonly low: number;
+  private readonly removedListeners: ((id: string) => void)[] = [];
 
   constructor(config: StoreConfig, private readonly metrics: Metrics, private readonly log: Logger) {
     if (!(config.low < config.high)) {
@@ -120,7 +121,20 @@ export class TieredStore {
   /** Drops a block (e.g. found truncated on disk). */
   async remove(id: string): Promise<void> {
     for (const tier of this.tiers) await tier.remove(id);
+    this.removed(id);
     this.publish();
+  }
+
+  /**
+   * Calls `listener` with each block dropped from the store (evicted or removed) once its
+   * file is gone: whoever keeps the file open should close it, or the disk keeps its bytes.
+   */
+  onRemoved(listener: (id: string) => void): void {
+    this.removedListeners.push(listener);
+  }
+
+  private removed(id: string): void {
+    for (const listener of this.removedListeners) listener(id);
   }
 
   pin(id: string): void {
@@ -167,6 +181,7 @@ export class TieredStore {
     }
     for (const id of victims) {
       await tier.remove(id);
+      this.removed(id);
       this.metrics.cacheEvictions.inc();
     }
     if (victims.length) this.log.debug({ tier: tier.medium, evicted: victims.length, used: tier.usedBytes }, 'evicted blocks');
