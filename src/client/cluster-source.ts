@@ -109,7 +109,10 @@ export class ClusterSource implements BlockSource {
     if (near) {
       // A stream has the block pinned for its handle ahead of its reads (over the socket: in
       // memory); otherwise the block is only made sure to be cached on the worker.
-      const work = !streaming ? () => near.warm(ref) : near.streamsOverSocket ? () => this.memory.load(ref.id, () => near.readBlock(ref)) : () => near.pinAhead(ref, session);
+      let work: () => Promise<unknown>;
+      if (!streaming) work = () => near.warm(ref);
+      else if (near.streamsOverSocket) work = () => this.memory.load(ref.id, () => near.readBlock(ref));
+      else work = () => near.pinAhead(ref, session);
       this.background.add(ref.id, () => work().catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }

@@ -2,9 +2,10 @@
  * The block source of a mount without a cluster: an in-process worker whose
  * read-through fills a local `TieredStore`. Cache hits are read from the block file
  * through a reused fd (closed when the store evicts the block); misses are fetched
- * from the UFS once and served from the fetched bytes. Prefetches of consecutive blocks go out as one UFS read per run
- * (prefetch-runs.ts). A small random read of a cold block is answered with a ranged UFS
- * read while the whole block is filled in the background.
+ * from the UFS once and served from the fetched bytes. Prefetches of consecutive
+ * blocks go out as one UFS read per run (prefetch-runs.ts). A small random read of a
+ * cold block is answered with a ranged UFS read while the whole block is filled in
+ * the background.
  */
 import type { BlockRef } from '../block/block.js';
 import type { Logger } from '../log.js';
