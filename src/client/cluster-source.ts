@@ -54,8 +54,8 @@ export class ClusterSource implements BlockSource {
   private readonly bytes;
 
   constructor(private readonly config: ClusterSourceConfig) {
-    // Free buffers kept: as many as the prefetches in flight, within the memory budget.
-    this.buffers = new BufferPool(config.blockSize, Math.max(1, Math.min(config.prefetchConcurrency, Math.floor(config.memoryBytes / config.blockSize / 2))));
+    // The pool's buffers: the blocks the memory budget holds, and the prefetches in flight.
+    this.buffers = new BufferPool(config.blockSize, Math.max(1, Math.floor(config.memoryBytes / config.blockSize)) + config.prefetchConcurrency);
     this.memory = new MemoryBlocks(config.memoryBytes, this.buffers);
     this.background = new BackgroundQueue(config.prefetchConcurrency);
     const c = config.metrics.clientReadBytes;

@@ -45,7 +45,7 @@ export class TieredStore {
     }
     this.high = config.high;
     this.low = config.low;
-    this.tiers = [...config.tiers].sort((a, b) => MEDIUM_ORDER[a.medium] - MEDIUM_ORDER[b.medium]).map((t) => new Tier(t));
+    this.tiers = [...config.tiers].sort((a, b) => MEDIUM_ORDER[a.medium] - MEDIUM_ORDER[b.medium]).map((t) => new Tier(t, log));
   }
 
   /** Locks and indexes every tier; fails if another process holds one of the dirs. */

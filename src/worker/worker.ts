@@ -16,9 +16,9 @@ import { ReadThrough, type UfsResolver } from './read-through.js';
 import { Registration } from './registration.js';
 
 /**
- * Free block buffers the block service keeps for blocks it reads from the store (blocks of
- * the default size; other sizes are allocated per request): as many as a client's
- * connections read at once.
+ * Block buffers the block service owns for blocks it reads from the store (blocks of up
+ * to the default size; others, and more at once, are allocated per request): as many as
+ * a client's connections read at once.
  */
 const SERVED_BUFFERS = 8;
 
