@@ -9,7 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { BufferPool, DIRECT_ALIGN, directWritable } from '../src/block/buffer-pool.js';
+import { DIRECT_ALIGN, directWritable } from '../src/block/aligned-memory.js';
+import { BufferPool } from '../src/block/buffer-pool.js';
 
 const sameMemory = (a: Buffer, b: Buffer): boolean => a.buffer === b.buffer && a.byteOffset === b.byteOffset;
 

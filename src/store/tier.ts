@@ -11,7 +11,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { isBlockId } from '../block/block.js';
-import { DIRECT_ALIGN, directWritable } from '../block/buffer-pool.js';
+import { alignUp, DIRECT_ALIGN, directWritable } from '../block/aligned-memory.js';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -150,7 +150,7 @@ export class Tier {
       return this.directRefused(err);
     }
     try {
-      const padded = Buffer.from(data.buffer, data.byteOffset, Math.ceil(data.length / DIRECT_ALIGN) * DIRECT_ALIGN);
+      const padded = Buffer.from(data.buffer, data.byteOffset, alignUp(data.length));
       for (let at = 0; at < padded.length; ) {
         const { bytesWritten } = await handle.write(padded, at, padded.length - at, at);
         if (bytesWritten <= 0 || bytesWritten % DIRECT_ALIGN !== 0) throw new CachefsError('IO', `short direct write of ${tmp}: ${bytesWritten} bytes at ${at}`);
