@@ -125,7 +125,8 @@ export class Tier {
   async write(id: string, data: Buffer): Promise<void> {
     const target = this.pathOf(id);
     const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
-    if (!(this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data)))) await writeBuffered(tmp, data);
+    const direct = this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data));
+    if (!direct) await writeBuffered(tmp, data);
     try {
       await rename(tmp, target);
     } catch (err) {
