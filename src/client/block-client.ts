@@ -55,7 +55,7 @@ export class BlockClient {
       const req = reads[0]!;
       return (view ? this.source.viewNow?.(req) : undefined) ?? this.source.readNow?.(req) ?? this.source.read(req);
     }
-    return Promise.all(reads.map((req) => this.source.read(req))).then((counts) => counts.reduce((a, b) => a + b, 0));
+    return settleAll(reads.map((req) => this.source.read(req)));
   }
 
   release(session: number): void {
@@ -65,4 +65,18 @@ export class BlockClient {
   close(): Promise<void> {
     return this.source.close();
   }
+}
+
+/**
+ * The total of a read's block reads, once every one of them has ended. A failure is
+ * reported only then: the caller gives `dest` back for another read when this settles,
+ * and a block read still under way would write into it.
+ */
+async function settleAll(reads: Promise<number>[]): Promise<number> {
+  let total = 0;
+  for (const r of await Promise.allSettled(reads)) {
+    if (r.status === 'rejected') throw r.reason;
+    total += r.value;
+  }
+  return total;
 }
