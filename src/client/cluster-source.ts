@@ -92,6 +92,7 @@ export class ClusterSource implements BlockSource {
         }
         const data = await remote.read(ref, req.offset, req.length, req.signal);
         data.copy(req.dest, req.destOffset);
+        this.buffers.giveLater(data);
         this.bytes.remote.inc(data.length);
         return data.length;
       } catch (err) {

@@ -23,8 +23,16 @@ export class MemoryBlocks {
   private readonly blocks: LRUCache<string, Entry>;
   private readonly flights = new SingleFlight<HeldBlock>();
 
+  /**
+   * Every block that leaves memory (read to the end, pushed out, cleared) gives its buffer
+   * back to the pool, which owns a fixed number of them: one never given back is gone for good.
+   */
   constructor(maxBytes: number, private readonly buffers?: BufferPool) {
-    this.blocks = new LRUCache({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.data.length) });
+    this.blocks = new LRUCache({
+      maxSize: Math.max(1, maxBytes),
+      sizeCalculation: (b) => Math.max(1, b.data.length),
+      dispose: (b) => this.buffers?.giveLater(b.data),
+    });
   }
 
   get(id: string): HeldBlock | undefined {
@@ -42,6 +50,8 @@ export class MemoryBlocks {
     return this.flights.do(id, async () => {
       const held = await fetch();
       this.blocks.set(id, { ...held, consumed: 0 });
+      // Larger than the whole budget: only the callers waiting now read it.
+      if (!this.blocks.has(id)) this.buffers?.giveLater(held.data);
       return held;
     });
   }
@@ -57,10 +67,7 @@ export class MemoryBlocks {
     const e = this.blocks.peek(id);
     if (!e) return;
     e.consumed += bytes;
-    if (e.consumed >= e.data.length) {
-      this.blocks.delete(id);
-      this.buffers?.giveLater(e.data);
-    }
+    if (e.consumed >= e.data.length) this.blocks.delete(id);
   }
 
   clear(): void {

@@ -104,8 +104,8 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
         await handle.close();
       }
       if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
-      // 'finish': the socket has taken the last byte, nothing refers to the buffer any more.
-      res.once('finish', () => config.buffers.giveLater(body));
+      // 'close': the socket has taken the last byte, or the client went away; either way nothing refers to the buffer any more.
+      res.once('close', () => config.buffers.giveLater(body));
       res.writeHead(status, headers(count)).end(body);
       return served(metrics, count);
     } finally {
