@@ -195,6 +195,7 @@ export class FuseOps implements SessionHandler {
     /** `data` is in `buffer`, or a view of bytes held in memory, good only now: written at once either way. */
     const answer = (data: Buffer): void => {
       done();
+      this.metrics.fuseReadBytes.inc(data.length);
       this.session.reply(unique, 0, data);
       this.giveBack(buffer);
     };
