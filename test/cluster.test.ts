@@ -13,6 +13,7 @@ import { cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
+import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -77,7 +78,7 @@ describe('a cache group of three workers', () => {
     expect(all.length).toBe(21);
     expect(new Set(all).size).toBe(21);
     expect(perWorker.every((ids) => ids.length > 0)).toBe(true);
-    expect((await m1.metrics()).value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(A.length);
+    expectServedBy(await m1.metrics(), 'remote', A.length);
 
     const missesBefore = await sum('cachefs_cache_misses_total', workers);
     const hitsBefore = await sum('cachefs_cache_hits_total', workers);
@@ -85,7 +86,7 @@ describe('a cache group of three workers', () => {
     expect(await sum('cachefs_cache_misses_total', workers)).toBe(missesBefore);
     expect(await sum('cachefs_cache_hits_total', workers)).toBeGreaterThanOrEqual(hitsBefore + 21);
     const m2m = await m2.metrics();
-    expect(m2m.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(A.length);
+    expectServedBy(m2m, 'remote', A.length);
     expect(m2m.value('cachefs_ufs_read_bytes_total')).toBe(0);
   });
 
@@ -150,7 +151,7 @@ describe('workers and mounts', () => {
     expect(members).toHaveLength(1);
     expect(members[0]!.id).toMatch(/-mount-/);
     expect(await sha256Of(path.join(reader.mountpoint, 'data/a.bin'))).toBe(sha(A));
-    expect((await reader.metrics()).value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(A.length);
+    expectServedBy(await reader.metrics(), 'remote', A.length);
     expect((await blockFiles(sharing.cacheDir)).length).toBe(21);
     expect(await blockFiles(reader.cacheDir)).toEqual([]);
     await reader.stop();

@@ -19,6 +19,7 @@ import { CACHEFS_BIN, mountCachefs, sh, sha256Of, stopAllMounts } from './suppor
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { freePort, runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
+import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -72,9 +73,7 @@ describe('short-circuit locality', () => {
     const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(F));
     const mm = await m.metrics();
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(F.length);
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(0);
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'ufs' })).toBe(0);
+    expectServedBy(mm, 'short_circuit', F.length);
     const wm = await w.metrics();
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'short_circuit' })).toBeGreaterThanOrEqual(F.length);
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'remote' })).toBe(0);
@@ -87,15 +86,14 @@ describe('short-circuit locality', () => {
     expect(existsSync(path.join(w.socketDir, 'worker.sock'))).toBe(true);
     const near = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'hostname', '--hostname', 'node-a']) });
     expect(await sha256Of(path.join(near.mountpoint, 'data/f.bin'))).toBe(sha(F));
-    expect((await near.metrics()).value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(F.length);
+    expectServedBy(await near.metrics(), 'short_circuit', F.length);
     const other = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'hostname', '--hostname', 'node-b']) });
     expect(await sha256Of(path.join(other.mountpoint, 'data/f.bin'))).toBe(sha(F));
-    expect((await other.metrics()).value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
+    expectServedBy(await other.metrics(), 'remote', F.length);
     const off = await mountCachefs({ args: mountArgs(w.cacheGroup, ['--short-circuit', 'off']) });
     expect(await sha256Of(path.join(off.mountpoint, 'data/f.bin'))).toBe(sha(F));
     const om = await off.metrics();
-    expect(om.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
-    expect(om.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
+    expectServedBy(om, 'remote', F.length);
   });
 
   it('uuid mode with the socket dir not shared: no short-circuit', async () => {
@@ -106,8 +104,7 @@ describe('short-circuit locality', () => {
     const m = await mountCachefs({ args: mountArgs(w.cacheGroup) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(F));
     const mm = await m.metrics();
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'remote' })).toBe(F.length);
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
+    expectServedBy(mm, 'remote', F.length);
   });
 
   it('block files invisible to the client: bytes come over the domain socket, correct', async () => {

@@ -1,6 +1,8 @@
 /**
  * Reads a Prometheus text endpoint and answers sums of series by name and labels.
  */
+import { expect } from 'vitest';
+
 export interface MetricsSnapshot {
   /** Sum of every series of `name` whose labels include `labels` (0 when none). */
   value(name: string, labels?: Record<string, string>): number;
@@ -31,4 +33,15 @@ export async function scrapeMetrics(url: string): Promise<MetricsSnapshot> {
   const res = await fetch(url);
   if (!res.ok) throw new Error(`${url} answered ${res.status}`);
   return parseMetrics(await res.text());
+}
+
+/**
+ * Checks that every byte a mount answered to the kernel's reads came by `path`, and that it
+ * answered at least `bytes`. Not exactly `bytes`: the kernel asks again for pages it let go,
+ * and this machine's proactive reclaim (DAMON) takes page-cache pages within seconds.
+ */
+export function expectServedBy(m: MetricsSnapshot, path: string, bytes: number): void {
+  const answered = m.value('cachefs_fuse_read_bytes_total');
+  expect(answered, 'bytes answered to the kernel').toBeGreaterThanOrEqual(bytes);
+  expect(m.value('cachefs_client_read_bytes_total', { path }), `bytes served by ${path}`).toBe(answered);
 }
