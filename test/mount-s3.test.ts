@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { runCommand } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
+import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = MiB;
@@ -163,7 +164,7 @@ describe('the block cache', () => {
     expect(await sha256Of(file)).toBe(sha(files['sizes/block-plus-1']!));
     const after = await mnt.metrics();
     expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);
-    expect(after.value('cachefs_client_read_bytes_total', { path: 'cache' }) - before.value('cachefs_client_read_bytes_total', { path: 'cache' })).toBe(BLOCK + 1);
+    expectServedBy(after, 'cache', BLOCK + 1, before);
   });
 
   it('keeps cached blocks across umount and remount', async () => {
@@ -178,7 +179,7 @@ describe('the block cache', () => {
     expect(await sha256Of(block)).toBe(sha(files['sizes/block']!));
     const m = await second.metrics();
     expect(m.value('cachefs_ufs_read_bytes_total')).toBe(0);
-    expect(m.value('cachefs_client_read_bytes_total', { path: 'cache' })).toBe(BLOCK);
+    expectServedBy(m, 'cache', BLOCK);
     await second.stop();
   });
 

@@ -10,6 +10,7 @@ import { dropPageCache, mountCachefs, sh, type TestMount } from './support/cache
 import { runCommand } from './support/processes.js';
 import { SOURCE_KINDS, startSource, type Source } from './support/ufs-fixtures.js';
 import { versionedMtime } from '../src/vfs/entry.js';
+import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = MiB;
@@ -220,7 +221,7 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
     expect(await sha256Of(file)).toBe(sha(sizes['sizes/block-plus-1']!));
     const after = await mnt.metrics();
     expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);
-    expect(after.value('cachefs_client_read_bytes_total', { path: 'cache' }) - before.value('cachefs_client_read_bytes_total', { path: 'cache' })).toBe(BLOCK + 1);
+    expectServedBy(after, 'cache', BLOCK + 1, before);
   });
 
   it('mounts a prefix, shows only what is under it, and reads the new bytes once an object changes', async () => {
