@@ -93,6 +93,9 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
       // One positioned read into one buffer and one write: for whole blocks this is faster than a
       // stream of 64 KiB chunks, and the block is pinned only for as long as the read takes.
       const body = config.buffers.take(count);
+      // 'close' comes once the socket has taken the last byte, or the client went away, or an
+      // error was answered instead: nothing refers to the buffer any more.
+      res.once('close', () => config.buffers.giveLater(body));
       let done = 0;
       try {
         while (done < count) {
@@ -104,8 +107,6 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
         await handle.close();
       }
       if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
-      // 'close': the socket has taken the last byte, or the client went away; either way nothing refers to the buffer any more.
-      res.once('close', () => config.buffers.giveLater(body));
       res.writeHead(status, headers(count)).end(body);
       return served(metrics, count);
     } finally {
