@@ -29,16 +29,14 @@ export class RemoteWorker {
     const whole = offset === 0 && length === ref.length;
     const dest = this.buffers.take(length);
     try {
-      const res = await this.pool.request({ path: blockRequestPath(ref), headers: whole ? undefined : { range: `bytes=${offset}-${offset + length - 1}` }, dest, signal }).catch((err: unknown) => {
-        if (err instanceof CachefsError) throw err;
-        throw new CachefsError('UNREACHABLE', `worker ${this.address} did not answer: ${(err as Error).message}`, { cause: err });
-      });
+      const res = await this.pool.request({ path: blockRequestPath(ref), headers: whole ? undefined : { range: `bytes=${offset}-${offset + length - 1}` }, dest, signal });
       if (res.status !== 200 && res.status !== 206) throw errorFromResponse(res.status, res.errorBody?.toString('utf8') ?? '');
       if (res.length !== length) throw new CachefsError('IO', `worker ${this.address} sent ${res.length} of ${length} bytes`);
       return dest;
     } catch (err) {
       this.buffers.giveLater(dest);
-      throw err;
+      if (err instanceof CachefsError) throw err;
+      throw new CachefsError('UNREACHABLE', `worker ${this.address} did not answer: ${(err as Error).message}`, { cause: err });
     }
   }
 

@@ -37,13 +37,14 @@ export async function scrapeMetrics(url: string): Promise<MetricsSnapshot> {
 
 /**
  * Checks that every byte a mount answered to the kernel's reads (since `before`, if given)
- * came by `path`, and that it answered at least `bytes`. Not exactly `bytes`: the kernel asks
+ * came by `paths`, and that it answered at least `bytes`. Not exactly `bytes`: the kernel asks
  * again for pages it let go, and this machine's proactive reclaim (DAMON) takes page-cache
  * pages within seconds.
  */
-export function expectServedBy(m: MetricsSnapshot, path: string, bytes: number, before?: MetricsSnapshot): void {
+export function expectServedBy(m: MetricsSnapshot, paths: string | string[], bytes: number, before?: MetricsSnapshot): void {
   const delta = (name: string, labels?: Record<string, string>): number => m.value(name, labels) - (before?.value(name, labels) ?? 0);
   const answered = delta('cachefs_fuse_read_bytes_total');
   expect(answered, 'bytes answered to the kernel').toBeGreaterThanOrEqual(bytes);
-  expect(delta('cachefs_client_read_bytes_total', { path }), `bytes served by ${path}`).toBe(answered);
+  const served = [paths].flat().reduce((sum, path) => sum + delta('cachefs_client_read_bytes_total', { path }), 0);
+  expect(served, `bytes served by ${[paths].flat().join(' and ')}`).toBe(answered);
 }
