@@ -2,7 +2,8 @@
  * Read-through of runs of blocks against a real folder source and a real store: one
  * UFS read fills several block buffers, each block is stored and answered with its own
  * bytes, a run stops at a block that needs no fetch, and an object shorter than its
- * blocks say fails the blocks it cannot fill (STALE) while keeping those it filled.
+ * blocks say fails the blocks it cannot fill (STALE) while keeping those it filled;
+ * a reader that only copies the bytes gets them before the block's file is written.
  * Also the `Scatter` those reads fill, and the embedded source closing the kept fd of a
  * block the store evicts.
  */
@@ -95,6 +96,40 @@ describe('ReadThrough.fetchRun', () => {
     expect(err.message).toContain('block 2: 10 of 65536 bytes');
     expect(readThrough.cached(ref(1))).toBeDefined();
     expect(readThrough.cached(ref(2))).toBeUndefined();
+    // A reader that wants the bytes early gets the same failure.
+    await expect(readThrough.fetched(ref(3))).rejects.toMatchObject({ code: 'STALE' });
+  });
+
+  it('hands `fetched` readers the bytes before the block file is written, joins later readers to the fetch until it is, and drains the write', async () => {
+    let writeNow!: () => void;
+    const gate = new Promise<void>((resolve) => (writeNow = resolve));
+    const put = store.put.bind(store);
+    store.put = async (id, data) => {
+      await gate;
+      return put(id, data);
+    };
+    const want = body.subarray(ref(1).offset, ref(1).offset + BLOCK);
+    const first = await readThrough.fetched(ref(1));
+    expect(first.data!.equals(want)).toBe(true);
+    expect(first.stored).toBeUndefined();
+    expect(store.lookup(ref(1).id)).toBeUndefined(); // not written yet
+    expect(readThrough.isFetching(ref(1))).toBe(true);
+    const second = await readThrough.fetched(ref(1));
+    expect(second.data).toBe(first.data);
+    const stored = readThrough.ensure(ref(1)); // waits for the file
+    let drained = false;
+    const drain = readThrough.drain().then(() => (drained = true)); // what a closing mount waits for
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(drained).toBe(false);
+    writeNow();
+    await drain;
+    expect(store.lookup(ref(1).id)).toBeDefined();
+    expect((await readFile((await stored).stored!.path)).equals(want)).toBe(true);
+    expect(readThrough.isFetching(ref(1))).toBe(false);
+    const third = await readThrough.fetched(ref(1));
+    expect(third.data).toBeUndefined();
+    expect(third.stored!.path).toBe((await stored).stored!.path);
+    expect(await counter('cachefs_ufs_requests_total', { op: 'read' })).toBe(1);
   });
 });
 
@@ -111,9 +146,15 @@ describe('EmbeddedSource', () => {
     await small.open();
     store = small;
     const ufs = new LocalUfs(parseUfsUri(`file://${dir}`));
-    const source = new EmbeddedSource(new ReadThrough(small, async () => ufs, metrics, silentLogger), async () => ufs, metrics, silentLogger, 2, BLOCK);
+    const rt = new ReadThrough(small, async () => ufs, metrics, silentLogger);
+    const source = new EmbeddedSource(rt, async () => ufs, metrics, silentLogger, 2, BLOCK);
     const dest = Buffer.alloc(BLOCK);
-    const read = (i: number) => source.read({ ref: ref(i), offset: 0, length: ref(i).length, dest, destOffset: 0, pattern: 'sequential' });
+    // A first read is answered before its block is stored: `ensure` waits for that.
+    const read = async (i: number) => {
+      const n = await source.read({ ref: ref(i), offset: 0, length: ref(i).length, dest, destOffset: 0, pattern: 'sequential' });
+      await rt.ensure(ref(i));
+      return n;
+    };
     try {
       await read(0); // fetched from the UFS and stored
       expect(await read(0)).toBe(BLOCK); // read back from its file, through a kept fd

@@ -2,10 +2,10 @@
  * The block source of a mount without a cluster: an in-process worker whose
  * read-through fills a local `TieredStore`. Cache hits are read from the block file
  * through a reused fd (closed when the store evicts the block); misses are fetched
- * from the UFS once and served from the fetched bytes. Prefetches of consecutive
- * blocks go out as one UFS read per run (prefetch-runs.ts). A small random read of a
- * cold block is answered with a ranged UFS read while the whole block is filled in
- * the background.
+ * from the UFS once and served from the fetched bytes as soon as they are in, while
+ * the block file is still being written. Prefetches of consecutive blocks go out as
+ * one UFS read per run (prefetch-runs.ts). A small random read of a cold block is
+ * answered with a ranged UFS read while the whole block is filled in the background.
  */
 import type { BlockRef } from '../block/block.js';
 import type { Logger } from '../log.js';
@@ -64,7 +64,8 @@ export class EmbeddedSource implements BlockSource {
         if (req.pattern === 'random' && req.length <= SMALL_RANDOM_READ && !this.readThrough.isFetching(ref)) {
           return this.readRangeDirect(req);
         }
-        const ensured = await (this.prefetches.startNow(ref) ?? this.readThrough.ensure(ref, req.signal));
+        void this.prefetches.startNow(ref); // a queued prefetch of this block goes out now (its failures are logged)
+        const ensured = await this.readThrough.fetched(ref, req.signal);
         if (ensured.data) {
           const n = ensured.data.copy(req.dest, req.destOffset, req.offset, req.offset + req.length);
           this.ufsBytes.inc(n);
@@ -106,6 +107,7 @@ export class EmbeddedSource implements BlockSource {
   }
 
   async close(): Promise<void> {
+    await this.readThrough.drain();
     this.files.closeAll();
   }
 }

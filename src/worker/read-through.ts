@@ -2,7 +2,9 @@
  * Read-through of blocks into a worker's store: a block that is not cached is
  * fetched from the UFS (one fetch per block, however many readers wait for it),
  * stored, and handed to the waiters together with its bytes so that the first
- * readers need not read the file back.
+ * readers need not read the file back. Readers that only copy the bytes (`fetched`)
+ * get them as soon as they are in, without waiting for the block's file to be
+ * written; until it is, later readers join the same fetch.
  */
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
@@ -11,7 +13,6 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StoredBlock, TieredStore } from '../store/tiered-store.js';
 import type { Ufs } from '../ufs/ufs.js';
-import { SingleFlight } from './single-flight.js';
 
 /** Finds the UFS that backs a mount id (the embedded mount has exactly one). */
 export type UfsResolver = (mount: string) => Promise<Ufs>;
@@ -28,8 +29,18 @@ interface Waiter {
   reject(err: unknown): void;
 }
 
+/** A block being fetched: registered from the start of its fetch until it is stored (or the fetch fails). */
+interface Flight {
+  /** Settles with the block's bytes as soon as they are all in. */
+  bytes: Promise<EnsuredBlock>;
+  /** Settles once the block is stored, or could not be. */
+  stored: Promise<EnsuredBlock>;
+}
+
 export class ReadThrough {
-  private readonly flights = new SingleFlight<EnsuredBlock>();
+  private readonly flights = new Map<string, Flight>();
+  /** Block writes under way: their bytes are in, maybe already handed to readers. */
+  private readonly writes = new Set<Promise<void>>();
 
   constructor(
     readonly store: TieredStore,
@@ -61,7 +72,25 @@ export class ReadThrough {
       this.metrics.cacheHits.inc();
       return { stored };
     }
-    return this.flights.get(ref.id) ?? this.fetchRun([ref], signal)[0]!;
+    return this.flights.get(ref.id)?.stored ?? this.fetchRun([ref], signal)[0]!;
+  }
+
+  /**
+   * The block for a reader that copies its bytes at once: from a fetch as soon as the
+   * fetch has them (`data`), before they are stored; from the cache (`stored`) when it
+   * holds the block.
+   */
+  async fetched(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
+    const flight = this.flights.get(ref.id);
+    if (flight) return flight.bytes;
+    const stored = this.cached(ref);
+    if (stored) {
+      this.metrics.cacheHits.inc();
+      return { stored };
+    }
+    const [started] = this.fetchRun([ref], signal);
+    started!.catch(() => {}); // its failure reaches the reader through `bytes`
+    return this.flights.get(ref.id)!.bytes;
   }
 
   /**
@@ -69,8 +98,8 @@ export class ReadThrough {
    * buffer of its own (a sequential stream's readahead: one GET per run costs the
    * object store and this process less than one per block). Each block is stored and
    * its waiters answered as soon as its bytes are in, not when the run ends. The run
-   * stops before the first block that is cached or already being fetched; resolves
-   * with the flights started, one per block.
+   * stops before the first block that is cached or already being fetched; returns the
+   * flights started, one per block, each settling once its block is stored.
    */
   fetchRun(refs: readonly BlockRef[], signal?: AbortSignal): Promise<EnsuredBlock>[] {
     const run: BlockRef[] = [];
@@ -81,10 +110,22 @@ export class ReadThrough {
       run.push(ref);
     }
     if (run.length === 0) return [];
+    const early: Waiter[] = [];
     const waiting: Waiter[] = [];
-    const flights = run.map((ref) => this.flights.do(ref.id, () => new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject }))));
-    void this.fill(run, waiting, signal); // settles every waiter itself; never rejects
+    const flights = run.map((ref) => {
+      const bytes = new Promise<EnsuredBlock>((resolve, reject) => early.push({ resolve, reject }));
+      bytes.catch(() => {}); // a failure reaches whoever waits on `stored` too
+      const stored = new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject })).finally(() => this.flights.delete(ref.id));
+      this.flights.set(ref.id, { bytes, stored });
+      return stored;
+    });
+    void this.fill(run, early, waiting, signal); // settles every waiter itself; never rejects
     return flights;
+  }
+
+  /** Waits for the block writes under way: a block a reader got before it was stored is cached by the time a mount closes. */
+  async drain(): Promise<void> {
+    await Promise.all(this.writes);
   }
 
   /** Drops a block whose file turned out damaged; the next `ensure` refetches it. */
@@ -94,22 +135,26 @@ export class ReadThrough {
     await this.store.remove(ref.id);
   }
 
-  private async fill(run: BlockRef[], waiting: Waiter[], signal?: AbortSignal): Promise<void> {
+  private async fill(run: BlockRef[], early: Waiter[], waiting: Waiter[], signal?: AbortSignal): Promise<void> {
     const first = run[0]!;
     const buffers = run.map((ref) => this.buffers?.take(ref.length) ?? Buffer.allocUnsafeSlow(ref.length));
     const settled: Promise<unknown>[] = [];
     let done = 0;
-    // Blocks whose bytes are all in go to the store, and their waiters, in order.
+    // Blocks whose bytes are all in go to their early waiters and to the store (then to its waiters), in order.
     const progress = (filled: number): void => {
       while (done < run.length && filled >= run[done]!.offset + run[done]!.length - first.offset) {
         const i = done++;
-        settled.push(this.store.put(run[i]!.id, buffers[i]!).then(
+        early[i]!.resolve({ data: buffers[i] });
+        const write = this.store.put(run[i]!.id, buffers[i]!).then(
           (stored) => waiting[i]!.resolve({ stored, data: buffers[i] }),
           (err: unknown) => {
             this.log.warn({ block: run[i]!.id, err: (err as Error).message }, 'block not cached');
             waiting[i]!.resolve({ data: buffers[i] });
           },
-        ));
+        );
+        this.writes.add(write);
+        void write.then(() => this.writes.delete(write));
+        settled.push(write);
       }
     };
     this.metrics.cacheMisses.inc(run.length);
@@ -131,7 +176,7 @@ export class ReadThrough {
         throw new CachefsError('STALE', `object ${first.object.key} is shorter than when it was opened (block ${short.index}: ${Math.max(0, n - (short.offset - first.offset))} of ${short.length} bytes)`);
       }
     } catch (err) {
-      for (const w of waiting.slice(done)) w.reject(err);
+      for (const w of [...early.slice(done), ...waiting.slice(done)]) w.reject(err);
     } finally {
       await Promise.all(settled);
       // Waiters copy from their block's buffer as its flight settles, before the pool hands it out again.

@@ -1,7 +1,8 @@
 /**
- * Single-flight: concurrent calls for the same key share one execution. Every cold
- * block read goes through here, so a block missing from the cache is fetched from
- * the UFS once however many readers ask for it at the same time.
+ * Single-flight: concurrent calls for the same key share one execution: a block the
+ * cluster client takes into memory, a path's lookup or listing is done once however
+ * many callers ask for it at the same time. (ReadThrough keeps its own flights, whose
+ * readers are answered before the flight ends.)
  */
 export class SingleFlight<T> {
   private readonly inFlight = new Map<string, Promise<T>>();

@@ -108,6 +108,7 @@ export class Worker {
     this.registration.close();
     await this.socket?.close();
     await this.service.close();
+    await this.readThrough.drain();
     await this.store.close();
   }
 }
