@@ -67,12 +67,8 @@ export class ReadThrough {
 
   /** Makes sure the block is cached, fetching it from the UFS if needed. */
   async ensure(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
-    const stored = this.cached(ref);
-    if (stored) {
-      this.metrics.cacheHits.inc();
-      return { stored };
-    }
-    return this.flights.get(ref.id)?.stored ?? this.fetchRun([ref], signal)[0]!;
+    const stored = this.hit(ref);
+    return stored ? { stored } : this.flightOf(ref, signal).stored;
   }
 
   /**
@@ -81,16 +77,8 @@ export class ReadThrough {
    * holds the block.
    */
   async fetched(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
-    const flight = this.flights.get(ref.id);
-    if (flight) return flight.bytes;
-    const stored = this.cached(ref);
-    if (stored) {
-      this.metrics.cacheHits.inc();
-      return { stored };
-    }
-    const [started] = this.fetchRun([ref], signal);
-    started!.catch(() => {}); // its failure reaches the reader through `bytes`
-    return this.flights.get(ref.id)!.bytes;
+    const stored = this.hit(ref);
+    return stored ? { stored } : this.flightOf(ref, signal).bytes;
   }
 
   /**
@@ -102,6 +90,22 @@ export class ReadThrough {
    * flights started, one per block, each settling once its block is stored.
    */
   fetchRun(refs: readonly BlockRef[], signal?: AbortSignal): Promise<EnsuredBlock>[] {
+    return this.startRun(refs, signal).map((f) => f.stored);
+  }
+
+  /** The cached block, counted as a cache hit. */
+  private hit(ref: BlockRef): StoredBlock | undefined {
+    const stored = this.cached(ref);
+    if (stored) this.metrics.cacheHits.inc();
+    return stored;
+  }
+
+  /** The fetch of a block that is not cached: the one under way, or a new one. */
+  private flightOf(ref: BlockRef, signal?: AbortSignal): Flight {
+    return this.flights.get(ref.id) ?? this.startRun([ref], signal)[0]!;
+  }
+
+  private startRun(refs: readonly BlockRef[], signal?: AbortSignal): Flight[] {
     const run: BlockRef[] = [];
     for (const ref of refs) {
       const prev = run[run.length - 1];
@@ -114,10 +118,13 @@ export class ReadThrough {
     const waiting: Waiter[] = [];
     const flights = run.map((ref) => {
       const bytes = new Promise<EnsuredBlock>((resolve, reject) => early.push({ resolve, reject }));
-      bytes.catch(() => {}); // a failure reaches whoever waits on `stored` too
       const stored = new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject })).finally(() => this.flights.delete(ref.id));
-      this.flights.set(ref.id, { bytes, stored });
-      return stored;
+      // A failure reaches whoever waits on either; a reader may wait on only one, or none (a prefetch).
+      bytes.catch(() => {});
+      stored.catch(() => {});
+      const flight = { bytes, stored };
+      this.flights.set(ref.id, flight);
+      return flight;
     });
     void this.fill(run, early, waiting, signal); // settles every waiter itself; never rejects
     return flights;
