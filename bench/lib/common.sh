@@ -39,9 +39,17 @@ wait_mounted() {
 
 # start_s3 ARGS...: an S3 server (s3rver with the tests' listing fix) with bucket `bench`
 # holding ARGS (see bench/lib/s3-server.mjs); needs $work and the pids array; sets s3port.
+# Its malloc keeps freed memory instead of handing it back to the system: s3rver reads
+# objects in 64 KiB buffers, and when glibc had trimmed the freed ones away the next
+# ones took fresh pages, whose faults cost ~10-30 us each in this VM (PVM: `dd bs=1G`
+# spends 2.7 s of system time faulting in its 1 GiB buffer). Serving a cold 1 GiB read
+# (8 MiB ranges, 4 at a time), one server instance took 52-67k faults and 3.7-3.9 s of
+# CPU per read, others 0.3-15k; with this setting, 0.1-2.8k in six instances. Its CPU
+# per read still swings (1.4-3.1 s) for reasons this does not touch.
+S3_SERVER_TUNABLES=glibc.malloc.trim_threshold=4294967296
 start_s3() {
   node_modules/.bin/tsc -p tsconfig.bench.json
-  node bench/lib/s3-server.mjs bench "$@" > "$work/s3.out" &
+  GLIBC_TUNABLES=$S3_SERVER_TUNABLES node bench/lib/s3-server.mjs bench "$@" > "$work/s3.out" &
   pids+=($!)
   for _ in $(seq 3000); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
   s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
