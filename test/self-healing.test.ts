@@ -20,6 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { promisify } from 'node:util';
+import { servingNodeFlags } from '../src/cli/mount.js';
 import { MountAnchor } from '../src/fuse/mount-anchor.js';
 import { cachefs, mountCachefs, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { scrapeMetrics } from './support/metrics.js';
@@ -396,6 +397,9 @@ describe('crash loops and stopping', () => {
       const serving = await servingPid(supervisor);
       const cmdline = (await readFile(`/proc/${supervisor}/cmdline`, 'utf8')).split('\0');
       expect(cmdline).not.toContain('--supervised');
+      expect(cmdline).not.toContain('--max-semi-space-size=4');
+      // The serving process runs with a small young generation (less RSS, fewer page faults).
+      expect((await readFile(`/proc/${serving}/cmdline`, 'utf8')).split('\0')).toContain('--max-semi-space-size=4');
       const reader = startReader(path.join(mountpoint, 'data.bin'), sha(DATA));
       await goodReadAfter(reader, 0);
       const killedAt = Date.now();
@@ -415,6 +419,15 @@ describe('crash loops and stopping', () => {
       if (isAlive(supervisor)) process.kill(supervisor, 'SIGKILL');
       await unmountAllLayers(mountpoint);
     }
+  });
+});
+
+describe('the serving process\'s node flags', () => {
+  it('adds a 4 MiB young generation unless the node command line or NODE_OPTIONS set one', () => {
+    expect(servingNodeFlags([])).toEqual(['--max-semi-space-size=4']);
+    expect(servingNodeFlags(['--inspect'], '--enable-source-maps')).toEqual(['--max-semi-space-size=4', '--inspect']);
+    expect(servingNodeFlags(['--max_semi_space_size=8'])).toEqual(['--max_semi_space_size=8']);
+    expect(servingNodeFlags([], '--trace-gc  --max-semi-space-size=16')).toEqual([]);
   });
 });
 
