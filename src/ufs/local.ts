@@ -23,7 +23,11 @@ interface DirSnapshot {
 export class LocalUfs implements Ufs {
   readonly displayUri: string;
   private readonly root: string;
-  /** Sorted listings of recently paged directories, so paging a 100k-entry folder is not quadratic. */
+  /**
+   * Sorted listings of recently paged directories, so paging a 100k-entry folder is not
+   * quadratic. Only later pages use them: a listing's first page reads the folder again,
+   * so a file added to it shows in the next listing.
+   */
   private readonly snapshots = new Map<string, DirSnapshot>();
 
   constructor(uri: UfsUri) {
@@ -64,7 +68,8 @@ export class LocalUfs implements Ufs {
   }
 
   async list(prefix: string, options: UfsListOptions = {}): Promise<UfsListPage> {
-    const names = await this.snapshot(prefix);
+    // A listing's first page reads the folder afresh; later pages page through that read.
+    const names = await this.snapshot(prefix, options.token === undefined);
     const start = options.token ? upperBound(names, options.token) : 0;
     const page = names.slice(start, start + (options.maxKeys ?? DEFAULT_PAGE));
     const objects: UfsObject[] = [];
@@ -87,9 +92,9 @@ export class LocalUfs implements Ufs {
     return { objects, prefixes, nextToken: start + page.length < names.length && last !== undefined ? last : undefined };
   }
 
-  private async snapshot(prefix: string): Promise<string[]> {
+  private async snapshot(prefix: string, fresh: boolean): Promise<string[]> {
     const cached = this.snapshots.get(prefix);
-    if (cached && Date.now() - cached.at < SNAPSHOT_TTL_MS) return cached.names;
+    if (!fresh && cached && Date.now() - cached.at < SNAPSHOT_TTL_MS) return cached.names;
     let entries;
     try {
       entries = await readdir(this.resolve(prefix), { withFileTypes: true });
