@@ -229,7 +229,16 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
     const m = await mountCachefs({ ufs: source.uriOf('mutable'), args: [...source.args, '--block-size', '1MiB', ...ttl], env: source.env });
     extra.push(m);
     const file = path.join(m.mountpoint, 'v.bin');
-    expect((await sh(`ls -1a ${JSON.stringify(m.mountpoint)}`)).stdout.split('\n').filter(Boolean)).toEqual(['.', '..', 'v.bin']);
+    const names = async (): Promise<string[]> => (await sh(`ls -1a ${JSON.stringify(m.mountpoint)}`)).stdout.split('\n').filter(Boolean);
+    const readdirs = async (): Promise<number> => (await m.metrics()).value('cachefs_fuse_ops_total', { op: 'readdir' });
+    expect(await names()).toEqual(['.', '..', 'v.bin']);
+    const listed = await readdirs();
+    expect(listed).toBeGreaterThan(0);
+    // Past --meta-ttl cachefs lists the store again and finds the same listing: the kernel
+    // answers the second ls from the listing it kept, with no readdir.
+    await sleep(200);
+    expect(await names()).toEqual(['.', '..', 'v.bin']);
+    expect(await readdirs()).toBe(listed);
     expect(await sha256Of(file)).toBe(sha(objects['mutable/v.bin']!));
     // Same size, new bytes, in a later second than the first version: Last-Modified has
     // whole seconds, and the kernel keeps its page cache while size and mtime stay the same.
@@ -248,6 +257,14 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
     expect(await sha256Of(file)).toBe(sha(again));
     const metrics = await m.metrics();
     expect(metrics.value('cachefs_ufs_read_bytes_total')).toBe(3 * changed.length);
+    // The changed object's size and mtime change the listing: the kernel lets its copy go.
+    const kept = await readdirs();
+    expect(await names()).toEqual(['.', '..', 'v.bin']);
+    expect(await readdirs()).toBeGreaterThan(kept);
+    // A new object: the next listing shows it.
+    await source.put('mutable/w.bin', Buffer.from('w\n'));
+    await sleep(400);
+    expect(await names()).toEqual(['.', '..', 'v.bin', 'w.bin']);
   });
 
   it.runIf(hasBadNames)('leaves out names that cannot be POSIX names without failing the listing, and counts them', async () => {

@@ -13,6 +13,8 @@ export interface Inode {
   /** `mtime:size` as last told to the kernel, and as it was when the file was last opened. */
   version?: string;
   openedVersion?: string;
+  /** A directory's listing as it was when last opened (`listingFingerprint`). */
+  openedListing?: string;
 }
 
 const ROOT_ID = 1;

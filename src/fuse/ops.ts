@@ -7,7 +7,9 @@
  * Kernel caching: names and attributes are kept for --entry-timeout and
  * --attr-timeout; a file's pages are kept across opens while its mtime and size are
  * what they were at the last open (auto_cache), and dropped by the kernel itself
- * when a getattr shows them changed (AUTO_INVAL_DATA).
+ * when a getattr shows them changed (AUTO_INVAL_DATA). A directory's listing is kept
+ * by the kernel across opens while it is what it was at the last open (its names,
+ * modes, sizes and mtimes): a walk of a tree already listed asks for no readdir.
  */
 import { writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
@@ -125,7 +127,10 @@ export class FuseOps implements SessionHandler {
         return this.onNode(unique, nodeid, 'opendir', (node) => this.fs.readdir(node.path), (entries, node) => {
           const fh = this.nextDir++;
           this.dirs.set(fh, { path: node.path, entries });
-          return [openOut(fh, 0)];
+          const listing = listingFingerprint(entries);
+          const keep = listing === node.openedListing;
+          node.openedListing = listing;
+          return [openOut(fh, OpenFlag.CACHE_DIR | (keep ? OpenFlag.KEEP_CACHE : 0))];
         });
       case Op.READDIR:
         return this.readdir(unique, u64(body, 0), u64(body, 8), body.readUInt32LE(16));
@@ -314,4 +319,23 @@ export class FuseOps implements SessionHandler {
 
 function staleNode(id: number): CachefsError {
   return new CachefsError('STALE', `the kernel named node or handle ${id}, which is not held`);
+}
+
+/**
+ * What a listing shows, as a short string: the entries' count and two 32-bit FNV-1a
+ * style hashes of their names, modes, sizes and mtimes in order. Equal strings: the
+ * kernel's cached listing is still right.
+ */
+export function listingFingerprint(entries: readonly DirEntry[]): string {
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  for (const { name, attr } of entries) {
+    const key = `${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`;
+    for (let i = 0; i < key.length; i++) {
+      const c = key.charCodeAt(i);
+      a = Math.imul(a ^ c, 0x01000193);
+      b = Math.imul(b ^ c, 0x5bd1e995);
+    }
+  }
+  return `${entries.length}:${(a >>> 0).toString(16)}:${(b >>> 0).toString(16)}`;
 }

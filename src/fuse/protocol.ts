@@ -73,7 +73,8 @@ export const InitFlag = {
   MAX_PAGES: 1 << 22,
 } as const;
 
-export const OpenFlag = { KEEP_CACHE: 1 << 1 } as const;
+/** FOPEN_*: KEEP_CACHE keeps a file's pages (a directory's cached listing) across this open; CACHE_DIR lets the kernel cache a listing (protocol 7.28). */
+export const OpenFlag = { KEEP_CACHE: 1 << 1, CACHE_DIR: 1 << 3 } as const;
 
 export const IN_HEADER = 40;
 export const OUT_HEADER = 16;
