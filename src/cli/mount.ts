@@ -108,7 +108,9 @@ async function supervise(config: MountConfig): Promise<void> {
  * sets it. A young generation of at most 4 MiB per semi-space, where V8 grows it to 16:
  * a cold 1 GiB read through the embedded cache peaked 17-22 MiB lower (149-156 against
  * 171-172 MiB) and took 16.5-18k page faults against 21.6-28k (each costs ~10 us or more
- * on a VM like this one), at the same MB/s (paired rounds: 323-406 against 354-383).
+ * on a VM like this one). Its MB/s was no better: 323-406 against 354-383 in paired
+ * rounds of that read alone, 471 against 498 median in seven rounds in compare.sh's
+ * setting (10,000 listed files, info logging), within this machine's noise.
  */
 const SERVING_V8_FLAGS = ['--max-semi-space-size=4'];
 
