@@ -11,6 +11,7 @@
  * by the kernel across opens while it is what it was at the last open (its names,
  * modes, sizes and mtimes): a walk of a tree already listed asks for no readdir.
  */
+import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { CachefsError } from '../errors.js';
@@ -321,21 +322,9 @@ function staleNode(id: number): CachefsError {
   return new CachefsError('STALE', `the kernel named node or handle ${id}, which is not held`);
 }
 
-/**
- * What a listing shows, as a short string: the entries' count and two 32-bit FNV-1a
- * style hashes of their names, modes, sizes and mtimes in order. Equal strings: the
- * kernel's cached listing is still right.
- */
-export function listingFingerprint(entries: readonly DirEntry[]): string {
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (const { name, attr } of entries) {
-    const key = `${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`;
-    for (let i = 0; i < key.length; i++) {
-      const c = key.charCodeAt(i);
-      a = Math.imul(a ^ c, 0x01000193);
-      b = Math.imul(b ^ c, 0x5bd1e995);
-    }
-  }
-  return `${entries.length}:${(a >>> 0).toString(16)}:${(b >>> 0).toString(16)}`;
+/** What a listing shows: a digest of its entries' names, modes, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
+function listingFingerprint(entries: readonly DirEntry[]): string {
+  const hash = createHash('sha256');
+  for (const { name, attr } of entries) hash.update(`${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`);
+  return hash.digest('base64');
 }
