@@ -3,7 +3,7 @@
  * validation, resolution to the covering entry) and `host:port` addresses.
  */
 import { describe, expect, it } from 'vitest';
-import { parseHostPort } from '../src/master/address.js';
+import { parseHostPort } from '../src/net/host-port.js';
 import { normalizeMountPath, resolveMountPath } from '../src/master/mount-path.js';
 
 describe('mount paths', () => {

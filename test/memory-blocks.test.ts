@@ -6,7 +6,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 import { BufferPool } from '../src/block/buffer-pool.js';
-import { MemoryBlocks } from '../src/client/memory-blocks.js';
+import { MemoryBlocks } from '../src/cache/memory-blocks.js';
 
 const KiB = 1024;
 

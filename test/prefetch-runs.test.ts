@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { blockRef, type BlockRef, type ObjectRef } from '../src/block/block.js';
-import { PrefetchRuns } from '../src/client/prefetch-runs.js';
+import { PrefetchRuns } from '../src/cache/prefetch-runs.js';
 
 const BLOCK = 1024;
 const a: ObjectRef = { mount: 'm', key: 'a', etag: 'e', size: 64 * BLOCK };

@@ -18,10 +18,10 @@ import { EmbeddedSource } from '../src/client/embedded-source.js';
 import { CachefsError } from '../src/errors.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
-import { TieredStore } from '../src/store/tiered-store.js';
+import { TieredStore } from '../src/cache/tiered-store.js';
 import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
-import { ReadThrough } from '../src/worker/read-through.js';
+import { ReadThrough } from '../src/cache/read-through.js';
 
 const BLOCK = 64 * 1024;
 let dir: string;

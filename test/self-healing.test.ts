@@ -21,7 +21,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { promisify } from 'node:util';
 import { servingNodeFlags } from '../src/cli/mount.js';
-import { MountAnchor } from '../src/fuse/mount-anchor.js';
+import { MountAnchor } from '../src/heal/mount-anchor.js';
 import { cachefs, mountCachefs, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { scrapeMetrics } from './support/metrics.js';
 import { freePort, isAlive, isMounted, mountPoints, waitFor } from './support/processes.js';

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { blockRef } from '../src/block/block.js';
-import { BlockFiles } from '../src/client/block-files.js';
+import { BlockFiles } from '../src/cache/block-files.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -176,7 +176,7 @@ describe('pins', () => {
       expect(await pinned()).toBe(1);
       // The handle's read of the block uses that pin: right bytes, no second pin.
       const dest = Buffer.alloc(MiB);
-      expect(await near.read({ ref: ref(0), offset: 0, length: MiB, dest, destOffset: 0, pattern: 'sequential', streaming: true, session: 7 })).toBe(MiB);
+      expect(await near.read({ ref: ref(0), offset: 0, length: MiB, dest, destOffset: 0, pattern: 'sequential', streaming: true, handle: { id: 7, signal: new AbortController().signal } })).toBe(MiB);
       expect(sha(dest)).toBe(sha(F.subarray(0, MiB)));
       expect(await pinned()).toBe(1);
       // Handle 8 is released while the worker is still answering its pin: nothing else would release it.

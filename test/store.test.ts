@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BufferPool } from '../src/block/buffer-pool.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
-import { TieredStore } from '../src/store/tiered-store.js';
+import { TieredStore } from '../src/cache/tiered-store.js';
 
 const KiB = 1024;
 const id = (n: number): string => n.toString(16).padStart(40, '0');

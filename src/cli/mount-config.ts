@@ -9,7 +9,7 @@ import { parseDuration, parsePort, parseSize } from '../config/units.js';
 import { CachefsError } from '../errors.js';
 import type { UfsOptions } from '../ufs/ufs.js';
 import { parseUfsUri, type UfsUri } from '../ufs/uri.js';
-import { parseHostPort } from '../master/address.js';
+import { parseHostPort } from '../net/host-port.js';
 import { parseCacheGroup } from '../master/api.js';
 import { defaultCacheDir, parsePairs, readSecretFiles } from './options.js';
 

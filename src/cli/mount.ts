@@ -9,7 +9,7 @@
  * - with `--foreground`, the process is the mount's **supervisor**: it serves the
  *   metrics port, writes the `--pid-file` (its own pid: SIGTERM to it unmounts and
  *   ends both processes) and runs the serving process, replacing it whenever it
- *   dies (`fuse/supervisor.ts`);
+ *   dies (`heal/supervisor.ts`);
  * - with the hidden `--supervised`, the process is the **serving process**: it
  *   mounts and answers FUSE requests, its metrics on a private port of 127.0.0.1
  *   that the supervisor merges into its own.
@@ -17,10 +17,10 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { MountSupervisor, ServingStartError, type ServingCommand } from '../fuse/supervisor.js';
-import { SupervisorMetrics, SupervisorMetricsServer } from '../fuse/supervisor-metrics.js';
-import { MountAnchor } from '../fuse/mount-anchor.js';
-import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../fuse/serving-channel.js';
+import { MountSupervisor, ServingStartError, type ServingCommand } from '../heal/supervisor.js';
+import { SupervisorMetrics, SupervisorMetricsServer } from '../heal/supervisor-metrics.js';
+import { MountAnchor } from '../heal/mount-anchor.js';
+import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../heal/serving-channel.js';
 import { createLogger } from '../log.js';
 import { READY_ENV, reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';

@@ -6,7 +6,7 @@
  */
 import { BlockClient } from '../client/block-client.js';
 import { FuseMount } from '../fuse/fuse-mount.js';
-import { checkMountpoint } from '../fuse/mountpoint.js';
+import { checkMountpoint } from '../sys/mountpoint.js';
 import type { Logger } from '../log.js';
 import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { CachefsError } from '../errors.js';
 import { unmountPath } from '../fuse/fuse-mount.js';
-import { readMountTable } from '../fuse/mountinfo.js';
+import { readMountTable } from '../sys/mountinfo.js';
 import { runAction } from './exit.js';
 
 export function registerUmountCommand(program: Command): void {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseFraction, parsePort, parseSize } from '../config/units.js';
 import { CachefsError } from '../errors.js';
 import { parseCacheGroup, parseWorkerId } from '../master/api.js';
-import type { Medium, TierConfig } from '../store/tier.js';
+import type { Medium, TierConfig } from '../cache/tier.js';
 
 const MEDIA: readonly Medium[] = ['MEM', 'SSD', 'HDD'];
 

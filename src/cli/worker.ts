@@ -13,7 +13,7 @@ import { MasterClient } from '../master/client.js';
 import { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
 import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
-import { NamespaceSync } from '../ufs/namespace-sync.js';
+import { NamespaceSync } from '../master/namespace-sync.js';
 import { Worker } from '../worker/worker.js';
 import { fail, runAction } from './exit.js';
 import { collect } from './options.js';

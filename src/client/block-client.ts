@@ -4,7 +4,7 @@
  * paths or FUSE; a `vfs` file handle owns one `Readahead` and passes it in.
  */
 import { blockCount, blockRef, blocksCovering, type ObjectRef } from '../block/block.js';
-import type { BlockRead, BlockSource } from './block-source.js';
+import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
@@ -34,7 +34,7 @@ export class BlockClient {
    * `view`, bytes held in memory come back as a view instead, uncopied, good only until
    * this turn of the event loop ends.
    */
-  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, session?: number, view = false): number | Buffer | Promise<number> {
+  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, handle?: ReadHandle, view = false): number | Buffer | Promise<number> {
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
@@ -42,14 +42,14 @@ export class BlockClient {
     if (pattern === 'sequential' && this.maxWindowBlocks > 0) {
       const last = refs[refs.length - 1]!.index;
       for (const i of readahead.blocksToPrefetch(last, blockCount(object.size, this.blockSize))) {
-        this.source.prefetch(blockRef(object, this.blockSize, i), streaming, session);
+        this.source.prefetch(blockRef(object, this.blockSize, i), streaming, handle);
       }
     }
     const end = Math.min(object.size, position + length);
     const reads = refs.map((ref): BlockRead => {
       const from = Math.max(position, ref.offset);
       const to = Math.min(end, ref.offset + ref.length);
-      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, session };
+      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, handle };
     });
     if (reads.length === 1) {
       const req = reads[0]!;
@@ -58,8 +58,8 @@ export class BlockClient {
     return settleAll(reads.map((req) => this.source.read(req)));
   }
 
-  release(session: number): void {
-    this.source.release?.(session);
+  release(handle: ReadHandle): void {
+    this.source.release?.(handle);
   }
 
   close(): Promise<void> {

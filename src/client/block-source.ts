@@ -9,6 +9,16 @@ import type { BlockRef } from '../block/block.js';
 /** How the reader is moving through the file: random readers get no readahead and small cold reads go straight to the UFS. */
 export type AccessPattern = 'sequential' | 'random';
 
+/**
+ * The open file a read belongs to: it holds short-circuit pins, and its prefetches
+ * stop when it is released (its signal aborts).
+ */
+export interface ReadHandle {
+  readonly id: number;
+  /** Aborted when the file handle is released. */
+  readonly signal: AbortSignal;
+}
+
 export interface BlockRead {
   ref: BlockRef;
   /** Offset inside the block. */
@@ -22,8 +32,9 @@ export interface BlockRead {
    * into memory pay off. Never set for reads that only look sequential by chance.
    */
   streaming?: boolean;
-  /** The open file handle the read belongs to: what holds short-circuit pins. */
-  session?: number;
+  /** The open file handle the read belongs to. */
+  handle?: ReadHandle;
+  /** Aborted when the request is interrupted or times out: the work under it stops. */
   signal?: AbortSignal;
 }
 
@@ -45,10 +56,10 @@ export interface BlockSource {
   viewNow?(req: BlockRead): Buffer | undefined;
   /**
    * Starts caching the block in the background if it is not cached (for a streaming reader:
-   * in memory too, where that helps, held for `session` as its reads would hold it); never throws.
+   * in memory too, where that helps, held for `handle` as its reads would hold it); never throws.
    */
-  prefetch(ref: BlockRef, streaming: boolean, session?: number): void;
+  prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void;
   /** The file handle is gone: let go of what it held (pins). */
-  release?(session: number): void;
+  release?(handle: ReadHandle): void;
   close(): Promise<void>;
 }

@@ -13,13 +13,13 @@ import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { UfsResolver } from '../worker/read-through.js';
+import type { UfsResolver } from '../cache/read-through.js';
 import { BackgroundQueue } from './background.js';
-import type { BlockRead, BlockSource } from './block-source.js';
+import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
 import type { Membership } from './membership.js';
-import { MemoryBlocks, type HeldBlock } from './memory-blocks.js';
+import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
 import { RemoteWorker } from './remote-worker.js';
-import { BlockFiles } from './block-files.js';
+import { BlockFiles } from '../cache/block-files.js';
 import { ColocatedWorker } from './colocated-worker.js';
 
 /** How a client decides it runs on a worker's node (DESIGN.md, "Locality"). */
@@ -102,7 +102,7 @@ export class ClusterSource implements BlockSource {
     return this.readUfs(req);
   }
 
-  prefetch(ref: BlockRef, streaming: boolean, session?: number): void {
+  prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void {
     if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
     const owner = this.config.membership.candidates(ref.id)[0];
     if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref, streaming);
@@ -113,7 +113,7 @@ export class ClusterSource implements BlockSource {
       let work: () => Promise<unknown>;
       if (!streaming) work = () => near.warm(ref);
       else if (near.streamsOverSocket) work = () => this.memory.load(ref.id, () => near.readBlock(ref));
-      else work = () => near.pinAhead(ref, session);
+      else work = () => near.pinAhead(ref, handle?.id);
       this.background.add(ref.id, () => work().catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }
@@ -171,9 +171,9 @@ export class ClusterSource implements BlockSource {
     return view;
   }
 
-  release(session: number): void {
-    for (const near of this.colocated.values()) near?.release(session);
-    this.config.local?.source.release?.(session);
+  release(handle: ReadHandle): void {
+    for (const near of this.colocated.values()) near?.release(handle.id);
+    this.config.local?.source.release?.(handle);
   }
 
   /** The worker as a co-located one (short-circuit), if it is one; decided once per worker process. */

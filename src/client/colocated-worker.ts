@@ -12,10 +12,10 @@
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import type { BlockRef } from '../block/block.js';
-import type { HeldBlock } from './memory-blocks.js';
+import type { HeldBlock } from '../cache/memory-blocks.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { BlockFiles } from './block-files.js';
+import type { BlockFiles } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
 
@@ -39,7 +39,7 @@ export class ColocatedWorker {
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    const path = this.streamOnly ? undefined : await this.openFor(req.session, ref);
+    const path = this.streamOnly ? undefined : await this.openFor(req.handle?.id, ref);
     if (path) {
       try {
         const n = await this.files.read(ref.id, path, ref.length, req.dest, req.destOffset, req.length, req.offset);

@@ -10,10 +10,10 @@
 import type { BlockRef } from '../block/block.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { EnsuredBlock, ReadThrough, UfsResolver } from '../worker/read-through.js';
-import { BlockFiles, BlockFileSizeError } from './block-files.js';
+import type { EnsuredBlock, ReadThrough, UfsResolver } from '../cache/read-through.js';
+import { BlockFiles, BlockFileSizeError } from '../cache/block-files.js';
 import type { BlockRead, BlockSource } from './block-source.js';
-import { PrefetchRuns } from './prefetch-runs.js';
+import { PrefetchRuns } from '../cache/prefetch-runs.js';
 
 /** Random reads up to this size of a cold block skip the whole-block fetch. */
 const SMALL_RANDOM_READ = 512 * 1024;

@@ -7,7 +7,7 @@
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { MasterClient } from '../master/client.js';
-import { Poller } from './poller.js';
+import { Poller } from '../lib/poller.js';
 import { WorkerRing } from './worker-ring.js';
 
 const SUSPECT_MS = 5000;

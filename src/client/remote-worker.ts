@@ -7,8 +7,8 @@
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
-import { parseHostPort } from '../master/address.js';
-import { blockRequestPath, errorFromResponse } from '../worker/block-protocol.js';
+import { parseHostPort } from '../net/host-port.js';
+import { blockRequestPath, errorFromResponse } from '../net/block-protocol.js';
 import { BodyConnectionPool } from '../net/body-connection.js';
 
 /** A cold block may first be fetched from the UFS by the worker. */

@@ -7,7 +7,7 @@
 import { createConnection, type Socket } from 'node:net';
 import type { BlockRef } from '../block/block.js';
 import { CachefsError, type ErrorCode } from '../errors.js';
-import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketRequest } from '../worker/socket-protocol.js';
+import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
 
 type Pending = { resolve: (a: { answer: SocketAnswer; payload: Buffer }) => void; reject: (err: Error) => void };
 type Request = SocketRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;

@@ -9,8 +9,8 @@ import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Filesystem } from '../vfs/filesystem.js';
-import { runCommand } from './mount-commands.js';
-import { isMountpoint } from './mountpoint.js';
+import { runCommand } from '../sys/mount-commands.js';
+import { isMountpoint } from '../sys/mountpoint.js';
 import { FuseOps } from './ops.js';
 import { FuseSession } from './session.js';
 

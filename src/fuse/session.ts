@@ -15,8 +15,8 @@ import { Socket } from 'node:net';
 import { constants } from 'node:os';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { runCommand } from './mount-commands.js';
-import { readMountTable, topMountAt } from './mountinfo.js';
+import { runCommand } from '../sys/mount-commands.js';
+import { readMountTable, topMountAt } from '../sys/mountinfo.js';
 import { IN_HEADER, outHeader, readHeader, type RequestHeader } from './protocol.js';
 
 /**

@@ -8,7 +8,7 @@
  */
 import { CachefsError, type ErrorCode } from '../errors.js';
 import { parseUfsUri } from '../ufs/uri.js';
-import { parseHostPort } from './address.js';
+import { parseHostPort } from '../net/host-port.js';
 import { Fields } from './decode.js';
 import { normalizeMountPath } from './mount-path.js';
 

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { CachefsError, isCachefsError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { parseHostPort, type HostPort } from './address.js';
+import { parseHostPort, type HostPort } from '../net/host-port.js';
 import {
   ROUTES,
   decodeApiError,

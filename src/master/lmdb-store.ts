@@ -9,7 +9,7 @@
 import { mkdir } from 'node:fs/promises';
 import { open, type RootDatabase } from 'lmdb';
 import { CachefsError } from '../errors.js';
-import { PidLock } from '../pid-lock.js';
+import { PidLock } from '../sys/pid-lock.js';
 import { isDelete, type MetaEntry, type MetaStore, type MetaWrite } from './meta-store.js';
 
 export class LmdbMetaStore implements MetaStore {

@@ -7,12 +7,13 @@
 import { constants } from 'node:fs';
 import type { ObjectRef } from '../block/block.js';
 import type { BlockClient } from '../client/block-client.js';
+import type { ReadHandle } from '../client/block-source.js';
 import type { Readahead } from '../client/readahead.js';
 import { CachefsError, isCachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Ufs } from '../ufs/ufs.js';
-import { SingleFlight } from '../worker/single-flight.js';
+import { SingleFlight } from '../lib/single-flight.js';
 import { attrOf, fileEntry, type Attr, type Entry } from './entry.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
@@ -47,9 +48,11 @@ export interface StatFs {
   namemax: number;
 }
 
-interface Handle {
+interface Handle extends ReadHandle {
   object: ObjectRef;
   readahead: Readahead;
+  /** Aborts the handle's signal when it is released. */
+  closed: AbortController;
 }
 
 const LIST_PAGE = 1000;
@@ -157,7 +160,8 @@ export class Filesystem {
     if (entry.kind !== 'file') throw new CachefsError('IS_DIRECTORY', `is a directory: ${path}`);
     const fh = this.nextHandle++;
     const object: ObjectRef = { mount: this.config.mountId, key: entry.key, etag: entry.etag, size: entry.size };
-    this.handles.set(fh, { object, readahead: this.client.newReadahead() });
+    const closed = new AbortController();
+    this.handles.set(fh, { id: fh, signal: closed.signal, closed, object, readahead: this.client.newReadahead() });
     return fh;
   }
 
@@ -169,7 +173,7 @@ export class Filesystem {
   read(fh: number, dest: Buffer, length: number, position: number, view = false): number | Buffer | Promise<number> {
     const handle = this.handles.get(fh);
     if (!handle) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
-    const n = this.client.read(handle.object, position, dest, length, handle.readahead, fh, view);
+    const n = this.client.read(handle.object, position, dest, length, handle.readahead, handle, view);
     if (typeof n === 'number' || Buffer.isBuffer(n)) return n;
     return n.catch((err: unknown) => {
       if (isCachefsError(err, 'STALE')) this.cache.invalidate(handle.object.key, parentKey(handle.object.key));
@@ -178,7 +182,11 @@ export class Filesystem {
   }
 
   release(fh: number): void {
-    if (this.handles.delete(fh)) this.client.release(fh);
+    const handle = this.handles.get(fh);
+    if (!handle) return;
+    this.handles.delete(fh);
+    handle.closed.abort();
+    this.client.release(handle);
   }
 
   async access(path: string, mode: number): Promise<void> {

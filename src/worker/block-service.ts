@@ -14,8 +14,8 @@ import type { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from './block-protocol.js';
-import type { ReadThrough } from './read-through.js';
+import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
+import type { ReadThrough } from '../cache/read-through.js';
 
 export interface BlockServiceConfig {
   readThrough: ReadThrough;

@@ -15,8 +15,8 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ReadThrough } from './read-through.js';
-import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketRequest } from './socket-protocol.js';
+import type { ReadThrough } from '../cache/read-through.js';
+import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
 
 export class DomainSocketService {
   private readonly connections = new Set<Socket>();

@@ -8,11 +8,11 @@ import { BufferPool } from '../block/buffer-pool.js';
 import type { Logger } from '../log.js';
 import type { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { TierConfig } from '../store/tier.js';
-import { TieredStore } from '../store/tiered-store.js';
+import type { TierConfig } from '../cache/tier.js';
+import { TieredStore } from '../cache/tiered-store.js';
 import { BlockService } from './block-service.js';
 import { DomainSocketService } from './domain-socket-service.js';
-import { ReadThrough, type UfsResolver } from './read-through.js';
+import { ReadThrough, type UfsResolver } from '../cache/read-through.js';
 import { Registration } from './registration.js';
 
 /**

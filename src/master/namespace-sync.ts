@@ -3,13 +3,13 @@
  * master client falls back to its on-disk copy when the master is down), opens a
  * backend for each new entry and closes the backends of removed ones.
  */
-import { Poller } from '../client/poller.js';
+import { Poller } from '../lib/poller.js';
 import type { Logger } from '../log.js';
-import type { MountEntry } from '../master/api.js';
-import type { MasterClient } from '../master/client.js';
-import { NamespaceUfs } from './namespace.js';
-import { openUfs } from './open-ufs.js';
-import type { Ufs } from './ufs.js';
+import type { MountEntry } from './api.js';
+import type { MasterClient } from './client.js';
+import { NamespaceUfs } from '../ufs/namespace.js';
+import { openUfs } from '../ufs/open-ufs.js';
+import type { Ufs } from '../ufs/ufs.js';
 
 export class NamespaceSync {
   readonly ufs = new NamespaceUfs([]);

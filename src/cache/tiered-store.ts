@@ -10,7 +10,7 @@
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
-import { PidLock } from '../pid-lock.js';
+import { PidLock } from '../sys/pid-lock.js';
 import { Tier, type TierConfig } from './tier.js';
 
 export interface StoreConfig {

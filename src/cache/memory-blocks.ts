@@ -6,7 +6,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { BufferPool } from '../block/buffer-pool.js';
-import { SingleFlight } from '../worker/single-flight.js';
+import { SingleFlight } from '../lib/single-flight.js';
 
 /** A block in memory and where its bytes came from (for the read-path metrics). */
 export interface HeldBlock {

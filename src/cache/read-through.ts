@@ -11,7 +11,7 @@ import type { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { StoredBlock, TieredStore } from '../store/tiered-store.js';
+import type { StoredBlock, TieredStore } from './tiered-store.js';
 import type { Ufs } from '../ufs/ufs.js';
 
 /** Finds the UFS that backs a mount id (the embedded mount has exactly one). */

@@ -8,7 +8,7 @@
  */
 import { link, mkdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { CachefsError } from './errors.js';
+import { CachefsError } from '../errors.js';
 
 export interface PidLockOptions {
   /** Lock file name inside the directory. */

@@ -34,8 +34,8 @@ import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { repairBinds } from './bind-repair.js';
 import { MountAnchor } from './mount-anchor.js';
-import { lazyUnmount } from './mount-commands.js';
-import { readMountTable, topMountAt } from './mountinfo.js';
+import { lazyUnmount } from '../sys/mount-commands.js';
+import { readMountTable, topMountAt } from '../sys/mountinfo.js';
 import { asServingMessage } from './serving-channel.js';
 import type { SupervisorMetrics } from './supervisor-metrics.js';
 

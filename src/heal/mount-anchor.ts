@@ -24,9 +24,9 @@ import { readlinkSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log.js';
-import { bindMount, lazyUnmount, makePrivateMount } from './mount-commands.js';
-import { readMountTable } from './mountinfo.js';
-import { isAlive } from '../pid-lock.js';
+import { bindMount, lazyUnmount, makePrivateMount } from '../sys/mount-commands.js';
+import { readMountTable } from '../sys/mountinfo.js';
+import { isAlive } from '../sys/pid-lock.js';
 
 /** Where anchors live: a directory per mount namespace (`/run` may be shared by containers), one per mount point in it. */
 export const ANCHOR_ROOT = '/run/cachefs/anchors';

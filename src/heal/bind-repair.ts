@@ -19,8 +19,8 @@
  */
 import path from 'node:path';
 import type { Logger } from '../log.js';
-import { bindMount, pathAnswers } from './mount-commands.js';
-import { readMountTable, topMountAt } from './mountinfo.js';
+import { bindMount, pathAnswers } from '../sys/mount-commands.js';
+import { readMountTable, topMountAt } from '../sys/mountinfo.js';
 
 export interface BindRepair {
   /** Where the bind is mounted. */
