@@ -11,6 +11,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { blockRef } from '../src/block/block.js';
 import { BlockFiles } from '../src/cache/block-files.js';
+import { READ_POLICY } from '../src/cache/read-policy.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -168,7 +169,7 @@ describe('pins', () => {
   it('holds a block pinned ahead of a handle\'s reads until the handle goes, and lets go of a pin that arrives after it went', async () => {
     const w = await worker();
     const [socketName] = await readdir(w.socketDir);
-    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), silentLogger, new Metrics(false));
+    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, new Metrics(false));
     try {
       const ref = (i: number) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i);
       const pinned = async () => (await w.metrics()).value('cachefs_pinned_blocks');

@@ -15,6 +15,7 @@ const EXIT_CODES: Record<ErrorCode, number> = {
   UNREACHABLE: 5,
   TIMEOUT: 5,
   THROTTLED: 5,
+  INTERRUPTED: 130,
   CONFLICT: 6,
   READ_ONLY: 1,
   STALE: 1,

@@ -6,20 +6,19 @@
  * are not visible in our mount namespace, the bytes come over the socket instead
  * (domain socket stream), decided once per worker.
  *
- * A handle pins at most `MAX_PINS_PER_SESSION` blocks, its most recently opened
+ * A handle pins at most `pinsPerHandle` blocks (the read policy's), its most recently opened
  * ones: a long sequential read of a file larger than the tier must not pin the
  * whole tier. An unpinned block stays readable through its open fd (an evicted
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import type { BlockRef } from '../block/block.js';
 import type { HeldBlock } from '../cache/memory-blocks.js';
+import { waitFor } from '../lib/shared-work.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { BlockFiles } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
-
-const MAX_PINS_PER_SESSION = 16;
 
 export class ColocatedWorker {
   private readonly socket: WorkerSocket;
@@ -31,7 +30,14 @@ export class ColocatedWorker {
   private readonly scBytes;
   private readonly dsBytes;
 
-  constructor(readonly workerId: string, socketPath: string, private readonly files: BlockFiles, private readonly log: Logger, metrics: Metrics) {
+  constructor(
+    readonly workerId: string,
+    socketPath: string,
+    private readonly files: BlockFiles,
+    private readonly pinsPerHandle: number,
+    private readonly log: Logger,
+    metrics: Metrics,
+  ) {
     this.socket = new WorkerSocket(socketPath);
     this.scBytes = metrics.clientReadBytes.labels('short_circuit');
     this.dsBytes = metrics.clientReadBytes.labels('domain_socket');
@@ -39,7 +45,8 @@ export class ColocatedWorker {
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    const path = this.streamOnly ? undefined : await this.openFor(req.handle?.id, ref);
+    // A pin being taken serves the handle's later reads too: an interrupted read stops waiting, the pin goes on.
+    const path = this.streamOnly ? undefined : await waitFor(this.openFor(req.handle?.id, ref), req.signal);
     if (path) {
       try {
         const n = await this.files.read(ref.id, path, ref.length, req.dest, req.destOffset, req.length, req.offset);
@@ -49,7 +56,7 @@ export class ColocatedWorker {
         this.streamFrom(err, ref, path);
       }
     }
-    const data = await this.socket.read(ref, req.offset, req.length);
+    const data = await this.socket.read(ref, req.offset, req.length, req.signal);
     data.copy(req.dest, req.destOffset);
     this.dsBytes.inc(data.length);
     return data.length;
@@ -61,8 +68,8 @@ export class ColocatedWorker {
   }
 
   /** The whole block over the worker's socket, for a streaming reader: one request instead of one per FUSE read. */
-  async readBlock(ref: BlockRef): Promise<HeldBlock> {
-    return { data: await this.socket.read(ref, 0, ref.length), from: 'domain_socket' };
+  async readBlock(ref: BlockRef, signal?: AbortSignal): Promise<HeldBlock> {
+    return { data: await this.socket.read(ref, 0, ref.length, signal), from: 'domain_socket' };
   }
 
   /**
@@ -129,7 +136,7 @@ export class ColocatedWorker {
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
     blocks.set(ref.id, path);
-    if (blocks.size > MAX_PINS_PER_SESSION) {
+    if (blocks.size > this.pinsPerHandle) {
       const [oldest] = blocks.keys();
       blocks.delete(oldest!);
       this.socket.close(oldest!).catch(() => undefined);

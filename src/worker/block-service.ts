@@ -1,25 +1,24 @@
 /**
  * The worker's HTTP service: block bytes for the network read path
  * (`GET /v1/blocks/<id>?...`, with ranges, keep-alive), plus `/metrics` and
- * `/healthz`. A block is read through the store (fetched from the UFS once if
- * missing), pinned while it is streamed, and checked against its expected length
- * before a byte leaves, so a damaged file is refetched rather than served.
+ * `/healthz`. A block's bytes come through the cache (`CachedBlocks`: fetched from
+ * the UFS once if missing, a damaged file dropped and refetched rather than served);
+ * a client that goes away before its answer lets go of the fetch it waited for.
  */
-import { open } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
+import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
-import type { ReadThrough } from '../cache/read-through.js';
 
 export interface BlockServiceConfig {
-  readThrough: ReadThrough;
-  /** Buffers for blocks read from the store, each given back once its response is sent. */
+  blocks: CachedBlocks;
+  /** Buffers for the bytes of answers, each given back once its response is sent. */
   buffers: BufferPool;
   metrics: Metrics;
   registry: Registry;
@@ -65,59 +64,26 @@ async function route(config: BlockServiceConfig, req: IncomingMessage, res: Serv
 
 async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader: string | undefined, res: ServerResponse): Promise<void> {
   const range = parseRange(rangeHeader, ref.length) ?? { start: 0, end: ref.length - 1 };
-  const headers = (n: number): Record<string, string> => ({
-    'content-type': 'application/octet-stream',
-    'content-length': String(n),
-    ...(rangeHeader ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
-  });
-  const status = rangeHeader ? 206 : 200;
   const count = range.end - range.start + 1;
-  const { readThrough, metrics } = config;
-  for (let attempt = 0; ; attempt++) {
-    const ensured = await readThrough.ensure(ref);
-    if (ensured.data) {
-      res.writeHead(status, headers(count)).end(ensured.data.subarray(range.start, range.end + 1));
-      return served(metrics, count);
-    }
-    const stored = ensured.stored!;
-    readThrough.store.pin(ref.id);
-    try {
-      const handle = await open(stored.path, 'r').catch(() => undefined);
-      const size = handle ? (await handle.stat()).size : -1;
-      if (!handle || size !== ref.length) {
-        await handle?.close();
-        if (attempt > 0) throw new CachefsError('IO', `block ${ref.id} cannot be read from the store`);
-        await readThrough.discard(ref, `block file has ${size} bytes, expected ${ref.length}`);
-        continue;
-      }
-      // One positioned read into one buffer and one write: for whole blocks this is faster than a
-      // stream of 64 KiB chunks, and the block is pinned only for as long as the read takes.
-      const body = config.buffers.take(count);
-      // 'close' comes once the socket has taken the last byte, or the client went away, or an
-      // error was answered instead: nothing refers to the buffer any more.
-      res.once('close', () => config.buffers.giveLater(body));
-      let done = 0;
-      try {
-        while (done < count) {
-          const { bytesRead } = await handle.read(body, done, count - done, range.start + done);
-          if (bytesRead === 0) break;
-          done += bytesRead;
-        }
-      } finally {
-        await handle.close();
-      }
-      if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
-      res.writeHead(status, headers(count)).end(body);
-      return served(metrics, count);
-    } finally {
-      readThrough.store.unpin(ref.id);
-    }
-  }
-}
-
-function served(metrics: Metrics, bytes: number): void {
-  metrics.workerServedBytes.inc({ path: 'remote' }, bytes);
-  metrics.workerRequests.inc({ path: 'remote', status: 'ok' });
+  const gone = new AbortController();
+  const body = config.buffers.take(count);
+  // 'close' comes once the socket has taken the last byte, or the client went away, or an
+  // error was answered instead: nothing refers to the buffer any more.
+  res.once('close', () => {
+    gone.abort();
+    config.buffers.giveLater(body);
+  });
+  const { bytes } = await config.blocks.read(ref, range.start, count, body, 0, gone.signal);
+  if (bytes !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${bytes} of ${count} bytes`);
+  res
+    .writeHead(rangeHeader ? 206 : 200, {
+      'content-type': 'application/octet-stream',
+      'content-length': String(count),
+      ...(rangeHeader ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
+    })
+    .end(body);
+  config.metrics.workerServedBytes.inc({ path: 'remote' }, count);
+  config.metrics.workerRequests.inc({ path: 'remote', status: 'ok' });
 }
 
 function fail(config: BlockServiceConfig, res: ServerResponse, err: unknown): void {
