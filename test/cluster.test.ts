@@ -17,6 +17,8 @@ import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+/** A block file: `<id>.<checksum>` (src/cache/tier.ts). */
+const BLOCK_FILE = /^[0-9a-f]{40}\.[0-9a-f]{16}$/;
 const A = randomBytes(20 * MiB + 77);
 const B = randomBytes(100 * MiB + 5);
 
@@ -32,13 +34,13 @@ const mountArgs = (group = 'g', extra: string[] = []): string[] => ['--master', 
 
 async function blockFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => e.isFile() && /^[0-9a-f]{40}$/.test(e.name)).map((e) => e.name);
+  return entries.filter((e) => e.isFile() && BLOCK_FILE.test(e.name)).map((e) => e.name.slice(0, 40));
 }
 
 async function blockBytes(dir: string): Promise<number> {
   let total = 0;
   for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
-    if (e.isFile() && /^[0-9a-f]{40}$/.test(e.name)) total += (await stat(path.join(e.parentPath, e.name))).size;
+    if (e.isFile() && BLOCK_FILE.test(e.name)) total += (await stat(path.join(e.parentPath, e.name))).size;
   }
   return total;
 }

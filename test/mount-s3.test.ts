@@ -200,7 +200,7 @@ describe('the block cache', () => {
     const m = await mountCachefs({ ufs: 's3://data/sizes', args: mountArgs(), env: env() });
     const file = path.join(m.mountpoint, 'block-minus-1');
     expect(await sha256Of(file)).toBe(sha(files['sizes/block-minus-1']!));
-    const blocks = (await readdir(m.cacheDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && /^[0-9a-f]{40}$/.test(e.name));
+    const blocks = (await readdir(m.cacheDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && /^[0-9a-f]{40}\.[0-9a-f]{16}$/.test(e.name));
     expect(blocks.length).toBe(1);
     const blockFile = path.join(blocks[0]!.parentPath, blocks[0]!.name);
     await truncate(blockFile, 1000);

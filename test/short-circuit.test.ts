@@ -4,7 +4,7 @@
  * pins held by open files, and crashes on either side.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -148,7 +148,7 @@ describe('pins', () => {
     return { child, ready, release: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.stdin!.end(); }) };
   }
   const blocksOfF = () => Array.from({ length: 13 }, (_, i) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i).id);
-  const present = (tierDir: string, ids: string[]) => ids.filter((id) => existsSync(path.join(tierDir, 'blocks', id.slice(0, 2), id))).length;
+  const present = (tierDir: string, ids: string[]) => ids.filter((id) => readdirSync(path.join(tierDir, 'blocks', id.slice(0, 2)), { withFileTypes: true }).some((e) => e.name.startsWith(`${id}.`))).length;
 
   it('keeps the blocks of an open file through eviction pressure, and lets them go after close', async () => {
     const w = await worker({ tierSize: '24MiB', args: ['--high', '0.9', '--low', '0.5'] });

@@ -155,8 +155,12 @@ export class ReadThrough {
     await Promise.all(this.writes);
   }
 
-  /** Drops a block whose file turned out damaged; the next `ensure` refetches it. */
-  async discard(ref: BlockRef, why: string): Promise<void> {
+  /**
+   * Drops a block whose file `path` turned out damaged; the next `ensure` refetches it.
+   * Readers that found the same file damaged at the same time drop and count it once.
+   */
+  async discard(ref: BlockRef, path: string, why: string): Promise<void> {
+    if (this.store.lookup(ref.id)?.path !== path) return;
     this.metrics.cacheCorrupt.inc();
     this.log.warn({ block: ref.id, key: ref.object.key, index: ref.index, why }, 'dropping damaged cached block');
     await this.store.remove(ref.id);

@@ -6,6 +6,7 @@
  */
 import { createConnection, type Socket } from 'node:net';
 import type { BlockRef } from '../block/block.js';
+import { isBlockSum } from '../block/checksum.js';
 import { abortError, CachefsError, errorCodeOf } from '../errors.js';
 import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
 
@@ -22,11 +23,12 @@ export class WorkerSocket {
 
   constructor(readonly path: string) {}
 
-  /** Pins the block and answers its file path; no path when the worker could not store it (then nothing is pinned). */
-  async open(ref: BlockRef): Promise<{ path?: string; length: number }> {
+  /** Pins the block and answers its file path and checksum; no path when the worker could not store it (then nothing is pinned). */
+  async open(ref: BlockRef): Promise<{ path?: string; sum?: string; length: number }> {
     const { answer } = await this.call({ op: 'open', block: toWire(ref) });
     if (answer.length !== ref.length) throw new CachefsError('IO', `worker at ${this.path} answered open with a length of ${answer.length}, expected ${ref.length}`);
-    return { path: typeof answer.path === 'string' ? answer.path : undefined, length: answer.length };
+    const sum = typeof answer.sum === 'string' && isBlockSum(answer.sum) ? answer.sum : undefined;
+    return { path: typeof answer.path === 'string' ? answer.path : undefined, sum, length: answer.length };
   }
 
   async close(id: string): Promise<void> {

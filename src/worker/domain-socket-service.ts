@@ -74,7 +74,7 @@ export class DomainSocketService {
       this.shortCircuitBytes += ref.length;
       metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
       metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
-      return answer({ seq: req.seq, ok: true, path: ensured.stored.path, length: ref.length });
+      return answer({ seq: req.seq, ok: true, path: ensured.stored.path, sum: ensured.stored.sum, length: ref.length });
     };
     const reader = new FrameReader<SocketRequest>(
       () => 0,
