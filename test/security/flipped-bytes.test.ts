@@ -74,6 +74,17 @@ async function worker() {
   return Object.assign(w, { cacheGroup });
 }
 
+/** A worker that has cached the file (read once by another mount), with a byte of one of its block files flipped since. */
+async function workerWithAFlippedBlock() {
+  const w = await worker();
+  const warm = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
+  expect(await sha256Of(path.join(warm.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
+  await warm.stop();
+  const [first] = await blockFiles(w.tierDir, 3);
+  await flipByte(first!);
+  return w;
+}
+
 const clusterArgs = (cacheGroup: string, extra: string[] = []): string[] => ['--master', master.address, '--cache-group', cacheGroup, '--no-sharing', '--block-size', '1MiB', ...extra];
 
 describe('a byte flipped in a cached block file', () => {
@@ -92,12 +103,7 @@ describe('a byte flipped in a cached block file', () => {
   });
 
   it('is never served by a worker over the network', async () => {
-    const w = await worker();
-    const warm = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
-    expect(await sha256Of(path.join(warm.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
-    await warm.stop();
-    const [first] = await blockFiles(w.tierDir, 3);
-    await flipByte(first!);
+    const w = await workerWithAFlippedBlock();
     const m = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
     const wm = await w.metrics();
@@ -106,12 +112,7 @@ describe('a byte flipped in a cached block file', () => {
   });
 
   it('is never served by a short-circuit read: the client finds it, the worker drops and refetches it', async () => {
-    const w = await worker();
-    const warm = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
-    expect(await sha256Of(path.join(warm.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
-    await warm.stop();
-    const [first] = await blockFiles(w.tierDir, 3);
-    await flipByte(first!);
+    const w = await workerWithAFlippedBlock();
     const m = await mountCachefs({ args: clusterArgs(w.cacheGroup) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
     const mm = await m.metrics();
