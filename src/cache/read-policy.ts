@@ -15,7 +15,9 @@
  *   memory a whole block at a time for sequential readers, by range for random ones
  *   (`wholeBlock`).
  * - A worker that fails a read is skipped for the next in rendezvous order, then the
- *   UFS; an error any of them would answer alike is final (`isFinal`).
+ *   UFS, and suspected for a while; one that is only busy (over its in-flight budget)
+ *   is skipped for this read alone (`isBusy`); an error any of them would answer alike
+ *   is final (`isFinal`).
  * - Version check: a block names its object's ETag; a changed object fails with STALE
  *   rather than mixing old and new bytes.
  */
@@ -93,4 +95,9 @@ const FINAL: ReadonlySet<ErrorCode> = new Set(['STALE', 'NOT_FOUND', 'INVALID_AR
 
 export function isFinal(err: CachefsError): boolean {
   return FINAL.has(err.code);
+}
+
+/** A worker over its in-flight budget: skipped for this read, not suspected of failing. */
+export function isBusy(err: CachefsError): boolean {
+  return err.code === 'THROTTLED';
 }

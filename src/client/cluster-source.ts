@@ -12,7 +12,7 @@ import type { BlockRef } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import { BlockFiles } from '../cache/block-files.js';
 import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
-import { isFinal, wholeBlock, type ReadPolicy } from '../cache/read-policy.js';
+import { isBusy, isFinal, wholeBlock, type ReadPolicy } from '../cache/read-policy.js';
 import type { UfsReader } from '../cache/ufs-reader.js';
 import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -198,6 +198,10 @@ export class ClusterSource implements BlockSource {
 
   private failed(worker: WorkerRecord, err: CachefsError): void {
     if (isFinal(err)) throw err;
+    if (isBusy(err)) {
+      this.config.log.debug({ worker: worker.id, address: worker.address }, 'worker busy; trying the next');
+      return;
+    }
     this.config.log.warn({ worker: worker.id, address: worker.address, code: err.code, err: err.message }, 'worker read failed; trying the next');
     this.config.membership.suspect(worker.id);
   }

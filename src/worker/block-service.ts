@@ -4,6 +4,10 @@
  * `/healthz`. A block's bytes come through the cache (`CachedBlocks`: fetched from
  * the UFS once if missing, a damaged file dropped and refetched rather than served);
  * a client that goes away before its answer lets go of the fetch it waited for.
+ *
+ * The bytes a worker holds for requests in flight (each request's answer, and the block
+ * a cold one fetches) stay within `inFlightBytes`: a request beyond it is answered 503
+ * with Retry-After, and the client reads from the next worker or the UFS instead.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -25,14 +29,20 @@ export interface BlockServiceConfig {
   log: Logger;
   host: string;
   port: number;
+  /** Most bytes held for requests in flight at once. */
+  inFlightBytes: number;
 }
+
+/** Seconds a client is told to wait before asking a worker over its in-flight budget again. */
+const RETRY_AFTER_S = 1;
 
 export class BlockService {
   private constructor(private readonly server: Server, readonly port: number) {}
 
   static async start(config: BlockServiceConfig): Promise<BlockService> {
+    const budget = new InFlightBudget(config.inFlightBytes);
     const server = createServer((req, res) => {
-      route(config, req, res).catch((err: unknown) => fail(config, res, err));
+      route(config, budget, req, res).catch((err: unknown) => fail(config, res, err));
     });
     server.keepAliveTimeout = 30_000;
     await new Promise<void>((resolve, reject) => {
@@ -48,9 +58,31 @@ export class BlockService {
   }
 }
 
-async function route(config: BlockServiceConfig, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** The bytes held for requests in flight, against their limit. */
+class InFlightBudget {
+  private held = 0;
+
+  constructor(private readonly limit: number) {}
+
+  /** Holds `bytes` until the response closes; THROTTLED when that would pass the limit. */
+  hold(bytes: number, res: ServerResponse): void {
+    if (this.held + bytes > this.limit) {
+      throw new CachefsError('THROTTLED', `busy: ${this.held} bytes held for requests in flight, at most ${this.limit}`);
+    }
+    this.held += bytes;
+    res.once('close', () => (this.held -= bytes));
+  }
+}
+
+async function route(config: BlockServiceConfig, budget: InFlightBudget, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = req.url ?? '/';
-  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) return serveBlock(config, parseBlockRequest(url), req.headers.range, res);
+  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) {
+    const ref = parseBlockRequest(url);
+    const range = parseRange(req.headers.range, ref.length) ?? { start: 0, end: ref.length - 1 };
+    // The answer's bytes, and a block-sized fetch if the block is not cached.
+    budget.hold(range.end - range.start + 1 + (config.blocks.readThrough.cached(ref) ? 0 : ref.length), res);
+    return serveBlock(config, ref, range, req.headers.range !== undefined, res);
+  }
   if (req.method === 'GET' && url === '/healthz') {
     res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     return;
@@ -62,8 +94,7 @@ async function route(config: BlockServiceConfig, req: IncomingMessage, res: Serv
   throw new CachefsError('NOT_FOUND', `no such resource: ${req.method} ${url.split('?')[0]}`);
 }
 
-async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader: string | undefined, res: ServerResponse): Promise<void> {
-  const range = parseRange(rangeHeader, ref.length) ?? { start: 0, end: ref.length - 1 };
+async function serveBlock(config: BlockServiceConfig, ref: BlockRef, range: { start: number; end: number }, ranged: boolean, res: ServerResponse): Promise<void> {
   const count = range.end - range.start + 1;
   const gone = new AbortController();
   const body = config.buffers.take(count);
@@ -76,10 +107,10 @@ async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader
   const { bytes } = await config.blocks.read(ref, range.start, count, body, 0, gone.signal);
   if (bytes !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${bytes} of ${count} bytes`);
   res
-    .writeHead(rangeHeader ? 206 : 200, {
+    .writeHead(ranged ? 206 : 200, {
       'content-type': 'application/octet-stream',
       'content-length': String(count),
-      ...(rangeHeader ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
+      ...(ranged ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
     })
     .end(body);
   config.metrics.workerServedBytes.inc({ path: 'remote' }, count);
@@ -96,5 +127,6 @@ function fail(config: BlockServiceConfig, res: ServerResponse, err: unknown): vo
   }
   // Every response carries its length: clients read exactly that many bytes (net/body-connection.ts).
   const body = JSON.stringify({ error: { code: e.code, message: e.message } });
-  res.writeHead(statusForCode(e.code), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) }).end(body);
+  const retry = e.code === 'THROTTLED' ? { 'retry-after': String(RETRY_AFTER_S) } : {};
+  res.writeHead(statusForCode(e.code), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...retry }).end(body);
 }

@@ -24,6 +24,11 @@ import { Registration } from './registration.js';
  * a client's connections read at once.
  */
 const SERVED_BUFFERS = 8;
+/**
+ * Bytes the block service holds for requests in flight at most: 16 cold blocks of the
+ * default size fetched and answered at once (a client's 8 connections, twice over).
+ */
+const IN_FLIGHT_BYTES = 16 * 2 * DEFAULT_BLOCK_SIZE;
 
 export interface WorkerConfig {
   id: string;
@@ -72,7 +77,7 @@ export class Worker {
     let socket: DomainSocketService | undefined;
     try {
       const buffers = new BufferPool(DEFAULT_BLOCK_SIZE, SERVED_BUFFERS);
-      service = await BlockService.start({ blocks, buffers, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      service = await BlockService.start({ blocks, buffers, inFlightBytes: IN_FLIGHT_BYTES, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, blocks, deps.metrics, deps.log);
       } catch (err) {
