@@ -10,8 +10,10 @@
 #   $CACHEFS_NODE_DIR (default /opt/cachefs/node). Its bin/ is put first on PATH here, and
 #   node, npm and npx are linked into /usr/local/bin (ahead of /usr/bin on Debian's PATH),
 #   so that bin/cachefs (`#!/usr/bin/env node`), the tests and later shells run Node 24.
+#
+# demo.sh and test.sh source this file, so that its PATH holds for what they run next.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 node_dir=${CACHEFS_NODE_DIR:-/opt/cachefs/node}
 link_dir=/usr/local/bin
