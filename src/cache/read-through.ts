@@ -160,6 +160,7 @@ export class ReadThrough {
           },
         );
         this.writes.add(write);
+        this.metrics.cacheWritesInFlight.inc(); void write.then(() => this.metrics.cacheWritesInFlight.dec());
         void write.then(() => this.writes.delete(write));
         settled.push(write);
       }

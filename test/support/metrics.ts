@@ -48,3 +48,21 @@ export function expectServedBy(m: MetricsSnapshot, paths: string | string[], byt
   const served = [paths].flat().reduce((sum, path) => sum + delta('cachefs_client_read_bytes_total', { path }), 0);
   expect(served, `bytes served by ${[paths].flat().join(' and ')}`).toBe(answered);
 }
+
+/**
+ * The metrics of a process whose cache has written every block it fetched: a reader is
+ * answered from a fetch's bytes before the block file is written (cache/read-through.ts),
+ * so what a test then finds on disk, or in the cache's gauges, depends on how far those
+ * writes got. Polls (bounded) until `cachefs_cache_writes_in_flight` is 0; the series must
+ * be there, or a process without it would pass at once.
+ */
+export async function settledCacheMetrics(scrape: () => Promise<MetricsSnapshot>, timeoutMs = 10_000): Promise<MetricsSnapshot> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = await scrape();
+    expect(m.text, 'the process reports cachefs_cache_writes_in_flight').toMatch(/^cachefs_cache_writes_in_flight /m);
+    if (m.value('cachefs_cache_writes_in_flight') === 0) return m;
+    if (Date.now() > deadline) throw new Error(`block writes still in flight after ${timeoutMs} ms: ${m.value('cachefs_cache_writes_in_flight')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
