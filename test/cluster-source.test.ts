@@ -34,6 +34,7 @@ import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { BlockService } from '../src/worker/block-service.js';
 import { DomainSocketService } from '../src/worker/domain-socket-service.js';
+import { registryValue } from './support/metrics.js';
 import { waitFor } from './support/processes.js';
 
 const MiB = 1024 * 1024;
@@ -72,12 +73,6 @@ afterAll(async () => {
   await master?.close();
   if (work) await rm(work, { recursive: true, force: true });
 });
-
-/** The sum of a counter's series whose labels include `labels`. */
-async function count(metrics: Metrics, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const m = await metrics.registry.getSingleMetric(name)!.get();
-  return m.values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((a, v) => a + v.value, 0);
-}
 
 interface TestWorker {
   id: string;
@@ -118,8 +113,8 @@ async function cacheWorker(id: string, r: Registration & { socket?: boolean }): 
   await register(id, `127.0.0.1:${service.port}`, { ...r, domainSocketPath });
   return {
     id,
-    requests: () => count(metrics, 'cachefs_worker_requests_total'),
-    served: (p) => count(metrics, 'cachefs_worker_served_bytes_total', { path: p }),
+    requests: () => registryValue(metrics.registry, 'cachefs_worker_requests_total'),
+    served: (p) => registryValue(metrics.registry, 'cachefs_worker_served_bytes_total', { path: p }),
     pinned: () => store.pinnedCount,
   };
 }
@@ -191,7 +186,7 @@ async function readBlock(s: ClusterSource, r: BlockRef, extra: Partial<BlockRead
   expect(req.dest.equals(bytesOf(r))).toBe(true);
 }
 
-const readBytes = (metrics: Metrics, p: string): Promise<number> => count(metrics, 'cachefs_client_read_bytes_total', { path: p });
+const readBytes = (metrics: Metrics, p: string): Promise<number> => registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: p });
 const ids = (ws: readonly { id: string }[]): string[] => ws.map((w) => w.id);
 
 describe('ClusterSource: where a block comes from', () => {
@@ -205,7 +200,7 @@ describe('ClusterSource: where a block comes from', () => {
     for (const id of order.slice(1)) expect(await workers.get(id)!.requests()).toBe(0);
     expect(await readBytes(metrics, 'remote')).toBe(MiB);
     expect(await readBytes(metrics, 'ufs')).toBe(0);
-    expect(await count(metrics, 'cachefs_ufs_requests_total')).toBe(0);
+    expect(await registryValue(metrics.registry, 'cachefs_ufs_requests_total')).toBe(0);
   });
 
   for (const failure of ['IO', 'THROTTLED', 'UNREACHABLE'] as const) {
@@ -238,7 +233,7 @@ describe('ClusterSource: where a block comes from', () => {
     for (const w of workers) expect(await w.requests()).toBe(1);
     expect(await readBytes(metrics, 'ufs')).toBe(MiB);
     expect(await readBytes(metrics, 'remote')).toBe(0);
-    expect(await count(metrics, 'cachefs_ufs_read_bytes_total')).toBe(MiB);
+    expect(await registryValue(metrics.registry, 'cachefs_ufs_read_bytes_total')).toBe(MiB);
     expect(membership.candidates(ref(2).id)).toEqual([]);
   });
 
@@ -263,7 +258,7 @@ describe('ClusterSource: where a block comes from', () => {
       expect((err as CachefsError).code).toBe(code);
       expect(await owner.requests()).toBe(1);
       expect(await next.requests()).toBe(0);
-      expect(await count(metrics, 'cachefs_ufs_requests_total')).toBe(0);
+      expect(await registryValue(metrics.registry, 'cachefs_ufs_requests_total')).toBe(0);
       expect(ids(membership.candidates(ref(3).id))).toEqual(order);
     });
   }
@@ -289,7 +284,7 @@ describe('ClusterSource: where a block comes from', () => {
     await cacheWorker(order[1]!, { cacheGroup });
     const { source: s, membership, metrics } = await source(cacheGroup);
     s.prefetch(ref(1), true);
-    await waitFor(async () => (await count(metrics, 'cachefs_ufs_read_bytes_total')) === MiB, { timeoutMs: 5000, what: 'the prefetch' });
+    await waitFor(async () => (await registryValue(metrics.registry, 'cachefs_ufs_read_bytes_total')) === MiB, { timeoutMs: 5000, what: 'the prefetch' });
     expect(await owner.requests()).toBe(1);
     expect(ids(membership.candidates(ref(1).id))).toEqual([order[1]]);
     const req = whole(ref(1), { pattern: 'sequential' });

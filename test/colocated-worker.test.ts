@@ -24,6 +24,7 @@ import { Metrics } from '../src/metrics/metrics.js';
 import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { DomainSocketService } from '../src/worker/domain-socket-service.js';
+import { registryValue } from './support/metrics.js';
 import { waitFor } from './support/processes.js';
 
 const MiB = 1024 * 1024;
@@ -53,11 +54,6 @@ afterEach(async () => {
 afterAll(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
-
-async function count(metrics: Metrics, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const m = await metrics.registry.getSingleMetric(name)!.get();
-  return m.values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((a, v) => a + v.value, 0);
-}
 
 /** A worker's socket service in this process, over a store of its own. */
 async function worker(): Promise<{ store: TieredStore; metrics: Metrics; socketPath: string }> {
@@ -93,9 +89,9 @@ describe('ColocatedWorker', () => {
     const { near, metrics } = colocated(w.socketPath);
     await readBlock(near, 0, 1);
     await readBlock(near, 0, 1);
-    expect(await count(metrics, 'cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(2 * MiB);
-    expect(await count(metrics, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(0);
-    expect(await count(w.metrics, 'cachefs_worker_requests_total', { path: 'short_circuit', status: 'open' })).toBe(1);
+    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(2 * MiB);
+    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(0);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_requests_total', { path: 'short_circuit', status: 'open' })).toBe(1);
     expect(w.store.pinnedCount).toBe(1);
     expect(w.store.isPinned(ref(0).id)).toBe(true);
     expect(near.streamsOverSocket).toBe(false);
@@ -206,8 +202,8 @@ describe('ColocatedWorker with block files it cannot see', () => {
     await readBlock(near, 0, 1);
     expect(near.streamsOverSocket).toBe(true);
     await readBlock(near, 1, 1);
-    expect(await count(metrics, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(2 * MiB);
-    expect(await count(metrics, 'cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
+    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(2 * MiB);
+    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(0);
     // A stream entering a block takes all of it in one request.
     const held = await near.readBlock(ref(BLOCKS - 1));
     expect(held.from).toBe('domain_socket');

@@ -1,6 +1,8 @@
 /**
- * Reads a Prometheus text endpoint and answers sums of series by name and labels.
+ * Reads a Prometheus text endpoint (or an in-process registry) and answers sums of
+ * series by name and labels.
  */
+import type { Registry } from 'prom-client';
 import { expect } from 'vitest';
 
 export interface MetricsSnapshot {
@@ -27,6 +29,14 @@ export function parseMetrics(text: string): MetricsSnapshot {
         .reduce((sum, s) => sum + s.value, 0);
     },
   };
+}
+
+/** Sum of every series of an in-process metric whose labels include `labels` (0 when none). */
+export async function registryValue(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) throw new Error(`no metric ${name} in the registry`);
+  const { values } = await metric.get();
+  return values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((sum, v) => sum + v.value, 0);
 }
 
 export async function scrapeMetrics(url: string): Promise<MetricsSnapshot> {
