@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../src/master/client.js';
-import { cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { BLOCK_FILE, cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -17,8 +17,6 @@ import { expectServedBy } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-/** A block file: `<id>.<checksum>` (src/cache/tier.ts). */
-const BLOCK_FILE = /^[0-9a-f]{40}\.[0-9a-f]{16}$/;
 const A = randomBytes(20 * MiB + 77);
 const B = randomBytes(100 * MiB + 5);
 

@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { blockRef } from '../src/block/block.js';
 import { BlockFiles } from '../src/cache/block-files.js';
 import { READ_POLICY } from '../src/cache/read-policy.js';
+import { humanSize, type ClusterReport } from '../src/cli/report.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -78,8 +79,26 @@ describe('short-circuit locality', () => {
     const wm = await w.metrics();
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'short_circuit' })).toBeGreaterThanOrEqual(F.length);
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'remote' })).toBe(0);
-    const report = await runCommand(process.execPath, [CACHEFS_BIN, 'report', '--master', master.address, '--cache-group', w.cacheGroup]);
-    expect(report.stdout).toMatch(/short/i);
+    // The report shows the bytes the worker handed out by short-circuit as of its last heartbeat
+    // (every second here): wait until it has caught up with the worker's own count.
+    const reportArgs = [CACHEFS_BIN, 'report', '--master', master.address, '--cache-group', w.cacheGroup];
+    let handedOut = -1;
+    await waitFor(
+      async () => {
+        handedOut = (await w.metrics()).value('cachefs_worker_served_bytes_total', { path: 'short_circuit' });
+        const json = JSON.parse((await runCommand(process.execPath, [...reportArgs, '--json'])).stdout) as ClusterReport;
+        return json.cacheGroups[0]?.workers.find((x) => x.id === w.id)?.shortCircuitBytes === handedOut;
+      },
+      { timeoutMs: 10_000, what: 'the report to show what the worker handed out by short-circuit' },
+    );
+    const report = await runCommand(process.execPath, reportArgs);
+    expect(report.code, report.stderr).toBe(0);
+    const lines = report.stdout.split('\n');
+    const header = lines.find((l) => /^\s+WORKER\s/.test(l)) ?? '';
+    const row = lines.find((l) => l.trimStart().startsWith(`${w.id} `)) ?? '';
+    const column = header.indexOf('SHORT-CIRCUIT');
+    expect(column, report.stdout).toBeGreaterThan(0);
+    expect(row.slice(column).split(/\s{2,}/)[0], report.stdout).toBe(humanSize(handedOut));
   });
 
   it('hostname mode reads by short-circuit when hostnames match; --short-circuit off takes the network', async () => {

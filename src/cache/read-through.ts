@@ -184,6 +184,8 @@ export class ReadThrough {
           },
         );
         this.writes.add(write);
+        this.metrics.cacheWritesInFlight.inc();
+        void write.then(() => this.metrics.cacheWritesInFlight.dec());
         void write.then(() => this.writes.delete(write));
         settled.push(write);
       }

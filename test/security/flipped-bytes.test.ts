@@ -9,7 +9,7 @@ import { open, readdir, rm, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { dropPageCache, mountCachefs, sha256Of, stopAllMounts } from '../support/cachefs.js';
+import { BLOCK_FILE, dropPageCache, mountCachefs, sha256Of, stopAllMounts } from '../support/cachefs.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from '../support/cluster.js';
 import { waitFor } from '../support/processes.js';
 import { startS3Server, type S3TestServer } from '../support/s3-server.js';
@@ -47,7 +47,7 @@ afterAll(async () => {
 /** The block files under a cache or tier dir, once `count` of them are written. */
 async function blockFiles(dir: string, count: number): Promise<string[]> {
   const list = async (): Promise<string[]> =>
-    (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && /^[0-9a-f]{40}\.[0-9a-f]{16}$/.test(e.name)).map((e) => path.join(e.parentPath, e.name));
+    (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && BLOCK_FILE.test(e.name)).map((e) => path.join(e.parentPath, e.name));
   await waitFor(async () => (await list()).length >= count, { timeoutMs: 10_000, what: `${count} block files in ${dir}` });
   return (await list()).sort();
 }
