@@ -192,11 +192,13 @@ export class Tier {
     return false;
   }
 
-  async remove(id: string): Promise<void> {
+  /** Drops the block: forgotten at once, its file removed after; false when the tier did not hold it. */
+  async remove(id: string): Promise<boolean> {
     const block = this.blockOf(id);
-    if (!block) return;
+    if (!block) return false;
     this.forget(id);
     await rm(block.path, { force: true });
+    return true;
   }
 
   private add(id: string, length: number, sum: string): void {

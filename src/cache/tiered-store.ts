@@ -118,6 +118,7 @@ export class TieredStore {
         return { ...tier.blockOf(id)!, tier };
       }
     }
+    this.publish();
     throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks and blocks being written`);
   }
 
@@ -182,11 +183,16 @@ export class TieredStore {
       victims.push(id);
       used -= length;
     }
-    for (const id of victims) {
-      await tier.remove(id);
-      this.removed(id);
-      this.metrics.cacheEvictions.inc();
-    }
+    // Each removal forgets its block at once, before its file is gone: a write running
+    // alongside sees the room, and an eviction running alongside neither picks nor counts
+    // the same block again.
+    await Promise.all(
+      victims.map(async (id) => {
+        if (!(await tier.remove(id))) return;
+        this.removed(id);
+        this.metrics.cacheEvictions.inc();
+      }),
+    );
     if (victims.length) this.log.debug({ tier: tier.medium, evicted: victims.length, used: tier.usedBytes }, 'evicted blocks');
   }
 
