@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'IS_DIRECTORY'
   | 'READ_ONLY' // any write attempt
   | 'ACCESS_DENIED' // credentials rejected or not allowed
+  | 'UNAUTHENTICATED' // a cluster request without the cluster secret (or with a wrong one)
   | 'BUCKET_NOT_FOUND'
   | 'THROTTLED'
   | 'UNREACHABLE' // endpoint does not answer (refused, DNS, timeout)
