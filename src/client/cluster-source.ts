@@ -13,6 +13,7 @@ import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { PoolOptions } from '../net/body-connection.js';
 import type { UfsResolver } from '../cache/read-through.js';
 import { BackgroundQueue } from './background.js';
 import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
@@ -37,6 +38,8 @@ export interface ClusterSourceConfig {
   blockSize: number;
   memoryBytes: number;
   prefetchConcurrency: number;
+  /** What requests to remote workers carry (the cluster secret) and verify them with (TLS). */
+  workerLink?: Pick<PoolOptions, 'headers' | 'tls'>;
   metrics: Metrics;
   log: Logger;
 }
@@ -196,7 +199,7 @@ export class ClusterSource implements BlockSource {
     let r = this.remotes.get(worker.id);
     if (!r || r.address !== worker.address) {
       void r?.close();
-      r = new RemoteWorker(worker.address, this.buffers);
+      r = new RemoteWorker(worker.address, this.buffers, this.config.workerLink);
       this.remotes.set(worker.id, r);
     }
     return r;

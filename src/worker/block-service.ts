@@ -6,7 +6,7 @@
  * before a byte leaves, so a damaged file is refetched rather than served.
  */
 import { open } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockRef } from '../block/block.js';
@@ -14,7 +14,9 @@ import type { BufferPool } from '../block/buffer-pool.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { checkAuthorization, type ClusterAuth } from '../net/auth.js';
 import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
+import { createClusterServer, type ServerTls } from '../net/tls.js';
 import type { ReadThrough } from '../cache/read-through.js';
 
 export interface BlockServiceConfig {
@@ -26,13 +28,19 @@ export interface BlockServiceConfig {
   log: Logger;
   host: string;
   port: number;
+  /** Block requests need the cluster secret (`/healthz` and `/metrics` do not), unless 'insecure'. */
+  auth: ClusterAuth;
+  /** Serve HTTPS with this certificate. */
+  tls?: ServerTls;
+  /** The only block size served (the `bs` of every request). */
+  blockSize: number;
 }
 
 export class BlockService {
   private constructor(private readonly server: Server, readonly port: number) {}
 
   static async start(config: BlockServiceConfig): Promise<BlockService> {
-    const server = createServer((req, res) => {
+    const server = createClusterServer(config.tls, (req, res) => {
       route(config, req, res).catch((err: unknown) => fail(config, res, err));
     });
     server.keepAliveTimeout = 30_000;
@@ -51,7 +59,8 @@ export class BlockService {
 
 async function route(config: BlockServiceConfig, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = req.url ?? '/';
-  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) return serveBlock(config, parseBlockRequest(url), req.headers.range, res);
+  checkAuthorization(config.auth, req, url.split('?')[0]!);
+  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) return serveBlock(config, parseBlockRequest(url, config), req.headers.range, res);
   if (req.method === 'GET' && url === '/healthz') {
     res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     return;

@@ -3,11 +3,12 @@
  * over HTTP to clients of its cache group, registered with the master. Runs as
  * `cachefs worker`, or embedded in a sharing mount.
  */
-import { DEFAULT_BLOCK_SIZE } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import type { Logger } from '../log.js';
 import type { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { ClusterAuth } from '../net/auth.js';
+import type { ServerTls } from '../net/tls.js';
 import type { TierConfig } from '../cache/tier.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { BlockService } from './block-service.js';
@@ -16,9 +17,8 @@ import { ReadThrough, type UfsResolver } from '../cache/read-through.js';
 import { Registration } from './registration.js';
 
 /**
- * Block buffers the block service owns for blocks it reads from the store (blocks of up
- * to the default size; others, and more at once, are allocated per request): as many as
- * a client's connections read at once.
+ * Block buffers the block service owns for blocks it reads from the store (more at once
+ * are allocated per request): as many as a client's connections read at once.
  */
 const SERVED_BUFFERS = 8;
 
@@ -36,6 +36,14 @@ export interface WorkerConfig {
   hostname: string;
   /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
+  /** The block size of the cache group: the only one the block service serves. */
+  blockSize: number;
+  /** Who the block service admits: holders of the cluster secret, or anyone ('insecure'). */
+  auth: ClusterAuth;
+  /** Serve the block service over HTTPS. */
+  tls?: ServerTls;
+  /** Where the registration credential is kept across restarts (see `Registration`). */
+  stateDir?: string;
 }
 
 export interface WorkerDeps {
@@ -68,8 +76,19 @@ export class Worker {
     let service: BlockService;
     let socket: DomainSocketService | undefined;
     try {
-      const buffers = new BufferPool(DEFAULT_BLOCK_SIZE, SERVED_BUFFERS);
-      service = await BlockService.start({ readThrough, buffers, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      const buffers = new BufferPool(config.blockSize, SERVED_BUFFERS);
+      service = await BlockService.start({
+        readThrough,
+        buffers,
+        metrics: deps.metrics,
+        registry: deps.metrics.registry,
+        log: deps.log,
+        host: config.host,
+        port: config.port,
+        auth: config.auth,
+        tls: config.tls,
+        blockSize: config.blockSize,
+      });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, readThrough, deps.metrics, deps.log);
       } catch (err) {
@@ -82,7 +101,7 @@ export class Worker {
     }
     const registration = new Registration(
       deps.master,
-      { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath },
+      { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath, blockSize: config.blockSize },
       () => ({
         capacityBytes: store.capacityBytes,
         usedBytes: store.usedBytes,
@@ -92,6 +111,7 @@ export class Worker {
       }),
       deps.log,
       deps.onFatal,
+      config.stateDir,
     );
     const worker = new Worker(config, store, readThrough, service, registration, socket);
     try {
@@ -100,7 +120,7 @@ export class Worker {
       await worker.close();
       throw err;
     }
-    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, domainSocket: config.domainSocketPath || undefined, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
+    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, blockSize: config.blockSize, tls: config.tls !== undefined, domainSocket: config.domainSocketPath || undefined, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
     return worker;
   }
 
