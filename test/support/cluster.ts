@@ -128,14 +128,16 @@ export interface WorkerOptions {
   env?: NodeJS.ProcessEnv;
   /** Unix socket dir for co-located clients; none by default, so reads take the network path. */
   socketDir?: string;
+  /** The worker's --state-dir (a new one by default): a restart that keeps it keeps its registration credential. */
+  stateDir?: string;
   /** A command the worker runs under (it must exec it, keeping the pid), e.g. `unshare -m ...`. */
   prefix?: string[];
 }
 
-export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string }> {
+export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string; stateDir: string }> {
   const port = options.port ?? (await freePort());
   const tierDir = options.tierDir ?? (await tempDir('cachefs-tier-'));
-  const stateDir = await tempDir('cachefs-wstate-');
+  const stateDir = options.stateDir ?? (await tempDir('cachefs-wstate-'));
   const id = options.id ?? `worker-${port}`;
   const svc = await start(
     ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--domain-socket-dir', options.socketDir ?? 'none', '--log-level', 'debug', ...(options.blockSize ? ['--block-size', options.blockSize] : []), ...(options.args ?? [])],
@@ -144,7 +146,7 @@ export async function startWorker(options: WorkerOptions): Promise<ServiceProces
     options.env,
     options.prefix,
   );
-  return Object.assign(svc, { tierDir, id });
+  return Object.assign(svc, { tierDir, id, stateDir });
 }
 
 /** Adds a mount-table entry through the CLI. */
