@@ -108,10 +108,11 @@ export function registerMasterCommand(program: Command): void {
     .option('--worker-timeout <duration>', 'a worker without a heartbeat for this long is marked lost', MASTER_DEFAULTS.workerTimeout)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default(MASTER_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to this file instead of stderr');
-  addClusterSecurityOptions(command, 'master').action(
-    runAction(async (flags: MasterFlags) => {
-      await runMaster(parseMasterConfig(flags));
-      process.exit(0);
-    }),
-  );
+  addClusterSecurityOptions(command, 'master')
+    .action(
+      runAction(async (flags: MasterFlags) => {
+        await runMaster(parseMasterConfig(flags));
+        process.exit(0);
+      }),
+    );
 }

@@ -70,39 +70,42 @@ export function registerMountTableCommand(program: Command): void {
     .option('--option-from-file <key=path>', 'UFS option read from a file (a secret: stored, never shown), repeatable', collect, [])
     .option('--replace', 'replace an existing entry at the same path')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER);
-  addClusterSecurityOptions(add, 'admin').action(
-    runAction(async (path: string, uri: string, flags: AddFlags) => {
-      const mountPath = normalizeMountPath(path);
-      parseUfsUri(uri);
-      const options = parsePairs(flags.option, '--option');
-      const secretOptions = readSecretFiles(flags.optionFromFile);
-      const result = await withClient(flags, (c) => c.addMount({ path: mountPath, uri, options, secretOptions, replace: flags.replace === true }));
-      const what = result.created ? 'added' : flags.replace ? 'set' : 'unchanged';
-      process.stdout.write(`${what}: ${formatMountTable([result.entry])}`);
-    }),
-  );
+  addClusterSecurityOptions(add, 'admin')
+    .action(
+      runAction(async (path: string, uri: string, flags: AddFlags) => {
+        const mountPath = normalizeMountPath(path);
+        parseUfsUri(uri);
+        const options = parsePairs(flags.option, '--option');
+        const secretOptions = readSecretFiles(flags.optionFromFile);
+        const result = await withClient(flags, (c) => c.addMount({ path: mountPath, uri, options, secretOptions, replace: flags.replace === true }));
+        const what = result.created ? 'added' : flags.replace ? 'set' : 'unchanged';
+        process.stdout.write(`${what}: ${formatMountTable([result.entry])}`);
+      }),
+    );
 
   const list = table
     .command('list')
     .description('show the mount table (secret option values are never shown)')
     .option('--json', 'print JSON')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER);
-  addClusterSecurityOptions(list, 'admin').action(
-    runAction(async (flags: MasterFlag & { json?: boolean }) => {
-      const entries = await withClient(flags, (c) => c.listMounts());
-      process.stdout.write(flags.json ? `${JSON.stringify({ entries }, null, 2)}\n` : formatMountTable(entries));
-    }),
-  );
+  addClusterSecurityOptions(list, 'admin')
+    .action(
+      runAction(async (flags: MasterFlag & { json?: boolean }) => {
+        const entries = await withClient(flags, (c) => c.listMounts());
+        process.stdout.write(flags.json ? `${JSON.stringify({ entries }, null, 2)}\n` : formatMountTable(entries));
+      }),
+    );
 
   const remove = table
     .command('remove')
     .description('remove the entry at a path')
     .argument('<path>', 'the path of the entry, e.g. /data')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER);
-  addClusterSecurityOptions(remove, 'admin').action(
-    runAction(async (path: string, flags: MasterFlag) => {
-      const removed = await withClient(flags, (c) => c.removeMount(normalizeMountPath(path)));
-      process.stdout.write(`removed: ${formatMountTable([removed])}`);
-    }),
-  );
+  addClusterSecurityOptions(remove, 'admin')
+    .action(
+      runAction(async (path: string, flags: MasterFlag) => {
+        const removed = await withClient(flags, (c) => c.removeMount(normalizeMountPath(path)));
+        process.stdout.write(`removed: ${formatMountTable([removed])}`);
+      }),
+    );
 }

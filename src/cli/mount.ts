@@ -61,18 +61,19 @@ export function registerMountCommand(program: Command): void {
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, oss.endpoint, cos.region, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
     .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp());
-  addClusterSecurityOptions(command, 'mount').action(
-    runAction(async (mountpoint: string, flags: MountFlags & { supervised?: boolean }) => {
-      const config = parseMountConfig(mountpoint, flags);
-      if (flags.supervised) return serve(config);
-      if (!config.foreground) {
-        if (config.logFile) await detach(config.logFile);
-        else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
-        return;
-      }
-      return supervise(config);
-    }),
-  );
+  addClusterSecurityOptions(command, 'mount')
+    .action(
+      runAction(async (mountpoint: string, flags: MountFlags & { supervised?: boolean }) => {
+        const config = parseMountConfig(mountpoint, flags);
+        if (flags.supervised) return serve(config);
+        if (!config.foreground) {
+          if (config.logFile) await detach(config.logFile);
+          else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
+          return;
+        }
+        return supervise(config);
+      }),
+    );
 }
 
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */

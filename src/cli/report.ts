@@ -168,17 +168,18 @@ export function registerReportCommand(program: Command): void {
     .option('--master <host:port>', 'the master', DEFAULT_MASTER)
     .option('--cache-group <name>', 'only this cache group')
     .option('--json', 'print JSON');
-  addClusterSecurityOptions(command, 'admin').action(
-    runAction(async (flags: ReportFlags) => {
-      const cacheGroup = flags.cacheGroup === undefined ? undefined : parseCacheGroup(flags.cacheGroup, '--cache-group');
-      const client = adminClient(flags);
-      try {
-        const { workers, now } = await client.listWorkers({ cacheGroup });
-        const report = buildReport(client.address.text, workers, now);
-        process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
-      } finally {
-        await client.close();
-      }
-    }),
-  );
+  addClusterSecurityOptions(command, 'admin')
+    .action(
+      runAction(async (flags: ReportFlags) => {
+        const cacheGroup = flags.cacheGroup === undefined ? undefined : parseCacheGroup(flags.cacheGroup, '--cache-group');
+        const client = adminClient(flags);
+        try {
+          const { workers, now } = await client.listWorkers({ cacheGroup });
+          const report = buildReport(client.address.text, workers, now);
+          process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+        } finally {
+          await client.close();
+        }
+      }),
+    );
 }

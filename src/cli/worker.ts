@@ -61,63 +61,64 @@ export function registerWorkerCommand(program: Command): void {
     .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw and its registration credential', '/var/lib/cachefs/worker')
     .option('--log-level <level>', 'log level', 'info')
     .option('--log-file <file>', 'log to a file instead of stderr');
-  addClusterSecurityOptions(command, 'worker').action(
-    runAction(async (flags: WorkerFlags) => {
-      const security = parseClusterSecurity(flags, 'worker');
-      const blockSize = parseSize(flags.blockSize, '--block-size', { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE });
-      const tiers = flags.tier.map(parseTier);
-      checkTiers(tiers);
-      const { high, low } = parseWatermarks(flags.high, flags.low);
-      const port = parsePort(flags.port, '--port');
-      const cacheGroup = parseCacheGroup(flags.cacheGroup, '--cache-group');
-      const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
-      const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
-      const log = createLogger(flags.logLevel, flags.logFile);
-      warnIfInsecure(security, log, `anyone who reaches port ${port} can read blocks of every source in the mount table`);
-      const metrics = new Metrics();
-      const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log, auth: security.secret, tls: security.clientTls });
-      const namespace = new NamespaceSync(master, log);
-      await namespace.start();
-      const worker = await Worker.start(
-        {
-          id,
-          cacheGroup,
-          tiers,
-          high,
-          low,
-          host: flags.host,
-          port,
-          advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host),
-          hostname: flags.hostname,
-          domainSocketPath,
-          blockSize,
-          auth: security.auth,
-          tls: security.serverTls,
-          stateDir: flags.stateDir,
-        },
-        {
-          master,
-          metrics,
-          log,
-          resolveUfs: async (mount) => {
-            if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
-            return namespace.ufs;
+  addClusterSecurityOptions(command, 'worker')
+    .action(
+      runAction(async (flags: WorkerFlags) => {
+        const security = parseClusterSecurity(flags, 'worker');
+        const blockSize = parseSize(flags.blockSize, '--block-size', { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE });
+        const tiers = flags.tier.map(parseTier);
+        checkTiers(tiers);
+        const { high, low } = parseWatermarks(flags.high, flags.low);
+        const port = parsePort(flags.port, '--port');
+        const cacheGroup = parseCacheGroup(flags.cacheGroup, '--cache-group');
+        const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
+        const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
+        const log = createLogger(flags.logLevel, flags.logFile);
+        warnIfInsecure(security, log, `anyone who reaches port ${port} can read blocks of every source in the mount table`);
+        const metrics = new Metrics();
+        const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log, auth: security.secret, tls: security.clientTls });
+        const namespace = new NamespaceSync(master, log);
+        await namespace.start();
+        const worker = await Worker.start(
+          {
+            id,
+            cacheGroup,
+            tiers,
+            high,
+            low,
+            host: flags.host,
+            port,
+            advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host),
+            hostname: flags.hostname,
+            domainSocketPath,
+            blockSize,
+            auth: security.auth,
+            tls: security.serverTls,
+            stateDir: flags.stateDir,
           },
-          onFatal: (err) => fail(err),
-        },
-      );
-      await new Promise<void>((resolve) => {
-        process.once('SIGTERM', resolve);
-        process.once('SIGINT', resolve);
-      });
-      log.info({ id }, 'worker stopping');
-      await worker.close();
-      await namespace.close();
-      await master.close();
-      log.flush();
-      process.exit(0);
-    }),
-  );
+          {
+            master,
+            metrics,
+            log,
+            resolveUfs: async (mount) => {
+              if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
+              return namespace.ufs;
+            },
+            onFatal: (err) => fail(err),
+          },
+        );
+        await new Promise<void>((resolve) => {
+          process.once('SIGTERM', resolve);
+          process.once('SIGINT', resolve);
+        });
+        log.info({ id }, 'worker stopping');
+        await worker.close();
+        await namespace.close();
+        await master.close();
+        log.flush();
+        process.exit(0);
+      }),
+    );
 }
 
 /** uuid mode: a new `<dir>/<uuid>` each start, so a stale file never matches; hostname mode: `<dir>/worker.sock`. */
