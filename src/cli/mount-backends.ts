@@ -11,7 +11,7 @@ import type { BlockSource } from '../client/block-source.js';
 import { ClusterSource } from '../client/cluster-source.js';
 import { EmbeddedSource } from '../client/embedded-source.js';
 import { Membership } from '../client/membership.js';
-import { CachefsError } from '../errors.js';
+import { CachefsError, isCachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -97,6 +97,8 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
   try {
     await namespace.start();
   } catch (err) {
+    // A master that refuses our secret is not one that is down: no cached copy stands in for it.
+    if (isCachefsError(err, 'UNAUTHENTICATED')) throw new CachefsError('UNAUTHENTICATED', `the master at ${cluster.master} refused this mount: ${err.message}`, { cause: err });
     throw new CachefsError('UNREACHABLE', `cannot get the mount table from the master at ${cluster.master} and no cached copy exists: ${(err as Error).message}`, { cause: err });
   }
   closers.push(() => namespace.close());

@@ -22,7 +22,7 @@ import { parseUfsUri } from '../../src/ufs/uri.js';
 import { cachefs, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from '../support/cachefs.js';
 import { addMountEntry, AUTH_HEADER, startMaster, startWorker, stopAllServices, type ServiceProcess } from '../support/cluster.js';
 import { expectServedBy } from '../support/metrics.js';
-import { runCommand } from '../support/processes.js';
+import { isMounted, runCommand } from '../support/processes.js';
 
 const MiB = 1024 * 1024;
 const DATA = randomBytes(3 * MiB + 17);
@@ -127,6 +127,24 @@ describe("a worker's block service", () => {
     const cat = await sh(`cat ${mount.mountpoint}/sec/escape`);
     expect(cat.code).not.toBe(0);
     expect(cat.stdout).toBe('');
+  });
+});
+
+describe('processes with another cluster secret', () => {
+  it('are turned away: a mount and a worker exit 4 with one line, nothing mounted or registered', async () => {
+    const other = path.join(work, 'other-token');
+    await writeFile(other, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+    const env = { CACHEFS_AUTH_TOKEN_FILE: other };
+    const mnt = path.join(work, 'refused-mnt');
+    await mkdir(mnt);
+    const m = await cachefs(['mount', mnt, '--master', master.address, '--cache-group', 'sec', '--no-sharing', '--cache-dir', path.join(work, 'refused-cache'), '--foreground'], env, 60_000);
+    expect(m).toMatchObject({ code: 4, stderr: `cachefs: the master at ${master.address} refused this mount: missing or wrong cluster secret: give the cluster token file with --auth-token-file (or CACHEFS_AUTH_TOKEN_FILE)\n` });
+    expect(await isMounted(mnt)).toBe(false);
+    const w = await cachefs(['worker', '--master', master.address, '--cache-group', 'sec', '--id', 'refused', '--host', '127.0.0.1', '--port', '0', '--tier', `SSD:${path.join(work, 'refused-tier')}:64MiB`, '--state-dir', path.join(work, 'refused-state'), '--domain-socket-dir', 'none'], env, 30_000);
+    expect(w).toMatchObject({ code: 4, stderr: expect.stringMatching(/^cachefs: missing or wrong cluster secret/) });
+    expect(w.stderr.trim().split('\n')).toHaveLength(1);
+    const workers = await fetch(`http://${master.address}/v1/workers`, { headers: { authorization: AUTH_HEADER } });
+    expect(((await workers.json()) as { workers: { id: string }[] }).workers.map((x) => x.id)).not.toContain('refused');
   });
 });
 
