@@ -12,6 +12,7 @@ export const ERROR_CODES = [
   'IS_DIRECTORY',
   'READ_ONLY', // any write attempt
   'ACCESS_DENIED', // credentials rejected or not allowed
+  'UNAUTHENTICATED', // a cluster request without the cluster secret (or with a wrong one)
   'BUCKET_NOT_FOUND',
   'THROTTLED',
   'UNREACHABLE', // endpoint does not answer (refused, DNS, timeout)

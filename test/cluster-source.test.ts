@@ -32,6 +32,7 @@ import { MasterClient } from '../src/master/client.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
 import { MasterServer } from '../src/master/server.js';
 import { Metrics } from '../src/metrics/metrics.js';
+import { authHeaders, ClusterSecret } from '../src/net/auth.js';
 import { statusForCode } from '../src/net/block-protocol.js';
 import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
@@ -43,6 +44,8 @@ import { waitFor } from './support/processes.js';
 const MiB = 1024 * 1024;
 const body = randomBytes(4 * MiB + 123);
 const HOSTNAME = 'node-a';
+/** In-process servers and clients share a cluster secret, as a real cluster does. */
+const SECRET = ClusterSecret.of('cluster-source-test-secret-0123456789');
 
 let work: string;
 let ufs: LocalUfs;
@@ -63,8 +66,8 @@ beforeAll(async () => {
   ufs = new LocalUfs(parseUfsUri(`file://${path.join(work, 'ufs')}`));
   const st = (await ufs.stat('obj.bin'))!;
   object = { mount: 'm', key: 'obj.bin', etag: st.etag, size: st.size };
-  master = await MasterServer.start({ store: new MemoryMetaStore(), host: '127.0.0.1', port: 0, workerTimeoutMs: 120_000, withProcessMetrics: false });
-  client = new MasterClient(`127.0.0.1:${master.port}`, { retries: 0, timeoutMs: 2000 });
+  master = await MasterServer.start({ store: new MemoryMetaStore(), auth: SECRET, host: '127.0.0.1', port: 0, workerTimeoutMs: 120_000, withProcessMetrics: false });
+  client = new MasterClient(`127.0.0.1:${master.port}`, { auth: SECRET, retries: 0, timeoutMs: 2000 });
 });
 
 afterEach(async () => {
@@ -105,7 +108,7 @@ async function cacheWorker(id: string, r: Registration & { socket?: boolean }): 
   await store.open();
   opened.push(store);
   const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger));
-  const service = await BlockService.start({ blocks, buffers: new BufferPool(MiB, 4), inFlightBytes: 64 * MiB, metrics, registry: metrics.registry, log: silentLogger, host: '127.0.0.1', port: 0 });
+  const service = await BlockService.start({ blocks, buffers: new BufferPool(MiB, 4), inFlightBytes: 64 * MiB, auth: SECRET, blockSize: MiB, metrics, registry: metrics.registry, log: silentLogger, host: '127.0.0.1', port: 0 });
   opened.push(service);
   let domainSocketPath = r.domainSocketPath;
   if (r.socket) {
@@ -167,11 +170,11 @@ function twoOwnerGroup(): { cacheGroup: string; nearId: string; farId: string; f
 }
 
 async function source(cacheGroup: string, shortCircuit: ShortCircuitMode = 'off'): Promise<{ source: ClusterSource; membership: Membership; metrics: Metrics }> {
-  const membership = new Membership(client, cacheGroup, silentLogger, 60_000);
+  const membership = new Membership(client, cacheGroup, MiB, silentLogger, 60_000);
   opened.push(membership);
   await membership.start();
   const metrics = new Metrics(false);
-  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log: silentLogger });
+  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, workerLink: { headers: authHeaders(SECRET) }, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log: silentLogger });
   opened.push(s);
   return { source: s, membership, metrics };
 }

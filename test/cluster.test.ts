@@ -9,8 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../src/master/client.js';
+import { ClusterSecret } from '../src/net/auth.js';
 import { BLOCK_FILE, cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
-import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
+import { addMountEntry, AUTH_HEADER, CLUSTER_TOKEN_FILE, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 import { expectServedBy } from './support/metrics.js';
@@ -55,9 +56,9 @@ beforeAll(async () => {
   await s3.putObject('data', 'set/a.bin', A);
   await s3.putObject('data', 'set/b.bin', B);
   master = await startMaster();
-  api = new MasterClient(master.address, { retries: 0 });
+  api = new MasterClient(master.address, { retries: 0, auth: ClusterSecret.fromFile(CLUSTER_TOKEN_FILE) });
   await addMountEntry(master.address, '/data', 's3://data/set', [`s3.endpoint=${s3.endpoint}`, 's3.accessKeyId=S3RVER', 's3.secretAccessKey=S3RVER', 's3.region=us-east-1']);
-  workers = await Promise.all([0, 1, 2].map(() => startWorker({ master: master.address })));
+  workers = await Promise.all([0, 1, 2].map(() => startWorker({ master: master.address, blockSize: '1MiB' })));
   m1 = await mountCachefs({ args: mountArgs('g', ['--no-sharing']) });
   m2 = await mountCachefs({ args: mountArgs('g', ['--no-sharing']) });
 }, 180_000);
@@ -101,7 +102,7 @@ describe('a cache group of three workers', () => {
     const kept = await blockFiles(victim.tierDir);
     expect(kept.length).toBeGreaterThan(0);
 
-    const back = await startWorker({ master: master.address, id: victim.id, tierDir: victim.tierDir });
+    const back = await startWorker({ master: master.address, id: victim.id, tierDir: victim.tierDir, blockSize: '1MiB' });
     workers[0] = back;
     const record = (await api.listWorkers({ cacheGroup: 'g', state: 'alive' })).workers.find((w) => w.id === victim.id);
     expect(record?.blocks).toBe(kept.length);
@@ -131,7 +132,7 @@ describe('a cache group of three workers', () => {
 
 describe('workers and mounts', () => {
   it('evicts a full tier down to its low watermark and still serves right bytes', async () => {
-    const small = await startWorker({ master: master.address, cacheGroup: 'small', tierSize: '8MiB', args: ['--high', '0.9', '--low', '0.5'] });
+    const small = await startWorker({ master: master.address, cacheGroup: 'small', tierSize: '8MiB', blockSize: '1MiB', args: ['--high', '0.9', '--low', '0.5'] });
     const m = await mountCachefs({ args: mountArgs('small', ['--no-sharing']) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/a.bin'))).toBe(sha(A));
     const wm = await small.metrics();
@@ -169,11 +170,14 @@ describe('workers and mounts', () => {
       `/v1/blocks/${'a'.repeat(39)}/?mount=x&key=y&etag=z&size=10&bs=1048576&index=0`,
       '/v1/blocks/%00',
     ];
+    // With the cluster secret: what stops them is the request's validation, not the authentication.
+    const auth = `-H 'Authorization: ${AUTH_HEADER}'`;
     for (const p of attempts) {
-      const r = await sh(`curl -s --path-as-is -o /dev/null -w '%{http_code}' 'http://${w.address}${p}'`);
+      const r = await sh(`curl -s --path-as-is ${auth} -o /dev/null -w '%{http_code}' 'http://${w.address}${p}'`);
       expect(Number(r.stdout), p).toBeGreaterThanOrEqual(400);
       expect(Number(r.stdout), p).toBeLessThan(500);
-      const body = await sh(`curl -s --path-as-is 'http://${w.address}${p}'`);
+      expect(Number(r.stdout), p).not.toBe(401);
+      const body = await sh(`curl -s --path-as-is ${auth} 'http://${w.address}${p}'`);
       expect(body.stdout, p).not.toMatch(/root:/);
     }
     expect((await w.metrics()).value('cachefs_worker_served_bytes_total')).toBe(served);

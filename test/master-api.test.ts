@@ -1,9 +1,10 @@
 /**
  * The master's HTTP API, served in-process on 127.0.0.1 and driven over real
- * HTTP: mount table (validation, conflicts, secrets masked in listings and kept
- * for resolve), worker registry (registration, heartbeats, expiry to lost,
- * duplicate ids), clear 4xx errors, metrics, and state surviving a master
- * restart on the same meta dir.
+ * HTTP with the cluster secret: mount table (validation, conflicts, secrets
+ * masked in listings and kept for resolve), worker registry (registration,
+ * credentials, heartbeats, expiry to lost, duplicate ids), clear 4xx errors,
+ * metrics, and state surviving a master restart on the same meta dir. What the
+ * master refuses to callers without the secret is in test/security/.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -11,12 +12,14 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { RegisterWorkerRequest } from '../src/master/api.js';
+import { ClusterSecret } from '../src/net/auth.js';
 import { LmdbMetaStore } from '../src/master/lmdb-store.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
 import type { MetaStore } from '../src/master/meta-store.js';
 import { MasterServer } from '../src/master/server.js';
 
 const SECRET = 'wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY';
+const CLUSTER_SECRET = ClusterSecret.of('cluster-secret-of-the-master-api-test');
 
 const servers: MasterServer[] = [];
 const dirs: string[] = [];
@@ -29,6 +32,7 @@ afterEach(async () => {
 async function startMaster(options: { store?: MetaStore; workerTimeoutMs?: number } = {}): Promise<{ master: MasterServer; url: string }> {
   const master = await MasterServer.start({
     store: options.store ?? new MemoryMetaStore(),
+    auth: CLUSTER_SECRET,
     host: '127.0.0.1',
     port: 0,
     workerTimeoutMs: options.workerTimeoutMs,
@@ -41,7 +45,7 @@ async function startMaster(options: { store?: MetaStore; workerTimeoutMs?: numbe
 async function api(url: string, method: string, route: string, body?: unknown): Promise<{ status: number; json: unknown; text: string }> {
   const res = await fetch(url + route, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers: { authorization: CLUSTER_SECRET.authorization, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
     body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
   });
   const text = await res.text();
@@ -52,6 +56,13 @@ async function api(url: string, method: string, route: string, body?: unknown): 
     json = undefined;
   }
   return { status: res.status, json, text };
+}
+
+/** Registers a worker and answers its registration credential. */
+async function register(url: string, req: RegisterWorkerRequest): Promise<string> {
+  const res = await api(url, 'POST', '/v1/workers/register', req);
+  expect(res.status).toBe(200);
+  return (res.json as { credential: string }).credential;
 }
 
 function worker(id: string, extra: Partial<RegisterWorkerRequest> = {}): RegisterWorkerRequest {
@@ -96,11 +107,13 @@ describe('mount table API', () => {
     expect(all.json).toMatchObject({ entries: [{ path: '/data', secretOptions: { 's3.secretAccessKey': SECRET } }] });
   });
 
-  it('masks plain options whose names say they are secret', async () => {
+  it('keeps plain options whose names say they are secret as secret options', async () => {
     const { url } = await startMaster();
-    await api(url, 'PUT', '/v1/mount-table', { path: '/d', uri: 'file:///srv/d', options: { 'oss.accessKeySecret': SECRET } });
+    await api(url, 'PUT', '/v1/mount-table', { path: '/d', uri: 'file:///srv/d', options: { 'oss.accessKeySecret': SECRET, 'oss.region': 'r' } });
     const list = await api(url, 'GET', '/v1/mount-table');
     expect(list.text).not.toContain(SECRET);
+    expect(list.json).toMatchObject({ entries: [{ options: { 'oss.region': 'r' }, secretOptions: { 'oss.accessKeySecret': '[secret]' } }] });
+    expect((await api(url, 'GET', '/v1/mount-table/resolve-all')).json).toMatchObject({ entries: [{ secretOptions: { 'oss.accessKeySecret': SECRET } }] });
   });
 
   it('treats a repeated identical add as success and a different one at the same path as a conflict', async () => {
@@ -173,16 +186,20 @@ describe('mount table API', () => {
 });
 
 describe('worker registry API', () => {
-  it('registers workers and lists them by cache group', async () => {
+  it('registers workers, answers each with a credential, and lists them by cache group without it', async () => {
     const { url } = await startMaster();
     const reg = await api(url, 'POST', '/v1/workers/register', worker('w1', { shortCircuitBytes: 77 }));
     expect(reg.status).toBe(200);
     expect(reg.json).toMatchObject({ worker: { id: 'w1', state: 'alive', shortCircuitBytes: 77 }, heartbeatIntervalMs: 2000, workerTimeoutMs: 10_000 });
-    await api(url, 'POST', '/v1/workers/register', worker('w2', { cacheGroup: 'other', address: '127.0.0.1:29998' }));
+    const credential = (reg.json as { credential: string }).credential;
+    expect(credential).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    await register(url, worker('w2', { cacheGroup: 'other', address: '127.0.0.1:29998' }));
 
     const list = await api(url, 'GET', '/v1/workers?cacheGroup=g');
     expect(list.json).toMatchObject({ workers: [{ id: 'w1', cacheGroup: 'g', address: '127.0.0.1:29999', hostname: 'node-a', domainSocketPath: '/run/cachefs/w1' }] });
     expect((list.json as { workers: unknown[] }).workers).toHaveLength(1);
+    expect(list.text).not.toContain(credential);
+    expect(list.text).not.toMatch(/credential/i);
     const groups = await api(url, 'GET', '/v1/cache-groups');
     expect(groups.json).toEqual({
       groups: [
@@ -192,30 +209,32 @@ describe('worker registry API', () => {
     });
   });
 
-  it('updates usage from heartbeats and answers 404 for an unknown worker', async () => {
+  it('updates usage from heartbeats that carry the credential, and answers 404 for an unknown worker', async () => {
     const { url } = await startMaster();
-    await api(url, 'POST', '/v1/workers/register', worker('w1'));
+    const credential = await register(url, worker('w1'));
     const hb = await api(url, 'POST', '/v1/workers/heartbeat', {
       id: 'w1',
       startedAt: 1000,
       instance: 'w1-instance-1',
+      credential,
       usedBytes: 2048,
       blocks: 2,
       tiers: [{ medium: 'MEM', dir: '/dev/shm/cachefs', quotaBytes: 4096, usedBytes: 2048 }],
     });
     expect(hb).toMatchObject({ status: 200, json: { state: 'alive' } });
     expect((await api(url, 'GET', '/v1/workers')).json).toMatchObject({ workers: [{ id: 'w1', usedBytes: 2048, blocks: 2, capacityBytes: 4096 }] });
-    expect(await api(url, 'POST', '/v1/workers/heartbeat', { id: 'nobody', startedAt: 1 })).toMatchObject({ status: 404, json: { error: { code: 'NOT_FOUND' } } });
+    expect(await api(url, 'POST', '/v1/workers/heartbeat', { id: 'nobody', startedAt: 1, credential })).toMatchObject({ status: 404, json: { error: { code: 'NOT_FOUND' } } });
+    expect(await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000 })).toMatchObject({ status: 400, json: { error: { message: "missing field 'credential' in heartbeat" } } });
   });
 
   it('marks a worker lost when its heartbeats stop, drops it from the live list, and takes it back when it registers again', async () => {
     const { url } = await startMaster({ workerTimeoutMs: 1000 });
-    await api(url, 'POST', '/v1/workers/register', worker('w1'));
-    await api(url, 'POST', '/v1/workers/register', worker('w2', { address: '127.0.0.1:29998' }));
+    const c1 = await register(url, worker('w1'));
+    const c2 = await register(url, worker('w2', { address: '127.0.0.1:29998' }));
     // w1 keeps heartbeating, w2 goes silent.
     for (let i = 0; i < 16; i++) {
       await sleep(100);
-      expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000, instance: 'w1-instance-1' })).status).toBe(200);
+      expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000, instance: 'w1-instance-1', credential: c1 })).status).toBe(200);
     }
     const all = (await api(url, 'GET', '/v1/workers?cacheGroup=g')).json as { workers: { id: string; state: string }[] };
     expect(all.workers.map((w) => [w.id, w.state])).toEqual([
@@ -227,33 +246,41 @@ describe('worker registry API', () => {
     expect((await api(url, 'GET', '/v1/cache-groups')).json).toMatchObject({ groups: [{ name: 'g', alive: 1, lost: 1 }] });
 
     // The lost worker's next heartbeat is refused so that it registers again.
-    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w2', startedAt: 1000, instance: 'w2-instance-1' })).status).toBe(404);
+    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w2', startedAt: 1000, instance: 'w2-instance-1', credential: c2 })).status).toBe(404);
     expect((await api(url, 'POST', '/v1/workers/register', worker('w2', { address: '127.0.0.1:29998' }))).status).toBe(200);
     expect((await api(url, 'GET', '/v1/workers?cacheGroup=g&state=alive')).json).toMatchObject({ workers: [{ id: 'w1' }, { id: 'w2' }] });
   });
 
-  it('rejects a second live process registering the same worker id with 409', async () => {
+  it('rejects a second live process registering the same worker id with 409, whatever address it gives', async () => {
     const { url } = await startMaster({ workerTimeoutMs: 400 });
-    expect((await api(url, 'POST', '/v1/workers/register', worker('w1'))).status).toBe(200);
+    const credential = await register(url, worker('w1'));
     const impostor = worker('w1', { address: '10.0.0.2:29999', hostname: 'node-b', startedAt: 2000, instance: 'other' });
     const dup = await api(url, 'POST', '/v1/workers/register', impostor);
     expect(dup).toMatchObject({ status: 409, json: { error: { code: 'CONFLICT' } } });
     expect((dup.json as { error: { message: string } }).error.message).toMatch(/already registered by a live worker at 127\.0\.0\.1:29999/);
+    // Not at the registered worker's own address either, nor by copying its listed identity.
+    expect((await api(url, 'POST', '/v1/workers/register', worker('w1', { startedAt: 2000, instance: 'other' }))).status).toBe(409);
+    expect((await api(url, 'POST', '/v1/workers/register', worker('w1', { address: '10.0.0.2:29999' }))).status).toBe(409);
     // Its heartbeats are refused too, and the registered process keeps the id.
-    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 2000, instance: 'other' })).status).toBe(409);
+    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 2000, instance: 'other', credential: 'guessed' })).status).toBe(409);
     expect((await api(url, 'GET', '/v1/workers')).json).toMatchObject({ workers: [{ id: 'w1', address: '127.0.0.1:29999' }] });
-    // The same process registering again is fine.
-    expect((await api(url, 'POST', '/v1/workers/register', worker('w1'))).status).toBe(200);
-    // Once the first one has expired, the id is free.
+    // The registered process registering again with its credential is fine.
+    expect((await api(url, 'POST', '/v1/workers/register', { ...worker('w1'), credential })).status).toBe(200);
+    // Once it has expired, the id is free.
     await sleep(700);
     expect((await api(url, 'POST', '/v1/workers/register', impostor)).status).toBe(200);
   });
 
-  it('lets a restarted worker take over its id at the same address without waiting for expiry', async () => {
+  it('lets a restarted worker that kept its credential take over its id without waiting for expiry', async () => {
     const { url } = await startMaster();
-    await api(url, 'POST', '/v1/workers/register', worker('w1'));
-    const restarted = await api(url, 'POST', '/v1/workers/register', worker('w1', { startedAt: 5000, instance: 'w1-instance-2' }));
+    const credential = await register(url, worker('w1'));
+    const restarted = await api(url, 'POST', '/v1/workers/register', { ...worker('w1', { startedAt: 5000, instance: 'w1-instance-2' }), credential });
     expect(restarted).toMatchObject({ status: 200, json: { worker: { startedAt: 5000, state: 'alive' } } });
+    // Each registration has its own credential: the old one no longer works.
+    const renewed = (restarted.json as { credential: string }).credential;
+    expect(renewed).not.toBe(credential);
+    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 5000, credential })).status).toBe(409);
+    expect((await api(url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 5000, credential: renewed })).status).toBe(200);
   });
 
   it.each([
@@ -269,12 +296,17 @@ describe('worker registry API', () => {
     expect((res.json as { error: { message: string } }).error.message).toMatch(message);
   });
 
-  it('forgets a decommissioned worker', async () => {
+  it('forgets a worker only when it asks itself (its credential) or an admin forces it', async () => {
     const { url } = await startMaster();
-    await api(url, 'POST', '/v1/workers/register', worker('w1'));
-    expect((await api(url, 'DELETE', '/v1/workers?id=w1')).status).toBe(200);
+    const credential = await register(url, worker('w1'));
+    await register(url, worker('w2', { address: '127.0.0.1:29998' }));
+    const denied = await api(url, 'DELETE', '/v1/workers?id=w1');
+    expect(denied).toMatchObject({ status: 403, json: { error: { code: 'ACCESS_DENIED', message: expect.stringMatching(/only by itself .* or by an admin with force=1/) } } });
+    const byItself = await fetch(`${url}/v1/workers?id=w1`, { method: 'DELETE', headers: { authorization: CLUSTER_SECRET.authorization, 'x-cachefs-worker-credential': credential } });
+    expect(byItself.status).toBe(200);
+    expect((await api(url, 'DELETE', '/v1/workers?id=w2&force=1')).status).toBe(200);
     expect((await api(url, 'GET', '/v1/workers')).json).toMatchObject({ workers: [] });
-    expect((await api(url, 'DELETE', '/v1/workers?id=w1')).status).toBe(404);
+    expect((await api(url, 'DELETE', '/v1/workers?id=w1&force=1')).status).toBe(404);
   });
 });
 
@@ -284,7 +316,7 @@ describe('master state', () => {
     dirs.push(dir);
     const first = await startMaster({ store: await LmdbMetaStore.open(dir) });
     await api(first.url, 'PUT', '/v1/mount-table', { path: '/data', uri: 's3://bucket/p', secretOptions: { 's3.secretAccessKey': SECRET } });
-    await api(first.url, 'POST', '/v1/workers/register', worker('w1'));
+    const credential = await register(first.url, worker('w1'));
     await first.master.close();
     servers.splice(servers.indexOf(first.master), 1);
 
@@ -292,7 +324,9 @@ describe('master state', () => {
     expect((await api(second.url, 'GET', '/v1/mount-table/resolve?path=/data')).json).toMatchObject({ entry: { uri: 's3://bucket/p', secretOptions: { 's3.secretAccessKey': SECRET } } });
     expect((await api(second.url, 'GET', '/v1/workers?cacheGroup=g&state=alive')).json).toMatchObject({ workers: [{ id: 'w1', state: 'alive' }] });
     // The worker's heartbeats are accepted by the new master without registering again.
-    expect((await api(second.url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000, instance: 'w1-instance-1' })).status).toBe(200);
+    expect((await api(second.url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000, instance: 'w1-instance-1', credential })).status).toBe(200);
+    // ... and only with the credential of its registration.
+    expect((await api(second.url, 'POST', '/v1/workers/heartbeat', { id: 'w1', startedAt: 1000, instance: 'w1-instance-1', credential: 'x' })).status).toBe(409);
   });
 
   it('serves health and Prometheus metrics from its own registry', async () => {
@@ -300,6 +334,7 @@ describe('master state', () => {
     await api(url, 'PUT', '/v1/mount-table', { path: '/data', uri: 's3://bucket/p' });
     await api(url, 'POST', '/v1/workers/register', worker('w1'));
     expect(await api(url, 'GET', '/healthz')).toMatchObject({ status: 200, json: { status: 'ok' } });
+    expect(await api(url, 'GET', '/readyz')).toMatchObject({ status: 200, json: { status: 'ready' } });
     const metrics = await api(url, 'GET', '/metrics');
     expect(metrics.status).toBe(200);
     expect(metrics.text).toContain('cachefs_master_mount_entries 1');

@@ -1,10 +1,12 @@
 /**
  * `MasterClient` against real master servers on 127.0.0.1: every call of the
- * API, error codes for rejected requests, retries with backoff while the
- * master is down, timeouts and cancellation, and the on-disk cache that lets a
- * mount start with the last mount table and worker list while the master is
- * unreachable.
+ * API with the cluster secret, error codes for rejected requests (a missing or
+ * wrong secret among them), HTTPS verified with the cluster's CA, retries with
+ * backoff while the master is down, timeouts and cancellation, and the on-disk
+ * cache that lets a mount start with the last mount table and worker list while
+ * the master is unreachable.
  */
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
@@ -16,8 +18,11 @@ import type { RegisterWorkerRequest } from '../src/master/api.js';
 import { MasterClient } from '../src/master/client.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
 import { MasterServer } from '../src/master/server.js';
+import { ClusterSecret } from '../src/net/auth.js';
+import { makeTestPki, type TestPki } from './support/tls.js';
 
 const SECRET = 'oss-access-key-secret-1234567890';
+const CLUSTER_SECRET = ClusterSecret.of('cluster-secret-of-the-master-client-test');
 
 const servers: MasterServer[] = [];
 const clients: MasterClient[] = [];
@@ -34,8 +39,8 @@ afterEach(async () => {
   for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
 });
 
-async function startMaster(port = 0, workerTimeoutMs?: number): Promise<MasterServer> {
-  const master = await MasterServer.start({ store: new MemoryMetaStore(), host: '127.0.0.1', port, workerTimeoutMs, withProcessMetrics: false });
+async function startMaster(port = 0, workerTimeoutMs?: number, tls?: { cert: Buffer; key: Buffer }): Promise<MasterServer> {
+  const master = await MasterServer.start({ store: new MemoryMetaStore(), auth: CLUSTER_SECRET, tls, host: '127.0.0.1', port, workerTimeoutMs, withProcessMetrics: false });
   servers.push(master);
   return master;
 }
@@ -46,7 +51,7 @@ async function stopMaster(master: MasterServer): Promise<void> {
 }
 
 function client(port: number, options: ConstructorParameters<typeof MasterClient>[1] = {}): MasterClient {
-  const c = new MasterClient(`127.0.0.1:${port}`, { backoffInitialMs: 20, backoffMaxMs: 100, timeoutMs: 2000, ...options });
+  const c = new MasterClient(`127.0.0.1:${port}`, { backoffInitialMs: 20, backoffMaxMs: 100, timeoutMs: 2000, auth: CLUSTER_SECRET, ...options });
   clients.push(c);
   return c;
 }
@@ -94,12 +99,15 @@ describe('MasterClient', () => {
     expect(await c.mountTable()).toMatchObject({ source: 'master', value: [{ path: '/data', secretOptions: { 'oss.accessKeySecret': SECRET } }] });
 
     const reg = await c.registerWorker(worker('w1'));
-    expect(reg).toMatchObject({ worker: { id: 'w1', state: 'alive' }, heartbeatIntervalMs: 2000, workerTimeoutMs: 10_000 });
-    expect(await c.heartbeat({ id: 'w1', startedAt: 1000, usedBytes: 20 })).toMatchObject({ state: 'alive' });
+    expect(reg).toMatchObject({ worker: { id: 'w1', state: 'alive' }, heartbeatIntervalMs: 2000, workerTimeoutMs: 10_000, credential: expect.any(String) });
+    expect(await c.heartbeat({ id: 'w1', startedAt: 1000, usedBytes: 20, credential: reg.credential })).toMatchObject({ state: 'alive' });
     expect((await c.listWorkers({ cacheGroup: 'g' })).workers).toMatchObject([{ id: 'w1', usedBytes: 20 }]);
     expect(await c.liveWorkers('g')).toMatchObject({ source: 'master', value: [{ id: 'w1' }] });
     expect(await c.cacheGroups()).toEqual([{ name: 'g', alive: 1, lost: 0, capacityBytes: 100, usedBytes: 20, blocks: 1 }]);
-    expect(await c.removeWorker('w1')).toMatchObject({ id: 'w1' });
+    expect(await c.removeWorker('w1', { credential: reg.credential })).toMatchObject({ id: 'w1' });
+    await c.registerWorker(worker('w2'));
+    await expect(c.removeWorker('w2', { credential: reg.credential })).rejects.toMatchObject({ code: 'ACCESS_DENIED' });
+    expect(await c.removeWorker('w2', { force: true })).toMatchObject({ id: 'w2' });
     expect(await c.removeMount('/data')).toMatchObject({ path: '/data' });
   });
 
@@ -109,12 +117,27 @@ describe('MasterClient', () => {
     await expect(c.addMount({ path: '/data', uri: 'ftp://x' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/unknown scheme/) });
     await expect(c.removeMount('/nothing')).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(c.resolveMount('/nothing')).rejects.toMatchObject({ code: 'NOT_FOUND' });
-    await expect(c.heartbeat({ id: 'ghost', startedAt: 1 })).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(c.heartbeat({ id: 'ghost', startedAt: 1, credential: 'c' })).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await c.addMount({ path: '/data', uri: 's3://bucket/a' });
     await expect(c.addMount({ path: '/data', uri: 's3://bucket/b' })).rejects.toMatchObject({ code: 'CONFLICT' });
     await c.registerWorker(worker('w1'));
     await expect(c.registerWorker({ ...worker('w1'), address: '127.0.0.9:1', startedAt: 2 })).rejects.toMatchObject({ code: 'CONFLICT' });
     expect(() => new MasterClient('no-port-here')).toThrow(/invalid --master address/);
+  });
+
+  it('answers UNAUTHENTICATED, without retrying, to a client without the cluster secret or with another one', async () => {
+    const master = await startMaster();
+    let requests = 0;
+    master.metrics.requests.reset();
+    for (const auth of [undefined, ClusterSecret.of('some-other-cluster-secret')]) {
+      const c = client(master.port, { auth, retries: 3 });
+      await expect(c.listMounts()).rejects.toMatchObject({ code: 'UNAUTHENTICATED', message: expect.stringMatching(/missing or wrong cluster secret/) });
+      requests++;
+    }
+    const text = await master.metrics.registry.metrics();
+    expect(text).toContain(`cachefs_master_requests_total{route="/v1/mount-table",status="401"} ${requests}`);
+    // The probes need no secret.
+    expect(await client(master.port, { auth: undefined }).health()).toEqual({ status: 'ok' });
   });
 
   it('fails with UNREACHABLE after its retries when no master answers', async () => {
@@ -191,11 +214,30 @@ describe('MasterClient', () => {
   it('tells a worker that missed its heartbeats to register again', async () => {
     const master = await startMaster(0, 300);
     const c = client(master.port);
-    await c.registerWorker(worker('w1'));
+    const first = await c.registerWorker(worker('w1'));
     await sleep(500);
     // Missed heartbeats: the worker is lost and must register again.
-    await expect(c.heartbeat({ id: 'w1', startedAt: 1000 })).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/marked lost/) });
-    await c.registerWorker(worker('w1'));
-    expect(await c.heartbeat({ id: 'w1', startedAt: 1000 })).toMatchObject({ state: 'alive' });
+    await expect(c.heartbeat({ id: 'w1', startedAt: 1000, credential: first.credential })).rejects.toMatchObject({ code: 'NOT_FOUND', message: expect.stringMatching(/marked lost/) });
+    const again = await c.registerWorker(worker('w1'));
+    expect(await c.heartbeat({ id: 'w1', startedAt: 1000, credential: again.credential })).toMatchObject({ state: 'alive' });
+  });
+});
+
+describe('MasterClient over TLS', () => {
+  let pki: TestPki;
+  afterEach(async () => {
+    await pki?.remove();
+  });
+
+  it('speaks HTTPS to a master with a certificate, verified with the CA, and refuses one its CA did not sign', async () => {
+    pki = await makeTestPki();
+    const master = await startMaster(0, undefined, { cert: readFileSync(pki.cert), key: readFileSync(pki.key) });
+    const c = client(master.port, { tls: { ca: readFileSync(pki.ca) } });
+    await c.addMount({ path: '/data', uri: 's3://bucket/p', secretOptions: { 's3.secretAccessKey': SECRET } });
+    expect(await c.mountTable()).toMatchObject({ value: [{ secretOptions: { 's3.secretAccessKey': SECRET } }] });
+    const wrongCa = client(master.port, { tls: { ca: readFileSync(pki.otherCa) }, retries: 0 });
+    await expect(wrongCa.listMounts()).rejects.toMatchObject({ code: 'UNREACHABLE', message: expect.stringMatching(/certificate/i) });
+    // A client that speaks plain HTTP to it gets no answer it can use.
+    await expect(client(master.port, { retries: 0 }).listMounts()).rejects.toMatchObject({ code: 'UNREACHABLE', message: expect.stringMatching(/other side closed/) });
   });
 });

@@ -5,6 +5,7 @@
  * survive `kill -9` and a restart on the same meta dir, secrets never reach
  * listings or the log file, a second master cannot take a meta dir in use,
  * SIGTERM stops it cleanly, and bad input ends in one line and a non-zero exit.
+ * Every master and command is given the cluster secret with --auth-token-file.
  * Every process is stopped by PID after each test, also when it fails.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
@@ -15,12 +16,17 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../src/master/client.js';
+import { ClusterSecret } from '../src/net/auth.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 // Inside the repo so that the compiled files find node_modules.
 const OUT = path.join(ROOT, 'node_modules', '.cache', `cachefs-master-test-${process.pid}`);
 const ENTRY = path.join(OUT, 'master-entry.mjs');
 const SECRET = 'AKIA-very-secret-value-0123456789abcdef';
+const TOKEN = 'cluster-token-of-the-master-process-test-0123456789';
+let tokenDir: string;
+let tokenFile: string;
+let auth: ClusterSecret;
 
 interface Run {
   code: number | null;
@@ -40,6 +46,10 @@ const children = new Set<ChildProcess>();
 const dirs: string[] = [];
 
 beforeAll(async () => {
+  tokenDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-master-token-'));
+  tokenFile = path.join(tokenDir, 'token');
+  await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+  auth = ClusterSecret.fromFile(tokenFile);
   // tsc emits even when files others are editing do not type-check; the entry only loads the master's modules.
   await promisify(execFile)(process.execPath, [path.join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', path.join(ROOT, 'tsconfig.json'), '--outDir', OUT]).catch(
     (err: { stdout?: string }) => {
@@ -76,6 +86,7 @@ afterEach(async () => {
 
 afterAll(async () => {
   await rm(OUT, { recursive: true, force: true });
+  if (tokenDir) await rm(tokenDir, { recursive: true, force: true });
 });
 
 async function tempDir(): Promise<string> {
@@ -89,9 +100,9 @@ function track(child: ChildProcess): Promise<number | null> {
   return new Promise((resolve) => child.once('exit', (code) => resolve(code)));
 }
 
-/** Runs `cachefs ARGS` to completion. */
-async function cachefs(args: string[]): Promise<Run> {
-  const child = spawn(process.execPath, [ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs `cachefs ARGS` to completion; admin commands with the cluster secret unless `withToken` is false. */
+async function cachefs(args: string[], withToken = args[0] !== 'master' && !args.includes('--auth-token-file')): Promise<Run> {
+  const child = spawn(process.execPath, [ENTRY, ...args, ...(withToken ? ['--auth-token-file', tokenFile] : [])], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -102,7 +113,7 @@ async function cachefs(args: string[]): Promise<Run> {
 
 /** Starts `cachefs master` on a free port; resolves once it prints its ready line. */
 async function startMaster(metaDir: string, extra: string[] = []): Promise<MasterProcess> {
-  const child = spawn(process.execPath, [ENTRY, 'master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', '0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [ENTRY, 'master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', '0', '--auth-token-file', tokenFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = track(child);
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -126,7 +137,7 @@ describe('cachefs master process', () => {
   it('keeps every acknowledged mount-table change across kill -9 and a restart on the same meta dir', async () => {
     const metaDir = await tempDir();
     const first = await startMaster(metaDir);
-    const client = new MasterClient(first.address, { retries: 0 });
+    const client = new MasterClient(first.address, { retries: 0, auth });
     try {
       for (let i = 0; i < 20; i++) await client.addMount({ path: `/data${i}`, uri: `s3://bucket/prefix-${i}`, secretOptions: { 's3.secretAccessKey': `${SECRET}-${i}` } });
       await client.removeMount('/data7');
@@ -141,7 +152,7 @@ describe('cachefs master process', () => {
     }
 
     const second = await startMaster(metaDir);
-    const again = new MasterClient(second.address, { retries: 0 });
+    const again = new MasterClient(second.address, { retries: 0, auth });
     try {
       const table = await again.mountTable();
       expect(table.value.map((e) => e.path).sort()).toEqual(
@@ -172,7 +183,7 @@ describe('cachefs master process', () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ entries: [{ path: '/data', secretOptions: { 's3.secretAccessKey': '[secret]' } }] });
 
     // The secret did reach the master: a mount resolving the path gets it (without the file's newline).
-    const client = new MasterClient(master.address, { retries: 0 });
+    const client = new MasterClient(master.address, { retries: 0, auth });
     try {
       expect((await client.resolveMount('/data/file')).value.entry.secretOptions).toEqual({ 's3.secretAccessKey': SECRET });
     } finally {
@@ -194,7 +205,7 @@ describe('cachefs master process', () => {
 
   it('reports workers, capacity, cached bytes, tiers and short-circuit bytes', async () => {
     const master = await startMaster(await tempDir(), ['--worker-timeout', '1s']);
-    const client = new MasterClient(master.address, { retries: 0 });
+    const client = new MasterClient(master.address, { retries: 0, auth });
     // w1 heartbeats throughout; w2 never does and is lost after 1s.
     let beating: NodeJS.Timeout | undefined;
     try {
@@ -202,9 +213,9 @@ describe('cachefs master process', () => {
         { medium: 'MEM' as const, dir: '/dev/shm/cachefs', quotaBytes: 2 * 1024 ** 3, usedBytes: 1024 ** 3 },
         { medium: 'SSD' as const, dir: '/mnt/ssd/cachefs', quotaBytes: 8 * 1024 ** 3, usedBytes: 1024 ** 3 },
       ];
-      await client.registerWorker({ id: 'w1', cacheGroup: 'g', address: '127.0.0.1:29999', hostname: 'node-a', domainSocketPath: '/run/cachefs/w1', startedAt: 1, capacityBytes: 10 * 1024 ** 3, usedBytes: 2 * 1024 ** 3, blocks: 512, tiers, shortCircuitBytes: 3 * 1024 ** 2 });
+      const { credential } = await client.registerWorker({ id: 'w1', cacheGroup: 'g', address: '127.0.0.1:29999', hostname: 'node-a', domainSocketPath: '/run/cachefs/w1', startedAt: 1, capacityBytes: 10 * 1024 ** 3, usedBytes: 2 * 1024 ** 3, blocks: 512, tiers, shortCircuitBytes: 3 * 1024 ** 2 });
       await client.registerWorker({ id: 'w2', cacheGroup: 'g', address: '127.0.0.1:29998', hostname: 'node-b', domainSocketPath: '', startedAt: 1, capacityBytes: 10 * 1024 ** 3, usedBytes: 0, blocks: 0, tiers: [] });
-      beating = setInterval(() => void client.heartbeat({ id: 'w1', startedAt: 1 }).catch(() => undefined), 100);
+      beating = setInterval(() => void client.heartbeat({ id: 'w1', startedAt: 1, credential }).catch(() => undefined), 100);
       await new Promise((resolve) => setTimeout(resolve, 1500));
 
       const text = await cachefs(['report', '--master', master.address]);
@@ -232,7 +243,7 @@ describe('cachefs master process', () => {
   it('refuses a second master on a meta dir in use, and lets a new one take it after kill -9', async () => {
     const metaDir = await tempDir();
     const first = await startMaster(metaDir);
-    const second = await cachefs(['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', '0']);
+    const second = await cachefs(['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', '0', '--auth-token-file', tokenFile]);
     expect(second.code).toBe(6);
     expect(second.stderr).toMatch(/^cachefs: meta dir '.*' is in use by master process \d+/);
     await kill9(first);
@@ -259,10 +270,13 @@ describe('cachefs master process', () => {
     [['mount-table', 'list', '--master', 'not-an-address'], 2, /invalid --master address 'not-an-address'/],
     [['report', '--master', '127.0.0.1:1'], 5, /cannot reach master 127\.0\.0\.1:1/],
     [['report', '--cache-group', 'bad group'], 2, /invalid --cache-group 'bad group'/],
+    [['report', '--auth-token-file', '/nonexistent/token'], 2, /invalid --auth-token-file '\/nonexistent\/token': cannot open it \(ENOENT\)/],
+    [['master', '--tls-cert', '/nonexistent/cert.pem'], 2, /--tls-cert and --tls-key go together/],
+    [['master', '--tls-cert', '/nonexistent/cert.pem', '--tls-key', '/nonexistent/key.pem'], 2, /invalid --tls-cert '\/nonexistent\/cert\.pem': cannot read it \(ENOENT\)/],
   ])('fails with one line and a non-zero exit for %j', async (args, code, message) => {
     const dir = await tempDir();
     await mkdir(path.join(dir, 'meta'));
-    const run = await cachefs(args[0] === 'master' ? [...args, '--meta-dir', path.join(dir, 'meta')] : args);
+    const run = await cachefs(args[0] === 'master' ? [...args, '--meta-dir', path.join(dir, 'meta'), '--auth-token-file', tokenFile] : args);
     expect(run.code).toBe(code);
     expect(run.stderr).toMatch(message);
     expect(run.stderr.trim().split('\n')).toHaveLength(1);

@@ -12,11 +12,15 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { RegisterWorkerRequest } from '../src/master/api.js';
 import { MasterClient } from '../src/master/client.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
+import { ClusterSecret } from '../src/net/auth.js';
 import { MasterServer } from '../src/master/server.js';
 import { Membership } from '../src/client/membership.js';
 import { silentLogger } from '../src/log.js';
 import { waitFor } from './support/processes.js';
 
+/** In-process servers and clients share a cluster secret, as a real cluster does. */
+const SECRET = ClusterSecret.of('membership-test-secret-0123456789');
+const BLOCK_SIZE = 4 * 1024 * 1024;
 const BLOCK = createHash('sha1').update('a block').digest('hex');
 const opened: { close(): Promise<void> }[] = [];
 
@@ -25,9 +29,9 @@ afterEach(async () => {
 });
 
 async function cluster(): Promise<{ master: MasterServer; client: MasterClient; register(id: string, extra?: Partial<RegisterWorkerRequest>): Promise<void> }> {
-  const master = await MasterServer.start({ store: new MemoryMetaStore(), host: '127.0.0.1', port: 0, workerTimeoutMs: 60_000, withProcessMetrics: false });
+  const master = await MasterServer.start({ store: new MemoryMetaStore(), auth: SECRET, host: '127.0.0.1', port: 0, workerTimeoutMs: 60_000, withProcessMetrics: false });
   opened.push(master);
-  const client = new MasterClient(`127.0.0.1:${master.port}`, { retries: 0, timeoutMs: 1000 });
+  const client = new MasterClient(`127.0.0.1:${master.port}`, { auth: SECRET, retries: 0, timeoutMs: 1000 });
   opened.push(client);
   const register = async (id: string, extra: Partial<RegisterWorkerRequest> = {}): Promise<void> => {
     await client.registerWorker({
@@ -49,7 +53,7 @@ async function cluster(): Promise<{ master: MasterServer; client: MasterClient; 
 }
 
 async function membership(client: MasterClient, intervalMs: number, group = 'g'): Promise<Membership> {
-  const m = new Membership(client, group, silentLogger, intervalMs);
+  const m = new Membership(client, group, BLOCK_SIZE, silentLogger, intervalMs);
   opened.push(m);
   await m.start();
   return m;
@@ -76,7 +80,7 @@ describe('Membership', () => {
     const m = await membership(client, 50);
     await register('w3');
     await waitFor(() => m.ring.size === 3, { timeoutMs: 5000, what: 'w3 in the ring' });
-    await client.removeWorker('w1');
+    await client.removeWorker('w1', { force: true });
     await waitFor(() => !ids(m.ring.all).includes('w1'), { timeoutMs: 5000, what: 'w1 out of the ring' });
     expect(ids(m.ring.all)).toEqual(['w2', 'w3']);
     expect(ids(m.candidates(BLOCK)).sort()).toEqual(['w2', 'w3']);
@@ -93,7 +97,7 @@ describe('Membership', () => {
     m.suspect(order[2]!);
     expect(ids(m.candidates(BLOCK))).toEqual([order[1], order[3]]);
     // The master no longer lists the third; a suspicion makes the membership find out now.
-    await client.removeWorker(order[3]!);
+    await client.removeWorker(order[3]!, { force: true });
     m.suspect(order[1]!);
     await waitFor(() => !ids(m.ring.all).includes(order[3]!), { timeoutMs: 3000, what: 'the ring to lose the removed worker' });
     expect(m.candidates(BLOCK)).toEqual([]);
@@ -112,7 +116,7 @@ describe('Membership', () => {
     expect(m.candidates(BLOCK)).toEqual([]);
     // ...until w1's process starts again (a new instance; the master lets the id go first):
     // the master's news clears it.
-    await client.removeWorker('w1');
+    await client.removeWorker('w1', { force: true });
     await register('w1', { startedAt: 2000, instance: 'w1-second' });
     await waitFor(() => ids(m.candidates(BLOCK)).includes('w1'), { timeoutMs: 3000, what: 'w1 trusted again' });
     expect(ids(m.candidates(BLOCK))).toEqual(['w1']);

@@ -62,7 +62,7 @@ afterAll(async () => {
 async function worker(options: { socketDir?: string; args?: string[]; prefix?: string[]; tierSize?: string } = {}) {
   const cacheGroup = `sc${++group}`;
   const socketDir = options.socketDir ?? (await mkdtemp(path.join(work, 'sock-')));
-  const w = await startWorker({ master: master.address, cacheGroup, socketDir, args: options.args, prefix: options.prefix, tierSize: options.tierSize });
+  const w = await startWorker({ master: master.address, cacheGroup, socketDir, blockSize: '1MiB', args: options.args, prefix: options.prefix, tierSize: options.tierSize });
   workers.push(w);
   return Object.assign(w, { cacheGroup, socketDir });
 }

@@ -1,7 +1,9 @@
 # Starts a benchmark cluster on 127.0.0.1: s3rver (start_s3) with the given files in bucket
 # `bench`, a master with the mount-table entry /bench -> s3://bench, and one worker
-# in cache group `bench` whose socket dir is $work/sock. Sourced after common.sh;
-# needs $work and the pids array; sets s3port, mport, tier, sockdir, worker_pid.
+# in cache group `bench` whose socket dir is $work/sock. The cluster has a secret: a
+# token file $work/token (0600), exported as CACHEFS_AUTH_TOKEN_FILE so that every
+# cachefs command of the script presents it. Sourced after common.sh; needs $work and
+# the pids array; sets s3port, mport, tier, sockdir, worker_pid.
 
 # free_port: a TCP port free on 127.0.0.1 right now.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -20,6 +22,8 @@ start_worker() {
 
 start_bench_cluster() {
   start_s3 "$@"
+  (umask 077 && openssl rand -hex 32 > "$work/token")
+  export CACHEFS_AUTH_TOKEN_FILE="$work/token"
   mport=$(free_port)
   node bin/cachefs master --meta-dir "$work/meta" --host 127.0.0.1 --port "$mport" --log-level info >"$work/master.log" 2>&1 &
   pids+=($!)

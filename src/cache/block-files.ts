@@ -7,7 +7,10 @@
  *
  * A file is checked when it is opened, before any of its bytes are served: its length,
  * and the checksum of all its bytes against the one made when the block was filled. The
- * verdict holds while the fd is kept; a file that fails is never served from.
+ * verdict holds while the file is unchanged: every read checks afterwards that the file's
+ * ctime is still the one seen at the check (a write to it, in place or not, moves the
+ * ctime, and the kernel's multigrain timestamps make a change after our fstat visible),
+ * so bytes changed after the check are never served either.
  */
 import { close, fstatSync, open, read, constants } from 'node:fs';
 import { blockSum } from '../block/checksum.js';
@@ -28,6 +31,8 @@ const KEPT_SCRATCH = 2;
 interface OpenBlock {
   fd: number;
   size: number;
+  /** The file's ctime when it was opened (and then checked). */
+  ctimeNs: bigint;
   /** Reads in flight on this fd. */
   refs: number;
   /** No longer in the map: closed as soon as the last read ends. */
@@ -53,6 +58,8 @@ export class BlockFiles {
         if (n === 0) throw new BlockFileSizeError(position + done, file.length);
         done += n;
       }
+      // The inode is in memory: fstat does no I/O, and costs less than a trip through the thread pool.
+      if (fstatSync(entry.fd, { bigint: true }).ctimeNs !== entry.ctimeNs) throw new BlockFileChangedError();
       return done;
     } finally {
       this.release(id, entry);
@@ -141,6 +148,13 @@ export class BlockFileSizeError extends Error {
   }
 }
 
+/** A block file written to since it was checked. */
+export class BlockFileChangedError extends Error {
+  constructor() {
+    super('block file changed since it was checked');
+  }
+}
+
 /** A block file whose bytes are not those it was filled with. */
 export class BlockChecksumError extends Error {
   constructor(readonly actual: string, readonly expected: string) {
@@ -170,7 +184,8 @@ function openBlock(path: string): Promise<OpenBlock> {
     function sized(fd: number): void {
       // The inode is in memory once open: fstat does no I/O, and a trip through the thread pool would cost more than it.
       try {
-        resolve({ fd, size: fstatSync(fd).size, refs: 0, retired: false });
+        const st = fstatSync(fd, { bigint: true });
+        resolve({ fd, size: Number(st.size), ctimeNs: st.ctimeNs, refs: 0, retired: false });
       } catch (err) {
         close(fd, () => {});
         reject(err);

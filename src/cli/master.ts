@@ -11,6 +11,7 @@ import { createLogger, type Logger } from '../log.js';
 import { DEFAULT_MASTER_PORT } from '../master/api.js';
 import { LmdbMetaStore } from '../master/lmdb-store.js';
 import { MasterServer } from '../master/server.js';
+import { addClusterSecurityOptions, parseClusterSecurity, warnIfInsecure, type ClusterSecurity, type ClusterSecurityFlags } from './cluster-options.js';
 import { runAction } from './exit.js';
 
 export const MASTER_DEFAULTS = {
@@ -23,7 +24,7 @@ export const MASTER_DEFAULTS = {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-export interface MasterFlags {
+export interface MasterFlags extends ClusterSecurityFlags {
   metaDir: string;
   port: string;
   host: string;
@@ -39,6 +40,7 @@ export interface MasterConfig {
   workerTimeoutMs: number;
   logLevel: string;
   logFile?: string;
+  security: ClusterSecurity;
 }
 
 export function parseMasterConfig(flags: MasterFlags): MasterConfig {
@@ -56,6 +58,7 @@ export function parseMasterConfig(flags: MasterFlags): MasterConfig {
     workerTimeoutMs,
     logLevel: flags.logLevel,
     logFile: flags.logFile,
+    security: parseClusterSecurity(flags, 'master'),
   };
 }
 
@@ -80,13 +83,15 @@ export async function runMaster(config: MasterConfig): Promise<void> {
   const store = await LmdbMetaStore.open(config.metaDir);
   let master: MasterServer;
   try {
-    master = await MasterServer.start({ store, host: config.host, port: config.port, workerTimeoutMs: config.workerTimeoutMs, logger: log });
+    const { auth, serverTls: tls } = config.security;
+    master = await MasterServer.start({ store, auth, tls, host: config.host, port: config.port, workerTimeoutMs: config.workerTimeoutMs, logger: log });
   } catch (err) {
     await store.close();
     throw err;
   }
+  warnIfInsecure(config.security, log, `anyone who reaches ${config.host}:${master.port} can read and change the mount table and register or remove workers`);
   const signalled = untilSignalled();
-  process.stderr.write(`cachefs master: listening on ${config.host}:${master.port} (meta dir ${config.metaDir})\n`);
+  process.stderr.write(`cachefs master: listening on ${config.host}:${master.port}${config.security.serverTls ? ' (TLS)' : ''} (meta dir ${config.metaDir})\n`);
   const signal = await signalled;
   log.info({ signal }, 'stopping master');
   await master.close();
@@ -94,7 +99,7 @@ export async function runMaster(config: MasterConfig): Promise<void> {
 }
 
 export function registerMasterCommand(program: Command): void {
-  program
+  const command = program
     .command('master')
     .description('run the master: mount table and worker registry, persisted in --meta-dir')
     .option('--meta-dir <dir>', 'where the master keeps its state (a PVC in Kubernetes)', MASTER_DEFAULTS.metaDir)
@@ -102,7 +107,8 @@ export function registerMasterCommand(program: Command): void {
     .option('--host <host>', 'address to listen on', MASTER_DEFAULTS.host)
     .option('--worker-timeout <duration>', 'a worker without a heartbeat for this long is marked lost', MASTER_DEFAULTS.workerTimeout)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default(MASTER_DEFAULTS.logLevel))
-    .option('--log-file <file>', 'log to this file instead of stderr')
+    .option('--log-file <file>', 'log to this file instead of stderr');
+  addClusterSecurityOptions(command, 'master')
     .action(
       runAction(async (flags: MasterFlags) => {
         await runMaster(parseMasterConfig(flags));

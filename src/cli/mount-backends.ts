@@ -11,10 +11,11 @@ import type { BlockSource } from '../client/block-source.js';
 import { ClusterSource } from '../client/cluster-source.js';
 import { EmbeddedSource } from '../client/embedded-source.js';
 import { Membership } from '../client/membership.js';
-import { CachefsError } from '../errors.js';
+import { CachefsError, isCachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { authHeaders } from '../net/auth.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
@@ -25,6 +26,7 @@ import { ReadThrough } from '../cache/read-through.js';
 import { READ_POLICY } from '../cache/read-policy.js';
 import { UfsReader } from '../cache/ufs-reader.js';
 import { Worker } from '../worker/worker.js';
+import { warnIfInsecure } from './cluster-options.js';
 import type { ClusterConfig, MountConfig } from './mount-config.js';
 import { defaultAdvertiseHost } from './worker-config.js';
 
@@ -69,12 +71,21 @@ async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logge
 }
 
 async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metrics: Metrics, log: Logger, closers: (() => Promise<void>)[]): Promise<Omit<MountBackend, 'closers'>> {
-  const master = new MasterClient(cluster.master, { cacheDir: path.join(config.cacheDir, 'master-state'), logger: log, retries: 2 });
+  const { security } = cluster;
+  const stateDir = path.join(config.cacheDir, 'master-state');
+  warnIfInsecure(
+    security,
+    log,
+    cluster.sharing ? "anyone who reaches the embedded worker's port can read blocks of every source in the mount table" : 'this mount trusts a master and workers that admit anyone',
+  );
+  const master = new MasterClient(cluster.master, { cacheDir: stateDir, logger: log, retries: 2, auth: security.secret, tls: security.clientTls });
   closers.push(() => master.close());
   const namespace = new NamespaceSync(master, log);
   try {
     await namespace.start();
   } catch (err) {
+    // A master that refuses our secret is not one that is down: no cached copy stands in for it.
+    if (isCachefsError(err, 'UNAUTHENTICATED')) throw new CachefsError('UNAUTHENTICATED', `the master at ${cluster.master} refused this mount: ${err.message}`, { cause: err });
     throw new CachefsError('UNREACHABLE', `cannot get the mount table from the master at ${cluster.master} and no cached copy exists: ${(err as Error).message}`, { cause: err });
   }
   closers.push(() => namespace.close());
@@ -95,15 +106,20 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
         advertiseHost: cluster.advertiseHost ?? defaultAdvertiseHost('0.0.0.0'),
         hostname,
         domainSocketPath: '',
+        blockSize: config.blockSize,
+        auth: security.auth,
+        tls: security.serverTls,
+        stateDir,
       },
       { master, resolveUfs, metrics, log, onFatal: (err) => log.error({ err: err.message }, 'embedded worker stopped') },
     );
     closers.push(() => worker.close());
     local = { workerId: id, source: new EmbeddedSource(worker.blocks, READ_POLICY, metrics, log, READ_POLICY.clusterPrefetches, config.blockSize) };
   }
-  const membership = new Membership(master, cluster.cacheGroup, log);
+  const membership = new Membership(master, cluster.cacheGroup, config.blockSize, log);
   await membership.start();
   closers.push(() => membership.close());
-  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, metrics, log });
+  const workerLink = { headers: authHeaders(security.secret), tls: security.clientTls };
+  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, workerLink, metrics, log });
   return { ufs: namespace.ufs, source, mountId: NAMESPACE_MOUNT_ID };
 }

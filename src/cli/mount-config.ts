@@ -11,9 +11,10 @@ import type { UfsOptions } from '../ufs/ufs.js';
 import { parseUfsUri, type UfsUri } from '../ufs/uri.js';
 import { parseHostPort } from '../net/host-port.js';
 import { parseCacheGroup } from '../master/api.js';
+import { hasClusterSecurityFlags, parseClusterSecurity, type ClusterSecurity, type ClusterSecurityFlags } from './cluster-options.js';
 import { defaultCacheDir, parsePairs, readSecretFiles } from './options.js';
 
-export interface MountFlags {
+export interface MountFlags extends ClusterSecurityFlags {
   ufs?: string;
   master?: string;
   cacheGroup: string;
@@ -54,6 +55,8 @@ export interface ClusterConfig {
   advertiseHost?: string;
   shortCircuit: ShortCircuitMode;
   hostname: string;
+  /** The cluster secret and TLS, for the master, the workers and the embedded worker. */
+  security: ClusterSecurity;
 }
 
 export interface MountConfig {
@@ -85,6 +88,9 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
     throw new CachefsError('INVALID_ARGUMENT', 'missing --ufs URI or --master: expected e.g. --ufs s3://bucket/prefix, --ufs file:///srv/data or --master host:19998');
   }
   if (flags.ufs && flags.master) throw new CachefsError('INVALID_ARGUMENT', "--ufs and --master exclude each other: a cluster mount's sources come from the master's mount table");
+  if (flags.ufs && hasClusterSecurityFlags(flags)) {
+    throw new CachefsError('INVALID_ARGUMENT', '--auth-token-file, --insecure and --tls-* are for cluster mounts (--master): a mount of one --ufs talks to no cluster');
+  }
   const ufs = flags.ufs ? parseUfsUri(flags.ufs) : undefined;
   const cluster = flags.master
     ? {
@@ -95,6 +101,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
         advertiseHost: flags.advertiseHost,
         shortCircuit: parseShortCircuit(flags.shortCircuit ?? MOUNT_DEFAULTS.shortCircuit),
         hostname: flags.hostname ?? os.hostname(),
+        security: parseClusterSecurity(flags, 'mount'),
       }
     : undefined;
   if (!LOG_LEVELS.includes(flags.logLevel)) throw new CachefsError('INVALID_ARGUMENT', `invalid --log-level '${flags.logLevel}': expected one of ${LOG_LEVELS.join(', ')}`);

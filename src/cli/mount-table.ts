@@ -2,13 +2,15 @@
  * `cachefs mount-table add|list|remove`: edits and shows the master's mount
  * table. Validates paths, URIs and options locally for a clear error before
  * asking the master; reads `--option-from-file` secrets here and sends them,
- * never printing them. Wiring only: the table lives in `master/`.
+ * never printing them. Presents the cluster secret (`--auth-token-file` or
+ * CACHEFS_AUTH_TOKEN_FILE). Wiring only: the table lives in `master/`.
  */
 import { Command } from 'commander';
 import { parseUfsUri } from '../ufs/uri.js';
 import { SECRET_PLACEHOLDER, type MountEntryView } from '../master/api.js';
 import { MasterClient } from '../master/client.js';
 import { normalizeMountPath } from '../master/mount-path.js';
+import { addClusterSecurityOptions, parseClusterSecurity, type ClusterSecurityFlags } from './cluster-options.js';
 import { runAction } from './exit.js';
 import { collect, parsePairs, readSecretFiles } from './options.js';
 
@@ -16,12 +18,13 @@ import { collect, parsePairs, readSecretFiles } from './options.js';
 export const DEFAULT_MASTER = '127.0.0.1:19998';
 
 /** A client for one-shot admin commands: a few quick retries, then a clear error. */
-export function adminClient(master: string): MasterClient {
-  return new MasterClient(master, { retries: 2, timeoutMs: 10_000, backoffInitialMs: 200, backoffMaxMs: 1000 });
+export function adminClient(flags: MasterFlag): MasterClient {
+  const { secret, clientTls } = parseClusterSecurity(flags, 'admin');
+  return new MasterClient(flags.master, { retries: 2, timeoutMs: 10_000, backoffInitialMs: 200, backoffMaxMs: 1000, auth: secret, tls: clientTls });
 }
 
-async function withClient<T>(master: string, use: (client: MasterClient) => Promise<T>): Promise<T> {
-  const client = adminClient(master);
+async function withClient<T>(flags: MasterFlag, use: (client: MasterClient) => Promise<T>): Promise<T> {
+  const client = adminClient(flags);
   try {
     return await use(client);
   } finally {
@@ -45,7 +48,7 @@ export function formatMountTable(entries: MountEntryView[]): string {
   return entries.map((e) => `${e.path.padEnd(width)}  ${e.uri.padEnd(uriWidth)}  ${describeOptions(e)}`.trimEnd() + '\n').join('');
 }
 
-interface MasterFlag {
+export interface MasterFlag extends ClusterSecurityFlags {
   master: string;
 }
 
@@ -58,7 +61,7 @@ interface AddFlags extends MasterFlag {
 export function registerMountTableCommand(program: Command): void {
   const table = program.command('mount-table').description("edit and show the master's mount table (path → UFS URI and options)");
 
-  table
+  const add = table
     .command('add')
     .description('map a path of the cachefs namespace to a UFS URI')
     .argument('<path>', 'absolute path in the namespace, e.g. /data')
@@ -66,39 +69,42 @@ export function registerMountTableCommand(program: Command): void {
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, s3.region, oss.endpoint, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (a secret: stored, never shown), repeatable', collect, [])
     .option('--replace', 'replace an existing entry at the same path')
-    .option('--master <host:port>', 'the master', DEFAULT_MASTER)
+    .option('--master <host:port>', 'the master', DEFAULT_MASTER);
+  addClusterSecurityOptions(add, 'admin')
     .action(
       runAction(async (path: string, uri: string, flags: AddFlags) => {
         const mountPath = normalizeMountPath(path);
         parseUfsUri(uri);
         const options = parsePairs(flags.option, '--option');
         const secretOptions = readSecretFiles(flags.optionFromFile);
-        const result = await withClient(flags.master, (c) => c.addMount({ path: mountPath, uri, options, secretOptions, replace: flags.replace === true }));
+        const result = await withClient(flags, (c) => c.addMount({ path: mountPath, uri, options, secretOptions, replace: flags.replace === true }));
         const what = result.created ? 'added' : flags.replace ? 'set' : 'unchanged';
         process.stdout.write(`${what}: ${formatMountTable([result.entry])}`);
       }),
     );
 
-  table
+  const list = table
     .command('list')
     .description('show the mount table (secret option values are never shown)')
     .option('--json', 'print JSON')
-    .option('--master <host:port>', 'the master', DEFAULT_MASTER)
+    .option('--master <host:port>', 'the master', DEFAULT_MASTER);
+  addClusterSecurityOptions(list, 'admin')
     .action(
       runAction(async (flags: MasterFlag & { json?: boolean }) => {
-        const entries = await withClient(flags.master, (c) => c.listMounts());
+        const entries = await withClient(flags, (c) => c.listMounts());
         process.stdout.write(flags.json ? `${JSON.stringify({ entries }, null, 2)}\n` : formatMountTable(entries));
       }),
     );
 
-  table
+  const remove = table
     .command('remove')
     .description('remove the entry at a path')
     .argument('<path>', 'the path of the entry, e.g. /data')
-    .option('--master <host:port>', 'the master', DEFAULT_MASTER)
+    .option('--master <host:port>', 'the master', DEFAULT_MASTER);
+  addClusterSecurityOptions(remove, 'admin')
     .action(
       runAction(async (path: string, flags: MasterFlag) => {
-        const removed = await withClient(flags.master, (c) => c.removeMount(normalizeMountPath(path)));
+        const removed = await withClient(flags, (c) => c.removeMount(normalizeMountPath(path)));
         process.stdout.write(`removed: ${formatMountTable([removed])}`);
       }),
     );

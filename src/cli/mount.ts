@@ -24,11 +24,12 @@ import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../heal/servi
 import { createLogger } from '../log.js';
 import { READY_ENV, reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';
+import { addClusterSecurityOptions } from './cluster-options.js';
 import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
 
 export function registerMountCommand(program: Command): void {
-  program
+  const command = program
     .command('mount')
     .description('mount an object store (s3://, oss://, cosn://) or a folder (file://) read-only, with a local block cache')
     .argument('<mountpoint>', 'an existing empty directory')
@@ -59,7 +60,8 @@ export function registerMountCommand(program: Command): void {
     .option('--s3-path-style', 'address buckets by path, not by virtual host (default when --s3-endpoint is given)')
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, oss.endpoint, cos.region, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
-    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp())
+    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp());
+  addClusterSecurityOptions(command, 'mount')
     .action(
       runAction(async (mountpoint: string, flags: MountFlags & { supervised?: boolean }) => {
         const config = parseMountConfig(mountpoint, flags);

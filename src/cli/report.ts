@@ -7,8 +7,9 @@
  */
 import { Command } from 'commander';
 import { parseCacheGroup, type TierMedium, type WorkerRecord, type WorkerState } from '../master/api.js';
+import { addClusterSecurityOptions } from './cluster-options.js';
 import { runAction } from './exit.js';
-import { adminClient, DEFAULT_MASTER } from './mount-table.js';
+import { adminClient, DEFAULT_MASTER, type MasterFlag } from './mount-table.js';
 
 export interface TierReport {
   medium: TierMedium;
@@ -155,23 +156,23 @@ export function formatReport(r: ClusterReport): string {
   return out;
 }
 
-interface ReportFlags {
-  master: string;
+interface ReportFlags extends MasterFlag {
   json?: boolean;
   cacheGroup?: string;
 }
 
 export function registerReportCommand(program: Command): void {
-  program
+  const command = program
     .command('report')
     .description('show the cache cluster: workers (alive/lost), capacity, cached bytes and percentage, blocks, per-tier usage')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER)
     .option('--cache-group <name>', 'only this cache group')
-    .option('--json', 'print JSON')
+    .option('--json', 'print JSON');
+  addClusterSecurityOptions(command, 'admin')
     .action(
       runAction(async (flags: ReportFlags) => {
         const cacheGroup = flags.cacheGroup === undefined ? undefined : parseCacheGroup(flags.cacheGroup, '--cache-group');
-        const client = adminClient(flags.master);
+        const client = adminClient(flags);
         try {
           const { workers, now } = await client.listWorkers({ cacheGroup });
           const report = buildReport(client.address.text, workers, now);

@@ -7,6 +7,8 @@ import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../block/block.js';
+import { parseSize } from '../config/units.js';
 import { createLogger } from '../log.js';
 import { DEFAULT_MASTER_PORT } from '../master/api.js';
 import { MasterClient } from '../master/client.js';
@@ -14,12 +16,14 @@ import { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
 import { Worker } from '../worker/worker.js';
+import { addClusterSecurityOptions, parseClusterSecurity, warnIfInsecure, type ClusterSecurityFlags } from './cluster-options.js';
 import { fail, runAction } from './exit.js';
 import { collect } from './options.js';
 import { checkTiers, defaultAdvertiseHost, parseCacheGroup, parsePort, parseTier, parseWatermarks, parseWorkerId } from './worker-config.js';
 
-interface WorkerFlags {
+interface WorkerFlags extends ClusterSecurityFlags {
   master: string;
+  blockSize: string;
   cacheGroup: string;
   tier: string[];
   high: string;
@@ -37,11 +41,12 @@ interface WorkerFlags {
 }
 
 export function registerWorkerCommand(program: Command): void {
-  program
+  const command = program
     .command('worker')
     .description('run a cache worker: tiered block store, read-through, block service')
     .requiredOption('--master <host:port>', `the master (port ${DEFAULT_MASTER_PORT} by default)`)
     .option('--cache-group <name>', 'cache group to join', 'default')
+    .option('--block-size <size>', "the cache group's block size: the only one served (mounts of the group give the same)", `${DEFAULT_BLOCK_SIZE / 1024 / 1024}MiB`)
     .option('--tier <MEDIUM:DIR:SIZE>', 'a storage tier, repeatable: MEM, SSD or HDD, a directory, a quota', collect, [])
     .option('--high <fraction>', 'evict when a tier is fuller than this', '0.95')
     .option('--low <fraction>', 'evict down to this', '0.7')
@@ -52,11 +57,14 @@ export function registerWorkerCommand(program: Command): void {
     .option('--id <id>', 'worker id, unique in the cluster (default: <hostname>-<port>)')
     .option('--domain-socket-dir <dir>', "Unix socket dir for co-located clients (a shared hostPath); 'none' disables", '/run/cachefs')
     .option('--locality <mode>', 'how clients know they are co-located: uuid (socket file <dir>/<uuid>, visible only where the dir is shared) or hostname (<dir>/worker.sock, same --hostname)', 'uuid')
-    .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw', '/var/lib/cachefs/worker')
+    .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw and its registration credential', '/var/lib/cachefs/worker')
     .option('--log-level <level>', 'log level', 'info')
-    .option('--log-file <file>', 'log to a file instead of stderr')
+    .option('--log-file <file>', 'log to a file instead of stderr');
+  addClusterSecurityOptions(command, 'worker')
     .action(
       runAction(async (flags: WorkerFlags) => {
+        const security = parseClusterSecurity(flags, 'worker');
+        const blockSize = parseSize(flags.blockSize, '--block-size', { min: MIN_BLOCK_SIZE, max: MAX_BLOCK_SIZE });
         const tiers = flags.tier.map(parseTier);
         checkTiers(tiers);
         const { high, low } = parseWatermarks(flags.high, flags.low);
@@ -65,12 +73,28 @@ export function registerWorkerCommand(program: Command): void {
         const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
         const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
         const log = createLogger(flags.logLevel, flags.logFile);
+        warnIfInsecure(security, log, `anyone who reaches port ${port} can read blocks of every source in the mount table`);
         const metrics = new Metrics();
-        const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log });
+        const master = new MasterClient(flags.master, { cacheDir: flags.stateDir, logger: log, auth: security.secret, tls: security.clientTls });
         const namespace = new NamespaceSync(master, log);
         await namespace.start();
         const worker = await Worker.start(
-          { id, cacheGroup, tiers, high, low, host: flags.host, port, advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host), hostname: flags.hostname, domainSocketPath },
+          {
+            id,
+            cacheGroup,
+            tiers,
+            high,
+            low,
+            host: flags.host,
+            port,
+            advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host),
+            hostname: flags.hostname,
+            domainSocketPath,
+            blockSize,
+            auth: security.auth,
+            tls: security.serverTls,
+            stateDir: flags.stateDir,
+          },
           {
             master,
             metrics,

@@ -18,6 +18,7 @@ import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { PoolOptions } from '../net/body-connection.js';
 import { BackgroundQueue } from './background.js';
 import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
 import { ColocatedWorker } from './colocated-worker.js';
@@ -38,6 +39,8 @@ export interface ClusterSourceConfig {
   /** The mount's block size: whole blocks fetched from workers reuse buffers of this size. */
   blockSize: number;
   policy: ReadPolicy;
+  /** What requests to remote workers carry (the cluster secret) and verify them with (TLS). */
+  workerLink?: Pick<PoolOptions, 'headers' | 'tls'>;
   metrics: Metrics;
   log: Logger;
 }
@@ -190,7 +193,7 @@ export class ClusterSource implements BlockSource {
     let r = this.remotes.get(worker.id);
     if (!r || r.address !== worker.address) {
       void r?.close();
-      r = new RemoteWorker(worker.address, this.buffers);
+      r = new RemoteWorker(worker.address, this.buffers, this.config.workerLink);
       this.remotes.set(worker.id, r);
     }
     return r;

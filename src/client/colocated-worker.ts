@@ -16,7 +16,7 @@ import type { HeldBlock } from '../cache/memory-blocks.js';
 import { waitFor } from '../lib/shared-work.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { BlockChecksumError, BlockFileSizeError, type BlockFile, type BlockFiles } from '../cache/block-files.js';
+import { BlockChecksumError, BlockFileChangedError, BlockFileSizeError, type BlockFile, type BlockFiles } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
 
@@ -30,6 +30,8 @@ export class ColocatedWorker {
   private readonly scBytes;
   private readonly dsBytes;
   private readonly corrupt;
+  /** Block files found damaged, so that each is counted and logged once. */
+  private readonly damaged = new Set<string>();
 
   constructor(
     readonly workerId: string,
@@ -97,9 +99,13 @@ export class ColocatedWorker {
    */
   private streamFrom(err: unknown, ref: BlockRef, path: string): void {
     this.files.invalidate(ref.id);
-    if (err instanceof BlockChecksumError || err instanceof BlockFileSizeError) {
-      this.corrupt.inc();
+    if (err instanceof BlockChecksumError || err instanceof BlockFileSizeError || err instanceof BlockFileChangedError) {
       this.unpinEverywhere(ref.id);
+      // Reads of the block under way together find the same file damaged: counted once.
+      if (this.damaged.has(path)) return;
+      if (this.damaged.size >= 1024) this.damaged.clear();
+      this.damaged.add(path);
+      this.corrupt.inc();
       this.log.warn({ worker: this.workerId, path, block: ref.id, err: err.message }, 'damaged block file of the co-located worker: reading it over its socket');
       return;
     }

@@ -2,7 +2,9 @@
  * A client's view of its cache group: the live workers as a `WorkerRing`,
  * refreshed from the master (or the master client's on-disk copy while the
  * master is down), plus short-lived suspicion of workers that just failed a read
- * so the next reads skip them until the master confirms or clears them.
+ * so the next reads skip them until the master confirms or clears them. Workers
+ * of another block size are left out (they refuse this mount's block requests),
+ * with a warning.
  */
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
@@ -17,8 +19,9 @@ export class Membership {
   private readonly suspects = new Map<string, number>();
   private readonly poller: Poller;
   private warnedEmpty = false;
+  private readonly warnedBlockSize = new Set<string>();
 
-  constructor(private readonly master: MasterClient, readonly cacheGroup: string, private readonly log: Logger, intervalMs = 2000) {
+  constructor(private readonly master: MasterClient, readonly cacheGroup: string, private readonly blockSize: number, private readonly log: Logger, intervalMs = 2000) {
     this.poller = new Poller(`worker list of cache group '${cacheGroup}'`, intervalMs, () => this.refresh(), log);
   }
 
@@ -45,6 +48,7 @@ export class Membership {
 
   private async refresh(): Promise<void> {
     const live = await this.master.liveWorkers(this.cacheGroup);
+    live.value = live.value.filter((w) => this.sameBlockSize(w));
     const before = new Set(this.current.all.map((w) => `${w.id}@${w.address}/${w.instance ?? w.startedAt}`));
     const after = new Set(live.value.map((w) => `${w.id}@${w.address}/${w.instance ?? w.startedAt}`));
     const changed = before.size !== after.size || [...after].some((k) => !before.has(k));
@@ -58,6 +62,15 @@ export class Membership {
       this.warnedEmpty = true;
       this.log.warn({ cacheGroup: this.cacheGroup }, 'cache group has no live workers: reading from the UFS');
     } else if (live.value.length > 0) this.warnedEmpty = false;
+  }
+
+  private sameBlockSize(w: WorkerRecord): boolean {
+    if (w.blockSize === undefined || w.blockSize === this.blockSize) return true;
+    if (!this.warnedBlockSize.has(w.id)) {
+      this.warnedBlockSize.add(w.id);
+      this.log.warn({ worker: w.id, workerBlockSize: w.blockSize, blockSize: this.blockSize }, 'worker serves another block size: not reading from it (give mounts and workers the same --block-size)');
+    }
+    return false;
   }
 
   async close(): Promise<void> {

@@ -9,7 +9,7 @@ import type { BufferPool } from '../block/buffer-pool.js';
 import { CachefsError } from '../errors.js';
 import { parseHostPort } from '../net/host-port.js';
 import { blockRequestPath, errorFromResponse } from '../net/block-protocol.js';
-import { BodyConnectionPool } from '../net/body-connection.js';
+import { BodyConnectionPool, type PoolOptions } from '../net/body-connection.js';
 
 /** A cold block may first be fetched from the UFS by the worker. */
 const HEADERS_TIMEOUT_MS = 20_000;
@@ -19,9 +19,10 @@ const CONNECT_TIMEOUT_MS = 2000;
 export class RemoteWorker {
   private readonly pool: BodyConnectionPool;
 
-  constructor(readonly address: string, private readonly buffers: BufferPool, connections = 8) {
+  /** `link`: the cluster secret's header and the CA to verify the worker with, when the cluster has them. */
+  constructor(readonly address: string, private readonly buffers: BufferPool, link: Pick<PoolOptions, 'headers' | 'tls'> = {}, connections = 8) {
     const { host, port } = parseHostPort(address, 'worker address');
-    this.pool = new BodyConnectionPool({ host, port, size: connections, timeouts: { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS } });
+    this.pool = new BodyConnectionPool({ host, port, size: connections, timeouts: { connectMs: CONNECT_TIMEOUT_MS, headersMs: HEADERS_TIMEOUT_MS, bodyMs: BODY_TIMEOUT_MS }, ...link });
   }
 
   /** Reads `length` bytes at `offset` of the block (the whole block by default). */

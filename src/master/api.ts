@@ -19,15 +19,24 @@ export const ROUTES = {
   mountTableResolve: '/v1/mount-table/resolve',
   /** GET: every entry with its secrets (what a mount caches to start without the master). */
   mountTableResolveAll: '/v1/mount-table/resolve-all',
-  /** GET `?cacheGroup=&state=`: worker records, alive and lost. DELETE `?id=`: forget a worker. */
+  /**
+   * GET `?cacheGroup=&state=`: worker records, alive and lost. DELETE `?id=`: forget a
+   * worker; only the worker itself (its registration credential in the
+   * `x-cachefs-worker-credential` header) or an admin saying so (`&force=1`) may.
+   */
   workers: '/v1/workers',
   workersRegister: '/v1/workers/register',
   workersHeartbeat: '/v1/workers/heartbeat',
   /** GET: one summary per cache group. */
   cacheGroups: '/v1/cache-groups',
+  /** Probes: answered without the cluster secret, and carry none. */
   healthz: '/healthz',
+  readyz: '/readyz',
   metrics: '/metrics',
 } as const;
+
+/** Where a worker presents its registration credential when it deregisters itself. */
+export const WORKER_CREDENTIAL_HEADER = 'x-cachefs-worker-credential';
 
 /** What listings show instead of a secret option's value. */
 export const SECRET_PLACEHOLDER = '[secret]';
@@ -41,7 +50,7 @@ export interface ApiErrorBody {
 }
 
 const ERROR_CODES: readonly ErrorCode[] = [
-  'NOT_FOUND', 'NOT_DIRECTORY', 'IS_DIRECTORY', 'READ_ONLY', 'ACCESS_DENIED', 'BUCKET_NOT_FOUND', 'THROTTLED',
+  'NOT_FOUND', 'NOT_DIRECTORY', 'IS_DIRECTORY', 'READ_ONLY', 'ACCESS_DENIED', 'UNAUTHENTICATED', 'BUCKET_NOT_FOUND', 'THROTTLED',
   'UNREACHABLE', 'STALE', 'INVALID_ARGUMENT', 'BAD_HANDLE', 'CORRUPT_BLOCK', 'TIMEOUT', 'CONFLICT', 'IO',
 ];
 
@@ -49,6 +58,7 @@ const ERROR_CODES: readonly ErrorCode[] = [
 export function statusOf(code: ErrorCode): number {
   switch (code) {
     case 'INVALID_ARGUMENT': return 400;
+    case 'UNAUTHENTICATED': return 401;
     case 'ACCESS_DENIED': return 403;
     case 'NOT_FOUND': return 404;
     case 'CONFLICT': return 409;
@@ -80,7 +90,10 @@ export interface MountEntry {
   uri: string;
   /** Plain options, e.g. `s3.endpoint`. */
   options: Record<string, string>;
-  /** Options read from files (credentials); never shown in listings or logs. */
+  /**
+   * Options read from files (credentials), and plain options whose keys look secret
+   * (`looksSecret`); never shown in listings or logs, encrypted at rest.
+   */
   secretOptions: Record<string, string>;
   /** Epoch milliseconds when the entry was added or last replaced. */
   createdAt: number;
@@ -140,16 +153,25 @@ function checkOptions(options: Record<string, string>, what: string): Record<str
   return options;
 }
 
-/** Validates a mount-table addition: normalized path, parseable URI, option keys, no key both plain and secret. */
+/**
+ * Validates a mount-table addition: normalized path, parseable URI, option keys, no
+ * key both plain and secret. A plain option whose key looks secret (`--option
+ * s3.secretAccessKey=...`) becomes a secret option, so that it is kept like one.
+ */
 export function decodePutMountRequest(value: unknown): Required<PutMountRequest> {
   const f = Fields.of(value, 'mount-table entry');
   const path = normalizeMountPath(f.string('path'));
   const uri = f.string('uri');
   parseUfsUri(uri);
-  const options = checkOptions(f.stringMap('options'), 'option');
+  const given = checkOptions(f.stringMap('options'), 'option');
   const secretOptions = checkOptions(f.stringMap('secretOptions'), 'secret option');
-  const both = Object.keys(options).find((k) => k in secretOptions);
+  const both = Object.keys(given).find((k) => k in secretOptions);
   if (both !== undefined) throw new CachefsError('INVALID_ARGUMENT', `option '${both}' is given both as a plain and as a secret option`);
+  const options: Record<string, string> = {};
+  for (const [k, v] of Object.entries(given)) {
+    if (looksSecret(k)) secretOptions[k] = v;
+    else options[k] = v;
+  }
   return { path, uri, options, secretOptions, replace: f.boolean('replace', false) };
 }
 
@@ -211,17 +233,27 @@ export interface RegisterWorkerRequest extends WorkerUsage {
    * registered the id; when absent, `startedAt` alone is used.
    */
   instance?: string;
+  /** The block size the worker's block service accepts (every block request names it). */
+  blockSize?: number;
+  /**
+   * The credential of the registration this one replaces: a live worker's id is
+   * only taken over by a caller that holds it (the same process registering again,
+   * or a restart of it that kept the credential in its state dir).
+   */
+  credential?: string;
 }
 
 export interface HeartbeatRequest extends Partial<WorkerUsage> {
   id: string;
   startedAt: number;
   instance?: string;
+  /** The credential the worker's registration was answered with. */
+  credential: string;
 }
 
 export type WorkerState = 'alive' | 'lost';
 
-export interface WorkerRecord extends RegisterWorkerRequest {
+export interface WorkerRecord extends Omit<RegisterWorkerRequest, 'credential'> {
   /** Epoch milliseconds of the (last) registration. */
   registeredAt: number;
   /** Epoch milliseconds of the last heartbeat or registration seen by the master. */
@@ -237,6 +269,12 @@ export interface WorkerTiming {
 
 export interface RegisterWorkerResponse extends WorkerTiming {
   worker: WorkerRecord;
+  /**
+   * Proves this registration from now on: sent with every heartbeat, needed to
+   * deregister or to take the id over while the worker is live. The master keeps
+   * only its SHA-256; it is never listed.
+   */
+  credential: string;
 }
 
 export interface HeartbeatResponse extends WorkerTiming {
@@ -265,6 +303,10 @@ export interface CacheGroupsResponse {
 
 export interface HealthResponse {
   status: 'ok';
+}
+
+export interface ReadyResponse {
+  status: 'ready';
 }
 
 export const WORKER_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -314,14 +356,19 @@ export function decodeRegisterWorkerRequest(value: unknown, what = 'worker regis
     tiers: decodeTiers(f.optionalArray('tiers') ?? []),
   };
   if (req.hostname === '') throw new CachefsError('INVALID_ARGUMENT', `invalid ${what}.hostname: expected a non-empty string`);
-  return withOptional(req, { shortCircuitBytes: f.optionalCount('shortCircuitBytes'), instance: f.optionalString('instance') });
+  return withOptional(req, {
+    shortCircuitBytes: f.optionalCount('shortCircuitBytes'),
+    instance: f.optionalString('instance'),
+    blockSize: f.optionalCount('blockSize'),
+    credential: f.optionalString('credential'),
+  });
 }
 
 export function decodeHeartbeatRequest(value: unknown): HeartbeatRequest {
   const f = Fields.of(value, 'heartbeat');
   const tiers = f.optionalArray('tiers');
   return withOptional<HeartbeatRequest>(
-    { id: parseWorkerId(f.string('id')), startedAt: f.count('startedAt') },
+    { id: parseWorkerId(f.string('id')), startedAt: f.count('startedAt'), credential: f.string('credential') },
     {
       instance: f.optionalString('instance'),
       capacityBytes: f.optionalCount('capacityBytes'),
@@ -335,7 +382,7 @@ export function decodeHeartbeatRequest(value: unknown): HeartbeatRequest {
 
 export function decodeWorkerRecord(value: unknown, what = 'worker record'): WorkerRecord {
   const f = Fields.of(value, what);
-  const req = decodeRegisterWorkerRequest(value, what);
+  const { credential: _never, ...req } = decodeRegisterWorkerRequest(value, what);
   return { ...req, registeredAt: f.count('registeredAt'), lastHeartbeat: f.count('lastHeartbeat'), state: f.oneOf('state', ['alive', 'lost'] as const) };
 }
 

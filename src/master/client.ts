@@ -1,6 +1,8 @@
 /**
  * `MasterClient`: how workers, mounts and the admin commands talk to the master
- * (an undici pool to one `host:port`). Every call has a per-attempt timeout
+ * (an undici pool to one `host:port`, over TLS verified with the cluster's CA when
+ * given one). Every request carries the cluster secret when the client has it.
+ * Every call has a per-attempt timeout
  * (AbortSignal) and retries with capped exponential backoff while the master is
  * unreachable, times out or is shutting down; answers the master rejected are
  * never retried. With a `cacheDir`, the mount table and live worker lists are
@@ -14,9 +16,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
 import { CachefsError, isCachefsError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { authHeaders, type ClusterSecret } from '../net/auth.js';
 import { parseHostPort, type HostPort } from '../net/host-port.js';
+import type { ClientTls } from '../net/tls.js';
 import {
   ROUTES,
+  WORKER_CREDENTIAL_HEADER,
   decodeApiError,
   decodeCacheGroupSummary,
   decodeMountEntry,
@@ -55,6 +60,10 @@ export interface MasterClientOptions {
   /** Concurrent connections to the master, default 4. */
   connections?: number;
   logger?: Logger;
+  /** The cluster secret, sent with every request; none for a master that runs `--insecure`. */
+  auth?: ClusterSecret;
+  /** Speak HTTPS, trusting this CA. */
+  tls?: ClientTls;
 }
 
 export interface CallOptions {
@@ -86,7 +95,8 @@ const RETRYABLE: readonly ErrorCode[] = ['UNREACHABLE', 'TIMEOUT'];
 function statusCode(status: number): ErrorCode {
   if (status === 404) return 'NOT_FOUND';
   if (status === 409) return 'CONFLICT';
-  if (status === 403 || status === 401) return 'ACCESS_DENIED';
+  if (status === 401) return 'UNAUTHENTICATED';
+  if (status === 403) return 'ACCESS_DENIED';
   if (status >= 400 && status < 500) return 'INVALID_ARGUMENT';
   if (status === 502 || status === 503 || status === 504) return 'UNREACHABLE';
   return 'IO';
@@ -108,6 +118,7 @@ export class MasterClient {
   private readonly backoffMaxMs: number;
   private readonly cache: MasterStateCache | undefined;
   private readonly logger: Logger;
+  private readonly headers: Record<string, string>;
 
   /** `master` is `host:port` (INVALID_ARGUMENT otherwise). */
   constructor(master: string, options: MasterClientOptions = {}) {
@@ -118,7 +129,9 @@ export class MasterClient {
     this.backoffMaxMs = options.backoffMaxMs ?? 5000;
     this.cache = options.cacheDir === undefined ? undefined : new MasterStateCache(options.cacheDir);
     this.logger = options.logger ?? silentLogger;
-    this.pool = new Pool(this.address.origin, { connections: options.connections ?? 4, keepAliveTimeout: 4000 });
+    this.headers = { accept: 'application/json', ...authHeaders(options.auth) };
+    const origin = options.tls ? `https://${this.address.text}` : this.address.origin;
+    this.pool = new Pool(origin, { connections: options.connections ?? 4, keepAliveTimeout: 4000, connect: options.tls ? { ca: options.tls.ca } : undefined });
   }
 
   async health(opts: CallOptions = {}): Promise<HealthResponse> {
@@ -179,7 +192,7 @@ export class MasterClient {
 
   async registerWorker(req: RegisterWorkerRequest, opts: CallOptions = {}): Promise<RegisterWorkerResponse> {
     const f = Fields.of(await this.call('POST', ROUTES.workersRegister, req, opts), 'registration answer');
-    return { worker: decodeWorkerRecord(f.raw('worker')), ...decodeWorkerTiming(f) };
+    return { worker: decodeWorkerRecord(f.raw('worker')), credential: f.string('credential'), ...decodeWorkerTiming(f) };
   }
 
   /** NOT_FOUND means the master does not know this worker (any more): register again. */
@@ -206,8 +219,11 @@ export class MasterClient {
     }
   }
 
-  async removeWorker(id: string, opts: CallOptions = {}): Promise<WorkerRecord> {
-    const f = Fields.of(await this.call('DELETE', withQuery(ROUTES.workers, { id }), undefined, opts), 'worker answer');
+  /** Removes a worker: as the worker itself (`credential` of its registration), or as an admin (`force`). */
+  async removeWorker(id: string, by: { credential: string } | { force: true }, opts: CallOptions = {}): Promise<WorkerRecord> {
+    const forced = 'force' in by ? { force: '1' } : {};
+    const headers: Record<string, string> = 'credential' in by ? { [WORKER_CREDENTIAL_HEADER]: by.credential } : {};
+    const f = Fields.of(await this.call('DELETE', withQuery(ROUTES.workers, { id, ...forced }), undefined, opts, headers), 'worker answer');
     return decodeWorkerRecord(f.raw('removed'));
   }
 
@@ -241,11 +257,11 @@ export class MasterClient {
   }
 
   /** One API call with retries; resolves to the parsed JSON body of a 2xx answer. */
-  private async call(method: Method, path: string, body: unknown, opts: CallOptions): Promise<unknown> {
+  private async call(method: Method, path: string, body: unknown, opts: CallOptions, headers: Record<string, string> = {}): Promise<unknown> {
     const retries = opts.retries ?? this.retries;
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.attempt(method, path, body, opts);
+        return await this.attempt(method, path, body, opts, headers);
       } catch (err) {
         if (!isCachefsError(err) || !RETRYABLE.includes(err.code) || attempt >= retries || opts.signal?.aborted) throw err;
         const ceiling = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** attempt);
@@ -260,7 +276,7 @@ export class MasterClient {
     }
   }
 
-  private async attempt(method: Method, path: string, body: unknown, opts: CallOptions): Promise<unknown> {
+  private async attempt(method: Method, path: string, body: unknown, opts: CallOptions, extraHeaders: Record<string, string>): Promise<unknown> {
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     const timeout = AbortSignal.timeout(timeoutMs);
     const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
@@ -271,7 +287,7 @@ export class MasterClient {
         method,
         path,
         signal,
-        headers: body === undefined ? { accept: 'application/json' } : { accept: 'application/json', 'content-type': 'application/json' },
+        headers: body === undefined ? { ...this.headers, ...extraHeaders } : { ...this.headers, ...extraHeaders, 'content-type': 'application/json' },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
       status = res.statusCode;

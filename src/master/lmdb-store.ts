@@ -4,9 +4,12 @@
  * `noSync`) and every write method awaits `flushed` before it resolves, so a
  * write that was acknowledged survives `kill -9` and power loss. LMDB's
  * copy-on-write B-tree never leaves a torn state behind. Values are JSON. The
- * directory is claimed by a pid lock so two masters never share it.
+ * directory is claimed by a pid lock so two masters never share it, and is made
+ * private at every open (0700, its files 0600), whatever mode it had: the store
+ * holds sealed secrets and the workers' credential digests.
  */
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir, readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { CachefsError } from '../errors.js';
 import { PidLock } from '../sys/pid-lock.js';
@@ -24,8 +27,9 @@ export class LmdbMetaStore implements MetaStore {
   static async open(dir: string): Promise<LmdbMetaStore> {
     try {
       await mkdir(dir, { recursive: true, mode: 0o700 });
+      await chmod(dir, 0o700);
     } catch (err) {
-      throw new CachefsError('INVALID_ARGUMENT', `cannot create meta dir '${dir}': ${(err as Error).message}`, { cause: err });
+      throw new CachefsError('INVALID_ARGUMENT', `cannot create meta dir '${dir}' (or make it 0700): ${(err as Error).message}`, { cause: err });
     }
     const lock = await PidLock.acquire(dir, { file: 'master.pid', what: 'meta dir', owner: 'master process', hint: 'remove master.pid if that process is not a cachefs master' });
     try {
@@ -40,6 +44,12 @@ export class LmdbMetaStore implements MetaStore {
         // Flush inside the commit, so that a resolved write is a durable write.
         overlappingSync: false,
       });
+      try {
+        await makeFilesPrivate(dir);
+      } catch (err) {
+        await db.close();
+        throw err;
+      }
       return new LmdbMetaStore(db, lock, dir);
     } catch (err) {
       await lock.release();
@@ -108,5 +118,12 @@ export class LmdbMetaStore implements MetaStore {
 
   private check(): void {
     if (this.closed) throw new CachefsError('IO', 'meta store is closed');
+  }
+}
+
+/** Every file of the meta dir (data.mdb, lock.mdb, the pid lock) 0600: LMDB creates them under the umask. */
+async function makeFilesPrivate(dir: string): Promise<void> {
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (e.isFile()) await chmod(path.join(dir, e.name), 0o600);
   }
 }

@@ -1,19 +1,24 @@
 /**
- * The master process's HTTP server (node:http): the JSON API of `api.ts` over
- * the mount table and the worker registry, plus `/healthz` and `/metrics`.
+ * The master process's HTTP server (node:http, or node:https with a certificate):
+ * the JSON API of `api.ts` over the mount table and the worker registry, plus the
+ * probes `/healthz`, `/readyz` and `/metrics`. Every other path needs the cluster
+ * secret (`net/auth.ts`): without it, 401 before anything else is looked at.
  * Translates between HTTP and the tables only: requests are decoded with the
  * `api.ts` decoders, failures become `{error:{code,message}}` with a 4xx/5xx
  * status. Owns the store it is given: `close()` stops the listener, waits for
  * requests in flight, stops the expiry timer and closes the store.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { CachefsError, isCachefsError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { checkAuthorization, type ClusterAuth } from '../net/auth.js';
+import { createClusterServer, type ServerTls } from '../net/tls.js';
 import {
   DEFAULT_MASTER_PORT,
   ROUTES,
+  WORKER_CREDENTIAL_HEADER,
   decodeHeartbeatRequest,
   decodePutMountRequest,
   decodeRegisterWorkerRequest,
@@ -27,6 +32,7 @@ import {
   type HeartbeatResponse,
   type MountTableResponse,
   type PutMountResponse,
+  type ReadyResponse,
   type RegisterWorkerResponse,
   type ResolveMountResponse,
   type ResolvedMountTableResponse,
@@ -35,6 +41,7 @@ import {
 import type { MetaStore } from './meta-store.js';
 import { MasterMetrics } from './metrics.js';
 import { MountTable } from './mount-table.js';
+import { SecretBox } from './secret-box.js';
 import { WorkerRegistry } from './worker-registry.js';
 
 const MAX_BODY_BYTES = 1024 * 1024;
@@ -44,6 +51,13 @@ const CLOSE_GRACE_MS = 2000;
 export interface MasterServerOptions {
   /** The state; the server closes it on `close()`. */
   store: MetaStore;
+  /**
+   * Who may use the API: holders of the cluster secret (whose key also seals secret
+   * options at rest), or anyone (`'insecure'`: then no secret options are kept).
+   */
+  auth: ClusterAuth;
+  /** Serve HTTPS with this certificate. */
+  tls?: ServerTls;
   host?: string;
   /** 0 picks a free port; see `port` on the started server. */
   port?: number;
@@ -63,6 +77,7 @@ interface Reply {
 
 interface RequestContext {
   url: URL;
+  req: IncomingMessage;
   /** The parsed JSON body; INVALID_ARGUMENT when it is not JSON. */
   json(): Promise<unknown>;
 }
@@ -94,6 +109,7 @@ export class MasterServer {
   private constructor(
     private readonly server: Server,
     private readonly store: MetaStore,
+    private readonly auth: ClusterAuth,
     readonly mountTable: MountTable,
     readonly workers: WorkerRegistry,
     readonly metrics: MasterMetrics,
@@ -108,14 +124,14 @@ export class MasterServer {
     const logger = options.logger ?? silentLogger;
     const host = options.host ?? '0.0.0.0';
     const port = options.port ?? DEFAULT_MASTER_PORT;
-    const mountTable = await MountTable.load(options.store, logger);
+    const mountTable = await MountTable.load(options.store, logger, options.auth === 'insecure' ? undefined : new SecretBox(options.auth));
     const workers = await WorkerRegistry.load(options.store, logger, {
       workerTimeoutMs: options.workerTimeoutMs,
       heartbeatIntervalMs: options.heartbeatIntervalMs,
     });
     const metrics = new MasterMetrics(mountTable, workers, options.withProcessMetrics ?? true);
-    const server = createServer();
-    const master = new MasterServer(server, options.store, mountTable, workers, metrics, logger);
+    const server = createClusterServer(options.tls);
+    const master = new MasterServer(server, options.store, options.auth, mountTable, workers, metrics, logger);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new CachefsError(err.code === 'EADDRINUSE' ? 'CONFLICT' : 'INVALID_ARGUMENT', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
@@ -127,7 +143,7 @@ export class MasterServer {
       });
     });
     workers.start();
-    logger.info({ host, port: master.port, mountEntries: mountTable.size, workers: workers.list().length }, 'master listening');
+    logger.info({ host, port: master.port, tls: options.tls !== undefined, mountEntries: mountTable.size, workers: workers.list().length }, 'master listening');
     return master;
   }
 
@@ -178,6 +194,8 @@ export class MasterServer {
   private defineRoutes(): void {
     const { mountTable, workers } = this;
     this.route(ROUTES.healthz, { GET: async () => ok({ status: 'ok' } satisfies HealthResponse) });
+    // Tables loaded and listening (a master only listens once loaded); 503 while shutting down, as every route.
+    this.route(ROUTES.readyz, { GET: async () => ok({ status: 'ready' } satisfies ReadyResponse) });
     this.route(ROUTES.mountTable, {
       GET: async () => ok({ entries: mountTable.list() } satisfies MountTableResponse),
       PUT: async (ctx) => {
@@ -194,8 +212,8 @@ export class MasterServer {
     });
     this.route(ROUTES.workersRegister, {
       POST: async (ctx) => {
-        const worker = await workers.register(decodeRegisterWorkerRequest(await ctx.json()));
-        return ok({ worker, ...workers.timing } satisfies RegisterWorkerResponse);
+        const { worker, credential } = await workers.register(decodeRegisterWorkerRequest(await ctx.json()));
+        return ok({ worker, credential, ...workers.timing } satisfies RegisterWorkerResponse);
       },
     });
     this.route(ROUTES.workersHeartbeat, {
@@ -211,7 +229,11 @@ export class MasterServer {
         const list = workers.list({ cacheGroup: group === null ? undefined : parseCacheGroup(group), state: state ?? undefined });
         return ok({ workers: list, now: Date.now() } satisfies WorkerListResponse);
       },
-      DELETE: async (ctx) => ok({ removed: await workers.remove(parseWorkerId(query(ctx.url, 'id'))) }),
+      DELETE: async (ctx) => {
+        const credential = ctx.req.headers[WORKER_CREDENTIAL_HEADER];
+        const proof = { credential: typeof credential === 'string' ? credential : undefined, force: ctx.url.searchParams.get('force') === '1' };
+        return ok({ removed: await workers.remove(parseWorkerId(query(ctx.url, 'id')), proof) });
+      },
     });
     this.route(ROUTES.cacheGroups, { GET: async () => ok({ groups: workers.groups() } satisfies CacheGroupsResponse) });
   }
@@ -229,6 +251,7 @@ export class MasterServer {
       if (this.closing) {
         throw new HttpError(503, 'UNREACHABLE', 'master is shutting down');
       }
+      checkAuthorization(this.auth, req, url.pathname);
       if (url.pathname === ROUTES.metrics && req.method === 'GET') {
         const text = await this.metrics.registry.metrics();
         status = 200;
@@ -242,7 +265,7 @@ export class MasterServer {
         res.setHeader('allow', Object.keys(handlers).join(', '));
         throw new HttpError(405, 'INVALID_ARGUMENT', `method ${req.method ?? '?'} is not allowed on ${url.pathname} (allowed: ${Object.keys(handlers).join(', ')})`);
       }
-      const reply = await handler({ url, json: () => readJson(req) });
+      const reply = await handler({ url, req, json: () => readJson(req) });
       status = reply.status;
       this.send(res, reply.status, reply.body);
     } catch (err) {
@@ -251,6 +274,7 @@ export class MasterServer {
       const message = isCachefsError(err) ? err.message : 'internal error in the master (see its log)';
       if (status >= 500) this.logger.error({ method: req.method, path: url.pathname, err: err instanceof Error ? err.stack : String(err) }, 'request failed');
       else this.logger.debug({ method: req.method, path: url.pathname, status, code, message }, 'request rejected');
+      if (status === 401) res.setHeader('www-authenticate', 'Bearer realm="cachefs"');
       this.send(res, status, { error: { code, message } } satisfies ApiErrorBody);
     } finally {
       this.metrics.requests.inc({ route: routeLabel, status: String(status) });

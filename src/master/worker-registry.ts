@@ -7,8 +7,17 @@
  * workers; it gives each of them a full timeout to heartbeat again before it
  * declares any lost. Registrations and state changes are durable before they are
  * acknowledged; heartbeat usage figures are written in batches, since losing a
- * few seconds of them costs nothing. Knows nothing about HTTP.
+ * few seconds of them costs nothing.
+ *
+ * Each registration is answered with a random credential that proves it from then
+ * on: heartbeats carry it, a live worker's id is taken over only by a caller that
+ * presents it (the worker registering again, or its restart that kept it), and a
+ * worker is removed only with it or by an admin's explicit `force`. The registry
+ * keeps only the credential's SHA-256 (stored with the record, never listed) and
+ * compares in constant time. A record stored without one (by an older master) is
+ * held by nobody: the next registration of its id takes it. Knows nothing about HTTP.
  */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -22,6 +31,7 @@ import {
   type WorkerState,
   type WorkerTiming,
 } from './api.js';
+import { Fields } from './decode.js';
 import type { MetaStore, MetaWrite } from './meta-store.js';
 import { Serial } from './serial.js';
 
@@ -43,6 +53,16 @@ export interface WorkerFilter {
   state?: WorkerState;
 }
 
+/** Who asks to remove a worker: the worker itself (its credential), or an admin who says `force`. */
+export interface RemovalProof {
+  credential?: string;
+  force?: boolean;
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
 export class WorkerRegistry {
   private readonly serial = new Serial();
   /** Monotonic time each worker was last heard from (wall clocks jump; timeouts must not). */
@@ -57,6 +77,8 @@ export class WorkerRegistry {
   private constructor(
     private readonly store: MetaStore,
     private readonly workers: Map<string, WorkerRecord>,
+    /** SHA-256 of each worker's registration credential, by id. */
+    private readonly credentials: Map<string, Buffer>,
     private readonly logger: Logger,
     options: WorkerRegistryOptions,
   ) {
@@ -71,15 +93,18 @@ export class WorkerRegistry {
   /** Loads the records from the store; a record that cannot be decoded is logged and left out. */
   static async load(store: MetaStore, logger: Logger, options: WorkerRegistryOptions = {}): Promise<WorkerRegistry> {
     const workers = new Map<string, WorkerRecord>();
+    const credentials = new Map<string, Buffer>();
     for (const { key, value } of await store.list(PREFIX)) {
       try {
         const record = decodeWorkerRecord(value, `stored worker record ${key}`);
+        const digest = Fields.of(value, key).optionalString('credentialSha256');
         workers.set(record.id, record);
+        if (digest !== undefined) credentials.set(record.id, Buffer.from(digest, 'hex'));
       } catch (err) {
         logger.error({ key, err: (err as Error).message }, 'skipping unreadable worker record');
       }
     }
-    return new WorkerRegistry(store, workers, logger, options);
+    return new WorkerRegistry(store, workers, credentials, logger, options);
   }
 
   /** Times a worker was marked lost since this master started. */
@@ -111,48 +136,50 @@ export class WorkerRegistry {
   }
 
   /**
-   * Registers a worker or refreshes its registration. The same process may
-   * register again at any time. Another process may take over the id when the
-   * registered one is lost or overdue, or when it advertises the very same
-   * address on the same host (then the old process no longer holds that port);
-   * otherwise two live processes claim one id, which is a CONFLICT.
+   * Registers a worker or refreshes its registration, and answers with a new
+   * credential for it. A lost (or unknown) id is free; a live one is taken only by
+   * a caller that presents its current credential (`req.credential`): otherwise two
+   * processes claim one id, which is a CONFLICT, whatever address they advertise.
    */
-  register(req: RegisterWorkerRequest): Promise<WorkerRecord> {
+  register(req: RegisterWorkerRequest): Promise<{ worker: WorkerRecord; credential: string }> {
     return this.serial.run(async () => {
+      const { credential: presented, ...announced } = req;
       const existing = this.workers.get(req.id);
-      if (existing && instanceOf(existing) !== instanceOf(req) && this.effectiveState(existing) === 'alive') {
-        const sameEndpoint = existing.address === req.address && existing.hostname === req.hostname;
-        if (!sameEndpoint) {
-          const ago = Math.round((performance.now() - (this.seen.get(req.id) ?? 0)) / 1000);
-          throw new CachefsError(
-            'CONFLICT',
-            `worker id '${req.id}' is already registered by a live worker at ${existing.address} on ${existing.hostname} ` +
-              `(last heartbeat ${ago}s ago): give each worker its own id, or wait ${Math.ceil(this.timing.workerTimeoutMs / 1000)}s for it to expire`,
-          );
-        }
+      if (existing && this.effectiveState(existing) === 'alive' && this.credentials.has(req.id) && !this.holds(req.id, presented)) {
+        const ago = Math.round((performance.now() - (this.seen.get(req.id) ?? 0)) / 1000);
+        throw new CachefsError(
+          'CONFLICT',
+          `worker id '${req.id}' is already registered by a live worker at ${existing.address} on ${existing.hostname} ` +
+            `(last heartbeat ${ago}s ago): give each worker its own id, or wait ${Math.ceil(this.timing.workerTimeoutMs / 1000)}s for it to expire`,
+        );
       }
       const now = Date.now();
-      const record: WorkerRecord = { ...structuredClone(req), registeredAt: now, lastHeartbeat: now, state: 'alive' };
-      await this.store.put(PREFIX + record.id, record);
+      const record: WorkerRecord = { ...structuredClone(announced), registeredAt: now, lastHeartbeat: now, state: 'alive' };
+      const credential = randomBytes(32).toString('base64url');
+      const digest = sha256(credential);
+      await this.store.put(PREFIX + record.id, this.stored(record, digest));
       this.workers.set(record.id, record);
+      this.credentials.set(record.id, digest);
       this.seen.set(record.id, performance.now());
       this.dirty.delete(record.id);
       this.logger.info(
         { id: record.id, cacheGroup: record.cacheGroup, address: record.address, hostname: record.hostname, restarted: existing !== undefined && instanceOf(existing) !== instanceOf(req) },
         existing ? 'worker registered again' : 'worker registered',
       );
-      return structuredClone(record);
+      return { worker: structuredClone(record), credential };
     });
   }
 
   /**
    * Records a heartbeat. NOT_FOUND when the id is unknown or was marked lost
-   * (the worker registers again); CONFLICT when the id belongs to another process.
+   * (the worker registers again); CONFLICT when the credential is not the one of
+   * the id's registration (another process holds the id).
    */
   heartbeat(req: HeartbeatRequest): WorkerTiming {
     const record = this.workers.get(req.id);
     if (!record) throw new CachefsError('NOT_FOUND', `worker '${req.id}' is not registered: register first`);
-    if (instanceOf(record) !== instanceOf(req)) {
+    if (!this.credentials.has(req.id)) throw new CachefsError('NOT_FOUND', `worker '${req.id}' has no registration credential yet: register again`);
+    if (!this.holds(req.id, req.credential)) {
       throw new CachefsError('CONFLICT', `worker id '${req.id}' is registered by another process (at ${record.address}): this process must not use it`);
     }
     if (this.effectiveState(record) === 'lost') throw new CachefsError('NOT_FOUND', `worker '${req.id}' was marked lost: register again`);
@@ -197,17 +224,25 @@ export class WorkerRegistry {
     return [...byName.values()];
   }
 
-  /** Forgets a worker (decommissioned); NOT_FOUND when unknown. */
-  remove(id: string): Promise<WorkerRecord> {
+  /**
+   * Forgets a worker (decommissioned); NOT_FOUND when unknown. Only the worker itself
+   * (its credential) or an admin who says `force` may: ACCESS_DENIED otherwise.
+   */
+  remove(id: string, proof: RemovalProof): Promise<WorkerRecord> {
     return this.serial.run(async () => {
       const record = this.workers.get(id);
       if (!record) throw new CachefsError('NOT_FOUND', `worker '${id}' is not registered`);
+      const byItself = this.holds(id, proof.credential);
+      if (!byItself && proof.force !== true) {
+        throw new CachefsError('ACCESS_DENIED', `worker '${id}' may be removed only by itself (with its registration credential) or by an admin with force=1`);
+      }
       const state = this.effectiveState(record);
       await this.store.delete(PREFIX + id);
       this.workers.delete(id);
+      this.credentials.delete(id);
       this.seen.delete(id);
       this.dirty.delete(id);
-      this.logger.info({ id, cacheGroup: record.cacheGroup, address: record.address }, 'worker removed');
+      this.logger.info({ id, cacheGroup: record.cacheGroup, address: record.address, by: byItself ? 'the worker' : 'an admin (force)' }, 'worker removed');
       return { ...record, state };
     });
   }
@@ -220,7 +255,7 @@ export class WorkerRegistry {
       for (const w of this.workers.values()) {
         if (w.state === 'alive' && this.effectiveState(w) === 'lost') {
           lost.push(w);
-          writes.push({ key: PREFIX + w.id, value: { ...w, state: 'lost' } });
+          writes.push({ key: PREFIX + w.id, value: this.stored({ ...w, state: 'lost' }) });
         }
       }
       if (writes.length > 0) {
@@ -241,10 +276,21 @@ export class WorkerRegistry {
     const writes: MetaWrite[] = [];
     for (const id of this.dirty) {
       const w = this.workers.get(id);
-      if (w) writes.push({ key: PREFIX + id, value: w });
+      if (w) writes.push({ key: PREFIX + id, value: this.stored(w) });
     }
     this.dirty.clear();
     if (writes.length > 0) await this.store.commit(writes);
+  }
+
+  /** True when `presented` is the credential of the id's registration (constant time). */
+  private holds(id: string, presented: string | undefined): boolean {
+    const digest = this.credentials.get(id);
+    return digest?.length === 32 && presented !== undefined && timingSafeEqual(sha256(presented), digest);
+  }
+
+  /** The record as stored: with its credential's digest. */
+  private stored(record: WorkerRecord, digest = this.credentials.get(record.id)): Record<string, unknown> {
+    return digest ? { ...record, credentialSha256: digest.toString('hex') } : { ...record };
   }
 
   /** The state as of now, even when the sweep has not caught up yet. */

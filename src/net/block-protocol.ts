@@ -3,7 +3,10 @@
  * `GET /v1/blocks/<id>?mount=&key=&etag=&size=&bs=&index=` with an optional
  * `Range: bytes=a-b` (offsets inside the block). The worker recomputes the id from
  * the other fields and refuses a mismatch, so a request names a block, never a
- * path: nothing a client sends is joined into a file name.
+ * path: nothing a client sends is joined into a file name. A request must name the
+ * version it wants (a non-empty `etag`: the UFS read is checked against it) and
+ * the worker's own block size, so that no request sizes a block (and a buffer) of
+ * its choosing.
  */
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blockCount, blockRef, isBlockId, type BlockRef } from '../block/block.js';
 import { CachefsError, errorCodeOf } from '../errors.js';
@@ -22,8 +25,13 @@ export function blockRequestPath(ref: BlockRef): string {
   return `${BLOCKS_PATH}${ref.id}?${q.toString()}`;
 }
 
-/** Parses and validates a block request URL; INVALID_ARGUMENT for anything off. */
-export function parseBlockRequest(url: string): BlockRef {
+/** What a worker serves: blocks of its block size only. */
+export interface BlockRequestLimits {
+  blockSize: number;
+}
+
+/** Parses and validates a block request URL against the worker's limits; INVALID_ARGUMENT for anything off. */
+export function parseBlockRequest(url: string, limits: BlockRequestLimits): BlockRef {
   const bad = (why: string): CachefsError => new CachefsError('INVALID_ARGUMENT', `bad block request: ${why}`);
   const u = new URL(url, 'http://worker');
   if (!u.pathname.startsWith(BLOCKS_PATH)) throw bad('unknown path');
@@ -44,8 +52,11 @@ export function parseBlockRequest(url: string): BlockRef {
   };
   const size = int('size', 1);
   const bs = int('bs', MIN_BLOCK_SIZE, MAX_BLOCK_SIZE);
+  if (bs !== limits.blockSize) throw bad(`bs ${bs} is not this worker's block size ${limits.blockSize} (give mounts and workers the same --block-size)`);
   const index = int('index', 0, blockCount(size, bs) - 1);
-  const ref = blockRef({ mount: str('mount'), key: str('key'), etag: str('etag'), size }, bs, index);
+  const etag = str('etag');
+  if (etag === '') throw bad('etag must name the version of the object (it is empty)');
+  const ref = blockRef({ mount: str('mount'), key: str('key'), etag, size }, bs, index);
   if (ref.id !== id) throw bad('block id does not match the block it names');
   return ref;
 }
@@ -65,6 +76,7 @@ export function parseRange(header: string | undefined, length: number): { start:
 export function statusForCode(code: string): number {
   switch (code) {
     case 'INVALID_ARGUMENT': return 400;
+    case 'UNAUTHENTICATED': return 401;
     case 'ACCESS_DENIED': return 403;
     case 'NOT_FOUND':
     case 'BUCKET_NOT_FOUND': return 404;

@@ -56,6 +56,8 @@ export interface PoolOptions {
   port: number;
   /** Connect with TLS: the server's certificate is checked (against `ca`, or Node's CAs), SNI from `host`. */
   tls?: { ca?: string | Buffer };
+  /** Sent with every request before its own headers (e.g. `authorization`). */
+  headers?: Readonly<Record<string, string>>;
   /** Connections open at most; further requests wait for one. */
   size: number;
   timeouts: ConnectionTimeouts;
@@ -150,7 +152,7 @@ class Connection {
       if (req.signal?.aborted) return abort();
       req.signal?.addEventListener('abort', abort, { once: true });
       this.socket.setTimeout(this.options.timeouts.headersMs);
-      this.socket.write(requestHead(req, `${this.options.host}:${this.options.port}`));
+      this.socket.write(requestHead(req, `${this.options.host}:${this.options.port}`, this.options.headers));
     });
   }
 
@@ -356,10 +358,10 @@ export class BodyConnectionPool {
   }
 }
 
-function requestHead(req: BodyRequest, defaultHost: string): string {
+function requestHead(req: BodyRequest, defaultHost: string, poolHeaders: Readonly<Record<string, string>> = {}): string {
   let head = `${req.method ?? 'GET'} ${req.path} HTTP/1.1\r\n`;
   let host = false;
-  for (const [name, value] of Object.entries(req.headers ?? {})) {
+  for (const [name, value] of [...Object.entries(poolHeaders), ...Object.entries(req.headers ?? {})]) {
     if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) throw new CachefsError('INVALID_ARGUMENT', `header ${JSON.stringify(name)} holds a line break`);
     if (name.toLowerCase() === 'host') host = true;
     head += `${name}: ${value}\r\n`;

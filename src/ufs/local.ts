@@ -2,9 +2,16 @@
  * A local folder as UFS (`file:///srv/data`): for datasets on a mounted disk or NFS,
  * and the simplest backend to reason about. The ETag is derived from inode, size
  * and mtime, so a rewritten file gets new block ids like a rewritten object.
+ *
+ * Only regular files under the folder are served. Symlinks are followed while
+ * they stay inside it (resolved paths are checked against the folder's own
+ * resolved path); one that leads out is neither listed nor found nor read. A read
+ * opens without blocking (O_NONBLOCK: a FIFO never holds a thread of the pool) and
+ * decides on the opened descriptor — its type by fstat, its place by
+ * /proc/self/fd — so a swap of the path after a check changes nothing.
  */
 import { constants, type Stats } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
+import { open, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
@@ -13,6 +20,7 @@ import type { UfsUri } from './uri.js';
 
 const DEFAULT_PAGE = 1000;
 const SNAPSHOT_TTL_MS = 10_000;
+const READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
 
 interface DirSnapshot {
   at: number;
@@ -29,6 +37,8 @@ export class LocalUfs implements Ufs {
    * so a file added to it shows in the next listing.
    */
   private readonly snapshots = new Map<string, DirSnapshot>();
+  /** The root with its symlinks resolved, once it exists. */
+  private realRoot: string | undefined;
 
   constructor(uri: UfsUri) {
     this.displayUri = uri.text;
@@ -59,10 +69,11 @@ export class LocalUfs implements Ufs {
   async stat(key: string): Promise<UfsObject | null> {
     if (key === '' || key.endsWith('/')) return null;
     try {
-      const st = await stat(this.resolve(key));
-      return st.isFile() ? toObject(key, st) : null;
+      const file = this.resolve(key);
+      const st = await stat(file);
+      return st.isFile() && (await this.staysInside(file)) ? toObject(key, st) : null;
     } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return null;
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return null;
       throw ioError(err, key);
     }
   }
@@ -95,19 +106,24 @@ export class LocalUfs implements Ufs {
   private async snapshot(prefix: string, fresh: boolean): Promise<string[]> {
     const cached = this.snapshots.get(prefix);
     if (!fresh && cached && Date.now() - cached.at < SNAPSHOT_TTL_MS) return cached.names;
+    const dir = this.resolve(prefix);
     let entries;
     try {
-      entries = await readdir(this.resolve(prefix), { withFileTypes: true });
+      // A directory reached through a link that leads out of the folder lists as empty.
+      if (!(await this.staysInside(dir))) return [];
+      entries = await readdir(dir, { withFileTypes: true });
     } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR')) return [];
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return [];
       throw ioError(err, prefix);
     }
     const names: string[] = [];
     for (const e of entries) {
       let isDir = e.isDirectory();
       if (e.isSymbolicLink()) {
+        const target = path.join(dir, e.name);
         try {
-          isDir = (await stat(path.join(this.resolve(prefix), e.name))).isDirectory();
+          if (!(await this.staysInside(target))) continue; // leads out of the folder: not ours to serve
+          isDir = (await stat(target)).isDirectory();
         } catch {
           continue; // dangling link: nothing to serve
         }
@@ -123,13 +139,18 @@ export class LocalUfs implements Ufs {
   async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
     let handle;
     try {
-      handle = await open(this.resolve(key), constants.O_RDONLY);
+      handle = await open(this.resolve(key), READ_FLAGS);
     } catch (err) {
       if (isCode(err, 'ENOENT')) throw new CachefsError(options.etag ? 'STALE' : 'NOT_FOUND', `not found: ${this.displayUri}/${key}`, { cause: err });
       throw ioError(err, key);
     }
     try {
-      if (options.etag && etagOf(await handle.stat()) !== options.etag) {
+      const st = await handle.stat();
+      if (!st.isFile()) throw new CachefsError('ACCESS_DENIED', `refusing to read ${this.displayUri}/${key}: not a regular file`);
+      if (!(await this.contains(await readlink(`/proc/self/fd/${handle.fd}`)))) {
+        throw new CachefsError('ACCESS_DENIED', `refusing to read ${this.displayUri}/${key}: a symlink leads out of the folder`);
+      }
+      if (options.etag && etagOf(st) !== options.etag) {
         throw new CachefsError('STALE', `file changed while reading ${this.displayUri}/${key}`);
       }
       const scatter = new Scatter(dest);
@@ -151,6 +172,18 @@ export class LocalUfs implements Ufs {
 
   async close(): Promise<void> {
     this.snapshots.clear();
+  }
+
+  /** Whether `file`, its symlinks resolved, is the folder or under it (ENOENT and ELOOP are thrown). */
+  private async staysInside(file: string): Promise<boolean> {
+    return this.contains(await realpath(file));
+  }
+
+  /** Whether a resolved path is the folder or under it. */
+  private async contains(real: string): Promise<boolean> {
+    this.realRoot ??= await realpath(this.root);
+    const root = this.realRoot;
+    return real === root || real.startsWith(root.endsWith('/') ? root : `${root}/`);
   }
 }
 

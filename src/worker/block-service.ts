@@ -9,7 +9,7 @@
  * a cold one fetches) stay within `inFlightBytes`: a request beyond it is answered 503
  * with Retry-After, and the client reads from the next worker or the UFS instead.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockRef } from '../block/block.js';
@@ -18,7 +18,9 @@ import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
+import { checkAuthorization, type ClusterAuth } from '../net/auth.js';
 import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
+import { createClusterServer, type ServerTls } from '../net/tls.js';
 
 export interface BlockServiceConfig {
   blocks: CachedBlocks;
@@ -31,6 +33,12 @@ export interface BlockServiceConfig {
   port: number;
   /** Most bytes held for requests in flight at once. */
   inFlightBytes: number;
+  /** Block requests need the cluster secret (`/healthz` and `/metrics` do not), unless 'insecure'. */
+  auth: ClusterAuth;
+  /** Serve HTTPS with this certificate. */
+  tls?: ServerTls;
+  /** The only block size served (the `bs` of every request). */
+  blockSize: number;
 }
 
 /** Seconds a client is told to wait before asking a worker over its in-flight budget again. */
@@ -41,7 +49,7 @@ export class BlockService {
 
   static async start(config: BlockServiceConfig): Promise<BlockService> {
     const budget = new InFlightBudget(config.inFlightBytes);
-    const server = createServer((req, res) => {
+    const server = createClusterServer(config.tls, (req, res) => {
       route(config, budget, req, res).catch((err: unknown) => fail(config, res, err));
     });
     server.keepAliveTimeout = 30_000;
@@ -76,8 +84,9 @@ class InFlightBudget {
 
 async function route(config: BlockServiceConfig, budget: InFlightBudget, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = req.url ?? '/';
+  checkAuthorization(config.auth, req, url.split('?')[0]!);
   if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) {
-    const ref = parseBlockRequest(url);
+    const ref = parseBlockRequest(url, config);
     const range = parseRange(req.headers.range, ref.length) ?? { start: 0, end: ref.length - 1 };
     // The answer's bytes, and a block-sized fetch if the block is not cached.
     budget.hold(range.end - range.start + 1 + (config.blocks.readThrough.cached(ref) ? 0 : ref.length), res);

@@ -3,9 +3,17 @@
  * heartbeats at the interval the master asks for, registers again when the master
  * forgot it (restart, expiry), and keeps retrying with capped backoff while the
  * master is down. A duplicate id held by another live worker is fatal.
+ *
+ * The master answers each registration with a credential that the heartbeats
+ * present. It is kept in a file of the worker's state dir (0600), so that a
+ * restarted worker takes its id back at once instead of waiting for the old
+ * registration to expire; nobody without that file can.
  */
 import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { CachefsError, isCachefsError } from '../errors.js';
+import { Fields } from '../master/decode.js';
 import type { Logger } from '../log.js';
 import type { RegisterWorkerRequest, WorkerUsage } from '../master/api.js';
 import type { MasterClient } from '../master/client.js';
@@ -20,17 +28,22 @@ export class Registration {
   private registered = false;
   private intervalMs = 2000;
   private backoffMs = 200;
+  /** The credential of the current registration (or of the last one, read back from the state dir). */
+  private credential: string | undefined;
 
   constructor(
     private readonly master: MasterClient,
-    private readonly identity: Omit<RegisterWorkerRequest, keyof WorkerUsage | 'startedAt' | 'instance'>,
+    private readonly identity: Omit<RegisterWorkerRequest, keyof WorkerUsage | 'startedAt' | 'instance' | 'credential'>,
     private readonly usage: () => WorkerUsage,
     private readonly log: Logger,
     private readonly onFatal: (err: CachefsError) => void,
+    /** Where the credential is kept across restarts; none: a restart waits for the old registration to expire. */
+    private readonly stateDir?: string,
   ) {}
 
   /** Registers once (CONFLICT for a duplicate id is thrown; an unreachable master is retried in the background). */
   async start(): Promise<void> {
+    this.credential = await this.loadCredential();
     try {
       await this.register();
     } catch (err) {
@@ -41,11 +54,14 @@ export class Registration {
   }
 
   private request(): RegisterWorkerRequest {
-    return { ...this.identity, ...this.usage(), startedAt: this.startedAt, instance: this.instance };
+    const req: RegisterWorkerRequest = { ...this.identity, ...this.usage(), startedAt: this.startedAt, instance: this.instance };
+    return this.credential === undefined ? req : { ...req, credential: this.credential };
   }
 
   private async register(): Promise<void> {
     const res = await this.master.registerWorker(this.request(), { retries: 0 });
+    this.credential = res.credential;
+    await this.saveCredential(res.credential);
     this.intervalMs = res.heartbeatIntervalMs;
     this.registered = true;
     this.backoffMs = 200;
@@ -56,7 +72,7 @@ export class Registration {
     try {
       if (!this.registered) await this.register();
       else {
-        const res = await this.master.heartbeat({ id: this.identity.id, startedAt: this.startedAt, instance: this.instance, ...this.usage() }, { retries: 0 });
+        const res = await this.master.heartbeat({ id: this.identity.id, startedAt: this.startedAt, instance: this.instance, credential: this.credential!, ...this.usage() }, { retries: 0 });
         this.intervalMs = res.heartbeatIntervalMs;
       }
       this.schedule(this.intervalMs);
@@ -73,6 +89,34 @@ export class Registration {
       this.log.warn({ err: (err as Error).message }, 'heartbeat failed; retrying');
       this.schedule(this.backoffMs);
       this.backoffMs = Math.min(MAX_BACKOFF_MS, this.backoffMs * 2);
+    }
+  }
+
+  private credentialFile(): string | undefined {
+    return this.stateDir === undefined ? undefined : path.join(this.stateDir, `registration-${this.identity.id}.json`);
+  }
+
+  private async loadCredential(): Promise<string | undefined> {
+    const file = this.credentialFile();
+    if (file === undefined) return undefined;
+    try {
+      return Fields.of(JSON.parse(await readFile(file, 'utf8')) as unknown, file).string('credential');
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Written whole (temp file, rename) and readable by this user only; a failure costs only a fast restart. */
+  private async saveCredential(credential: string): Promise<void> {
+    const file = this.credentialFile();
+    if (file === undefined) return;
+    try {
+      await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+      const tmp = `${file}.${process.pid}.tmp`;
+      await writeFile(tmp, JSON.stringify({ id: this.identity.id, credential }), { mode: 0o600 });
+      await rename(tmp, file);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, stateDir: this.stateDir }, 'cannot keep the registration credential: a restart will wait for this registration to expire');
     }
   }
 

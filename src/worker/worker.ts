@@ -3,12 +3,13 @@
  * over HTTP to clients of its cache group, registered with the master. Runs as
  * `cachefs worker`, or embedded in a sharing mount.
  */
-import { DEFAULT_BLOCK_SIZE } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import type { Logger } from '../log.js';
 import type { MasterClient } from '../master/client.js';
 import type { UfsResolver } from '../ufs/ufs.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { ClusterAuth } from '../net/auth.js';
+import type { ServerTls } from '../net/tls.js';
 import type { TierConfig } from '../cache/tier.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { BlockService } from './block-service.js';
@@ -19,16 +20,16 @@ import { UfsReader } from '../cache/ufs-reader.js';
 import { Registration } from './registration.js';
 
 /**
- * Block buffers the block service owns for blocks it reads from the store (blocks of up
- * to the default size; others, and more at once, are allocated per request): as many as
- * a client's connections read at once.
+ * Block buffers the block service owns for blocks it reads from the store (more at once
+ * are allocated per request): as many as a client's connections read at once.
  */
 const SERVED_BUFFERS = 8;
 /**
- * Bytes the block service holds for requests in flight at most: 16 cold blocks of the
- * default size fetched and answered at once (a client's 8 connections, twice over).
+ * Bytes the block service holds for requests in flight at most: 16 cold 4 MiB blocks
+ * fetched and answered at once (a client's 8 connections, twice over); with larger
+ * blocks, at least two such requests.
  */
-const IN_FLIGHT_BYTES = 16 * 2 * DEFAULT_BLOCK_SIZE;
+const IN_FLIGHT_BYTES = 128 * 1024 * 1024;
 
 export interface WorkerConfig {
   id: string;
@@ -44,6 +45,14 @@ export interface WorkerConfig {
   hostname: string;
   /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
+  /** The block size of the cache group: the only one the block service serves. */
+  blockSize: number;
+  /** Who the block service admits: holders of the cluster secret, or anyone ('insecure'). */
+  auth: ClusterAuth;
+  /** Serve the block service over HTTPS. */
+  tls?: ServerTls;
+  /** Where the registration credential is kept across restarts (see `Registration`). */
+  stateDir?: string;
 }
 
 export interface WorkerDeps {
@@ -76,8 +85,20 @@ export class Worker {
     let service: BlockService;
     let socket: DomainSocketService | undefined;
     try {
-      const buffers = new BufferPool(DEFAULT_BLOCK_SIZE, SERVED_BUFFERS);
-      service = await BlockService.start({ blocks, buffers, inFlightBytes: IN_FLIGHT_BYTES, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      const buffers = new BufferPool(config.blockSize, SERVED_BUFFERS);
+      service = await BlockService.start({
+        blocks,
+        inFlightBytes: Math.max(IN_FLIGHT_BYTES, 4 * config.blockSize),
+        buffers,
+        metrics: deps.metrics,
+        registry: deps.metrics.registry,
+        log: deps.log,
+        host: config.host,
+        port: config.port,
+        auth: config.auth,
+        tls: config.tls,
+        blockSize: config.blockSize,
+      });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, blocks, deps.metrics, deps.log);
       } catch (err) {
@@ -90,7 +111,7 @@ export class Worker {
     }
     const registration = new Registration(
       deps.master,
-      { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath },
+      { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath, blockSize: config.blockSize },
       () => ({
         capacityBytes: store.capacityBytes,
         usedBytes: store.usedBytes,
@@ -100,6 +121,7 @@ export class Worker {
       }),
       deps.log,
       deps.onFatal,
+      config.stateDir,
     );
     const worker = new Worker(config, store, blocks, service, registration, socket);
     try {
@@ -108,7 +130,7 @@ export class Worker {
       await worker.close();
       throw err;
     }
-    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, domainSocket: config.domainSocketPath || undefined, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
+    deps.log.info({ id: config.id, cacheGroup: config.cacheGroup, address: worker.address, blockSize: config.blockSize, tls: config.tls !== undefined, domainSocket: config.domainSocketPath || undefined, blocks: store.blockCount, usedBytes: store.usedBytes }, 'worker started');
     return worker;
   }
 

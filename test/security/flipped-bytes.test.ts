@@ -69,7 +69,7 @@ async function flipByte(file: string): Promise<void> {
 async function worker() {
   const cacheGroup = `flip${++group}`;
   const socketDir = await mkdtemp(path.join(work, 'sock-'));
-  const w = await startWorker({ master: master.address, cacheGroup, socketDir });
+  const w = await startWorker({ master: master.address, cacheGroup, socketDir, blockSize: '1MiB' });
   workers.push(w);
   return Object.assign(w, { cacheGroup });
 }

@@ -2,8 +2,16 @@
  * Real cluster processes for tests: a master (`cachefs master`) and workers
  * (`cachefs worker`) started from bin/cachefs on 127.0.0.1 with free ports, each
  * a tracked child stopped by PID (SIGTERM, or SIGKILL to simulate a crash).
+ *
+ * The cluster is authenticated as in production: loading this module makes a
+ * token file (0600 in a 0700 temp dir) and names it in this test process's
+ * environment (CACHEFS_AUTH_TOKEN_FILE), as an operator's shell would, so every
+ * cachefs process a test starts — masters, workers, mounts, admin commands —
+ * presents it. A test that wants a process without it passes that variable empty.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +30,18 @@ export interface ServiceProcess {
   /** SIGKILL and wait: a crash. */
   kill(): Promise<void>;
 }
+
+/** The cluster secret of every cluster this test process starts. */
+export const CLUSTER_TOKEN = randomBytes(32).toString('hex');
+const tokenDir = mkdtempSync(path.join(os.tmpdir(), 'cachefs-token-'));
+/** The token file (0600) that CACHEFS_AUTH_TOKEN_FILE names in this process and its children. */
+export const CLUSTER_TOKEN_FILE = path.join(tokenDir, 'token');
+writeFileSync(CLUSTER_TOKEN_FILE, `${CLUSTER_TOKEN}\n`, { mode: 0o600 });
+process.env.CACHEFS_AUTH_TOKEN_FILE = CLUSTER_TOKEN_FILE;
+process.once('exit', () => rmSync(tokenDir, { recursive: true, force: true }));
+
+/** The header that carries the cluster secret, for tests that speak HTTP to the cluster themselves. */
+export const AUTH_HEADER = `Bearer ${CLUSTER_TOKEN}`;
 
 const live = new Set<ServiceProcess>();
 /** Temporary dirs made here; removed by stopAllServices (restarts within a test reuse them). */
@@ -74,10 +94,24 @@ function start(args: string[], port: number, ready: (out: string) => boolean, en
   );
 }
 
-export async function startMaster(options: { metaDir?: string; port?: number; workerTimeout?: string } = {}): Promise<ServiceProcess & { metaDir: string }> {
+export interface MasterOptions {
+  metaDir?: string;
+  port?: number;
+  workerTimeout?: string;
+  /** More flags, e.g. --tls-cert/--tls-key. */
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function startMaster(options: MasterOptions = {}): Promise<ServiceProcess & { metaDir: string }> {
   const metaDir = options.metaDir ?? (await tempDir('cachefs-meta-'));
   const port = options.port ?? (await freePort());
-  const svc = await start(['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', String(port), '--worker-timeout', options.workerTimeout ?? '3s'], port, (out) => out.includes('listening on'));
+  const svc = await start(
+    ['master', '--meta-dir', metaDir, '--host', '127.0.0.1', '--port', String(port), '--worker-timeout', options.workerTimeout ?? '3s', ...(options.args ?? [])],
+    port,
+    (out) => out.includes('listening on'),
+    options.env,
+  );
   return Object.assign(svc, { metaDir });
 }
 
@@ -88,27 +122,31 @@ export interface WorkerOptions {
   port?: number;
   tierDir?: string;
   tierSize?: string;
+  /** The worker's --block-size (its default, 4MiB, when absent): mounts that read from it give the same. */
+  blockSize?: string;
   args?: string[];
   env?: NodeJS.ProcessEnv;
   /** Unix socket dir for co-located clients; none by default, so reads take the network path. */
   socketDir?: string;
+  /** The worker's --state-dir (a new one by default): a restart that keeps it keeps its registration credential. */
+  stateDir?: string;
   /** A command the worker runs under (it must exec it, keeping the pid), e.g. `unshare -m ...`. */
   prefix?: string[];
 }
 
-export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string }> {
+export async function startWorker(options: WorkerOptions): Promise<ServiceProcess & { tierDir: string; id: string; stateDir: string }> {
   const port = options.port ?? (await freePort());
   const tierDir = options.tierDir ?? (await tempDir('cachefs-tier-'));
-  const stateDir = await tempDir('cachefs-wstate-');
+  const stateDir = options.stateDir ?? (await tempDir('cachefs-wstate-'));
   const id = options.id ?? `worker-${port}`;
   const svc = await start(
-    ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--domain-socket-dir', options.socketDir ?? 'none', '--log-level', 'debug', ...(options.args ?? [])],
+    ['worker', '--master', options.master, '--cache-group', options.cacheGroup ?? 'g', '--id', id, '--host', '127.0.0.1', '--port', String(port), '--tier', `SSD:${tierDir}:${options.tierSize ?? '1GiB'}`, '--state-dir', stateDir, '--domain-socket-dir', options.socketDir ?? 'none', '--log-level', 'debug', ...(options.blockSize ? ['--block-size', options.blockSize] : []), ...(options.args ?? [])],
     port,
     (out) => out.includes('registered with the master'),
     options.env,
     options.prefix,
   );
-  return Object.assign(svc, { tierDir, id });
+  return Object.assign(svc, { tierDir, id, stateDir });
 }
 
 /** Adds a mount-table entry through the CLI. */
