@@ -112,7 +112,7 @@ async function cacheWorker(id: string, r: Registration & { socket?: boolean }): 
   opened.push(service);
   let domainSocketPath = r.domainSocketPath;
   if (r.socket) {
-    const sockets = await DomainSocketService.start(path.join(dir, 'sock', 'worker.sock'), blocks, metrics, silentLogger);
+    const sockets = await DomainSocketService.start({ path: path.join(dir, 'sock', 'worker.sock'), auth: SECRET }, blocks, metrics, silentLogger);
     opened.push(sockets);
     domainSocketPath ??= sockets.path;
   }
@@ -174,7 +174,7 @@ async function source(cacheGroup: string, shortCircuit: ShortCircuitMode = 'off'
   opened.push(membership);
   await membership.start();
   const metrics = new Metrics(false);
-  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, workerLink: { headers: authHeaders(SECRET) }, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log: silentLogger });
+  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, workerLink: { headers: authHeaders(SECRET) }, secret: SECRET, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log: silentLogger });
   opened.push(s);
   return { source: s, membership, metrics };
 }

@@ -24,6 +24,7 @@ import type { BlockRead } from '../src/client/block-source.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
+import { ClusterSecret } from '../src/net/auth.js';
 import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { DomainSocketService } from '../src/worker/domain-socket-service.js';
@@ -31,6 +32,9 @@ import { registryValue } from './support/metrics.js';
 import { waitFor } from './support/processes.js';
 
 const MiB = 1024 * 1024;
+/** The cluster secret the worker sockets of these tests want (the hidden worker gets it through its environment). */
+const SECRET_TEXT = randomBytes(32).toString('hex');
+const SECRET = ClusterSecret.of(SECRET_TEXT);
 const BLOCKS = 20;
 const body = randomBytes(BLOCKS * MiB - 77);
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist');
@@ -66,14 +70,14 @@ async function worker(): Promise<{ store: TieredStore; metrics: Metrics; socketP
   await store.open();
   opened.push(store);
   const ufs = new LocalUfs(parseUfsUri(`file://${ufsRoot}`));
-  const service = await DomainSocketService.start(path.join(dir, 'sock', 'worker.sock'), new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
+  const service = await DomainSocketService.start({ path: path.join(dir, 'sock', 'worker.sock'), auth: SECRET }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
   opened.push(service);
   return { store, metrics, socketPath: service.path };
 }
 
 function colocated(socketPath: string): { near: ColocatedWorker; metrics: Metrics } {
   const metrics = new Metrics(false);
-  const near = new ColocatedWorker('w', socketPath, new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, metrics);
+  const near = new ColocatedWorker('w', socketPath, new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, metrics, SECRET);
   opened.push(near);
   return { near, metrics };
 }
@@ -185,15 +189,16 @@ describe('ColocatedWorker with block files it cannot see', () => {
       import { parseUfsUri } from ${mod('ufs/uri.js')};
       import { Metrics } from ${mod('metrics/metrics.js')};
       import { silentLogger } from ${mod('log.js')};
+      import { ClusterSecret } from ${mod('net/auth.js')};
       const [tier, socketPath, ufsRoot] = process.argv.slice(1);
       const metrics = new Metrics(false);
       const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: tier, quotaBytes: 256 * 1024 * 1024 }], high: 0.9, low: 0.7 }, metrics, silentLogger);
       await store.open();
       const ufs = new LocalUfs(parseUfsUri('file://' + ufsRoot));
-      const service = await DomainSocketService.start(socketPath, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
+      const service = await DomainSocketService.start({ path: socketPath, auth: ClusterSecret.of(process.env.CACHEFS_TEST_SOCKET_SECRET) }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
       process.once('SIGTERM', () => void service.close().then(() => store.close()).then(() => process.exit(0)));
       process.stdout.write('ready\\n');`;
-    const c = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs tmpfs "$0" && exec "$@"', tier, process.execPath, '--input-type=module', '-e', script, tier, socketPath, ufsRoot], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs tmpfs "$0" && exec "$@"', tier, process.execPath, '--input-type=module', '-e', script, tier, socketPath, ufsRoot], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CACHEFS_TEST_SOCKET_SECRET: SECRET_TEXT } });
     child = c;
     let out = '';
     c.stdout!.on('data', (d: Buffer) => (out += d.toString()));

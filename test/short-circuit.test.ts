@@ -16,9 +16,10 @@ import { humanSize, type ClusterReport } from '../src/cli/report.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
+import { ClusterSecret } from '../src/net/auth.js';
 import { NAMESPACE_MOUNT_ID } from '../src/ufs/namespace.js';
 import { CACHEFS_BIN, mountCachefs, sh, sha256Of, stopAllMounts } from './support/cachefs.js';
-import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
+import { addMountEntry, CLUSTER_TOKEN_FILE, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { freePort, runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 import { expectServedBy } from './support/metrics.js';
@@ -188,7 +189,7 @@ describe('pins', () => {
   it('holds a block pinned ahead of a handle\'s reads until the handle goes, and lets go of a pin that arrives after it went', async () => {
     const w = await worker();
     const [socketName] = await readdir(w.socketDir);
-    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, new Metrics(false));
+    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, new Metrics(false), ClusterSecret.fromFile(CLUSTER_TOKEN_FILE));
     try {
       const ref = (i: number) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i);
       const pinned = async () => (await w.metrics()).value('cachefs_pinned_blocks');

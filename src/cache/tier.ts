@@ -6,9 +6,13 @@
  * under a block name; a block in a page-aligned buffer (a `BufferPool`'s) is written
  * past the page cache, except on MEM tiers. Knows nothing about pins or watermarks:
  * `TieredStore` does.
+ *
+ * Who may read it: the tier's dirs are 0750 and its block files 0640, owned by the
+ * process's user and `group` (a worker's --domain-socket-group: its short-circuit
+ * readers), whatever modes an existing dir had.
  */
 import { constants } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, chown, mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { isBlockId } from '../block/block.js';
 import { isBlockSum } from '../block/checksum.js';
@@ -17,6 +21,10 @@ import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 export type Medium = 'MEM' | 'SSD' | 'HDD';
+
+/** Modes of the tier's dirs and block files: the owner writes, the readers' group reads, nobody else. */
+const DIR_MODE = 0o750;
+const FILE_MODE = 0o640;
 
 export interface TierConfig {
   medium: Medium;
@@ -51,7 +59,12 @@ export class Tier {
    */
   private directWrites: boolean;
 
-  constructor(config: TierConfig, private readonly log: Logger) {
+  constructor(
+    config: TierConfig,
+    private readonly log: Logger,
+    /** The group block files belong to; the process's own when undefined. */
+    private readonly group?: number,
+  ) {
     this.medium = config.medium;
     this.directWrites = config.medium !== 'MEM';
     this.dir = path.resolve(config.dir);
@@ -71,9 +84,11 @@ export class Tier {
   /** Creates the directories, drops leftovers of interrupted writes and indexes the blocks on disk (oldest first). */
   async open(): Promise<void> {
     try {
-      await mkdir(this.blocksDir, { recursive: true });
+      await mkdir(this.blocksDir, { recursive: true, mode: DIR_MODE });
+      // Not the tier dir itself: it may be a shared one (a hostPath, /dev/shm); blocks/ is ours.
+      await this.own(this.blocksDir, DIR_MODE);
       await rm(this.tmpDir, { recursive: true, force: true });
-      await mkdir(this.tmpDir, { recursive: true });
+      await mkdir(this.tmpDir, { mode: 0o700 });
       const probe = path.join(this.tmpDir, `.probe-${process.pid}`);
       await (await open(probe, 'w')).close();
       await unlink(probe);
@@ -86,6 +101,7 @@ export class Tier {
       let names: string[];
       try {
         names = await readdir(shardDir);
+        await this.own(shardDir, DIR_MODE);
       } catch {
         continue;
       }
@@ -98,8 +114,12 @@ export class Tier {
           continue;
         }
         const st = await stat(file);
-        if (st.size === 0) await unlink(file);
-        else found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
+        if (st.size === 0) {
+          await unlink(file);
+          continue;
+        }
+        if ((st.mode & 0o777) !== FILE_MODE || (this.group !== undefined && st.gid !== this.group)) await this.own(file, FILE_MODE);
+        found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
       }
     }
     found.sort((a, b) => a.atime - b.atime);
@@ -141,11 +161,13 @@ export class Tier {
     const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
     const direct = this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data));
     if (!direct) await writeBuffered(tmp, data);
+    await this.own(tmp, FILE_MODE);
     try {
       await rename(tmp, target);
     } catch (err) {
       if ((err as { code?: string }).code !== 'ENOENT') throw err;
-      await mkdir(path.dirname(target), { recursive: true });
+      await mkdir(path.dirname(target), { recursive: true, mode: DIR_MODE });
+      await this.own(path.dirname(target), DIR_MODE);
       await rename(tmp, target);
     }
     const old = this.blockOf(id);
@@ -183,6 +205,12 @@ export class Tier {
     } finally {
       await handle.close();
     }
+  }
+
+  /** Gives a dir or file of the tier its mode, and the readers' group. */
+  private async own(file: string, mode: number): Promise<void> {
+    if (this.group !== undefined) await chown(file, process.getuid?.() ?? 0, this.group);
+    await chmod(file, mode);
   }
 
   private directRefused(err: unknown): false {

@@ -18,6 +18,8 @@ export interface StoreConfig {
   tiers: TierConfig[];
   high: number;
   low: number;
+  /** The group that may read block files (a worker's short-circuit readers); the process's own when absent. */
+  group?: number;
 }
 
 export interface StoredBlock extends TierBlock {
@@ -44,7 +46,7 @@ export class TieredStore {
     }
     this.high = config.high;
     this.low = config.low;
-    this.tiers = [...config.tiers].sort((a, b) => MEDIUM_ORDER[a.medium] - MEDIUM_ORDER[b.medium]).map((t) => new Tier(t, log));
+    this.tiers = [...config.tiers].sort((a, b) => MEDIUM_ORDER[a.medium] - MEDIUM_ORDER[b.medium]).map((t) => new Tier(t, log, config.group));
   }
 
   /** Locks and indexes every tier; fails if another process holds one of the dirs. */

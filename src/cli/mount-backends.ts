@@ -120,6 +120,6 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
   await membership.start();
   closers.push(() => membership.close());
   const workerLink = { headers: authHeaders(security.secret), tls: security.clientTls };
-  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, workerLink, metrics, log });
+  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, workerLink, secret: security.secret, metrics, log });
   return { ufs: namespace.ufs, source, mountId: NAMESPACE_MOUNT_ID };
 }

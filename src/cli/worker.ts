@@ -19,6 +19,7 @@ import { Worker } from '../worker/worker.js';
 import { addClusterSecurityOptions, parseClusterSecurity, warnIfInsecure, type ClusterSecurityFlags } from './cluster-options.js';
 import { fail, runAction } from './exit.js';
 import { collect } from './options.js';
+import { parseGroup } from '../sys/groups.js';
 import { checkTiers, defaultAdvertiseHost, parseCacheGroup, parsePort, parseTier, parseWatermarks, parseWorkerId } from './worker-config.js';
 
 interface WorkerFlags extends ClusterSecurityFlags {
@@ -35,6 +36,7 @@ interface WorkerFlags extends ClusterSecurityFlags {
   id?: string;
   stateDir: string;
   domainSocketDir: string;
+  domainSocketGroup?: string;
   locality: string;
   logLevel: string;
   logFile?: string;
@@ -56,6 +58,7 @@ export function registerWorkerCommand(program: Command): void {
     .option('--hostname <name>', 'hostname for locality', os.hostname())
     .option('--id <id>', 'worker id, unique in the cluster (default: <hostname>-<port>)')
     .option('--domain-socket-dir <dir>', "Unix socket dir for co-located clients (a shared hostPath); 'none' disables", '/run/cachefs')
+    .option('--domain-socket-group <group>', 'group (name or id) that may use the socket and read block files: the short-circuit readers, e.g. a Kubernetes fsGroup (default: the worker\'s own group)')
     .option('--locality <mode>', 'how clients know they are co-located: uuid (socket file <dir>/<uuid>, visible only where the dir is shared) or hostname (<dir>/worker.sock, same --hostname)', 'uuid')
     .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw and its registration credential', '/var/lib/cachefs/worker')
     .option('--log-level <level>', 'log level', 'info')
@@ -72,6 +75,7 @@ export function registerWorkerCommand(program: Command): void {
         const cacheGroup = parseCacheGroup(flags.cacheGroup, '--cache-group');
         const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
         const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
+        const group = flags.domainSocketGroup === undefined ? undefined : parseGroup(flags.domainSocketGroup, '--domain-socket-group');
         const log = createLogger(flags.logLevel, flags.logFile);
         warnIfInsecure(security, log, `anyone who reaches port ${port} can read blocks of every source in the mount table`);
         const metrics = new Metrics();
@@ -90,6 +94,7 @@ export function registerWorkerCommand(program: Command): void {
             advertiseHost: flags.advertiseHost ?? defaultAdvertiseHost(flags.host),
             hostname: flags.hostname,
             domainSocketPath,
+            group,
             blockSize,
             auth: security.auth,
             tls: security.serverTls,

@@ -18,6 +18,7 @@ import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { ClusterSecret } from '../net/auth.js';
 import type { PoolOptions } from '../net/body-connection.js';
 import { BackgroundQueue } from './background.js';
 import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
@@ -41,6 +42,8 @@ export interface ClusterSourceConfig {
   policy: ReadPolicy;
   /** What requests to remote workers carry (the cluster secret) and verify them with (TLS). */
   workerLink?: Pick<PoolOptions, 'headers' | 'tls'>;
+  /** Answers co-located workers' socket challenges; none in a cluster that runs --insecure. */
+  secret?: ClusterSecret;
   metrics: Metrics;
   log: Logger;
 }
@@ -178,7 +181,7 @@ export class ClusterSource implements BlockSource {
     const key = `${worker.id}/${worker.instance ?? worker.startedAt}`;
     let near = this.colocated.get(key);
     if (near === undefined) {
-      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics) : null;
+      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics, this.config.secret) : null;
       this.colocated.set(key, near);
       if (near) this.config.log.info({ worker: worker.id, socket: worker.domainSocketPath, mode: this.config.shortCircuit }, 'worker is co-located: reading its blocks by short-circuit');
     }

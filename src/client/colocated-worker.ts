@@ -14,6 +14,7 @@
 import type { BlockRef } from '../block/block.js';
 import type { HeldBlock } from '../cache/memory-blocks.js';
 import { waitFor } from '../lib/shared-work.js';
+import type { ClusterSecret } from '../net/auth.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { BlockChecksumError, BlockFileChangedError, BlockFileSizeError, type BlockFile, type BlockFiles } from '../cache/block-files.js';
@@ -40,8 +41,10 @@ export class ColocatedWorker {
     private readonly pinsPerHandle: number,
     private readonly log: Logger,
     metrics: Metrics,
+    /** Answers the worker's challenge on its socket; none for a worker that runs --insecure. */
+    secret?: ClusterSecret,
   ) {
-    this.socket = new WorkerSocket(socketPath);
+    this.socket = new WorkerSocket(socketPath, secret);
     this.scBytes = metrics.clientReadBytes.labels('short_circuit');
     this.dsBytes = metrics.clientReadBytes.labels('domain_socket');
     this.corrupt = metrics.cacheCorrupt;

@@ -8,7 +8,8 @@ import { createConnection, type Socket } from 'node:net';
 import type { BlockRef } from '../block/block.js';
 import { isBlockSum } from '../block/checksum.js';
 import { abortError, CachefsError, errorCodeOf } from '../errors.js';
-import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
+import type { ClusterSecret } from '../net/auth.js';
+import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketChallenge, type SocketRequest } from '../net/socket-protocol.js';
 
 type Pending = { resolve: (a: { answer: SocketAnswer; payload: Buffer }) => void; reject: (err: Error) => void };
 type Request = SocketRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
@@ -21,7 +22,11 @@ export class WorkerSocket {
   private seq = 0;
   private readonly pending = new Map<number, Pending>();
 
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    /** Answers the worker's challenge; none against a worker that runs --insecure. */
+    private readonly secret?: ClusterSecret,
+  ) {}
 
   /** Pins the block and answers its file path and checksum; no path when the worker could not store it (then nothing is pinned). */
   async open(ref: BlockRef): Promise<{ path?: string; sum?: string; length: number }> {
@@ -67,24 +72,42 @@ export class WorkerSocket {
     return out;
   }
 
+  /**
+   * The connection, once the worker's challenge is answered and the answer accepted
+   * (UNAUTHENTICATED otherwise: the worker wants another cluster secret).
+   */
   private connect(): Promise<Socket> {
     if (this.socket && !this.socket.destroyed) return Promise.resolve(this.socket);
     this.connecting ??= new Promise<Socket>((resolve, reject) => {
       const s = createConnection(this.path);
       const timer = setTimeout(() => s.destroy(new Error('connect timeout')), CONNECT_TIMEOUT_MS);
-      const reader = new FrameReader<SocketAnswer>(
-        (a) => (a.ok && typeof a.bytes === 'number' ? a.bytes : 0),
-        (answer, payload) => {
-          const p = this.pending.get(answer.seq);
-          this.pending.delete(answer.seq);
-          p?.resolve({ answer, payload });
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        reject(err);
+        s.destroy();
+      };
+      const hello = (challenge: string): void => {
+        const seq = ++this.seq;
+        this.pending.set(seq, {
+          resolve: ({ answer }) => {
+            clearTimeout(timer);
+            if (!answer.ok) return fail(new CachefsError(errorCodeOf(answer.code), `worker socket ${this.path} refused this client: ${answer.message ?? answer.code}`));
+            this.socket = s;
+            resolve(s);
+          },
+          reject: fail,
+        });
+        for (const part of encodeFrame({ seq, op: 'hello', proof: this.secret?.proof(challenge) ?? '' })) s.write(part);
+      };
+      const reader = new FrameReader<SocketAnswer | SocketChallenge>(
+        (a) => ('ok' in a && a.ok && typeof a.bytes === 'number' ? a.bytes : 0),
+        (frame, payload) => {
+          if ('challenge' in frame) return hello(String(frame.challenge));
+          const p = this.pending.get(frame.seq);
+          this.pending.delete(frame.seq);
+          p?.resolve({ answer: frame, payload });
         },
       );
-      s.once('connect', () => {
-        clearTimeout(timer);
-        this.socket = s;
-        resolve(s);
-      });
       s.on('data', (chunk: Buffer) => {
         try {
           reader.push(chunk);
@@ -92,11 +115,10 @@ export class WorkerSocket {
           s.destroy();
         }
       });
-      s.on('error', (err) => {
-        clearTimeout(timer);
-        reject(new CachefsError('UNREACHABLE', `worker socket ${this.path}: ${err.message}`));
-      });
+      s.on('error', (err) => fail(new CachefsError('UNREACHABLE', `worker socket ${this.path}: ${err.message}`)));
       s.on('close', () => {
+        clearTimeout(timer);
+        reject(new CachefsError('UNREACHABLE', `worker socket ${this.path} closed`));
         this.socket = undefined;
         for (const p of this.pending.values()) p.reject(new CachefsError('UNREACHABLE', `worker socket ${this.path} closed`));
         this.pending.clear();

@@ -13,7 +13,7 @@
  * ones a probe needs.
  */
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
-import { createHash, hkdfSync, timingSafeEqual } from 'node:crypto';
+import { createHash, createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { CachefsError } from '../errors.js';
 
@@ -86,6 +86,22 @@ export class ClusterSecret {
     return timingSafeEqual(sha256(m ? m[1]! : ''), this.#digest) && m !== null;
   }
 
+  /**
+   * The answer to a worker socket's challenge: an HMAC of it under a key derived from the
+   * secret, so the secret itself never crosses the socket (a socket planted in the
+   * dir learns nothing it could replay).
+   */
+  proof(challenge: string): string {
+    return createHmac('sha256', this.deriveKey(SOCKET_PURPOSE)).update(challenge).digest('hex');
+  }
+
+  /** True when `proof` answers `challenge` for this secret; constant time. */
+  acceptsProof(challenge: string, proof: unknown): boolean {
+    const sent = Buffer.from(typeof proof === 'string' ? proof : '', 'utf8');
+    const want = Buffer.from(this.proof(challenge), 'utf8');
+    return sent.length === want.length && timingSafeEqual(sent, want);
+  }
+
   /** A 256-bit key for one purpose (HKDF-SHA256 of the token); the same secret and purpose give the same key. */
   deriveKey(purpose: string): Buffer {
     return Buffer.from(hkdfSync('sha256', this.#token, HKDF_SALT, purpose, 32));
@@ -113,6 +129,9 @@ export function checkAuthorization(auth: ClusterAuth, req: IncomingMessage, path
 export function authHeaders(secret: ClusterSecret | undefined): Record<string, string> {
   return secret ? { authorization: secret.authorization } : {};
 }
+
+/** The HKDF purpose of the key that answers worker socket challenges. */
+const SOCKET_PURPOSE = 'cachefs worker socket v1';
 
 function sha256(text: string): Buffer {
   return createHash('sha256').update(text).digest();

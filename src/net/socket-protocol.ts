@@ -7,7 +7,12 @@
  *     payload    `header.bytes` raw bytes (only on `read` answers)
  *
  * Requests carry a `seq` that the answer repeats, so one connection carries many
- * requests at once:
+ * requests at once. The worker opens every connection with a challenge, and the
+ * client's first message answers it (an HMAC under a key derived from the cluster
+ * secret, net/auth.ts); a connection whose first message is anything else is refused
+ * (UNAUTHENTICATED) and closed:
+ *
+ *   worker: {challenge}                       client: {seq: 0, op: 'hello', proof}
  *
  *   {seq, op: 'open',  block}                 → {seq, ok, path, sum, length}   pins the block
  *                                               (no path: it could not be stored; use read)
@@ -31,7 +36,13 @@ export interface WireBlock {
   index: number;
 }
 
+/** The worker's first message on a connection. */
+export interface SocketChallenge {
+  challenge: string;
+}
+
 export type SocketRequest =
+  | { seq: number; op: 'hello'; proof: string }
   | { seq: number; op: 'open'; block: WireBlock }
   | { seq: number; op: 'close'; id: string }
   | { seq: number; op: 'read'; block: WireBlock; offset: number; length: number };

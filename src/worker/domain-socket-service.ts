@@ -4,18 +4,35 @@
  * itself) and the domain socket stream (`read` sends the bytes over the socket,
  * for clients that cannot see the tier dirs). Protocol in `socket-protocol.ts`.
  *
- * The socket file is created mode 0666: any local process that can reach the
- * directory may read cached blocks, exactly what it could read through the mount;
- * restrict access with the directory's own permissions. A stale socket left by a
- * dead worker is replaced; one a live process still answers on is refused.
+ * Who may use it: the socket's dir is made 0750 and the socket 0660, owned by the
+ * worker's user and `group` (--domain-socket-group, e.g. a Kubernetes fsGroup), so only
+ * root and that group reach it; and every connection must first answer the worker's
+ * challenge with the cluster secret (socket-protocol.ts). One connection holds at most
+ * `MAX_PINS_PER_CONNECTION` pins: past that, opens answer no path and the client reads
+ * those blocks over the socket. A stale socket left by a dead worker is replaced; one a
+ * live process still answers on is refused.
  */
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, lstat, mkdir, unlink } from 'node:fs/promises';
+import path from 'node:path';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
-import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
+import { UNAUTHENTICATED_MESSAGE, type ClusterAuth } from '../net/auth.js';
+import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketChallenge, type SocketRequest } from '../net/socket-protocol.js';
+
+/** Blocks one connection may hold pinned at once: a mount's open files, 16 pins each (READ_POLICY.pinsPerHandle), for 16 of them. */
+export const MAX_PINS_PER_CONNECTION = 256;
+
+export interface DomainSocketOptions {
+  path: string;
+  /** Who may connect: the cluster secret's holders, or anyone the file modes let in (insecure). */
+  auth: ClusterAuth;
+  /** The group that may use the socket (and read block files); the worker's own group when absent. */
+  group?: number;
+}
 
 export class DomainSocketService {
   private readonly connections = new Set<Socket>();
@@ -24,28 +41,51 @@ export class DomainSocketService {
 
   private constructor(private readonly server: Server, readonly path: string) {}
 
-  static async start(path: string, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
-    await prepareSocketPath(path);
+  static async start(options: DomainSocketOptions, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
+    const { path: socketPath, group } = options;
+    await prepareSocketPath(socketPath, group);
     let service: DomainSocketService | undefined;
-    const server = createServer((socket) => service!.serve(socket, blocks, metrics, log));
+    const server = createServer((socket) => service!.serve(socket, options.auth, blocks, metrics, log));
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new CachefsError('CONFLICT', `cannot listen on ${path}: ${err.message}`)));
-      server.listen(path, resolve);
+      server.once('error', (err) => reject(new CachefsError('CONFLICT', `cannot listen on ${socketPath}: ${err.message}`)));
+      server.listen(socketPath, resolve);
     });
-    await chmod(path, 0o666);
-    service = new DomainSocketService(server, path);
+    try {
+      if (group !== undefined) await chown(socketPath, process.getuid?.() ?? 0, group);
+      await chmod(socketPath, 0o660);
+    } catch (err) {
+      server.close();
+      throw new CachefsError('INVALID_ARGUMENT', `cannot give the domain socket ${socketPath} to group ${group}: ${(err as Error).message}`, { cause: err });
+    }
+    service = new DomainSocketService(server, socketPath);
     return service;
   }
 
-  private serve(socket: Socket, blocks: CachedBlocks, metrics: Metrics, log: Logger): void {
+  private serve(socket: Socket, auth: ClusterAuth, blocks: CachedBlocks, metrics: Metrics, log: Logger): void {
     this.connections.add(socket);
     const pins = new Map<string, number>();
     const gone = new AbortController();
     const readThrough = blocks.readThrough;
-    const answer = (a: SocketAnswer, payload?: Buffer): void => {
+    const answer = (a: SocketAnswer | SocketChallenge, payload?: Buffer): void => {
       if (!socket.destroyed) for (const part of encodeFrame(a, payload)) socket.write(part);
     };
+    const challenge = randomBytes(32).toString('hex');
+    let trusted = false;
+    answer({ challenge });
     const handle = async (req: SocketRequest): Promise<void> => {
+      if (!trusted) {
+        if (req.op !== 'hello' || (auth !== 'insecure' && !auth.acceptsProof(challenge, req.proof))) {
+          metrics.workerRequests.inc({ path: 'domain_socket', status: 'UNAUTHENTICATED' });
+          answer({ seq: req.seq, ok: false, code: 'UNAUTHENTICATED', message: UNAUTHENTICATED_MESSAGE });
+          // Nothing more is read from it; the answer goes out, then the connection closes.
+          socket.pause();
+          socket.end();
+          return;
+        }
+        trusted = true;
+        return answer({ seq: req.seq, ok: true });
+      }
+      if (req.op === 'hello') throw new CachefsError('INVALID_ARGUMENT', 'hello sent twice on one connection');
       if (req.op === 'close') {
         const n = pins.get(req.id);
         if (n !== undefined) {
@@ -67,8 +107,9 @@ export class DomainSocketService {
         return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
       }
       const ensured = await readThrough.ensure(ref, gone.signal);
-      // Every tier full of pinned blocks: nothing to hand out; the client reads the bytes with `read`.
-      if (!ensured.stored) return answer({ seq: req.seq, ok: true, length: ref.length });
+      // Every tier full of pinned blocks, or this connection holding its share of pins:
+      // nothing to hand out; the client reads the bytes with `read`.
+      if (!ensured.stored || (!pins.has(ref.id) && pins.size >= MAX_PINS_PER_CONNECTION)) return answer({ seq: req.seq, ok: true, length: ref.length });
       readThrough.store.pin(ref.id);
       pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
       this.shortCircuitBytes += ref.length;
@@ -112,22 +153,30 @@ export class DomainSocketService {
   }
 }
 
-/** Makes the socket's directory and clears a stale socket file; refuses a live one or a non-socket. */
-async function prepareSocketPath(path: string): Promise<void> {
-  await mkdir(path.slice(0, path.lastIndexOf('/')) || '/', { recursive: true }).catch((err: Error) => {
-    throw new CachefsError('INVALID_ARGUMENT', `domain socket dir for ${path} cannot be created: ${err.message}`);
-  });
-  const st = await lstat(path).catch(() => undefined);
+/**
+ * Makes the socket's directory, 0750 and of `group`, and clears a stale socket file;
+ * refuses a live one or a non-socket.
+ */
+async function prepareSocketPath(socketPath: string, group: number | undefined): Promise<void> {
+  const dir = path.dirname(socketPath);
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o750 });
+    if (group !== undefined) await chown(dir, process.getuid?.() ?? 0, group);
+    await chmod(dir, 0o750);
+  } catch (err) {
+    throw new CachefsError('INVALID_ARGUMENT', `domain socket dir ${dir} cannot be made (mode 0750${group === undefined ? '' : `, group ${group}`}): ${(err as Error).message}`, { cause: err });
+  }
+  const st = await lstat(socketPath).catch(() => undefined);
   if (!st) return;
-  if (!st.isSocket()) throw new CachefsError('CONFLICT', `${path} exists and is not a socket: refusing to replace it`);
+  if (!st.isSocket()) throw new CachefsError('CONFLICT', `${socketPath} exists and is not a socket: refusing to replace it`);
   const live = await new Promise<boolean>((resolve) => {
-    const c = createConnection(path);
+    const c = createConnection(socketPath);
     c.once('connect', () => {
       c.destroy();
       resolve(true);
     });
     c.once('error', () => resolve(false));
   });
-  if (live) throw new CachefsError('CONFLICT', `another worker is serving on ${path}`);
-  await unlink(path);
+  if (live) throw new CachefsError('CONFLICT', `another worker is serving on ${socketPath}`);
+  await unlink(socketPath);
 }

@@ -45,6 +45,8 @@ export interface WorkerConfig {
   hostname: string;
   /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
+  /** The group that may use the socket and read block files (short-circuit readers); the worker's own when absent. */
+  group?: number;
   /** The block size of the cache group: the only one the block service serves. */
   blockSize: number;
   /** Who the block service admits: holders of the cluster secret, or anyone ('insecure'). */
@@ -79,7 +81,7 @@ export class Worker {
   }
 
   static async start(config: WorkerConfig, deps: WorkerDeps): Promise<Worker> {
-    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low }, deps.metrics, deps.log);
+    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.group }, deps.metrics, deps.log);
     await store.open();
     const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
     let service: BlockService;
@@ -100,7 +102,7 @@ export class Worker {
         blockSize: config.blockSize,
       });
       try {
-        if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, blocks, deps.metrics, deps.log);
+        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group }, blocks, deps.metrics, deps.log);
       } catch (err) {
         await service.close();
         throw err;
