@@ -10,7 +10,7 @@
  * decides on the opened descriptor — its type by fstat, its place by
  * /proc/self/fd — so a swap of the path after a check changes nothing.
  */
-import { constants, type Stats } from 'node:fs';
+import { constants, type BigIntStats, type Stats } from 'node:fs';
 import { open, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
@@ -70,7 +70,7 @@ export class LocalUfs implements Ufs {
     if (key === '' || key.endsWith('/')) return null;
     try {
       const file = this.resolve(key);
-      const st = await stat(file);
+      const st = await stat(file, { bigint: true });
       return st.isFile() && (await this.staysInside(file)) ? toObject(key, st) : null;
     } catch (err) {
       if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return null;
@@ -90,7 +90,7 @@ export class LocalUfs implements Ufs {
       page.map(async (name) => {
         if (name.endsWith('/')) return;
         try {
-          const st = await stat(path.join(dir, name));
+          const st = await stat(path.join(dir, name), { bigint: true });
           if (st.isFile()) objects.push(toObject(prefix + name, st));
         } catch (err) {
           if (!isCode(err, 'ENOENT')) throw ioError(err, prefix + name);
@@ -145,7 +145,7 @@ export class LocalUfs implements Ufs {
       throw ioError(err, key);
     }
     try {
-      const st = await handle.stat();
+      const st = await handle.stat({ bigint: true });
       if (!st.isFile()) throw new CachefsError('ACCESS_DENIED', `refusing to read ${this.displayUri}/${key}: not a regular file`);
       if (!(await this.contains(await readlink(`/proc/self/fd/${handle.fd}`)))) {
         throw new CachefsError('ACCESS_DENIED', `refusing to read ${this.displayUri}/${key}: a symlink leads out of the folder`);
@@ -160,7 +160,11 @@ export class LocalUfs implements Ufs {
         const { bytesRead } = await handle.read(room, 0, room.length, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
-        options.onProgress?.(done);
+      }
+      // Written to while it was read: the bytes may mix versions, and none of them is used.
+      // (So no progress is told before this: a caller gets the bytes once they are known good.)
+      if (options.etag && etagOf(await handle.stat({ bigint: true })) !== options.etag) {
+        throw new CachefsError('STALE', `file changed while reading ${this.displayUri}/${key}`);
       }
       return done;
     } catch (err) {
@@ -187,12 +191,17 @@ export class LocalUfs implements Ufs {
   }
 }
 
-function toObject(key: string, st: Stats): UfsObject {
-  return { key, size: st.size, mtimeMs: st.mtimeMs, etag: etagOf(st) };
+function toObject(key: string, st: BigIntStats): UfsObject {
+  return { key, size: Number(st.size), mtimeMs: Number(st.mtimeNs / 1000n) / 1000, etag: etagOf(st) };
 }
 
-function etagOf(st: Stats): string {
-  return `${st.ino.toString(16)}-${st.size.toString(16)}-${Math.round(st.mtimeMs * 1000).toString(16)}`;
+/**
+ * A file's version: inode, size, and mtime and ctime in nanoseconds. The ctime moves on
+ * every write, also one that puts the mtime back (touch -d, rsync -t), so a rewrite in
+ * place is a new version whatever its mtime says.
+ */
+function etagOf(st: BigIntStats): string {
+  return [st.ino, st.size, st.mtimeNs, st.ctimeNs].map((n) => n.toString(16)).join('-');
 }
 
 /** Index of the first name after `token` in the sorted list. */

@@ -5,7 +5,12 @@
  * be checked in the answer's ETag.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalUfs } from '../../src/ufs/local.js';
+import { sh } from '../support/cachefs.js';
 import { openUfs } from '../../src/ufs/open-ufs.js';
 import type { Ufs } from '../../src/ufs/ufs.js';
 import { parseUfsUri } from '../../src/ufs/uri.js';
@@ -48,5 +53,33 @@ describe('a GET of an object rewritten since it was opened', () => {
     const now = (await ufs.stat('f.bin'))!;
     expect(await ufs.readInto('f.bin', 0, dest, { etag: now.etag })).toBe(MiB);
     expect(dest.equals(v2.subarray(0, MiB))).toBe(true);
+  });
+});
+
+describe('a file:// file rewritten in place since it was opened', () => {
+  it('is another version even with its size and mtime put back, and a read of the old one fails with STALE', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-version-'));
+    try {
+      const file = path.join(dir, 'f.bin');
+      const v1 = randomBytes(64 * 1024);
+      await writeFile(file, v1);
+      const local = new LocalUfs(parseUfsUri(`file://${dir}`));
+      const opened = (await local.stat('f.bin'))!;
+      const { mtimeNs } = await stat(file, { bigint: true });
+      // Rewrite a byte in place, then put the mtime back to the nanosecond (as touch -d or rsync -t would).
+      const fh = await open(file, 'r+');
+      await fh.write(Buffer.from([v1[100]! ^ 0xff]), 0, 1, 100);
+      await fh.close();
+      const touched = await sh(`touch -m -d @${mtimeNs / 1_000_000_000n}.${String(mtimeNs % 1_000_000_000n).padStart(9, '0')} ${file}`);
+      expect(touched.code).toBe(0);
+      expect((await stat(file, { bigint: true })).mtimeNs).toBe(mtimeNs);
+      expect((await local.stat('f.bin'))!.etag).not.toBe(opened.etag);
+      const dest = Buffer.alloc(v1.length);
+      await expect(local.readInto('f.bin', 0, dest, { etag: opened.etag })).rejects.toMatchObject({ code: 'STALE' });
+      expect(dest.equals(Buffer.alloc(v1.length))).toBe(true);
+      await local.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
