@@ -36,8 +36,9 @@ export function oneLine(err: unknown): string {
   return text.split('\n')[0]!.trim();
 }
 
-export function fail(err: unknown): never {
-  process.stderr.write(`cachefs: ${oneLine(err)}\n`);
+/** Prints `PROGRAM: <one line>` and exits with the error's code (`mount.cachefs` names itself). */
+export function fail(err: unknown, program = 'cachefs'): never {
+  process.stderr.write(`${program}: ${oneLine(err)}\n`);
   if (process.env.CACHEFS_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   process.exit(exitCodeOf(err));
 }

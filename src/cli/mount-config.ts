@@ -61,6 +61,12 @@ export interface ClusterConfig {
 
 export interface MountConfig {
   mountpoint: string;
+  /**
+   * What /proc/mounts shows as the mount's source (mount(8)'s device argument), so that
+   * findmnt, df and umount by source work: the UFS URI as given (UFS URIs never carry
+   * credentials: `parseUfsUri` refuses userinfo) or `master=HOST:PORT`.
+   */
+  source: string;
   /** Set for a mount of one UFS with the embedded cache; the cluster mount has `cluster` instead. */
   ufs?: UfsUri;
   cluster?: ClusterConfig;
@@ -115,6 +121,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
   const metaTtlMs = parseDuration(flags.metaTtl, '--meta-ttl');
   return {
     mountpoint: path.resolve(mountpoint),
+    source: ufs ? ufs.text : `master=${cluster!.master}`,
     ufs,
     cluster,
     ufsOptions,
