@@ -175,6 +175,28 @@ const NOT_YET_IMPLEMENTED: ReadonlyMap<string, string> = new Map([
 ]);
 
 const rendered = new Map<string, K8sObject[]>();
+
+interface Placed {
+  /** Which kustomization, which object, for messages. */
+  where: string;
+  template: PodTemplate;
+  container: Container;
+  /** Its cachefs argv, undefined when it does not run cachefs. */
+  argv: string[] | undefined;
+}
+
+/** Every container of every pod template of every rendered kustomization. */
+function* containers(): Generator<Placed> {
+  for (const [k, objects] of rendered) {
+    for (const o of objects) {
+      const template = podTemplate(o);
+      if (template === undefined) continue;
+      for (const container of allContainers(template)) {
+        yield { where: `${k}: ${o.kind}/${o.metadata.name} ${container.name}`, template, container, argv: cachefsArgv(container) };
+      }
+    }
+  }
+}
 const filesRead = new Set<string>();
 
 beforeAll(async () => {
@@ -216,19 +238,12 @@ describe('kubernetes manifests', () => {
 
   it('every flag in a cachefs container exists in `cachefs <command> --help`', async () => {
     let checked = 0;
-    for (const [k, objects] of rendered) {
-      for (const o of objects) {
-        const t = podTemplate(o);
-        if (t === undefined) continue;
-        for (const c of allContainers(t)) {
-          const argv = cachefsArgv(c);
-          if (argv === undefined) continue;
-          const { command, flags } = commandAndFlags(argv);
-          const known = await flagsOf(command);
-          for (const f of flags) expect(known.has(f), `${k}: ${o.kind}/${o.metadata.name} ${c.name}: cachefs ${command.join(' ')} has no ${f}`).toBe(true);
-          checked++;
-        }
-      }
+    for (const { where, argv } of containers()) {
+      if (argv === undefined) continue;
+      const { command, flags } = commandAndFlags(argv);
+      const known = await flagsOf(command);
+      for (const f of flags) expect(known.has(f), `${where}: cachefs ${command.join(' ')} has no ${f}`).toBe(true);
+      checked++;
     }
     expect(checked).toBeGreaterThanOrEqual(10);
   });
@@ -240,50 +255,36 @@ describe('kubernetes manifests', () => {
   });
 
   it('secrets are files of mode 0440 read through fsGroup; every cluster process has --auth-token-file', () => {
-    for (const [k, objects] of rendered) {
-      for (const o of objects) {
-        const t = podTemplate(o);
-        if (t === undefined) continue;
-        const secrets = (t.spec.volumes ?? []).filter((v) => v.secret !== undefined);
-        for (const v of secrets) expect(v.secret!.defaultMode, `${k}: ${o.metadata.name} volume ${v.name}`).toBe(0o440);
-        if (secrets.length > 0) expect(t.spec.securityContext?.fsGroup, `${k}: ${o.metadata.name}`).toBe(2000);
-        for (const c of allContainers(t)) {
-          const argv = cachefsArgv(c);
-          if (argv === undefined || argv.length === 0) continue;
-          const token = argv.find((a) => a.startsWith('--auth-token-file='));
-          expect(token, `${k}: ${o.metadata.name} ${c.name}`).toBeDefined();
-          const file = token!.slice('--auth-token-file='.length);
-          const mount = (c.volumeMounts ?? []).find((m) => file.startsWith(`${m.mountPath}/`));
-          expect(secrets.map((v) => v.name), `${k}: ${o.metadata.name} ${c.name}: ${file} is not on a secret volume`).toContain(mount?.name);
-          expect(argv, `${k}: ${o.metadata.name} ${c.name}`).not.toContain('--insecure');
-        }
-      }
+    for (const { where, template, container, argv } of containers()) {
+      const secrets = (template.spec.volumes ?? []).filter((v) => v.secret !== undefined);
+      for (const v of secrets) expect(v.secret!.defaultMode, `${where} volume ${v.name}`).toBe(0o440);
+      if (secrets.length > 0) expect(template.spec.securityContext?.fsGroup, where).toBe(2000);
+      if (argv === undefined || argv.length === 0) continue;
+      const token = argv.find((a) => a.startsWith('--auth-token-file='));
+      expect(token, where).toBeDefined();
+      const file = token!.slice('--auth-token-file='.length);
+      const mount = (container.volumeMounts ?? []).find((m) => file.startsWith(`${m.mountPath}/`));
+      expect(secrets.map((v) => v.name), `${where}: ${file} is not on a secret volume`).toContain(mount?.name);
+      expect(argv, where).not.toContain('--insecure');
     }
   });
 
   it('mounts are privileged with Bidirectional propagation; applications read with HostToContainer', () => {
     let mounts = 0;
     let apps = 0;
-    for (const [k, objects] of rendered) {
-      for (const o of objects) {
-        const t = podTemplate(o);
-        if (t === undefined) continue;
-        for (const c of allContainers(t)) {
-          const argv = cachefsArgv(c);
-          const propagations = (c.volumeMounts ?? []).map((m) => m.mountPropagation).filter((p) => p !== undefined);
-          if (argv?.[0] === 'mount') {
-            expect(c.securityContext?.privileged, `${k}: ${o.metadata.name} ${c.name}`).toBe(true);
-            expect(propagations, `${k}: ${o.metadata.name} ${c.name}`).toEqual(['Bidirectional']);
-            const at = (c.volumeMounts ?? []).find((m) => m.mountPropagation === 'Bidirectional')!;
-            expect(argv[1] === at.mountPath || argv[1]!.startsWith(`${at.mountPath}/`), `${k}: ${argv[1]} under ${at.mountPath}`).toBe(true);
-            expect(argv).toContain('--foreground');
-            mounts++;
-          } else if (argv === undefined && propagations.length > 0) {
-            expect(propagations, `${k}: ${o.metadata.name} ${c.name}`).toEqual(['HostToContainer']);
-            expect(c.securityContext?.privileged, `${k}: ${o.metadata.name} ${c.name}`).toBeUndefined();
-            apps++;
-          }
-        }
+    for (const { where, container: c, argv } of containers()) {
+      const propagations = (c.volumeMounts ?? []).map((m) => m.mountPropagation).filter((p) => p !== undefined);
+      if (argv?.[0] === 'mount') {
+        expect(c.securityContext?.privileged, where).toBe(true);
+        expect(propagations, where).toEqual(['Bidirectional']);
+        const at = (c.volumeMounts ?? []).find((m) => m.mountPropagation === 'Bidirectional')!;
+        expect(argv[1] === at.mountPath || argv[1]!.startsWith(`${at.mountPath}/`), `${where}: ${argv[1]} under ${at.mountPath}`).toBe(true);
+        expect(argv, where).toContain('--foreground');
+        mounts++;
+      } else if (argv === undefined && propagations.length > 0) {
+        expect(propagations, where).toEqual(['HostToContainer']);
+        expect(c.securityContext?.privileged, where).toBeUndefined();
+        apps++;
       }
     }
     expect(mounts).toBeGreaterThanOrEqual(3);
@@ -291,24 +292,15 @@ describe('kubernetes manifests', () => {
   });
 
   it("workers' socket group is the applications' fsGroup; probes use only endpoints the process serves", () => {
-    for (const [k, objects] of rendered) {
-      for (const o of objects) {
-        const t = podTemplate(o);
-        if (t === undefined) continue;
-        for (const c of allContainers(t)) {
-          const argv = cachefsArgv(c);
-          if (argv?.[0] === 'worker') expect(argv, k).toContain(`--domain-socket-group=${t.spec.securityContext?.fsGroup}`);
-          // /readyz: only the master has it (src/master/server.ts); workers serve /healthz on
-          // their block port, mounts on --metrics-port.
-          if (c.readinessProbe?.httpGet !== undefined && argv?.[0] !== 'master') expect(c.readinessProbe.httpGet.path, `${k}: ${c.name}`).toBe('/healthz');
-          if (c.livenessProbe?.httpGet !== undefined) expect(c.livenessProbe.httpGet.path, `${k}: ${c.name}`).toBe('/healthz');
-          if (argv?.[0] === 'mount' && c.livenessProbe?.httpGet !== undefined) expect(argv.some((a) => a.startsWith('--metrics-port='))).toBe(true);
-          if (argv?.[0] === 'master') expect(c.readinessProbe?.httpGet?.path).toBe('/readyz');
-          if (argv !== undefined && ['master', 'worker'].includes(argv[0]!)) {
-            expect(t.metadata?.annotations?.['prometheus.io/scrape'], `${k}: ${o.metadata.name}`).toBe('true');
-          }
-        }
-      }
+    for (const { where, template: t, container: c, argv } of containers()) {
+      if (argv?.[0] === 'worker') expect(argv, where).toContain(`--domain-socket-group=${t.spec.securityContext?.fsGroup}`);
+      // /readyz: only the master has it (src/master/server.ts); workers serve /healthz on
+      // their block port, mounts on --metrics-port.
+      if (c.readinessProbe?.httpGet !== undefined && argv?.[0] !== 'master') expect(c.readinessProbe.httpGet.path, where).toBe('/healthz');
+      if (c.livenessProbe?.httpGet !== undefined) expect(c.livenessProbe.httpGet.path, where).toBe('/healthz');
+      if (argv?.[0] === 'mount' && c.livenessProbe?.httpGet !== undefined) expect(argv.some((a) => a.startsWith('--metrics-port=')), where).toBe(true);
+      if (argv?.[0] === 'master') expect(c.readinessProbe?.httpGet?.path, where).toBe('/readyz');
+      if (argv !== undefined && ['master', 'worker'].includes(argv[0]!)) expect(t.metadata?.annotations?.['prometheus.io/scrape'], where).toBe('true');
     }
   });
 });
