@@ -33,8 +33,10 @@ trap 'exit 130' INT TERM
 step() { # step NAME COMMAND...: runs it, prints PASS/FAIL NAME
   if "${@:2}"; then echo "PASS $1"; passed=$((passed + 1)); else echo "FAIL $1"; failed=$((failed + 1)); return 1; fi
 }
-# mounted_fuse DIR: DIR is a live FUSE mount as the host sees it.
-mounted_fuse() { [ "$(findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null | tail -1)" = fuse.cachefs ] && stat "$1" >/dev/null 2>&1; }
+# mounted_fuse DIR: DIR is a live cachefs mount as the host sees it. statfs, not stat: the
+# kernel may answer stat of a dead mount's root from its attribute cache; statfs always
+# asks the serving process (ENOTCONN when the connection is gone).
+mounted_fuse() { [ "$(findmnt -n -o FSTYPE --mountpoint "$1" 2>/dev/null | tail -1)" = fuse.cachefs ] && stat -f "$1" >/dev/null 2>&1; }
 wait_for() { # wait_for SECONDS COMMAND...
   local end=$((SECONDS + $1)); shift
   until "$@"; do [ $SECONDS -lt $end ] || return 1; sleep 0.2; done
@@ -56,9 +58,14 @@ serving_pid() {
   done
   return 1
 }
-# sidecar_serves: the sidecar container runs, with a serving process, and its mount is live.
+# sidecar_serves: the sidecar container runs, with a serving process, and its mount is live,
+# still so 2 s later (a serving process that is about to fail its start has a pid too).
 sidecar_serves() {
-  [ "$("${pod[@]}" inspect -f '{{.State.Status}}' "$sidecar" 2>/dev/null)" = running ] && serving_pid >/dev/null && mounted_fuse "$host/data"
+  local i
+  for i in 1 2; do
+    [ "$("${pod[@]}" inspect -f '{{.State.Status}}' "$sidecar" 2>/dev/null)" = running ] && serving_pid >/dev/null && mounted_fuse "$host/data" || return 1
+    [ "$i" = 2 ] || sleep 2
+  done
 }
 sidecar_logs() { "${pod[@]}" logs --tail 15 "$sidecar" 2>&1 | sed 's/^/  sidecar: /'; }
 
@@ -105,7 +112,10 @@ fi
 
 "${pod[@]}" kill -s KILL "$sidecar" >/dev/null
 "${pod[@]}" wait "$sidecar" >/dev/null 2>&1
-echo "  sidecar container killed (SIGKILL), starting it again"
+# What a new mount on the path will find: the dead mount of the killed container. Its root's
+# attributes may still be cached by the kernel (stat answers), statfs always asks the server.
+echo "  sidecar container killed (SIGKILL); on the host: stat $(stat -c %F "$host/data" 2>&1 | sed 's/.*: //'), statfs $(stat -f -c %T "$host/data" 2>&1 | sed 's/.*: //')"
+echo "  starting the sidecar container again"
 "${pod[@]}" start "$sidecar" >/dev/null
 if ! step "restarted sidecar serves again" wait_for 60 sidecar_serves; then
   echo "  sidecar state: $("${pod[@]}" inspect -f '{{.State.Status}} exit={{.State.ExitCode}}' "$sidecar")"
