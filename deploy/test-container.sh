@@ -83,7 +83,7 @@ head -c 1000000 /dev/urandom > "$work/data/nested/deep.bin"
 (cd "$repo" && node_modules/.bin/tsc -p tsconfig.bench.json) || { echo "FAIL building dist-bench"; exit 1; }
 node "$repo/bench/lib/s3-server.mjs" data --tree "$work/data" > "$work/s3.out" 2>&1 &
 pids+=($!)
-wait_for 120 grep -q PORT "$work/s3.out" || { echo "FAIL s3 server did not start"; cat "$work/s3.out"; exit 1; }
+wait_for 120 grep -qs PORT "$work/s3.out" || { echo "FAIL s3 server did not start"; cat "$work/s3.out"; exit 1; }
 s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
 
 sidecar=$("${pod[@]}" run -d --privileged --network host "${limits[@]}" \
@@ -117,11 +117,22 @@ fi
 echo "  sidecar container killed (SIGKILL); on the host: stat $(stat -c %F "$host/data" 2>&1 | sed 's/.*: //'), statfs $(stat -f -c %T "$host/data" 2>&1 | sed 's/.*: //')"
 echo "  starting the sidecar container again"
 "${pod[@]}" start "$sidecar" >/dev/null
-if ! step "restarted sidecar serves again" wait_for 60 sidecar_serves; then
+if step "restarted sidecar serves again" wait_for 60 sidecar_serves; then
+  step "app reads byte-exact after the sidecar container restarted" wait_for 30 app_reads || app_reads verbose
+else
   echo "  sidecar state: $("${pod[@]}" inspect -f '{{.State.Status}} exit={{.State.ExitCode}}' "$sidecar")"
   sidecar_logs
+  step "app reads byte-exact after the sidecar container restarted" app_reads verbose
+  # Not counted: what the restart gives once the dead mount is out of the way (what
+  # `cachefs mount` is to do itself), to tell a refused mount from a propagation problem.
+  umount -l "$host/data"
+  "${pod[@]}" start "$sidecar" >/dev/null
+  if wait_for 60 sidecar_serves && wait_for 30 app_reads; then
+    echo "INFO with the dead mount unmounted by hand, the restarted sidecar serves and the app reads byte-exact"
+  else
+    echo "INFO with the dead mount unmounted by hand, the restarted sidecar still does not serve the app"; app_reads verbose
+  fi
 fi
-step "app reads byte-exact after the sidecar container restarted" wait_for 30 app_reads || app_reads verbose
 
 echo "SUMMARY: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
