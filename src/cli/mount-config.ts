@@ -33,6 +33,7 @@ export interface MountFlags extends ClusterSecurityFlags {
   entryTimeout?: string;
   metaTtl: string;
   allowOther?: boolean;
+  nonempty?: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -74,6 +75,8 @@ export interface MountConfig {
   entryTimeoutMs: number;
   metaTtlMs: number;
   allowOther: boolean;
+  /** Mount over a directory that has files in it. */
+  nonempty: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -127,6 +130,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
     entryTimeoutMs: flags.entryTimeout === undefined ? metaTtlMs : parseDuration(flags.entryTimeout, '--entry-timeout'),
     metaTtlMs,
     allowOther: !!flags.allowOther,
+    nonempty: !!flags.nonempty,
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
     pidFile: flags.pidFile ? path.resolve(flags.pidFile) : undefined,

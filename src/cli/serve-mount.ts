@@ -34,7 +34,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
   };
   try {
     const metrics = new Metrics();
-    const mountpoint = await checkMountpoint(config.mountpoint);
+    const mountpoint = await checkMountpoint(config.mountpoint, { nonempty: config.nonempty, log });
     const backend = await openBackend(config, metrics, log);
     closers.push(...backend.closers);
     const client = new BlockClient(backend.source, { blockSize: config.blockSize, readaheadBytes: config.readaheadBytes });
