@@ -137,7 +137,7 @@ export class Worker {
   }
 
   async close(): Promise<void> {
-    this.registration.close();
+    await this.registration.close();
     await this.socket?.close();
     await this.service.close();
     await this.blocks.readThrough.drain();
