@@ -48,8 +48,12 @@ export const ENV_RULE =
   'CACHEFS_NO_SHARING=true). An option given on the command line wins over its variable. ' +
   '--option is not read from the environment (it can carry secrets): use --option-from-file.';
 
-/** Options never read from the environment: `--option` may carry a secret in its value. */
-const NOT_FROM_ENV = new Set(['--option', '--help', '--version', '--supervised']);
+/**
+ * Options never read from the environment: `--option` may carry a secret in its value;
+ * `--auth-token-file` has read CACHEFS_AUTH_TOKEN_FILE itself, as its default, since before
+ * this rule, and a default is not a flag given (a --ufs mount refuses cluster flags).
+ */
+const NOT_FROM_ENV = new Set(['--option', '--auth-token-file', '--help', '--version', '--supervised']);
 
 /** `--cache-dir` → `CACHEFS_CACHE_DIR`. */
 export function envNameOf(longFlag: string): string {
