@@ -43,6 +43,11 @@ export class Registration {
     private readonly stateDir?: string,
   ) {}
 
+  /** Whether the master knows this worker now: registered and not deregistered or forgotten. */
+  get isRegistered(): boolean {
+    return this.registered;
+  }
+
   /** Registers once (CONFLICT for a duplicate id is thrown; an unreachable master is retried in the background). */
   async start(): Promise<void> {
     this.credential = await this.loadCredential();
