@@ -348,6 +348,16 @@ describe('ClusterSource: co-location', () => {
     expect(await readBytes(metrics, 'remote')).toBe(farBlock.length);
   });
 
+  it('hostname mode: the network, not the UFS, with a worker on our hostname whose socket is not visible here', async () => {
+    const { cacheGroup, order } = newGroup(1, ref(0));
+    const w = await cacheWorker(order[0]!, { cacheGroup, socket: true, domainSocketPath: path.join(work, 'not-mounted-here', 'worker.sock') });
+    const { source: s, metrics } = await source(cacheGroup, 'hostname');
+    await readBlock(s, ref(0), { handle: handle(1) });
+    expect(await w.served('remote')).toBe(MiB);
+    expect(await readBytes(metrics, 'remote')).toBe(MiB);
+    expect(await readBytes(metrics, 'ufs')).toBe(0);
+  });
+
   it('off: the network, even with a worker whose socket is here and whose hostname is ours', async () => {
     const { cacheGroup, order } = newGroup(1, ref(0));
     const w = await cacheWorker(order[0]!, { cacheGroup, socket: true });

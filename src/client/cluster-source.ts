@@ -181,9 +181,12 @@ export class ClusterSource implements BlockSource {
     const key = `${worker.id}/${worker.instance ?? worker.startedAt}`;
     let near = this.colocated.get(key);
     if (near === undefined) {
-      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics, this.config.secret) : null;
+      const why = colocation(worker, this.config.shortCircuit, this.config.hostname);
+      near = why === undefined ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics, this.config.secret) : null;
       this.colocated.set(key, near);
-      if (near) this.config.log.info({ worker: worker.id, socket: worker.domainSocketPath, mode: this.config.shortCircuit }, 'worker is co-located: reading its blocks by short-circuit');
+      const fields = { worker: worker.id, hostname: worker.hostname, socket: worker.domainSocketPath, mode: this.config.shortCircuit };
+      if (near) this.config.log.info(fields, 'worker is co-located: reading its blocks by short-circuit');
+      else if (why !== 'off' && why !== 'no socket') this.config.log.info({ ...fields, why }, 'worker is not co-located: reading its blocks over the network');
     }
     return near ?? undefined;
   }
@@ -224,12 +227,15 @@ export class ClusterSource implements BlockSource {
 }
 
 /**
- * uuid mode: co-located exactly when the worker's socket file (a fresh uuid per
- * worker start) exists in our filesystem, i.e. its socket dir is shared with us.
- * hostname mode: when the worker advertises our hostname.
+ * Why `worker` is not co-located with us (undefined: it is). uuid mode: co-located exactly
+ * when the worker's socket file (a fresh uuid per worker start) exists in our filesystem,
+ * i.e. its socket dir is shared with us. hostname mode: when the worker advertises our
+ * hostname and its socket is visible here too; one on our host whose socket we cannot see
+ * is read over the network, not skipped for the UFS.
  */
-function isColocated(worker: WorkerRecord, mode: ShortCircuitMode, hostname: string): boolean {
-  if (mode === 'off' || !worker.domainSocketPath) return false;
-  if (mode === 'hostname') return worker.hostname === hostname;
-  return existsSync(worker.domainSocketPath);
+function colocation(worker: WorkerRecord, mode: ShortCircuitMode, hostname: string): string | undefined {
+  if (mode === 'off') return 'off';
+  if (!worker.domainSocketPath) return 'no socket';
+  if (mode === 'hostname' && worker.hostname !== hostname) return `host names differ (${worker.hostname} is not ${hostname})`;
+  return existsSync(worker.domainSocketPath) ? undefined : `socket path ${worker.domainSocketPath} not visible here`;
 }
