@@ -36,7 +36,7 @@ describe('options from CACHEFS_* variables', () => {
   });
 
   it('states the rule in the --help of every command', async () => {
-    for (const cmd of [['mount'], ['umount'], ['master'], ['worker'], ['report'], ['mount-table', 'add'], ['mount-table', 'list']]) {
+    for (const cmd of [['mount'], ['umount'], ['master'], ['worker'], ['report'], ['mount-table', 'add'], ['mount-table', 'list'], ['mount-table', 'apply']]) {
       const r = await cachefs([...cmd, '--help']);
       expect(r.code, cmd.join(' ')).toBe(0);
       expect(r.stdout.replace(/\s+/g, ' '), cmd.join(' ')).toContain('CACHEFS_CACHE_DIR=DIR');
