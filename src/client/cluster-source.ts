@@ -65,6 +65,12 @@ export class ClusterSource implements BlockSource {
     this.background = new BackgroundQueue(clusterPrefetches);
     const c = config.metrics.clientReadBytes;
     this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), domain_socket: c.labels('domain_socket') };
+    // Co-location is decided (and explained in the log) at start and whenever the worker set changes, not at a first read.
+    const decide = (workers: readonly WorkerRecord[]): void => {
+      for (const w of workers) if (!this.isLocal(w)) this.near(w);
+    };
+    config.membership.onChange(decide);
+    decide(config.membership.ring.all);
   }
 
   readNow(req: BlockRead): number | undefined {
@@ -186,7 +192,10 @@ export class ClusterSource implements BlockSource {
       this.colocated.set(key, near);
       const fields = { worker: worker.id, hostname: worker.hostname, socket: worker.domainSocketPath, mode: this.config.shortCircuit };
       if (near) this.config.log.info(fields, 'worker is co-located: reading its blocks by short-circuit');
-      else if (why !== 'off' && why !== 'no socket') this.config.log.info({ ...fields, why }, 'worker is not co-located: reading its blocks over the network');
+      // Explained for the workers on this host (ours by name, or by a socket we can see); the others are plainly remote.
+      else if (why !== 'off' && why !== 'no socket' && (worker.hostname === this.config.hostname || existsSync(worker.domainSocketPath))) {
+        this.config.log.info({ ...fields, why }, 'worker on this host is not co-located: reading its blocks over the network');
+      }
     }
     return near ?? undefined;
   }
