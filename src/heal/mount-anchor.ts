@@ -26,7 +26,7 @@ import path from 'node:path';
 import type { Logger } from '../log.js';
 import { bindMount, lazyUnmount, makePrivateMount } from '../sys/mount-commands.js';
 import { readMountTable } from '../sys/mountinfo.js';
-import { isAlive } from '../sys/pid-lock.js';
+import { isAlive } from '../sys/pid.js';
 
 /**
  * Where anchors live: a directory per mount namespace (`/run` may be shared by containers), one
