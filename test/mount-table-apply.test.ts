@@ -58,6 +58,13 @@ describe('mount-table apply', () => {
     expect(changed.code).toBe(0);
     expect(changed.stdout).toBe('replaced: /a\nremoved: /b\n');
     expect((await listed()).map((e) => [e.path, e.uri])).toEqual([['/a', 'file:///srv/a2']]);
+
+    // The same table as YAML, the way a ConfigMap holds it.
+    const yamlFile = path.join(work, 'table.yaml');
+    await writeFile(yamlFile, 'mounts:\n  - path: /a\n    uri: file:///srv/a2\n  - path: /y\n    uri: file:///srv/y\n    options:\n      s3.region: eu-west-1\n');
+    const fromYaml = await cachefs(['mount-table', 'apply', '-f', yamlFile, '--master', master.address]);
+    expect(fromYaml.stdout).toBe('unchanged: /a\nadded: /y\n');
+    await cachefs(['mount-table', 'remove', '/y', '--master', master.address]);
   });
 
   it('refuses a bad file with one line naming it, changing nothing', async () => {
@@ -68,7 +75,7 @@ describe('mount-table apply', () => {
     await writeFile(file, '{ not json');
     const broken = await cachefs(['mount-table', 'apply', '-f', file, '--master', master.address]);
     expect(broken.code).toBe(2);
-    expect(broken.stderr).toContain(`invalid --file '${file}': expected JSON`);
+    expect(broken.stderr).toContain(`invalid --file '${file}': expected YAML or JSON`);
     expect((await listed()).map((e) => e.path)).toEqual(['/a']);
   });
 });

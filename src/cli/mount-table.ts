@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { parse as parseYaml } from 'yaml';
 import { CachefsError } from '../errors.js';
 import { Fields } from '../master/decode.js';
 import { parseUfsUri } from '../ufs/uri.js';
@@ -116,7 +117,7 @@ export function registerMountTableCommand(program: Command): void {
   const apply = table
     .command('apply')
     .description('make the mount table what FILE declares: add new entries, replace changed ones; with --prune, remove the rest')
-    .requiredOption('-f, --file <file>', 'JSON: {"mounts": [{"path": "/data", "uri": "s3://b/p", "options": {...}, "optionFromFile": {"s3.secretAccessKey": "/secrets/key"}}]}')
+    .requiredOption('-f, --file <file>', 'YAML or JSON: {"mounts": [{"path": "/data", "uri": "s3://b/p", "options": {...}, "optionFromFile": {"s3.secretAccessKey": "/secrets/key"}}]}')
     .option('--prune', 'also remove entries the file does not declare')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER);
   addClusterSecurityOptions(apply, 'admin')
@@ -150,8 +151,8 @@ export function registerMountTableCommand(program: Command): void {
 }
 
 /**
- * The entries a mount-table file declares, validated and with their secret files read.
- * JSON only: YAML needs a parser this package does not ship yet.
+ * The entries a mount-table file (YAML or JSON) declares, validated and with their secret
+ * files read.
  */
 export function readTableFile(file: string): PutMountRequest[] {
   let text: string;
@@ -162,9 +163,10 @@ export function readTableFile(file: string): PutMountRequest[] {
   }
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    // YAML 1.2 is a superset of JSON: one parser reads both.
+    raw = parseYaml(text);
   } catch (err) {
-    throw new CachefsError('INVALID_ARGUMENT', `invalid --file '${file}': expected JSON (${(err as Error).message})`);
+    throw new CachefsError('INVALID_ARGUMENT', `invalid --file '${file}': expected YAML or JSON (${(err as Error).message.split('\n')[0]})`);
   }
   const seen = new Set<string>();
   return Fields.of(raw, file).array('mounts').map((item, i) => {
