@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cachefs, mountCachefs, sh, stopAllMounts } from './support/cachefs.js';
+import { waitFor } from './support/processes.js';
 
 let work: string;
 
@@ -50,9 +51,10 @@ describe('options from CACHEFS_* variables', () => {
     try {
       const r = await sh(`cmp ${src}/blob ${mount.mountpoint}/blob && echo same`);
       expect(r.stdout.trim()).toBe('same');
-      // 3,000,000 bytes in 1 MiB blocks: three block files in the cache dir.
-      const blocks = await sh(`find ${mount.cacheDir} -type f -size +0 -name '*.*' | grep -Ec '/[0-9a-f]{40}\\.[0-9a-f]{16}$'`);
-      expect(blocks.stdout.trim()).toBe('3');
+      // 3,000,000 bytes in 1 MiB blocks: three block files in the cache dir (written just after the reads are answered).
+      const count = async (): Promise<string> => (await sh(`find ${mount.cacheDir} -type f -size +0 | grep -Ec '/[0-9a-f]{40}\\.[0-9a-f]{16}$'`)).stdout.trim();
+      await waitFor(async () => (await count()) === '3', { timeoutMs: 10_000 }).catch(() => undefined);
+      expect(await count()).toBe('3');
     } finally {
       await mount.stop();
     }
