@@ -9,7 +9,7 @@
  * worker would repeat are not retried, and how co-location is decided.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -27,7 +27,7 @@ import { ClusterSource, type ShortCircuitMode } from '../src/client/cluster-sour
 import { Membership } from '../src/client/membership.js';
 import { WorkerRing } from '../src/client/worker-ring.js';
 import { CachefsError, type ErrorCode } from '../src/errors.js';
-import { silentLogger } from '../src/log.js';
+import { createLogger, silentLogger, type Logger } from '../src/log.js';
 import { MasterClient } from '../src/master/client.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
 import { MasterServer } from '../src/master/server.js';
@@ -108,7 +108,7 @@ async function cacheWorker(id: string, r: Registration & { socket?: boolean }): 
   await store.open();
   opened.push(store);
   const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger));
-  const service = await BlockService.start({ blocks, buffers: new BufferPool(MiB, 4), inFlightBytes: 64 * MiB, auth: SECRET, blockSize: MiB, metrics, registry: metrics.registry, log: silentLogger, host: '127.0.0.1', port: 0 });
+  const service = await BlockService.start({ ready: () => true, blocks, buffers: new BufferPool(MiB, 4), inFlightBytes: 64 * MiB, auth: SECRET, blockSize: MiB, metrics, registry: metrics.registry, log: silentLogger, host: '127.0.0.1', port: 0 });
   opened.push(service);
   let domainSocketPath = r.domainSocketPath;
   if (r.socket) {
@@ -169,12 +169,12 @@ function twoOwnerGroup(): { cacheGroup: string; nearId: string; farId: string; f
   }
 }
 
-async function source(cacheGroup: string, shortCircuit: ShortCircuitMode = 'off'): Promise<{ source: ClusterSource; membership: Membership; metrics: Metrics }> {
+async function source(cacheGroup: string, shortCircuit: ShortCircuitMode = 'off', log: Logger = silentLogger): Promise<{ source: ClusterSource; membership: Membership; metrics: Metrics }> {
   const membership = new Membership(client, cacheGroup, MiB, silentLogger, 60_000);
   opened.push(membership);
   await membership.start();
   const metrics = new Metrics(false);
-  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, workerLink: { headers: authHeaders(SECRET) }, secret: SECRET, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log: silentLogger });
+  const s = new ClusterSource({ membership, shortCircuit, hostname: HOSTNAME, workerLink: { headers: authHeaders(SECRET) }, secret: SECRET, ufs: new UfsReader(async () => ufs, metrics), blockSize: MiB, policy: { ...READ_POLICY, clusterMemoryBytes: 8 * MiB, clusterPrefetches: 2 }, metrics, log });
   opened.push(s);
   return { source: s, membership, metrics };
 }
@@ -346,6 +346,31 @@ describe('ClusterSource: co-location', () => {
     expect(await far.served('short_circuit')).toBe(0);
     expect(await readBytes(metrics, 'short_circuit')).toBe(MiB);
     expect(await readBytes(metrics, 'remote')).toBe(farBlock.length);
+  });
+
+  it('hostname mode: the network, not the UFS, with a worker on our hostname whose socket is not visible here', async () => {
+    const { cacheGroup, order } = newGroup(1, ref(0));
+    const w = await cacheWorker(order[0]!, { cacheGroup, socket: true, domainSocketPath: path.join(work, 'not-mounted-here', 'worker.sock') });
+    const { source: s, metrics } = await source(cacheGroup, 'hostname');
+    await readBlock(s, ref(0), { handle: handle(1) });
+    expect(await w.served('remote')).toBe(MiB);
+    expect(await readBytes(metrics, 'remote')).toBe(MiB);
+    expect(await readBytes(metrics, 'ufs')).toBe(0);
+  });
+
+  it('explains at start, before any read, why each worker on this host is or is not co-located', async () => {
+    const { cacheGroup, nearId, farId } = twoOwnerGroup();
+    // On our hostname, but its socket dir is mounted elsewhere; and one whose socket we see under another host name.
+    await cacheWorker(nearId, { cacheGroup, socket: true, domainSocketPath: path.join(work, 'not-mounted-here', 'worker.sock') });
+    const other = await cacheWorker(farId, { cacheGroup, socket: true, hostname: 'node-b' });
+    const logFile = path.join(work, `colocation-${cacheGroup}.log`);
+    const log = createLogger('info', logFile);
+    await source(cacheGroup, 'hostname', log);
+    log.flush();
+    await waitFor(async () => (await readFile(logFile, 'utf8').catch(() => '')).split('\n').filter((l) => l.includes('not co-located')).length === 2, { timeoutMs: 5000 });
+    const lines = (await readFile(logFile, 'utf8')).split('\n').filter((l) => l.includes('not co-located')).map((l) => JSON.parse(l) as { worker: string; why: string });
+    expect(lines.find((l) => l.worker === nearId)?.why).toBe(`socket path ${path.join(work, 'not-mounted-here', 'worker.sock')} not visible here`);
+    expect(lines.find((l) => l.worker === other.id)?.why).toBe(`host names differ (node-b is not ${HOSTNAME})`);
   });
 
   it('off: the network, even with a worker whose socket is here and whose hostname is ours', async () => {

@@ -10,7 +10,7 @@
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
-import { PidLock } from '../sys/pid-lock.js';
+import { FileLock } from '../sys/file-lock.js';
 import { blockSum } from '../block/checksum.js';
 import { Tier, type TierBlock, type TierConfig } from './tier.js';
 
@@ -35,7 +35,7 @@ export class TieredStore {
   private readonly shortOfLow = new Set<Tier>();
   /** Bytes of blocks being written, by tier. */
   private readonly writing = new Map<Tier, number>();
-  private readonly locks: PidLock[] = [];
+  private readonly locks: FileLock[] = [];
   private readonly high: number;
   private readonly low: number;
   private readonly removedListeners: ((id: string) => void)[] = [];
@@ -53,7 +53,7 @@ export class TieredStore {
   async open(): Promise<void> {
     try {
       for (const tier of this.tiers) {
-        this.locks.push(await PidLock.acquire(tier.dir, { file: '.lock', what: 'cache dir', owner: 'process', hint: 'give each mount or worker its own cache dir' }));
+        this.locks.push(await FileLock.acquire(tier.dir, { file: '.lock', what: 'cache dir', owner: 'process', hint: 'give each mount or worker its own cache dir (the lock holds across containers and PID namespaces)' }));
         await tier.open();
       }
     } catch (err) {

@@ -10,6 +10,7 @@ import { registerMountCommand } from './mount.js';
 import { registerReportCommand } from './report.js';
 import { registerUmountCommand } from './umount.js';
 import { registerWorkerCommand } from './worker.js';
+import { optionsFromEnvironment } from './options.js';
 
 // The pinned AWS SDK supports Node 20; its multi-line notice about future releases would break
 // the one-line error contract of every command that loads it.
@@ -31,5 +32,6 @@ registerMasterCommand(program);
 registerMountTableCommand(program);
 registerWorkerCommand(program);
 registerReportCommand(program);
+optionsFromEnvironment(program);
 
 program.parseAsync(process.argv).catch(fail);

@@ -33,6 +33,7 @@ export interface MountFlags extends ClusterSecurityFlags {
   entryTimeout?: string;
   metaTtl: string;
   allowOther?: boolean;
+  nonempty?: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -80,6 +81,8 @@ export interface MountConfig {
   entryTimeoutMs: number;
   metaTtlMs: number;
   allowOther: boolean;
+  /** Mount over a directory that has files in it. */
+  nonempty: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -134,6 +137,7 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
     entryTimeoutMs: flags.entryTimeout === undefined ? metaTtlMs : parseDuration(flags.entryTimeout, '--entry-timeout'),
     metaTtlMs,
     allowOther: !!flags.allowOther,
+    nonempty: !!flags.nonempty,
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
     pidFile: flags.pidFile ? path.resolve(flags.pidFile) : undefined,

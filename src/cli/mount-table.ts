@@ -1,13 +1,18 @@
 /**
- * `cachefs mount-table add|list|remove`: edits and shows the master's mount
- * table. Validates paths, URIs and options locally for a clear error before
- * asking the master; reads `--option-from-file` secrets here and sends them,
- * never printing them. Presents the cluster secret (`--auth-token-file` or
+ * `cachefs mount-table add|list|remove|apply`: edits and shows the master's mount
+ * table; `apply -f FILE` makes it what a file declares (a ConfigMap), idempotently.
+ * Validates paths, URIs and options locally for a clear error before asking the
+ * master; reads `--option-from-file` (and the file's `optionFromFile`) secrets here
+ * and sends them, never printing them. Presents the cluster secret (`--auth-token-file` or
  * CACHEFS_AUTH_TOKEN_FILE). Wiring only: the table lives in `master/`.
  */
+import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import { CachefsError } from '../errors.js';
+import { Fields } from '../master/decode.js';
 import { parseUfsUri } from '../ufs/uri.js';
-import { SECRET_PLACEHOLDER, type MountEntryView } from '../master/api.js';
+import { SECRET_PLACEHOLDER, type MountEntryView, type PutMountRequest } from '../master/api.js';
 import { MasterClient } from '../master/client.js';
 import { normalizeMountPath } from '../master/mount-path.js';
 import { addClusterSecurityOptions, parseClusterSecurity, type ClusterSecurityFlags } from './cluster-options.js';
@@ -108,4 +113,85 @@ export function registerMountTableCommand(program: Command): void {
         process.stdout.write(`removed: ${formatMountTable([removed])}`);
       }),
     );
+
+  const apply = table
+    .command('apply')
+    .description('make the mount table what FILE declares: add new entries, replace changed ones; with --prune, remove the rest')
+    .requiredOption('-f, --file <file>', 'YAML or JSON: {"mounts": [{"path": "/data", "uri": "s3://b/p", "options": {...}, "optionFromFile": {"s3.secretAccessKey": "/secrets/key"}}]}')
+    .option('--prune', 'also remove entries the file does not declare')
+    .option('--master <host:port>', 'the master', DEFAULT_MASTER);
+  addClusterSecurityOptions(apply, 'admin')
+    .action(
+      runAction(async (flags: MasterFlag & { file: string; prune?: boolean }) => {
+        const desired = readTableFile(flags.file);
+        await withClient(flags, async (c) => {
+          const current = new Map((await c.listMounts()).map((e) => [e.path, e]));
+          for (const want of desired) {
+            const have = current.get(want.path);
+            if (have && sameEntry(have, want)) {
+              process.stdout.write(`unchanged: ${want.path}\n`);
+              continue;
+            }
+            await c.addMount({ ...want, replace: have !== undefined });
+            process.stdout.write(`${have ? 'replaced' : 'added'}: ${want.path}\n`);
+          }
+          const declared = new Set(desired.map((e) => e.path));
+          for (const path of current.keys()) {
+            if (declared.has(path)) continue;
+            if (!flags.prune) {
+              process.stdout.write(`kept (not in the file; --prune removes it): ${path}\n`);
+              continue;
+            }
+            await c.removeMount(path);
+            process.stdout.write(`removed: ${path}\n`);
+          }
+        });
+      }),
+    );
+}
+
+/**
+ * The entries a mount-table file (YAML or JSON) declares, validated and with their secret
+ * files read.
+ */
+export function readTableFile(file: string): PutMountRequest[] {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new CachefsError('INVALID_ARGUMENT', `invalid --file '${file}': ${(err as { code?: string }).code ?? 'unreadable'}`);
+  }
+  let raw: unknown;
+  try {
+    // YAML 1.2 is a superset of JSON: one parser reads both.
+    raw = parseYaml(text);
+  } catch (err) {
+    throw new CachefsError('INVALID_ARGUMENT', `invalid --file '${file}': expected YAML or JSON (${(err as Error).message.split('\n')[0]})`);
+  }
+  const seen = new Set<string>();
+  return Fields.of(raw, file).array('mounts').map((item, i) => {
+    const f = Fields.of(item, `${file}: mounts[${i}]`);
+    const path = normalizeMountPath(f.string('path'));
+    if (seen.has(path)) throw new CachefsError('INVALID_ARGUMENT', `invalid --file '${file}': mounts[${i}] declares ${path} a second time`);
+    seen.add(path);
+    const uri = f.string('uri');
+    parseUfsUri(uri);
+    const fromFiles = Object.entries(f.stringMap('optionFromFile')).map(([key, secretFile]) => `${key}=${secretFile}`);
+    return { path, uri, options: f.stringMap('options'), secretOptions: readSecretFiles(fromFiles) };
+  });
+}
+
+/**
+ * Whether the master's entry already is the declared one. Secret values are never shown by
+ * the master, so an entry with secrets is never taken as unchanged: it is sent again, so a
+ * rotated secret file takes effect.
+ */
+function sameEntry(have: MountEntryView, want: PutMountRequest): boolean {
+  if (Object.keys(have.secretOptions).length > 0 || Object.keys(want.secretOptions ?? {}).length > 0) return false;
+  return have.uri === want.uri && sameMap(have.options, want.options ?? {});
+}
+
+function sameMap(a: Record<string, string>, b: Record<string, string>): boolean {
+  const keys = Object.keys(a);
+  return keys.length === Object.keys(b).length && keys.every((k) => a[k] === b[k]);
 }

@@ -34,7 +34,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
   };
   try {
     const metrics = new Metrics();
-    const mountpoint = await checkMountpoint(config.mountpoint);
+    const mountpoint = await checkMountpoint(config.mountpoint, { nonempty: config.nonempty, log });
     const backend = await openBackend(config, metrics, log);
     closers.push(...backend.closers);
     const client = new BlockClient(backend.source, { blockSize: config.blockSize, readaheadBytes: config.readaheadBytes });
@@ -50,8 +50,9 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       log,
     });
     let metricsPort: number | undefined;
+    let mounted = false;
     if (config.metricsPort !== undefined) {
-      const server = await MetricsServer.start(metrics.registry, config.metricsPort, config.metricsHost);
+      const server = await MetricsServer.start(metrics.registry, config.metricsPort, config.metricsHost, () => mounted);
       metricsPort = server.port;
       closers.push(() => server.close());
     }
@@ -62,7 +63,11 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       maxReadahead: Math.max(128 * 1024, Math.min(config.readaheadBytes, 8 * 1024 * 1024)),
       opTimeoutMs: OP_TIMEOUT_MS,
     });
-    closers.push(() => fuse.unmount());
+    mounted = true;
+    closers.push(async () => {
+      mounted = false;
+      await fuse.unmount();
+    });
     log.info({ mountpoint, source: config.ufs?.text ?? `master ${config.cluster?.master}`, cacheDir: config.cacheDir, metricsPort }, 'mounted');
     return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll };
   } catch (err) {

@@ -65,6 +65,12 @@ export class ClusterSource implements BlockSource {
     this.background = new BackgroundQueue(clusterPrefetches);
     const c = config.metrics.clientReadBytes;
     this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), domain_socket: c.labels('domain_socket') };
+    // Co-location is decided (and explained in the log) at start and whenever the worker set changes, not at a first read.
+    const decide = (workers: readonly WorkerRecord[]): void => {
+      for (const w of workers) if (!this.isLocal(w)) this.near(w);
+    };
+    config.membership.onChange(decide);
+    decide(config.membership.ring.all);
   }
 
   readNow(req: BlockRead): number | undefined {
@@ -181,9 +187,15 @@ export class ClusterSource implements BlockSource {
     const key = `${worker.id}/${worker.instance ?? worker.startedAt}`;
     let near = this.colocated.get(key);
     if (near === undefined) {
-      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics, this.config.secret) : null;
+      const why = colocation(worker, this.config.shortCircuit, this.config.hostname);
+      near = why === undefined ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics, this.config.secret) : null;
       this.colocated.set(key, near);
-      if (near) this.config.log.info({ worker: worker.id, socket: worker.domainSocketPath, mode: this.config.shortCircuit }, 'worker is co-located: reading its blocks by short-circuit');
+      const fields = { worker: worker.id, hostname: worker.hostname, socket: worker.domainSocketPath, mode: this.config.shortCircuit };
+      if (near) this.config.log.info(fields, 'worker is co-located: reading its blocks by short-circuit');
+      // Explained for the workers on this host (ours by name, or by a socket we can see); the others are plainly remote.
+      else if (why !== 'off' && why !== 'no socket' && (worker.hostname === this.config.hostname || existsSync(worker.domainSocketPath))) {
+        this.config.log.info({ ...fields, why }, 'worker on this host is not co-located: reading its blocks over the network');
+      }
     }
     return near ?? undefined;
   }
@@ -224,12 +236,15 @@ export class ClusterSource implements BlockSource {
 }
 
 /**
- * uuid mode: co-located exactly when the worker's socket file (a fresh uuid per
- * worker start) exists in our filesystem, i.e. its socket dir is shared with us.
- * hostname mode: when the worker advertises our hostname.
+ * Why `worker` is not co-located with us (undefined: it is). uuid mode: co-located exactly
+ * when the worker's socket file (a fresh uuid per worker start) exists in our filesystem,
+ * i.e. its socket dir is shared with us. hostname mode: when the worker advertises our
+ * hostname and its socket is visible here too; one on our host whose socket we cannot see
+ * is read over the network, not skipped for the UFS.
  */
-function isColocated(worker: WorkerRecord, mode: ShortCircuitMode, hostname: string): boolean {
-  if (mode === 'off' || !worker.domainSocketPath) return false;
-  if (mode === 'hostname') return worker.hostname === hostname;
-  return existsSync(worker.domainSocketPath);
+function colocation(worker: WorkerRecord, mode: ShortCircuitMode, hostname: string): string | undefined {
+  if (mode === 'off') return 'off';
+  if (!worker.domainSocketPath) return 'no socket';
+  if (mode === 'hostname' && worker.hostname !== hostname) return `host names differ (${worker.hostname} is not ${hostname})`;
+  return existsSync(worker.domainSocketPath) ? undefined : `socket path ${worker.domainSocketPath} not visible here`;
 }

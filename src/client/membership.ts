@@ -20,6 +20,7 @@ export class Membership {
   private readonly poller: Poller;
   private warnedEmpty = false;
   private readonly warnedBlockSize = new Set<string>();
+  private readonly listeners: ((workers: readonly WorkerRecord[]) => void)[] = [];
 
   constructor(private readonly master: MasterClient, readonly cacheGroup: string, private readonly blockSize: number, private readonly log: Logger, intervalMs = 2000) {
     this.poller = new Poller(`worker list of cache group '${cacheGroup}'`, intervalMs, () => this.refresh(), log);
@@ -32,6 +33,11 @@ export class Membership {
 
   get ring(): WorkerRing<WorkerRecord> {
     return this.current;
+  }
+
+  /** Calls `listener` with the live workers whenever the set changes (not for the set of now). */
+  onChange(listener: (workers: readonly WorkerRecord[]) => void): void {
+    this.listeners.push(listener);
   }
 
   /** Workers to try for a block, most preferred first, skipping recent failures. */
@@ -57,6 +63,7 @@ export class Membership {
       // A worker that re-registered is trusted again.
       for (const w of live.value) if (!before.has(`${w.id}@${w.address}/${w.instance ?? w.startedAt}`)) this.suspects.delete(w.id);
       this.log.info({ cacheGroup: this.cacheGroup, workers: live.value.map((w) => w.id), source: live.source }, 'cache group membership changed');
+      for (const listener of this.listeners) listener(live.value);
     }
     if (live.value.length === 0 && !this.warnedEmpty) {
       this.warnedEmpty = true;

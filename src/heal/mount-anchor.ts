@@ -21,15 +21,19 @@
  */
 import { createHash } from 'node:crypto';
 import { readlinkSync } from 'node:fs';
-import { mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import { bindMount, lazyUnmount, makePrivateMount } from '../sys/mount-commands.js';
 import { readMountTable } from '../sys/mountinfo.js';
-import { isAlive } from '../sys/pid-lock.js';
+import { isAlive } from '../sys/pid.js';
 
-/** Where anchors live: a directory per mount namespace (`/run` may be shared by containers), one per mount point in it. */
-export const ANCHOR_ROOT = '/run/cachefs/anchors';
+/**
+ * Where anchors live: a directory per mount namespace (`/run` may be shared by containers), one
+ * per mount point in it. A runtime dir of its own, 0700: not under /run/cachefs, the workers'
+ * default --domain-socket-dir, which is a hostPath shared with other pods.
+ */
+export const ANCHOR_ROOT = '/run/cachefs-anchors';
 
 /** An anchor directory without an owner younger than this may be one being made right now. */
 const OWNERLESS_GRACE_MS = 60_000;
@@ -50,6 +54,8 @@ export class MountAnchor {
     try {
       await MountAnchor.clear(dir); // left by a supervisor of this mount point that was killed
       const anchor = path.join(dir, 'mount');
+      await mkdir(ANCHOR_ROOT, { recursive: true, mode: 0o700 });
+      await chmod(ANCHOR_ROOT, 0o700);
       await mkdir(anchor, { recursive: true });
       await writeFile(path.join(dir, 'owner'), `${process.pid}\n`);
       await makePrivateMount(dir);

@@ -5,7 +5,9 @@
  * on its private endpoint (127.0.0.1, a port of its own choosing). Scrapers keep a
  * single target across crashes, and the recovery counter lives in the process that
  * survives them. While no serving process answers, only the supervisor's families
- * are served; `/healthz` answers 503 then.
+ * are served. `/healthz` (liveness) answers 200 while the supervisor runs, recovering or
+ * not, so a probe never restarts a container that is healing itself; `/readyz` (readiness)
+ * answers 200 only while a serving process is mounted, 503 while it is being replaced.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -62,8 +64,10 @@ export class SupervisorMetricsServer {
           (err: unknown) => res.writeHead(500).end(String(err)),
         );
       } else if (req.url === '/healthz') {
+        res.writeHead(200, { 'content-type': 'text/plain' }).end(serving.serving() ? 'ok\n' : 'ok, recovering\n');
+      } else if (req.url === '/readyz') {
         const up = serving.serving() !== undefined;
-        res.writeHead(up ? 200 : 503, { 'content-type': 'text/plain' }).end(up ? 'ok\n' : 'recovering\n');
+        res.writeHead(up ? 200 : 503, { 'content-type': 'text/plain' }).end(up ? 'ready\n' : 'recovering\n');
       } else {
         res.writeHead(404).end();
       }

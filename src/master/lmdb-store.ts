@@ -12,7 +12,7 @@ import { chmod, mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { open, type RootDatabase } from 'lmdb';
 import { CachefsError } from '../errors.js';
-import { PidLock } from '../sys/pid-lock.js';
+import { FileLock } from '../sys/file-lock.js';
 import { isDelete, type MetaEntry, type MetaStore, type MetaWrite } from './meta-store.js';
 
 export class LmdbMetaStore implements MetaStore {
@@ -20,7 +20,7 @@ export class LmdbMetaStore implements MetaStore {
 
   private constructor(
     private readonly db: RootDatabase<unknown, string>,
-    private readonly lock: PidLock,
+    private readonly lock: FileLock,
     readonly dir: string,
   ) {}
 
@@ -31,7 +31,7 @@ export class LmdbMetaStore implements MetaStore {
     } catch (err) {
       throw new CachefsError('INVALID_ARGUMENT', `cannot create meta dir '${dir}' (or make it 0700): ${(err as Error).message}`, { cause: err });
     }
-    const lock = await PidLock.acquire(dir, { file: 'master.pid', what: 'meta dir', owner: 'master process', hint: 'remove master.pid if that process is not a cachefs master' });
+    const lock = await FileLock.acquire(dir, { file: 'master.pid', what: 'meta dir', owner: 'master process', hint: 'stop that master, or give this one another --meta-dir' });
     try {
       const db = open<unknown, string>({
         path: dir,

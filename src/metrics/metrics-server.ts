@@ -1,7 +1,7 @@
 /**
- * HTTP endpoint for a process's metrics: `/metrics` (Prometheus text) and
- * `/healthz`. Used by mounts; workers and the master serve the same paths from
- * their own servers.
+ * HTTP endpoint for a process's metrics: `/metrics` (Prometheus text), `/healthz`
+ * (the process answers) and `/readyz` (it is ready to serve, as `ready` says). Used by
+ * mounts; workers and the master serve the same paths from their own servers.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +11,7 @@ import { CachefsError } from '../errors.js';
 export class MetricsServer {
   private constructor(private readonly server: Server, readonly port: number) {}
 
-  static async start(registry: Registry, port: number, host = '0.0.0.0'): Promise<MetricsServer> {
+  static async start(registry: Registry, port: number, host = '0.0.0.0', ready: () => boolean = () => true): Promise<MetricsServer> {
     const server = createServer((req, res) => {
       if (req.url === '/metrics') {
         registry.metrics().then(
@@ -20,6 +20,9 @@ export class MetricsServer {
         );
       } else if (req.url === '/healthz') {
         res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+      } else if (req.url === '/readyz') {
+        const up = ready();
+        res.writeHead(up ? 200 : 503, { 'content-type': 'text/plain' }).end(up ? 'ready\n' : 'not ready\n');
       } else {
         res.writeHead(404).end();
       }

@@ -1,7 +1,7 @@
 /**
  * The worker's HTTP service: block bytes for the network read path
- * (`GET /v1/blocks/<id>?...`, with ranges, keep-alive), plus `/metrics` and
- * `/healthz`. A block's bytes come through the cache (`CachedBlocks`: fetched from
+ * (`GET /v1/blocks/<id>?...`, with ranges, keep-alive), plus `/metrics`, `/healthz`
+ * (the process answers) and `/readyz` (`ready()`: registered, store open). A block's bytes come through the cache (`CachedBlocks`: fetched from
  * the UFS once if missing, a damaged file dropped and refetched rather than served);
  * a client that goes away before its answer lets go of the fetch it waited for.
  *
@@ -39,6 +39,8 @@ export interface BlockServiceConfig {
   tls?: ServerTls;
   /** The only block size served (the `bs` of every request). */
   blockSize: number;
+  /** Whether the worker is ready to serve (`/readyz`). */
+  ready: () => boolean;
 }
 
 /** Seconds a client is told to wait before asking a worker over its in-flight budget again. */
@@ -94,6 +96,11 @@ async function route(config: BlockServiceConfig, budget: InFlightBudget, req: In
   }
   if (req.method === 'GET' && url === '/healthz') {
     res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    return;
+  }
+  if (req.method === 'GET' && url === '/readyz') {
+    const up = config.ready();
+    res.writeHead(up ? 200 : 503, { 'content-type': 'text/plain' }).end(up ? 'ready\n' : 'not registered with the master\n');
     return;
   }
   if (req.method === 'GET' && url === '/metrics') {

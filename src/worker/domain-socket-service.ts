@@ -10,10 +10,11 @@
  * challenge with the cluster secret (socket-protocol.ts). One connection holds at most
  * `MAX_PINS_PER_CONNECTION` pins: past that, opens answer no path and the client reads
  * those blocks over the socket. A stale socket left by a dead worker is replaced; one a
- * live process still answers on is refused.
+ * live process still answers on is refused. Stale uuid-named sockets of other dead
+ * workers in the same dir are swept at start.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asCachefsError, CachefsError } from '../errors.js';
@@ -44,6 +45,7 @@ export class DomainSocketService {
   static async start(options: DomainSocketOptions, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
     const { path: socketPath, group } = options;
     await prepareSocketPath(socketPath, group);
+    await sweepStaleSockets(path.dirname(socketPath), log);
     let service: DomainSocketService | undefined;
     const server = createServer((socket) => service!.serve(socket, options.auth, blocks, metrics, log));
     await new Promise<void>((resolve, reject) => {
@@ -169,7 +171,33 @@ async function prepareSocketPath(socketPath: string, group: number | undefined):
   const st = await lstat(socketPath).catch(() => undefined);
   if (!st) return;
   if (!st.isSocket()) throw new CachefsError('CONFLICT', `${socketPath} exists and is not a socket: refusing to replace it`);
-  const live = await new Promise<boolean>((resolve) => {
+  if (await socketAnswers(socketPath)) throw new CachefsError('CONFLICT', `another worker is serving on ${socketPath}`);
+  await unlink(socketPath);
+}
+
+/** The name of a uuid-mode socket (`<dir>/<uuid>`, cli/worker.ts). */
+const UUID_SOCKET = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Removes the uuid-mode sockets in `dir` that nobody listens on: each killed worker (or mount)
+ * leaves one, under a name no later start reuses, so without a sweep they pile up in the
+ * shared dir forever. Only sockets with a uuid name that refuse a connection are touched.
+ */
+async function sweepStaleSockets(dir: string, log: Logger): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!UUID_SOCKET.test(name)) continue;
+    const file = path.join(dir, name);
+    const st = await lstat(file).catch(() => undefined);
+    if (!st?.isSocket() || (await socketAnswers(file))) continue;
+    await unlink(file).then(
+      () => log.info({ socket: file }, 'removed a stale worker socket (nobody listening)'),
+      (err: unknown) => log.warn({ socket: file, err: (err as Error).message }, 'cannot remove a stale worker socket'),
+    );
+  }
+}
+
+function socketAnswers(socketPath: string): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
     const c = createConnection(socketPath);
     c.once('connect', () => {
       c.destroy();
@@ -177,6 +205,4 @@ async function prepareSocketPath(socketPath: string, group: number | undefined):
     });
     c.once('error', () => resolve(false));
   });
-  if (live) throw new CachefsError('CONFLICT', `another worker is serving on ${socketPath}`);
-  await unlink(socketPath);
 }

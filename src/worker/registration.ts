@@ -7,7 +7,7 @@
  * The master answers each registration with a credential that the heartbeats
  * present. It is kept in a file of the worker's state dir (0600), so that a
  * restarted worker takes its id back at once instead of waiting for the old
- * registration to expire; nobody without that file can.
+ * registration to expire; nobody without that file can. Closing deregisters.
  */
 import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
@@ -19,6 +19,8 @@ import type { RegisterWorkerRequest, WorkerUsage } from '../master/api.js';
 import type { MasterClient } from '../master/client.js';
 
 const MAX_BACKOFF_MS = 5000;
+/** A stopping worker waits this long at most for the master to take its leave. */
+const DEREGISTER_TIMEOUT_MS = 2000;
 
 export class Registration {
   readonly instance = randomUUID();
@@ -40,6 +42,11 @@ export class Registration {
     /** Where the credential is kept across restarts; none: a restart waits for the old registration to expire. */
     private readonly stateDir?: string,
   ) {}
+
+  /** Whether the master knows this worker now: registered and not deregistered or forgotten. */
+  get isRegistered(): boolean {
+    return this.registered;
+  }
 
   /** Registers once (CONFLICT for a duplicate id is thrown; an unreachable master is retried in the background). */
   async start(): Promise<void> {
@@ -127,8 +134,22 @@ export class Registration {
     this.timer.unref();
   }
 
-  close(): void {
+  /**
+   * Stops the heartbeats and leaves the group at once: a worker stopped on purpose is gone
+   * from the master's view now, not after the heartbeat timeout, so clients stop choosing it.
+   * A master that cannot be reached lets the registration expire as after a crash.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    if (!this.registered || this.credential === undefined) return;
+    this.registered = false;
+    try {
+      await this.master.removeWorker(this.identity.id, { credential: this.credential }, { retries: 0, timeoutMs: DEREGISTER_TIMEOUT_MS });
+      this.log.info({ id: this.identity.id }, 'deregistered from the master');
+    } catch (err) {
+      this.log.warn({ id: this.identity.id, err: (err as Error).message }, 'cannot deregister: the master forgets this worker at its heartbeat timeout');
+    }
   }
 }

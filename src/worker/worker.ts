@@ -85,6 +85,7 @@ export class Worker {
     await store.open();
     const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
     let service: BlockService;
+    let registration: Registration | undefined;
     let socket: DomainSocketService | undefined;
     try {
       const buffers = new BufferPool(config.blockSize, SERVED_BUFFERS);
@@ -100,6 +101,8 @@ export class Worker {
         auth: config.auth,
         tls: config.tls,
         blockSize: config.blockSize,
+        // Registered with the master (which implies the store is open: closing deregisters first).
+        ready: () => registration?.isRegistered === true,
       });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group }, blocks, deps.metrics, deps.log);
@@ -111,7 +114,7 @@ export class Worker {
       await store.close();
       throw err;
     }
-    const registration = new Registration(
+    registration = new Registration(
       deps.master,
       { id: config.id, cacheGroup: config.cacheGroup, address: `${config.advertiseHost}:${service.port}`, hostname: config.hostname, domainSocketPath: config.domainSocketPath, blockSize: config.blockSize },
       () => ({
@@ -137,7 +140,7 @@ export class Worker {
   }
 
   async close(): Promise<void> {
-    this.registration.close();
+    await this.registration.close();
     await this.socket?.close();
     await this.service.close();
     await this.blocks.readThrough.drain();

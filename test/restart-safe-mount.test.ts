@@ -1,0 +1,81 @@
+/**
+ * Mounting where the last mount's processes died: `cachefs mount` on a dead cachefs FUSE
+ * mount (supervisor and serving process SIGKILLed together, as in a container restart)
+ * clears it, mounts again and logs it; a live mount is still refused (exit 6); a
+ * non-empty mount point is refused unless --nonempty.
+ */
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cachefs, mountCachefs, sh, stopAllMounts } from './support/cachefs.js';
+import { forceUnmount, isAlive, isMounted, waitFor } from './support/processes.js';
+
+let work: string;
+let src: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), 'cachefs-restart-'));
+  src = path.join(work, 'src');
+  await mkdir(src);
+  await sh(`head -c 2000000 /dev/urandom > ${src}/blob`);
+});
+
+afterAll(async () => {
+  await stopAllMounts();
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('restart-safe mounts', () => {
+  it('clears a dead cachefs mount left by a SIGKILLed supervisor and serving process, and mounts again', async () => {
+    const mnt = path.join(work, 'mnt-dead');
+    await mkdir(mnt);
+    const first = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
+    const serving = (await sh(`pgrep -P ${first.process.pid}`)).stdout.trim().split('\n').map(Number).filter((pid) => pid > 0);
+    expect(serving.length).toBeGreaterThan(0);
+    // Both at once, like an OOM kill of the container: nobody is left to clean up.
+    first.process.kill('SIGKILL');
+    for (const pid of serving) process.kill(pid, 'SIGKILL');
+    await waitFor(() => !isAlive(first.process.pid!) && serving.every((pid) => !isAlive(pid)), { timeoutMs: 10_000 });
+    const dead = await sh(`stat ${mnt} 2>&1`);
+    expect(dead.stdout).toContain('Transport endpoint is not connected');
+
+    const second = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
+    try {
+      // mountCachefs returns at once here (the dead mount is a mount too): wait for the supervisor's word.
+      await waitFor(() => {
+        if (second.process.exitCode !== null) throw new Error(`the second mount exited with ${second.process.exitCode}: ${second.output()}`);
+        return second.output().includes('supervising the mount');
+      }, { timeoutMs: 30_000 });
+      expect((await sh(`cmp ${src}/blob ${mnt}/blob && echo same`)).stdout.trim()).toBe('same');
+      expect(second.output()).toContain('cleared a dead cachefs mount');
+      // The live mount is refused, with the conflict's exit code.
+      const again = await cachefs(['mount', mnt, '--ufs', `file://${src}`, '--foreground']);
+      expect(again.code).toBe(6);
+      expect(again.stderr).toContain(`mount point ${mnt} is already a mount`);
+    } finally {
+      await second.stop();
+      await first.stop();
+    }
+    expect(await isMounted(mnt)).toBe(false);
+  });
+
+  it('refuses a mount point with files in it unless --nonempty', async () => {
+    const mnt = path.join(work, 'mnt-full');
+    await mkdir(mnt);
+    await writeFile(path.join(mnt, 'left-here'), 'x');
+    const refused = await cachefs(['mount', mnt, '--ufs', `file://${src}`, '--foreground', '--cache-dir', path.join(work, 'cache-full')], {}, 15_000);
+    // A mount made anyway (as before --nonempty existed) ends when it is unmounted from outside.
+    if (await isMounted(mnt)) await forceUnmount(mnt);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr.trim()).toBe(`cachefs: mount point ${mnt} is not empty (1 entries): use an empty directory, or --nonempty to hide its files under the mount`);
+    expect(await isMounted(mnt)).toBe(false);
+
+    const mount = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt, args: ['--nonempty'] });
+    try {
+      expect((await sh(`ls ${mnt}`)).stdout.trim()).toBe('blob');
+    } finally {
+      await mount.stop();
+    }
+  });
+});
