@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'BAD_HANDLE'
   | 'CORRUPT_BLOCK' // a cached block file does not match what was stored
   | 'TIMEOUT'
+  | 'INTERRUPTED' // the request was cancelled (FUSE_INTERRUPT) before it was answered
   | 'CONFLICT' // already exists / already mounted / duplicate id
   | 'IO'; // anything else from a backend
 

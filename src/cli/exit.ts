@@ -20,6 +20,7 @@ const EXIT_CODES: Record<ErrorCode, number> = {
   STALE: 1,
   BAD_HANDLE: 1,
   CORRUPT_BLOCK: 1,
+  INTERRUPTED: 1,
   IO: 1,
 };
 

@@ -21,12 +21,13 @@ const BY_CODE: Record<ErrorCode, number> = {
   BAD_HANDLE: E.EBADF,
   CORRUPT_BLOCK: E.EIO,
   TIMEOUT: E.ETIMEDOUT,
+  INTERRUPTED: E.EINTR,
   CONFLICT: E.EEXIST,
   IO: E.EIO,
 };
 
 /** Answers about the caller's request (a missing name, a write to a read-only mount), not failures. */
-const ANSWERS = new Set<ErrorCode>(['NOT_FOUND', 'NOT_DIRECTORY', 'IS_DIRECTORY', 'READ_ONLY', 'INVALID_ARGUMENT', 'BAD_HANDLE', 'CONFLICT']);
+const ANSWERS = new Set<ErrorCode>(['NOT_FOUND', 'NOT_DIRECTORY', 'IS_DIRECTORY', 'READ_ONLY', 'INVALID_ARGUMENT', 'BAD_HANDLE', 'CONFLICT', 'INTERRUPTED']);
 
 /** True when the error is a failure worth a warning (the store, the cache, a worker), not an answer. */
 export function isFailure(err: unknown): boolean {
