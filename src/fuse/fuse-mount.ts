@@ -1,6 +1,7 @@
 /**
  * A cachefs mount: the kernel connection (`session.ts`) served by the FUSE ops
- * (`ops.ts`), with cachefs's kernel options: read-only at the kernel (`ro`: writes
+ * (`ops.ts`) over a filesystem addressed by node ids (`vfs/vfs.ts`), with
+ * cachefs's kernel options: read-only at the kernel (`ro`: writes
  * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
  * page cache kept across opens while size and mtime are unchanged (auto_cache).

@@ -75,14 +75,11 @@ export interface FuseOpsOptions {
   deviceId?: string;
 }
 
-interface OpSpec {
-  name: string;
-  /** The smallest body a request of this op may have. */
-  minBody: number;
-  /** No reply is expected (FORGET, INTERRUPT, ...): none is begun, none is written. */
-  noReply?: true;
-  handle(ops: FuseOps, h: RequestHeader, body: Buffer, req: FuseRequest | undefined): void;
-}
+/** An op of the table: its name, the smallest body a request of it may have, and its handler. */
+type OpSpec =
+  | { name: string; minBody: number; noReply?: false; handle(ops: FuseOps, h: RequestHeader, body: Buffer, req: FuseRequest): void }
+  /** No reply is expected (FORGET, INTERRUPT, ...): no request is begun, none is answered. */
+  | { name: string; minBody: number; noReply: true; handle(ops: FuseOps, h: RequestHeader, body: Buffer): void };
 
 /** Where the connection is: INIT opens it, DESTROY closes it; other requests are served only in between. */
 type ConnectionState = 'new' | 'ready' | 'destroyed';
@@ -92,26 +89,26 @@ export class FuseOps implements SessionHandler {
   private readonly opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
 
   private static readonly OPS: ReadonlyMap<number, OpSpec> = new Map<number, OpSpec>([
-    [Op.INIT, { name: 'init', minBody: 8, handle: (o, _h, b, r) => o.init(b, r!) }],
-    [Op.LOOKUP, { name: 'lookup', minBody: 2, handle: (o, h, b, r) => o.lookup(r!, h.nodeid, cString(b, 0)) }],
+    [Op.INIT, { name: 'init', minBody: 8, handle: (o, _h, b, r) => o.init(b, r) }],
+    [Op.LOOKUP, { name: 'lookup', minBody: 2, handle: (o, h, b, r) => o.lookup(r, h.nodeid, cString(b, 0)) }],
     [Op.FORGET, { name: 'forget', minBody: InSize.FORGET, noReply: true, handle: (o, h, b) => o.fs.forget(h.nodeid, u64(b, 0)) }],
     [Op.BATCH_FORGET, { name: 'batch_forget', minBody: InSize.BATCH_FORGET, noReply: true, handle: (o, _h, b) => o.batchForget(b) }],
-    [Op.GETATTR, { name: 'getattr', minBody: InSize.GETATTR, handle: (o, h, _b, r) => o.run(r!, () => o.fs.pathOf(h.nodeid), () => o.fs.getattr(h.nodeid), (a) => [attrOut(a, o.options.attrTimeoutSec)]) }],
-    [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r!, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r!), (f) => [openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0)]) }],
-    [Op.READ, { name: 'read', minBody: InSize.READ, handle: (o, _h, b, r) => o.read(r!, u64(b, 0), u64(b, 8), b.readUInt32LE(16)) }],
-    [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r!, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
-    [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r!, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r!), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
-    [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r!, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdir(u64(b, 0), u64(b, 8)), (entries) => [direntPage(entries, b.readUInt32LE(16))]) }],
-    [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r!, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
-    [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r!, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
-    [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r!, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
+    [Op.GETATTR, { name: 'getattr', minBody: InSize.GETATTR, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.getattr(h.nodeid), (a) => [attrOut(a, o.options.attrTimeoutSec)]) }],
+    [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r), (f) => [openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0)]) }],
+    [Op.READ, { name: 'read', minBody: InSize.READ, handle: (o, _h, b, r) => o.read(r, u64(b, 0), u64(b, 8), b.readUInt32LE(16)) }],
+    [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
+    [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
+    [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdir(u64(b, 0), u64(b, 8)), (entries) => [direntPage(entries, b.readUInt32LE(16))]) }],
+    [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
+    [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
+    [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
     [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(u64(b, 0)) }],
     // The kernel's answer to the NOTIFY_RETRIEVE that wakes the device read when the session ends.
     [Op.NOTIFY_REPLY, { name: 'notify_reply', minBody: 0, noReply: true, handle: () => undefined }],
-    [Op.DESTROY, { name: 'destroy', minBody: 0, handle: (o, _h, _b, r) => o.destroy(r!) }],
+    [Op.DESTROY, { name: 'destroy', minBody: 0, handle: (o, _h, _b, r) => o.destroy(r) }],
     ...[...WRITE_OPS].map(([code, name]): [number, OpSpec] => [
       code,
-      { name, minBody: 0, handle: (o, h, _b, r) => o.run(r!, () => o.fs.pathOf(h.nodeid), () => o.fs.refuseWrite(h.nodeid), () => []) },
+      { name, minBody: 0, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.refuseWrite(h.nodeid), () => []) },
     ]),
   ]);
 
@@ -140,7 +137,8 @@ export class FuseOps implements SessionHandler {
       if (!spec.noReply) this.requests.replyNow(h.unique, -E.EIO);
       return;
     }
-    spec.handle(this, h, body, spec.noReply ? undefined : this.requests.begin(h.unique, spec.name));
+    if (spec.noReply) spec.handle(this, h, body);
+    else spec.handle(this, h, body, this.requests.begin(h.unique, spec.name));
   }
 
   /** Why a request is not served at all, if it is not. */

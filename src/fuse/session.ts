@@ -247,9 +247,9 @@ export class FuseSession {
 
   private async unmountAndClose(): Promise<void> {
     await runCommand('umount', [this.mountpoint]).catch(() => runCommand('umount', ['-l', this.mountpoint]).catch(() => undefined));
-    this.closed = true;
     // The device is released (and the connection aborted) only once no read holds it.
     await this.stopReading();
+    this.closed = true;
     if (!this.reading) process.off('exit', this.wakeAtExit);
     closeSync(this.fd);
     this.end();
