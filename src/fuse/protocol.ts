@@ -219,8 +219,9 @@ const FUSE_NOTIFY_RETRIEVE = 5;
 
 /**
  * A NOTIFY_RETRIEVE of no bytes of a node: the kernel answers it with a NOTIFY_REPLY
- * request, which is what wakes a read of the device waiting for requests. Kernels
- * from 6.18 on take only a regular file's node; older ones any node.
+ * request, which is what wakes a read of the device waiting for requests. Recent
+ * kernels (6.18 among them) take only a regular file's node, older
+ * ones any node.
  */
 export function retrieveNothing(nodeid: number): Buffer {
   const b = Buffer.alloc(OUT_HEADER + 32);

@@ -17,8 +17,8 @@
  * cannot exit while a thread waits there (Node joins its pool's threads at exit). So
  * ending the session, or the process, first wakes that read with a request made on
  * our demand and reads no more: a NOTIFY_RETRIEVE of a node the kernel holds, which
- * the kernel answers with a request; failing that (no regular file held, on kernels
- * from 6.18 on), a statfs through a path that still reaches the mount.
+ * the kernel answers with a request; failing that (no regular file held, on recent
+ * kernels), a statfs through a path that still reaches the mount.
  */
 import { closeSync, openSync, read, statfs, writeSync, writevSync } from 'node:fs';
 import { constants } from 'node:os';
@@ -210,7 +210,7 @@ export class FuseSession {
         return true;
       } catch (err) {
         // ENODEV: the connection is gone, and the read has returned with it. EINVAL: not a
-        // node the kernel retrieves from (a directory, on 6.18 on); ENOENT: not held any more.
+        // node the kernel retrieves from (a directory, on recent kernels); ENOENT: not held any more.
         if ((err as NodeJS.ErrnoException).code === 'ENODEV') return true;
         this.log.debug({ nodeid, err: (err as Error).message }, 'the kernel took no NOTIFY_RETRIEVE of this node');
       }

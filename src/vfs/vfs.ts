@@ -193,7 +193,8 @@ export class Vfs {
   /**
    * Reads up to `size` bytes at `offset` of an open file and answers `reply`: at once when
    * the bytes are in memory; otherwise when they come, the read waiting its turn behind
-   * MAX_READS_WAITING others of the same file. A read cancelled before its turn is not made.
+   * MAX_READS_WAITING others of the same file. A read cancelled before its turn, or whose
+   * file was released meanwhile, is not made.
    */
   read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
     const file = this.files.get(fh);
@@ -204,6 +205,8 @@ export class Vfs {
 
   private startRead(file: FileHandle, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
     if (cancel.aborted) return reply.error(cancelled());
+    // Queued behind reads answered early (interrupted), the file may have been released since.
+    if (file.signal.aborted) return reply.error(new CachefsError('BAD_HANDLE', `file handle ${file.id} was released`));
     const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
     let n: number | Buffer | Promise<number>;
     try {
