@@ -121,6 +121,7 @@ export class FuseSession {
     this.handler = handler;
     if (wake) this.wakeTargets = wake;
     process.on('exit', this.wakeAtExit);
+    process.on('uncaughtExceptionMonitor', this.noteCrash);
     this.readNext();
   }
 
@@ -220,14 +221,20 @@ export class FuseSession {
 
   /**
    * At exit the read waiting in the kernel must return, or the exit waits for it forever.
-   * When no request can be asked for, the process ends itself with SIGKILL (logged): a
-   * supervisor replaces it, as it would after the failure that brought us here.
+   * When no request can be asked for, the process ends itself with SIGKILL: a supervisor
+   * replaces it, as it would after the failure that brought us here. Node prints an
+   * uncaught exception only after the exit listeners, so its stack is written here first.
    */
-  private readonly wakeAtExit = (): void => {
+  private readonly wakeAtExit = (code: number): void => {
     if (!this.reading || this.retrieve()) return;
-    this.log.error('exiting with a read of /dev/fuse that nothing can wake: ending with SIGKILL');
-    this.log.flush();
+    const why = this.crash instanceof Error ? (this.crash.stack ?? this.crash.message) : this.crash !== undefined ? String(this.crash) : `exit code ${code}`;
+    writeSync(2, `cachefs: ending with SIGKILL: a read of /dev/fuse waits that nothing can wake; the process was exiting on: ${why}\n`);
     process.kill(process.pid, 'SIGKILL');
+  };
+
+  private crash?: unknown;
+  private readonly noteCrash = (err: unknown): void => {
+    this.crash = err;
   };
 
   private end(): void {
@@ -250,7 +257,10 @@ export class FuseSession {
     // The device is released (and the connection aborted) only once no read holds it.
     await this.stopReading();
     this.closed = true;
-    if (!this.reading) process.off('exit', this.wakeAtExit);
+    if (!this.reading) {
+      process.off('exit', this.wakeAtExit);
+      process.off('uncaughtExceptionMonitor', this.noteCrash);
+    }
     closeSync(this.fd);
     this.end();
   }
