@@ -15,6 +15,7 @@ import { constants } from 'node:os';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StatFs } from '../vfs/filesystem.js';
+import { childPath } from '../vfs/nodes.js';
 import { MAX_READ, type Cancellation, type DirEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
 import {
@@ -184,7 +185,7 @@ export class FuseOps implements SessionHandler {
 
   private lookup(req: FuseRequest, parentId: number, name: string): void {
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
-    this.run(req, () => `${this.fs.pathOf(parentId)} (${name})`, () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
+    this.run(req, () => childPath(this.fs.pathOf(parentId), name), () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
   }
 
   private destroy(req: FuseRequest): void {
