@@ -5,13 +5,14 @@
 # Usage: bash scripts/demo.sh [UFS-URI]   (default: a generated folder, file://...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+uri=${1:-}
+set --   # sourced below: setup.sh takes its arguments as Debian packages to install
+. scripts/setup.sh
 cachefs="$PWD/bin/cachefs"
 work=${CACHEFS_DEMO_DIR:-/tmp/cachefs-demo}
 mnt="$work/mnt"
 mkdir -p "$work/data" "$mnt" "$work/cache"
 
-uri=${1:-}
 if [ -z "$uri" ]; then
   uri="file://$work/data"
   if [ ! -f "$work/.data-complete" ]; then

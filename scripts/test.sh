@@ -3,5 +3,5 @@
 # S3-protocol server, real processes. Needs root (or FUSE rights) and /dev/fuse.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh util-linux-extra   # fincore, for the tests of what the cache leaves in the page cache
+. scripts/setup.sh util-linux-extra   # fincore, for the tests of what the cache leaves in the page cache
 exec npx vitest run "$@"

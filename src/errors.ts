@@ -5,23 +5,27 @@
  * exit codes and one-line messages. Messages never carry credentials.
  */
 
-export type ErrorCode =
-  | 'NOT_FOUND' // path or object does not exist
-  | 'NOT_DIRECTORY'
-  | 'IS_DIRECTORY'
-  | 'READ_ONLY' // any write attempt
-  | 'ACCESS_DENIED' // credentials rejected or not allowed
-  | 'BUCKET_NOT_FOUND'
-  | 'THROTTLED'
-  | 'UNREACHABLE' // endpoint does not answer (refused, DNS, timeout)
-  | 'STALE' // object changed under an open handle (ETag mismatch)
-  | 'INVALID_ARGUMENT' // bad configuration or request; message names the value
-  | 'BAD_HANDLE'
-  | 'CORRUPT_BLOCK' // a cached block file does not match what was stored
-  | 'TIMEOUT'
-  | 'INTERRUPTED' // the request was cancelled (FUSE_INTERRUPT) before it was answered
-  | 'CONFLICT' // already exists / already mounted / duplicate id
-  | 'IO'; // anything else from a backend
+/** Every code, in one list: codes read off the wire (a worker's answer) are checked against it. */
+export const ERROR_CODES = [
+  'NOT_FOUND', // path or object does not exist
+  'NOT_DIRECTORY',
+  'IS_DIRECTORY',
+  'READ_ONLY', // any write attempt
+  'ACCESS_DENIED', // credentials rejected or not allowed
+  'BUCKET_NOT_FOUND',
+  'THROTTLED',
+  'UNREACHABLE', // endpoint does not answer (refused, DNS, timeout)
+  'STALE', // object changed under an open handle (ETag mismatch)
+  'INVALID_ARGUMENT', // bad configuration or request; message names the value
+  'BAD_HANDLE',
+  'CORRUPT_BLOCK', // a cached block file does not match what was stored
+  'TIMEOUT',
+  'INTERRUPTED', // the request was cancelled (FUSE interrupt, timeout, client gone)
+  'CONFLICT', // already exists / already mounted / duplicate id
+  'IO', // anything else from a backend
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export class CachefsError extends Error {
   readonly code: ErrorCode;
@@ -42,4 +46,15 @@ export function asCachefsError(err: unknown, fallback: ErrorCode = 'IO'): Cachef
   if (err instanceof CachefsError) return err;
   const message = err instanceof Error ? err.message : String(err);
   return new CachefsError(fallback, message, { cause: err });
+}
+
+/** The code a peer sent (a worker's error answer), or IO for anything this version does not know. */
+export function errorCodeOf(text: unknown): ErrorCode {
+  return ERROR_CODES.find((c) => c === text) ?? 'IO';
+}
+
+/** The error a read gets when its signal aborts: the reason when it is one of ours, INTERRUPTED otherwise. */
+export function abortError(signal: AbortSignal): CachefsError {
+  const reason: unknown = signal.reason;
+  return reason instanceof CachefsError ? reason : new CachefsError('INTERRUPTED', 'the request was cancelled', { cause: reason });
 }

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MasterClient } from '../src/master/client.js';
-import { cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { BLOCK_FILE, cachefs, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -32,13 +32,13 @@ const mountArgs = (group = 'g', extra: string[] = []): string[] => ['--master', 
 
 async function blockFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => e.isFile() && /^[0-9a-f]{40}$/.test(e.name)).map((e) => e.name);
+  return entries.filter((e) => e.isFile() && BLOCK_FILE.test(e.name)).map((e) => e.name.slice(0, 40));
 }
 
 async function blockBytes(dir: string): Promise<number> {
   let total = 0;
   for (const e of await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
-    if (e.isFile() && /^[0-9a-f]{40}$/.test(e.name)) total += (await stat(path.join(e.parentPath, e.name))).size;
+    if (e.isFile() && BLOCK_FILE.test(e.name)) total += (await stat(path.join(e.parentPath, e.name))).size;
   }
   return total;
 }

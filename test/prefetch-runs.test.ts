@@ -15,10 +15,12 @@ const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 function setup(maxBlocks: number, maxRun: number, present = new Set<string>()) {
   const runs: string[] = [];
+  const signals: (AbortSignal | undefined)[][] = [];
   const finish: (() => void)[] = [];
   const q = new PrefetchRuns<string>(
-    (run: BlockRef[]) => {
+    (run: BlockRef[], wanted) => {
       runs.push(run.map((r) => `${r.object.key}${r.index}`).join(' '));
+      signals.push([...wanted]);
       let done!: () => void;
       const settled = new Promise<void>((r) => (done = r));
       finish.push(done);
@@ -29,7 +31,7 @@ function setup(maxBlocks: number, maxRun: number, present = new Set<string>()) {
     (r) => present.has(r.id),
   );
   const add = (o: ObjectRef, ...indexes: number[]) => indexes.forEach((i) => q.add(blockRef(o, BLOCK, i)));
-  return { q, runs, finish, add };
+  return { q, runs, signals, finish, add };
 }
 
 describe('PrefetchRuns', () => {
@@ -80,5 +82,20 @@ describe('PrefetchRuns', () => {
     present.add(blockRef(a, BLOCK, 0).id);
     await turn();
     expect(runs).toEqual(['a1', 'a3']);
+  });
+
+  it('drops queued blocks whose readers have all gone, and hands a run the signals of its readers', async () => {
+    const { q, runs, signals } = setup(16, 8);
+    const h1 = new AbortController();
+    const h2 = new AbortController();
+    q.add(blockRef(a, BLOCK, 0), h1.signal);
+    q.add(blockRef(a, BLOCK, 1), h1.signal);
+    q.add(blockRef(a, BLOCK, 1), h2.signal);
+    q.add(blockRef(a, BLOCK, 5), h1.signal);
+    h1.abort(); // the handle is released before the queue's turn
+    await turn();
+    expect(runs).toEqual(['a1']); // block 1 is still wanted by the other handle
+    expect(signals[0]).toEqual([h1.signal, h2.signal]);
+    expect(q.active).toBe(1);
   });
 });

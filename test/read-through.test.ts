@@ -11,8 +11,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, readlink, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { blockRef, type ObjectRef } from '../src/block/block.js';
+import { BufferPool } from '../src/block/buffer-pool.js';
 import { Scatter } from '../src/block/scatter.js';
 import { EmbeddedSource } from '../src/client/embedded-source.js';
 import { CachefsError } from '../src/errors.js';
@@ -20,8 +21,12 @@ import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import { TieredStore } from '../src/cache/tiered-store.js';
 import { LocalUfs } from '../src/ufs/local.js';
+import type { Ufs } from '../src/ufs/ufs.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
+import { CachedBlocks } from '../src/cache/cached-blocks.js';
+import { READ_POLICY } from '../src/cache/read-policy.js';
 import { ReadThrough } from '../src/cache/read-through.js';
+import { UfsReader } from '../src/cache/ufs-reader.js';
 
 const BLOCK = 64 * 1024;
 let dir: string;
@@ -46,7 +51,7 @@ beforeEach(async () => {
   metrics = new Metrics(false);
   store = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'cache'), quotaBytes: 1 << 30 }], high: 0.9, low: 0.5 }, metrics, silentLogger);
   await store.open();
-  readThrough = new ReadThrough(store, async () => ufs, metrics, silentLogger);
+  readThrough = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger);
 });
 
 afterEach(async () => {
@@ -133,6 +138,70 @@ describe('ReadThrough.fetchRun', () => {
   });
 });
 
+describe('ReadThrough cancellation', () => {
+  /** A store whose reads hang until cancelled, as a stalled object store's GET does; counts the reads it saw cancelled. */
+  function hangingUfs() {
+    const seen = { started: 0, cancelled: 0 };
+    const ufs = {
+      async readInto(_key: string, _offset: number, _dest: unknown, options?: { signal?: AbortSignal }): Promise<number> {
+        seen.started++;
+        return new Promise<number>((_resolve, reject) => {
+          options?.signal?.addEventListener('abort', () => {
+            seen.cancelled++;
+            reject(new Error('aborted'));
+          });
+        });
+      },
+    } as unknown as Ufs;
+    return { ufs, seen };
+  }
+
+  it('lets a reader whose signal aborts stop waiting, and cancels the fetch only when its last reader has gone', async () => {
+    const { ufs, seen } = hangingUfs();
+    const buffers = new BufferPool(BLOCK, 4);
+    const rt = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger, buffers);
+    const a = new AbortController();
+    const b = new AbortController();
+    const first = rt.fetched(ref(0), a.signal);
+    const second = rt.fetched(ref(0), b.signal);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(seen.started).toBe(1); // one fetch for both
+    expect(buffers.inUse).toBe(1);
+    a.abort();
+    await expect(first).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(seen.cancelled).toBe(0); // the other reader still waits
+    expect(rt.isFetching(ref(0))).toBe(true);
+    b.abort();
+    await expect(second).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    await vi.waitFor(() => expect(rt.isFetching(ref(0))).toBe(false));
+    expect(seen.cancelled).toBe(1);
+    await vi.waitFor(() => expect(buffers.inUse).toBe(0)); // the fetch's buffer went back
+    // A reader that comes after the cancel starts a fetch of its own rather than getting the cancel.
+    const c = new AbortController();
+    const third = rt.fetched(ref(0), c.signal);
+    await vi.waitFor(() => expect(seen.started).toBe(2));
+    c.abort();
+    await expect(third).rejects.toMatchObject({ code: 'INTERRUPTED' });
+  });
+
+  it('keeps a prefetch run going while any of the handles that asked for it is open', async () => {
+    const { ufs, seen } = hangingUfs();
+    const rt = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger);
+    const h1 = new AbortController();
+    const h2 = new AbortController();
+    const run = rt.fetchRun([ref(1), ref(2)], [h1.signal, h2.signal]);
+    expect(run).toHaveLength(2);
+    h1.abort();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(seen.cancelled).toBe(0);
+    h2.abort();
+    await expect(run[1]).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    expect(seen.cancelled).toBe(1);
+    expect(await counter('cachefs_ufs_errors_total')).toBe(0); // a cancel is not the store's failure
+  });
+});
+
 describe('EmbeddedSource', () => {
   /** Targets of this process's fds that are files of the cache dir. */
   async function cacheFds(): Promise<string[]> {
@@ -146,8 +215,8 @@ describe('EmbeddedSource', () => {
     await small.open();
     store = small;
     const ufs = new LocalUfs(parseUfsUri(`file://${dir}`));
-    const rt = new ReadThrough(small, async () => ufs, metrics, silentLogger);
-    const source = new EmbeddedSource(rt, async () => ufs, metrics, silentLogger, 2, BLOCK);
+    const rt = new ReadThrough(small, new UfsReader(async () => ufs, metrics), metrics, silentLogger);
+    const source = new EmbeddedSource(new CachedBlocks(rt), READ_POLICY, metrics, silentLogger, 2, BLOCK);
     const dest = Buffer.alloc(BLOCK);
     // A first read is answered before its block is stored: `ensure` waits for that.
     const read = async (i: number) => {

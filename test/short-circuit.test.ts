@@ -4,13 +4,15 @@
  * pins held by open files, and crashes on either side.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { blockRef } from '../src/block/block.js';
 import { BlockFiles } from '../src/cache/block-files.js';
+import { READ_POLICY } from '../src/cache/read-policy.js';
+import { humanSize, type ClusterReport } from '../src/cli/report.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -77,8 +79,26 @@ describe('short-circuit locality', () => {
     const wm = await w.metrics();
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'short_circuit' })).toBeGreaterThanOrEqual(F.length);
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'remote' })).toBe(0);
-    const report = await runCommand(process.execPath, [CACHEFS_BIN, 'report', '--master', master.address, '--cache-group', w.cacheGroup]);
-    expect(report.stdout).toMatch(/short/i);
+    // The report shows the bytes the worker handed out by short-circuit as of its last heartbeat
+    // (every second here): wait until it has caught up with the worker's own count.
+    const reportArgs = [CACHEFS_BIN, 'report', '--master', master.address, '--cache-group', w.cacheGroup];
+    let handedOut = -1;
+    await waitFor(
+      async () => {
+        handedOut = (await w.metrics()).value('cachefs_worker_served_bytes_total', { path: 'short_circuit' });
+        const json = JSON.parse((await runCommand(process.execPath, [...reportArgs, '--json'])).stdout) as ClusterReport;
+        return json.cacheGroups[0]?.workers.find((x) => x.id === w.id)?.shortCircuitBytes === handedOut;
+      },
+      { timeoutMs: 10_000, what: 'the report to show what the worker handed out by short-circuit' },
+    );
+    const report = await runCommand(process.execPath, reportArgs);
+    expect(report.code, report.stderr).toBe(0);
+    const lines = report.stdout.split('\n');
+    const header = lines.find((l) => /^\s+WORKER\s/.test(l)) ?? '';
+    const row = lines.find((l) => l.trimStart().startsWith(`${w.id} `)) ?? '';
+    const column = header.indexOf('SHORT-CIRCUIT');
+    expect(column, report.stdout).toBeGreaterThan(0);
+    expect(row.slice(column).split(/\s{2,}/)[0], report.stdout).toBe(humanSize(handedOut));
   });
 
   it('hostname mode reads by short-circuit when hostnames match; --short-circuit off takes the network', async () => {
@@ -147,7 +167,7 @@ describe('pins', () => {
     return { child, ready, release: () => new Promise<void>((resolve) => { child.once('exit', () => resolve()); child.stdin!.end(); }) };
   }
   const blocksOfF = () => Array.from({ length: 13 }, (_, i) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i).id);
-  const present = (tierDir: string, ids: string[]) => ids.filter((id) => existsSync(path.join(tierDir, 'blocks', id.slice(0, 2), id))).length;
+  const present = (tierDir: string, ids: string[]) => ids.filter((id) => readdirSync(path.join(tierDir, 'blocks', id.slice(0, 2)), { withFileTypes: true }).some((e) => e.name.startsWith(`${id}.`))).length;
 
   it('keeps the blocks of an open file through eviction pressure, and lets them go after close', async () => {
     const w = await worker({ tierSize: '24MiB', args: ['--high', '0.9', '--low', '0.5'] });
@@ -168,7 +188,7 @@ describe('pins', () => {
   it('holds a block pinned ahead of a handle\'s reads until the handle goes, and lets go of a pin that arrives after it went', async () => {
     const w = await worker();
     const [socketName] = await readdir(w.socketDir);
-    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), silentLogger, new Metrics(false));
+    const near = new ColocatedWorker('w', path.join(w.socketDir, socketName!), new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, new Metrics(false));
     try {
       const ref = (i: number) => blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'data/f.bin', etag: etagF, size: F.length }, MiB, i);
       const pinned = async () => (await w.metrics()).value('cachefs_pinned_blocks');

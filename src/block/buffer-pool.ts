@@ -50,6 +50,11 @@ export class BufferPool {
     return this.free.length;
   }
 
+  /** The pool's own buffers handed out and not given back yet (a leak shows here). */
+  get inUse(): number {
+    return this.slots - this.free.length;
+  }
+
   private newSlot(): number | undefined {
     if (this.slots >= this.capacity) return undefined;
     if (!this.slab) {

@@ -4,8 +4,26 @@
  * read on it is in flight (a reused fd number would read another file); idle fds
  * beyond the limit are closed least recently used first. An evicted block's file
  * stays readable through its open fd, and its bytes are still the block's bytes.
+ *
+ * A file is checked when it is opened, before any of its bytes are served: its length,
+ * and the checksum of all its bytes against the one made when the block was filled. The
+ * verdict holds while the fd is kept; a file that fails is never served from.
  */
 import { close, fstatSync, open, read, constants } from 'node:fs';
+import { blockSum } from '../block/checksum.js';
+
+/** A block file to read, and what it must hold. */
+export interface BlockFile {
+  id: string;
+  path: string;
+  /** The block's length. */
+  length: number;
+  /** The checksum of its bytes (block/checksum.ts). */
+  sum: string;
+}
+
+/** Scratch buffers for checking whole files, kept for the next check. */
+const KEPT_SCRATCH = 2;
 
 interface OpenBlock {
   fd: number;
@@ -19,19 +37,20 @@ interface OpenBlock {
 export class BlockFiles {
   private readonly open = new Map<string, OpenBlock>();
   private readonly opening = new Map<string, Promise<OpenBlock>>();
+  private readonly scratch: Buffer[] = [];
 
   constructor(private readonly maxIdle = 256) {}
 
-  /** Reads from the block file at `path`; returns bytes read. `expectedSize` guards against damaged files. */
-  async read(id: string, path: string, expectedSize: number, dest: Buffer, destOffset: number, length: number, position: number): Promise<number> {
-    const entry = await this.acquire(id, path);
+  /** Reads `length` bytes at `position` of the block file into `dest`; returns bytes read. */
+  async read(file: BlockFile, dest: Buffer, destOffset: number, length: number, position: number): Promise<number> {
+    const { id } = file;
+    const entry = await this.acquire(file);
     try {
-      if (entry.size !== expectedSize) throw new BlockFileSizeError(entry.size, expectedSize);
       let done = 0;
       while (done < length) {
         const n = await readFd(entry.fd, dest, destOffset + done, length - done, position + done);
         // The caller asks only for bytes inside the block: a short read means the file was cut under us.
-        if (n === 0) throw new BlockFileSizeError(position + done, expectedSize);
+        if (n === 0) throw new BlockFileSizeError(position + done, file.length);
         done += n;
       }
       return done;
@@ -52,7 +71,8 @@ export class BlockFiles {
     for (const id of [...this.open.keys()]) this.invalidate(id);
   }
 
-  private async acquire(id: string, path: string): Promise<OpenBlock> {
+  private async acquire(file: BlockFile): Promise<OpenBlock> {
+    const { id } = file;
     const cached = this.open.get(id);
     if (cached) {
       this.open.delete(id); // re-insert: most recently used last
@@ -62,7 +82,9 @@ export class BlockFiles {
     }
     let pending = this.opening.get(id);
     if (!pending) {
-      pending = openBlock(path).finally(() => this.opening.delete(id));
+      pending = openBlock(file.path)
+        .then((entry) => this.checked(entry, file))
+        .finally(() => this.opening.delete(id));
       this.opening.set(id, pending);
     }
     const entry = await pending;
@@ -72,6 +94,28 @@ export class BlockFiles {
     }
     entry.refs++;
     return entry;
+  }
+
+  /** The opened file, once its length and checksum are found right; closed and rejected otherwise. */
+  private async checked(entry: OpenBlock, file: BlockFile): Promise<OpenBlock> {
+    const buf = this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length);
+    try {
+      if (entry.size !== file.length) throw new BlockFileSizeError(entry.size, file.length);
+      const bytes = buf.length >= file.length ? buf.subarray(0, file.length) : Buffer.allocUnsafeSlow(file.length);
+      for (let done = 0; done < bytes.length; ) {
+        const n = await readFd(entry.fd, bytes, done, bytes.length - done, done);
+        if (n === 0) throw new BlockFileSizeError(done, file.length);
+        done += n;
+      }
+      const sum = blockSum(bytes);
+      if (sum !== file.sum) throw new BlockChecksumError(sum, file.sum);
+      return entry;
+    } catch (err) {
+      retire(entry);
+      throw err;
+    } finally {
+      if (this.scratch.length < KEPT_SCRATCH) this.scratch.push(buf);
+    }
   }
 
   private release(id: string, entry: OpenBlock): void {
@@ -94,6 +138,13 @@ export class BlockFiles {
 export class BlockFileSizeError extends Error {
   constructor(readonly actual: number, readonly expected: number) {
     super(`block file has ${actual} bytes, expected ${expected}`);
+  }
+}
+
+/** A block file whose bytes are not those it was filled with. */
+export class BlockChecksumError extends Error {
+  constructor(readonly actual: string, readonly expected: string) {
+    super(`block file's checksum is ${actual}, expected ${expected}`);
   }
 }
 

@@ -43,17 +43,21 @@ export class MemoryBlocks {
     return this.flights.has(id);
   }
 
-  /** The block from memory, or fetched by `fetch` (once, however many callers wait). */
-  load(id: string, fetch: () => Promise<HeldBlock>): Promise<HeldBlock> {
+  /**
+   * The block from memory, or fetched by `fetch` (once, however many callers wait). A
+   * caller stops waiting when its `signal` aborts; the fetch's own signal aborts once
+   * every caller's has.
+   */
+  load(id: string, fetch: (signal: AbortSignal) => Promise<HeldBlock>, signal?: AbortSignal): Promise<HeldBlock> {
     const hit = this.blocks.get(id);
     if (hit) return Promise.resolve(hit);
-    return this.flights.do(id, async () => {
-      const held = await fetch();
+    return this.flights.do(id, async (shared) => {
+      const held = await fetch(shared);
       this.blocks.set(id, { ...held, consumed: 0 });
       // Larger than the whole budget: only the callers waiting now read it.
       if (!this.blocks.has(id)) this.buffers?.giveLater(held.data);
       return held;
-    });
+    }, signal);
   }
 
   /**

@@ -5,19 +5,22 @@
  * than per block. At most `maxBlocks` blocks are in flight (each holds a block
  * buffer until its run ends); a run that would not fit waits for room rather than
  * going out cut short, unless nothing is in flight. Prefetching is an optimisation:
- * beyond `maxQueued` waiting blocks new ones are dropped.
+ * beyond `maxQueued` waiting blocks new ones are dropped. A block is queued for a
+ * reader's signal (its file handle's): one whose reader has gone is dropped from the
+ * queue, and a run is handed the signals of all its blocks' readers.
  */
 import type { BlockRef } from '../block/block.js';
 
 export class PrefetchRuns<T> {
   private readonly queue: BlockRef[] = [];
-  private readonly queued = new Set<string>();
+  /** Queued blocks and the signals of the readers that want them (undefined: wanted for good). */
+  private readonly queued = new Map<string, (AbortSignal | undefined)[]>();
   private inFlight = 0;
   private pumpQueued = false;
 
   constructor(
-    /** Starts one request for the run; one promise per block, settled once the block is in. */
-    private readonly fetch: (run: BlockRef[]) => Promise<T>[],
+    /** Starts one request for the run, for readers with these signals; one promise per block, settled once the block is in. */
+    private readonly fetch: (run: BlockRef[], signals: readonly (AbortSignal | undefined)[]) => Promise<T>[],
     private readonly maxBlocks: number,
     private readonly maxRun: number,
     /** Whether a block needs no fetch (cached, or being fetched) by the time its turn comes. */
@@ -25,9 +28,14 @@ export class PrefetchRuns<T> {
     private readonly maxQueued = 256,
   ) {}
 
-  add(ref: BlockRef): boolean {
-    if (this.queued.has(ref.id) || this.queue.length >= this.maxQueued) return false;
-    this.queued.add(ref.id);
+  add(ref: BlockRef, signal?: AbortSignal): boolean {
+    const wanted = this.queued.get(ref.id);
+    if (wanted) {
+      wanted.push(signal);
+      return true;
+    }
+    if (this.queue.length >= this.maxQueued) return false;
+    this.queued.set(ref.id, [signal]);
     this.queue.push(ref);
     // After the caller's other adds of this turn: blocks asked for together go out together.
     if (!this.pumpQueued) {
@@ -46,8 +54,9 @@ export class PrefetchRuns<T> {
    * Undefined when `ref` is not queued.
    */
   startNow(ref: BlockRef): Promise<T> | undefined {
-    if (!this.queued.has(ref.id)) return undefined;
-    this.queue.splice(this.queue.indexOf(ref), 1);
+    const at = this.queue.findIndex((r) => r.id === ref.id);
+    if (at < 0) return undefined;
+    this.queue.splice(at, 1);
     const run = this.runFrom(ref);
     return run.length ? this.start(run)[0] : undefined;
   }
@@ -70,9 +79,13 @@ export class PrefetchRuns<T> {
   }
 
   private start(run: BlockRef[]): Promise<T>[] {
-    for (const ref of run) this.queued.delete(ref.id);
+    const signals: (AbortSignal | undefined)[] = [];
+    for (const ref of run) {
+      signals.push(...(this.queued.get(ref.id) ?? []));
+      this.queued.delete(ref.id);
+    }
     this.inFlight += run.length;
-    const flights = this.fetch(run);
+    const flights = this.fetch(run, signals);
     // Every block's buffer is held until its run ends: room comes back all at once.
     void Promise.allSettled(flights).then(() => {
       this.inFlight -= run.length;
@@ -83,7 +96,7 @@ export class PrefetchRuns<T> {
 
   /** `first` (taken off the queue) and the queued blocks that follow it, up to `maxRun`; empty if `first` needs no fetch. */
   private runFrom(first: BlockRef): BlockRef[] {
-    if (this.present(first)) {
+    if (!this.needed(first)) {
       this.queued.delete(first.id);
       return [];
     }
@@ -91,9 +104,14 @@ export class PrefetchRuns<T> {
     while (run.length < this.maxRun) {
       const last = run[run.length - 1]!;
       const i = this.queue.findIndex((r) => r.object === last.object && r.blockSize === last.blockSize && r.index === last.index + 1);
-      if (i < 0 || this.present(this.queue[i]!)) break;
+      if (i < 0 || !this.needed(this.queue[i]!)) break;
       run.push(this.queue.splice(i, 1)[0]!);
     }
     return run;
+  }
+
+  /** A queued block still needs a fetch: not cached or being fetched, and some reader that asked for it is still there. */
+  private needed(ref: BlockRef): boolean {
+    return !this.present(ref) && (this.queued.get(ref.id) ?? [undefined]).some((s) => !s?.aborted);
   }
 }

@@ -1,21 +1,23 @@
 /**
- * Read-through of blocks into a worker's store: a block that is not cached is
- * fetched from the UFS (one fetch per block, however many readers wait for it),
- * stored, and handed to the waiters together with its bytes so that the first
- * readers need not read the file back. Readers that only copy the bytes (`fetched`)
- * get them as soon as they are in, without waiting for the block's file to be
- * written; until it is, later readers join the same fetch.
+ * Read-through of blocks into a tiered store: a block that is not cached is fetched
+ * from the UFS (one fetch per block, however many readers wait for it), stored, and
+ * handed to the waiters together with its bytes so that the first readers need not
+ * read the file back. Readers that only copy the bytes (`fetched`) get them as soon as
+ * they are in, without waiting for the block's file to be written; until it is, later
+ * readers join the same fetch.
+ *
+ * Each reader joins a fetch with its own signal and stops waiting when it aborts; the
+ * fetch (one GET for a run of blocks) is cancelled only once every reader of every
+ * block of the run has gone (`SharedWork`), and then gives its buffers back.
  */
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
-import { asCachefsError, CachefsError } from '../errors.js';
+import { CachefsError } from '../errors.js';
+import { SharedWork, waitFor } from '../lib/shared-work.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StoredBlock, TieredStore } from './tiered-store.js';
-import type { Ufs } from '../ufs/ufs.js';
-
-/** Finds the UFS that backs a mount id (the embedded mount has exactly one). */
-export type UfsResolver = (mount: string) => Promise<Ufs>;
+import type { UfsReader } from './ufs-reader.js';
 
 export interface EnsuredBlock {
   /** Where the block lives, or undefined when it could not be stored (every tier pinned full). */
@@ -35,6 +37,8 @@ interface Flight {
   bytes: Promise<EnsuredBlock>;
   /** Settles once the block is stored, or could not be. */
   stored: Promise<EnsuredBlock>;
+  /** The fetch of the run the block is in, and who still waits for it. */
+  work: SharedWork;
 }
 
 export class ReadThrough {
@@ -44,7 +48,7 @@ export class ReadThrough {
 
   constructor(
     readonly store: TieredStore,
-    private readonly resolveUfs: UfsResolver,
+    readonly ufs: UfsReader,
     private readonly metrics: Metrics,
     private readonly log: Logger,
     /**
@@ -62,13 +66,19 @@ export class ReadThrough {
   }
 
   isFetching(ref: BlockRef): boolean {
-    return this.flights.has(ref.id);
+    return this.live(ref.id) !== undefined;
+  }
+
+  /** The fetch of a block under way, unless it is being cancelled (a reader that comes now starts another). */
+  private live(id: string): Flight | undefined {
+    const flight = this.flights.get(id);
+    return flight && !flight.work.signal.aborted ? flight : undefined;
   }
 
   /** Makes sure the block is cached, fetching it from the UFS if needed. */
   async ensure(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
     const stored = this.hit(ref);
-    return stored ? { stored } : this.flightOf(ref, signal).stored;
+    return stored ? { stored } : this.join(ref, 'stored', signal);
   }
 
   /**
@@ -78,7 +88,7 @@ export class ReadThrough {
    */
   async fetched(ref: BlockRef, signal?: AbortSignal): Promise<EnsuredBlock> {
     const stored = this.hit(ref);
-    return stored ? { stored } : this.flightOf(ref, signal).bytes;
+    return stored ? { stored } : this.join(ref, 'bytes', signal);
   }
 
   /**
@@ -87,10 +97,14 @@ export class ReadThrough {
    * object store and this process less than one per block). Each block is stored and
    * its waiters answered as soon as its bytes are in, not when the run ends. The run
    * stops before the first block that is cached or already being fetched; returns the
-   * flights started, one per block, each settling once its block is stored.
+   * flights started, one per block, each settling once its block is stored. The run is
+   * cancelled once every one of `signals` (the prefetching readers') has aborted and no
+   * reader waits for any of its blocks; an undefined signal holds it to its end.
    */
-  fetchRun(refs: readonly BlockRef[], signal?: AbortSignal): Promise<EnsuredBlock>[] {
-    return this.startRun(refs, signal).map((f) => f.stored);
+  fetchRun(refs: readonly BlockRef[], signals: readonly (AbortSignal | undefined)[] = [undefined]): Promise<EnsuredBlock>[] {
+    const flights = this.startRun(refs);
+    if (flights.length > 0) for (const s of signals) flights[0]!.work.join(s);
+    return flights.map((f) => f.stored);
   }
 
   /** The cached block, counted as a cache hit. */
@@ -100,33 +114,39 @@ export class ReadThrough {
     return stored;
   }
 
-  /** The fetch of a block that is not cached: the one under way, or a new one. */
-  private flightOf(ref: BlockRef, signal?: AbortSignal): Flight {
-    return this.flights.get(ref.id) ?? this.startRun([ref], signal)[0]!;
+  /** Waits for the fetch of a block that is not cached (the one under way, or a new one) until `signal` aborts. */
+  private join(ref: BlockRef, until: 'bytes' | 'stored', signal?: AbortSignal): Promise<EnsuredBlock> {
+    const flight = this.live(ref.id) ?? this.startRun([ref])[0]!;
+    flight.work.join(signal);
+    return waitFor(flight[until], signal);
   }
 
-  private startRun(refs: readonly BlockRef[], signal?: AbortSignal): Flight[] {
+  private startRun(refs: readonly BlockRef[]): Flight[] {
     const run: BlockRef[] = [];
     for (const ref of refs) {
       const prev = run[run.length - 1];
-      if (this.cached(ref) || this.flights.has(ref.id)) break;
+      if (this.cached(ref) || this.live(ref.id)) break;
       if (prev && (ref.object !== prev.object || ref.offset !== prev.offset + prev.length)) break;
       run.push(ref);
     }
     if (run.length === 0) return [];
+    const work = new SharedWork();
     const early: Waiter[] = [];
     const waiting: Waiter[] = [];
     const flights = run.map((ref) => {
       const bytes = new Promise<EnsuredBlock>((resolve, reject) => early.push({ resolve, reject }));
-      const stored = new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject })).finally(() => this.flights.delete(ref.id));
+      const stored = new Promise<EnsuredBlock>((resolve, reject) => waiting.push({ resolve, reject })).finally(() => {
+        if (this.flights.get(ref.id) === flight) this.flights.delete(ref.id);
+      });
       // A failure reaches whoever waits on either; a reader may wait on only one, or none (a prefetch).
       bytes.catch(() => {});
       stored.catch(() => {});
-      const flight = { bytes, stored };
+      const flight: Flight = { bytes, stored, work };
       this.flights.set(ref.id, flight);
       return flight;
     });
-    void this.fill(run, early, waiting, signal); // settles every waiter itself; never rejects
+    // Settles every waiter itself and never rejects; the readers it had are let go at the end.
+    void this.fill(run, early, waiting, work.signal).finally(() => work.finish());
     return flights;
   }
 
@@ -135,14 +155,18 @@ export class ReadThrough {
     await Promise.all(this.writes);
   }
 
-  /** Drops a block whose file turned out damaged; the next `ensure` refetches it. */
-  async discard(ref: BlockRef, why: string): Promise<void> {
+  /**
+   * Drops a block whose file `path` turned out damaged; the next `ensure` refetches it.
+   * Readers that found the same file damaged at the same time drop and count it once.
+   */
+  async discard(ref: BlockRef, path: string, why: string): Promise<void> {
+    if (this.store.lookup(ref.id)?.path !== path) return;
     this.metrics.cacheCorrupt.inc();
     this.log.warn({ block: ref.id, key: ref.object.key, index: ref.index, why }, 'dropping damaged cached block');
     await this.store.remove(ref.id);
   }
 
-  private async fill(run: BlockRef[], early: Waiter[], waiting: Waiter[], signal?: AbortSignal): Promise<void> {
+  private async fill(run: BlockRef[], early: Waiter[], waiting: Waiter[], signal: AbortSignal): Promise<void> {
     const first = run[0]!;
     const buffers = run.map((ref) => this.buffers?.take(ref.length) ?? Buffer.allocUnsafeSlow(ref.length));
     const settled: Promise<unknown>[] = [];
@@ -160,23 +184,15 @@ export class ReadThrough {
           },
         );
         this.writes.add(write);
+        this.metrics.cacheWritesInFlight.inc();
+        void write.then(() => this.metrics.cacheWritesInFlight.dec());
         void write.then(() => this.writes.delete(write));
         settled.push(write);
       }
     };
     this.metrics.cacheMisses.inc(run.length);
-    this.metrics.ufsRequests.inc({ op: 'read' });
     try {
-      const ufs = await this.resolveUfs(first.object.mount);
-      let n: number;
-      try {
-        n = await ufs.readInto(first.object.key, first.offset, buffers, { etag: first.object.etag, signal, onProgress: progress });
-      } catch (err) {
-        const e = asCachefsError(err);
-        this.metrics.ufsErrors.inc({ op: 'read', code: e.code });
-        throw e;
-      }
-      this.metrics.ufsReadBytes.inc(n);
+      const n = await this.ufs.readInto(first, 0, buffers, { signal, onProgress: progress });
       progress(n);
       if (done < run.length) {
         const short = run[done]!;

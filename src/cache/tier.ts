@@ -1,6 +1,6 @@
 /**
  * One storage tier of a block store: a directory with a quota, holding block files
- * at `<dir>/blocks/<id[0..2]>/<id>`. Keeps an in-memory index in LRU order (a Map
+ * at `<dir>/blocks/<id[0..2]>/<id>.<sum>` (the block's checksum, block/checksum.ts). Keeps an in-memory index in LRU order (a Map
  * re-inserted on every touch), rebuilt from disk at start. Writes go to
  * `<dir>/tmp/` and are renamed into place, so a crash never leaves a torn block
  * under a block name; a block in a page-aligned buffer (a `BufferPool`'s) is written
@@ -11,6 +11,7 @@ import { constants } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { isBlockId } from '../block/block.js';
+import { isBlockSum } from '../block/checksum.js';
 import { alignUp, DIRECT_ALIGN, directWritable } from '../block/aligned-memory.js';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -23,14 +24,22 @@ export interface TierConfig {
   quotaBytes: number;
 }
 
+/** A block file the tier holds. */
+export interface TierBlock {
+  path: string;
+  length: number;
+  /** The checksum of its bytes, made when it was filled. */
+  sum: string;
+}
+
 export class Tier {
   readonly medium: Medium;
   readonly dir: string;
   readonly quotaBytes: number;
   private readonly blocksDir: string;
   private readonly tmpDir: string;
-  /** Block id → length, in least-recently-used-first order. */
-  private readonly index = new Map<string, number>();
+  /** Block id → length and checksum, in least-recently-used-first order. */
+  private readonly index = new Map<string, { length: number; sum: string }>();
   private used = 0;
   private tmpSeq = 0;
   /**
@@ -71,7 +80,7 @@ export class Tier {
     } catch (err) {
       throw new CachefsError('INVALID_ARGUMENT', `cache dir '${this.dir}' is not writable: ${(err as Error).message}`, { cause: err });
     }
-    const found: { id: string; size: number; atime: number }[] = [];
+    const found: { id: string; sum: string; size: number; atime: number }[] = [];
     for (const shard of await readdir(this.blocksDir)) {
       const shardDir = path.join(this.blocksDir, shard);
       let names: string[];
@@ -82,48 +91,53 @@ export class Tier {
       }
       for (const name of names) {
         const file = path.join(shardDir, name);
-        if (!isBlockId(name) || name.slice(0, 2) !== shard) {
+        // Anything else (a block file without its checksum, of an older cachefs) goes.
+        const [id = '', sum = '', ...rest] = name.split('.');
+        if (!isBlockId(id) || !isBlockSum(sum) || rest.length > 0 || id.slice(0, 2) !== shard) {
           await rm(file, { recursive: true, force: true });
           continue;
         }
         const st = await stat(file);
         if (st.size === 0) await unlink(file);
-        else found.push({ id: name, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
+        else found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
       }
     }
     found.sort((a, b) => a.atime - b.atime);
-    for (const f of found) this.add(f.id, f.size);
+    for (const f of found) this.add(f.id, f.size, f.sum);
   }
 
-  /** Path of the block file; the id must be validated (it is by `blockRef`). */
-  pathOf(id: string): string {
+  /** Path of a block file; the id must be validated (it is by `blockRef`), the sum is ours. */
+  private pathOf(id: string, sum: string): string {
     if (!isBlockId(id)) throw new CachefsError('INVALID_ARGUMENT', `invalid block id '${id}'`);
-    return path.join(this.blocksDir, id.slice(0, 2), id);
+    return path.join(this.blocksDir, id.slice(0, 2), `${id}.${sum}`);
   }
 
   has(id: string): boolean {
     return this.index.has(id);
   }
 
-  lengthOf(id: string): number | undefined {
-    return this.index.get(id);
+  /** The block's file, if the tier holds it. */
+  blockOf(id: string): TierBlock | undefined {
+    const entry = this.index.get(id);
+    return entry && { path: this.pathOf(id, entry.sum), length: entry.length, sum: entry.sum };
   }
 
   /** Marks the block most recently used. */
   touch(id: string): void {
-    const len = this.index.get(id);
-    if (len === undefined) return;
+    const entry = this.index.get(id);
+    if (entry === undefined) return;
     this.index.delete(id);
-    this.index.set(id, len);
+    this.index.set(id, entry);
   }
 
-  /** Least recently used first. */
+  /** Block ids and lengths, least recently used first. */
   *lru(): IterableIterator<[string, number]> {
-    yield* this.index.entries();
+    for (const [id, e] of this.index) yield [id, e.length];
   }
 
-  async write(id: string, data: Buffer): Promise<void> {
-    const target = this.pathOf(id);
+  /** Writes the block under its checksum `sum` (made by the caller when the block was filled). */
+  async write(id: string, data: Buffer, sum: string): Promise<void> {
+    const target = this.pathOf(id, sum);
     const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
     const direct = this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data));
     if (!direct) await writeBuffered(tmp, data);
@@ -134,8 +148,12 @@ export class Tier {
       await mkdir(path.dirname(target), { recursive: true });
       await rename(tmp, target);
     }
-    if (this.index.has(id)) this.forget(id);
-    this.add(id, data.length);
+    const old = this.blockOf(id);
+    if (old) {
+      this.forget(id);
+      if (old.path !== target) await rm(old.path, { force: true });
+    }
+    this.add(id, data.length, sum);
   }
 
   /**
@@ -174,22 +192,25 @@ export class Tier {
     return false;
   }
 
-  async remove(id: string): Promise<void> {
-    if (!this.forget(id)) return;
-    await rm(this.pathOf(id), { force: true });
-  }
-
-  private add(id: string, size: number): void {
-    this.index.set(id, size);
-    this.used += size;
-  }
-
-  private forget(id: string): boolean {
-    const len = this.index.get(id);
-    if (len === undefined) return false;
-    this.index.delete(id);
-    this.used -= len;
+  /** Drops the block: forgotten at once, its file removed after; false when the tier did not hold it. */
+  async remove(id: string): Promise<boolean> {
+    const block = this.blockOf(id);
+    if (!block) return false;
+    this.forget(id);
+    await rm(block.path, { force: true });
     return true;
+  }
+
+  private add(id: string, length: number, sum: string): void {
+    this.index.set(id, { length, sum });
+    this.used += length;
+  }
+
+  private forget(id: string): void {
+    const entry = this.index.get(id);
+    if (entry === undefined) return;
+    this.index.delete(id);
+    this.used -= entry.length;
   }
 }
 

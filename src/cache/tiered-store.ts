@@ -11,7 +11,8 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
 import { PidLock } from '../sys/pid-lock.js';
-import { Tier, type TierConfig } from './tier.js';
+import { blockSum } from '../block/checksum.js';
+import { Tier, type TierBlock, type TierConfig } from './tier.js';
 
 export interface StoreConfig {
   tiers: TierConfig[];
@@ -19,9 +20,7 @@ export interface StoreConfig {
   low: number;
 }
 
-export interface StoredBlock {
-  path: string;
-  length: number;
+export interface StoredBlock extends TierBlock {
   tier: Tier;
 }
 
@@ -84,26 +83,30 @@ export class TieredStore {
 
   lookup(id: string): StoredBlock | undefined {
     for (const tier of this.tiers) {
-      const length = tier.lengthOf(id);
-      if (length !== undefined) {
+      const block = tier.blockOf(id);
+      if (block) {
         tier.touch(id);
-        return { path: tier.pathOf(id), length, tier };
+        return { ...block, tier };
       }
     }
     return undefined;
   }
 
-  /** Stores a block; fails with IO when every tier is full of pinned blocks and blocks being written. */
+  /**
+   * Stores a block under the checksum of its bytes, made now (before any reader sees the
+   * file); fails with IO when every tier is full of pinned blocks and blocks being written.
+   */
   async put(id: string, data: Buffer): Promise<StoredBlock> {
     const existing = this.lookup(id);
     if (existing && existing.length === data.length) return existing;
+    const sum = blockSum(data);
     for (const tier of this.tiers) {
       const writing = (): number => this.writing.get(tier) ?? 0;
       if (tier.usedBytes + writing() + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - writing() - data.length, id);
       if (tier.usedBytes + writing() + data.length <= tier.quotaBytes) {
         this.writing.set(tier, writing() + data.length);
         try {
-          await tier.write(id, data);
+          await tier.write(id, data, sum);
         } finally {
           this.writing.set(tier, writing() - data.length);
         }
@@ -112,9 +115,10 @@ export class TieredStore {
           if (tier.usedBytes > this.low * tier.quotaBytes) this.shortOfLow.add(tier);
         }
         this.publish();
-        return { path: tier.pathOf(id), length: data.length, tier };
+        return { ...tier.blockOf(id)!, tier };
       }
     }
+    this.publish();
     throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks and blocks being written`);
   }
 
@@ -179,11 +183,16 @@ export class TieredStore {
       victims.push(id);
       used -= length;
     }
-    for (const id of victims) {
-      await tier.remove(id);
-      this.removed(id);
-      this.metrics.cacheEvictions.inc();
-    }
+    // Each removal forgets its block at once, before its file is gone: a write running
+    // alongside sees the room, and an eviction running alongside neither picks nor counts
+    // the same block again.
+    await Promise.all(
+      victims.map(async (id) => {
+        if (!(await tier.remove(id))) return;
+        this.removed(id);
+        this.metrics.cacheEvictions.inc();
+      }),
+    );
     if (victims.length) this.log.debug({ tier: tier.medium, evicted: victims.length, used: tier.usedBytes }, 'evicted blocks');
   }
 

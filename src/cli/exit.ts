@@ -15,12 +15,12 @@ const EXIT_CODES: Record<ErrorCode, number> = {
   UNREACHABLE: 5,
   TIMEOUT: 5,
   THROTTLED: 5,
+  INTERRUPTED: 130,
   CONFLICT: 6,
   READ_ONLY: 1,
   STALE: 1,
   BAD_HANDLE: 1,
   CORRUPT_BLOCK: 1,
-  INTERRUPTED: 1,
   IO: 1,
 };
 

@@ -20,28 +20,15 @@ import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
 import { openUfs } from '../ufs/open-ufs.js';
 import type { Ufs } from '../ufs/ufs.js';
+import { CachedBlocks } from '../cache/cached-blocks.js';
 import { ReadThrough } from '../cache/read-through.js';
+import { READ_POLICY } from '../cache/read-policy.js';
+import { UfsReader } from '../cache/ufs-reader.js';
 import { Worker } from '../worker/worker.js';
 import type { ClusterConfig, MountConfig } from './mount-config.js';
 import { defaultAdvertiseHost } from './worker-config.js';
 
 const UFS_CHECK_TIMEOUT_MS = 6_000;
-const PREFETCH_CONCURRENCY = 16;
-/**
- * Blocks the embedded cache prefetches from the UFS at once. 8 x 4 MiB reads as fast as
- * 16 here (s3rver on loopback, 512 MiB cold: 331-346 vs 330-349 MB/s) with 50 MiB less
- * RSS (172-179 vs 214-232 MiB).
- */
-const EMBEDDED_FETCHES = 8;
-/**
- * Block buffers the embedded cache keeps: those of the prefetches, of a demand read's
- * run and of blocks waiting out the turn that gave them back. A cold 1 GiB read held at
- * most 12 at once; with 10, six fetches a read took a buffer outside the pool, written
- * through the page cache and left to the GC.
- */
-const EMBEDDED_BUFFERS = 12;
-/** Memory for whole blocks read from remote workers or the UFS. */
-const CLUSTER_MEMORY_BYTES = 96 * 1024 * 1024;
 
 export interface MountBackend {
   ufs: Ufs;
@@ -75,9 +62,9 @@ async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logge
   const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: embeddedStoreDir(config.cacheDir, uri.text), quotaBytes: config.cacheSize }], high: 0.95, low: 0.7 }, metrics, log);
   await store.open();
   closers.push(() => store.close());
-  const resolveUfs = async (): Promise<Ufs> => ufs;
-  const buffers = new BufferPool(config.blockSize, EMBEDDED_BUFFERS);
-  const source = new EmbeddedSource(new ReadThrough(store, resolveUfs, metrics, log, buffers), resolveUfs, metrics, log, EMBEDDED_FETCHES, config.blockSize);
+  const buffers = new BufferPool(config.blockSize, READ_POLICY.embeddedBuffers);
+  const readThrough = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, log, buffers);
+  const source = new EmbeddedSource(new CachedBlocks(readThrough), READ_POLICY, metrics, log, READ_POLICY.embeddedFetches, config.blockSize);
   return { ufs, source, mountId: uri.text };
 }
 
@@ -91,10 +78,7 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
     throw new CachefsError('UNREACHABLE', `cannot get the mount table from the master at ${cluster.master} and no cached copy exists: ${(err as Error).message}`, { cause: err });
   }
   closers.push(() => namespace.close());
-  const resolveUfs = async (mount: string): Promise<Ufs> => {
-    if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
-    return namespace.ufs;
-  };
+  const resolveUfs = namespace.resolver();
   let local: { workerId: string; source: BlockSource } | undefined;
   if (cluster.sharing) {
     const hostname = os.hostname();
@@ -115,11 +99,11 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
       { master, resolveUfs, metrics, log, onFatal: (err) => log.error({ err: err.message }, 'embedded worker stopped') },
     );
     closers.push(() => worker.close());
-    local = { workerId: id, source: new EmbeddedSource(worker.readThrough, resolveUfs, metrics, log, PREFETCH_CONCURRENCY, config.blockSize) };
+    local = { workerId: id, source: new EmbeddedSource(worker.blocks, READ_POLICY, metrics, log, READ_POLICY.clusterPrefetches, config.blockSize) };
   }
   const membership = new Membership(master, cluster.cacheGroup, log);
   await membership.start();
   closers.push(() => membership.close());
-  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, resolveUfs, blockSize: config.blockSize, memoryBytes: CLUSTER_MEMORY_BYTES, prefetchConcurrency: PREFETCH_CONCURRENCY, metrics, log });
+  const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, metrics, log });
   return { ufs: namespace.ufs, source, mountId: NAMESPACE_MOUNT_ID };
 }

@@ -12,7 +12,6 @@ import { DEFAULT_MASTER_PORT } from '../master/api.js';
 import { MasterClient } from '../master/client.js';
 import { Metrics } from '../metrics/metrics.js';
 import { CachefsError } from '../errors.js';
-import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
 import { Worker } from '../worker/worker.js';
 import { fail, runAction } from './exit.js';
@@ -76,10 +75,7 @@ export function registerWorkerCommand(program: Command): void {
             master,
             metrics,
             log,
-            resolveUfs: async (mount) => {
-              if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
-              return namespace.ufs;
-            },
+            resolveUfs: namespace.resolver(),
             onFatal: (err) => fail(err),
           },
         );

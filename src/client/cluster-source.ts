@@ -4,23 +4,25 @@
  * shares its cache, others over the network — and, when none answers, reads the
  * UFS directly: the application sees a slower read, never an error, while the UFS
  * answers. Remote and UFS bytes of sequential streams are fetched as whole
- * blocks into a bounded memory buffer; random reads fetch just their range.
+ * blocks into a bounded memory buffer; random reads fetch just their range (the read
+ * policy's `wholeBlock`, cache/read-policy.ts).
  */
 import { existsSync } from 'node:fs';
 import type { BlockRef } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
+import { BlockFiles } from '../cache/block-files.js';
+import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
+import { isBusy, isFinal, wholeBlock, type ReadPolicy } from '../cache/read-policy.js';
+import type { UfsReader } from '../cache/ufs-reader.js';
 import { asCachefsError, type CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { WorkerRecord } from '../master/api.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { UfsResolver } from '../cache/read-through.js';
 import { BackgroundQueue } from './background.js';
 import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
-import type { Membership } from './membership.js';
-import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
-import { RemoteWorker } from './remote-worker.js';
-import { BlockFiles } from '../cache/block-files.js';
 import { ColocatedWorker } from './colocated-worker.js';
+import type { Membership } from './membership.js';
+import { RemoteWorker } from './remote-worker.js';
 
 /** How a client decides it runs on a worker's node (DESIGN.md, "Locality"). */
 export type ShortCircuitMode = 'uuid' | 'hostname' | 'off';
@@ -32,17 +34,13 @@ export interface ClusterSourceConfig {
   hostname: string;
   /** The embedded worker of a sharing mount: its id and a source that reads its store in-process. */
   local?: { workerId: string; source: BlockSource };
-  resolveUfs: UfsResolver;
+  ufs: UfsReader;
   /** The mount's block size: whole blocks fetched from workers reuse buffers of this size. */
   blockSize: number;
-  memoryBytes: number;
-  prefetchConcurrency: number;
+  policy: ReadPolicy;
   metrics: Metrics;
   log: Logger;
 }
-
-/** Errors that another worker or the UFS would answer the same way: no point falling back. */
-const FINAL = new Set(['STALE', 'NOT_FOUND', 'INVALID_ARGUMENT']);
 
 export class ClusterSource implements BlockSource {
   private readonly remotes = new Map<string, RemoteWorker>();
@@ -54,10 +52,11 @@ export class ClusterSource implements BlockSource {
   private readonly bytes;
 
   constructor(private readonly config: ClusterSourceConfig) {
+    const { clusterMemoryBytes, clusterPrefetches } = config.policy;
     // The pool's buffers: the blocks the memory budget holds, and the prefetches in flight.
-    this.buffers = new BufferPool(config.blockSize, Math.max(1, Math.floor(config.memoryBytes / config.blockSize)) + config.prefetchConcurrency);
-    this.memory = new MemoryBlocks(config.memoryBytes, this.buffers);
-    this.background = new BackgroundQueue(config.prefetchConcurrency);
+    this.buffers = new BufferPool(config.blockSize, Math.max(1, Math.floor(clusterMemoryBytes / config.blockSize)) + clusterPrefetches);
+    this.memory = new MemoryBlocks(clusterMemoryBytes, this.buffers);
+    this.background = new BackgroundQueue(clusterPrefetches);
     const c = config.metrics.clientReadBytes;
     this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), domain_socket: c.labels('domain_socket') };
   }
@@ -72,7 +71,7 @@ export class ClusterSource implements BlockSource {
   }
 
   async read(req: BlockRead): Promise<number> {
-    const { ref } = req;
+    const { ref, signal } = req;
     const now = this.readNow(req);
     if (now !== undefined) return now;
     for (const worker of this.config.membership.candidates(ref.id)) {
@@ -83,14 +82,12 @@ export class ClusterSource implements BlockSource {
           // Block files are read in place, as the kernel asks (bench/short-circuit.sh: ~15% faster
           // than taking whole blocks into memory first). Over the socket, a stream entering a block
           // takes all of it in one request, and waits for a fetch of the block already under way.
-          if (near.streamsOverSocket && req.streaming && (req.offset === 0 || this.memory.isFetching(ref.id))) return this.copy(await this.memory.load(ref.id, () => near.readBlock(ref)), req);
+          if (near.streamsOverSocket && req.streaming && (req.offset === 0 || this.memory.isFetching(ref.id))) return this.copy(await this.memory.load(ref.id, (s) => near.readBlock(ref, s), signal), req);
           return await near.read(req);
         }
         const remote = this.remote(worker);
-        if (req.pattern === 'sequential') {
-          return this.copy(await this.memory.load(ref.id, async () => ({ data: await remote.read(ref, 0, ref.length, req.signal), from: 'remote' })), req);
-        }
-        const data = await remote.read(ref, req.offset, req.length, req.signal);
+        if (wholeBlock(req)) return this.copy(await this.memory.load(ref.id, async (s) => ({ data: await remote.read(ref, 0, ref.length, s), from: 'remote' }), signal), req);
+        const data = await remote.read(ref, req.offset, req.length, signal);
         data.copy(req.dest, req.destOffset);
         this.buffers.giveLater(data);
         this.bytes.remote.inc(data.length);
@@ -105,36 +102,41 @@ export class ClusterSource implements BlockSource {
   prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void {
     if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return;
     const owner = this.config.membership.candidates(ref.id)[0];
-    if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref, streaming);
+    if (owner && this.isLocal(owner)) return this.config.local!.source.prefetch(ref, streaming, handle);
+    const signal = handle?.signal;
     const near = owner && this.near(owner);
     if (near) {
       // A stream has the block pinned for its handle ahead of its reads (over the socket: in
       // memory); otherwise the block is only made sure to be cached on the worker.
       let work: () => Promise<unknown>;
       if (!streaming) work = () => near.warm(ref);
-      else if (near.streamsOverSocket) work = () => this.memory.load(ref.id, () => near.readBlock(ref));
+      else if (near.streamsOverSocket) work = () => this.memory.load(ref.id, (s) => near.readBlock(ref, s), signal);
       else work = () => near.pinAhead(ref, handle?.id);
       this.background.add(ref.id, () => work().catch((err: unknown) => this.failed(owner, asCachefsError(err))));
       return;
     }
     this.background.add(ref.id, () =>
-      this.memory.load(ref.id, async () => {
-        if (owner) {
-          try {
-            return { data: await this.remote(owner).read(ref), from: 'remote' };
-          } catch (err) {
-            this.failed(owner, asCachefsError(err));
+      this.memory.load(
+        ref.id,
+        async (s) => {
+          if (owner) {
+            try {
+              return { data: await this.remote(owner).read(ref, 0, ref.length, s), from: 'remote' };
+            } catch (err) {
+              this.failed(owner, asCachefsError(err));
+            }
           }
-        }
-        return { data: await this.fetchUfs(ref), from: 'ufs' };
-      }),
+          return { data: await this.fetchUfs(ref, s), from: 'ufs' };
+        },
+        signal,
+      ),
     );
   }
 
   private async readUfs(req: BlockRead): Promise<number> {
-    const { ref } = req;
-    if (req.pattern === 'sequential') return this.copy(await this.memory.load(ref.id, async () => ({ data: await this.fetchUfs(ref, req.signal), from: 'ufs' })), req);
-    const n = await this.readUfsInto(ref, req.offset, req.dest.subarray(req.destOffset, req.destOffset + req.length), req.signal);
+    const { ref, signal } = req;
+    if (wholeBlock(req)) return this.copy(await this.memory.load(ref.id, async (s) => ({ data: await this.fetchUfs(ref, s), from: 'ufs' }), signal), req);
+    const n = await this.config.ufs.readInto(ref, req.offset, req.dest.subarray(req.destOffset, req.destOffset + req.length), { signal });
     this.bytes.ufs.inc(n);
     return n;
   }
@@ -143,20 +145,12 @@ export class ClusterSource implements BlockSource {
   private async fetchUfs(ref: BlockRef, signal?: AbortSignal): Promise<Buffer> {
     const dest = this.buffers.take(ref.length);
     try {
-      const n = await this.readUfsInto(ref, 0, dest, signal);
+      const n = await this.config.ufs.readInto(ref, 0, dest, { signal });
       return n === ref.length ? dest : dest.subarray(0, n);
     } catch (err) {
       this.buffers.giveLater(dest);
       throw err;
     }
-  }
-
-  private async readUfsInto(ref: BlockRef, offset: number, dest: Buffer, signal?: AbortSignal): Promise<number> {
-    const ufs = await this.config.resolveUfs(ref.object.mount);
-    this.config.metrics.ufsRequests.inc({ op: 'read' });
-    const n = await ufs.readInto(ref.object.key, ref.offset + offset, dest, { etag: ref.object.etag, signal });
-    this.config.metrics.ufsReadBytes.inc(n);
-    return n;
   }
 
   private copy(block: HeldBlock, req: BlockRead): number {
@@ -167,7 +161,7 @@ export class ClusterSource implements BlockSource {
   private view(block: HeldBlock, req: BlockRead): Buffer {
     const view = block.data.subarray(req.offset, req.offset + req.length);
     this.bytes[block.from].inc(view.length);
-    if (req.pattern === 'sequential') this.memory.consumed(req.ref.id, view.length);
+    if (wholeBlock(req)) this.memory.consumed(req.ref.id, view.length);
     return view;
   }
 
@@ -181,7 +175,7 @@ export class ClusterSource implements BlockSource {
     const key = `${worker.id}/${worker.instance ?? worker.startedAt}`;
     let near = this.colocated.get(key);
     if (near === undefined) {
-      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.log, this.config.metrics) : null;
+      near = isColocated(worker, this.config.shortCircuit, this.config.hostname) ? new ColocatedWorker(worker.id, worker.domainSocketPath, this.files, this.config.policy.pinsPerHandle, this.config.log, this.config.metrics) : null;
       this.colocated.set(key, near);
       if (near) this.config.log.info({ worker: worker.id, socket: worker.domainSocketPath, mode: this.config.shortCircuit }, 'worker is co-located: reading its blocks by short-circuit');
     }
@@ -203,7 +197,11 @@ export class ClusterSource implements BlockSource {
   }
 
   private failed(worker: WorkerRecord, err: CachefsError): void {
-    if (FINAL.has(err.code)) throw err;
+    if (isFinal(err)) throw err;
+    if (isBusy(err)) {
+      this.config.log.debug({ worker: worker.id, address: worker.address }, 'worker busy; trying the next');
+      return;
+    }
     this.config.log.warn({ worker: worker.id, address: worker.address, code: err.code, err: err.message }, 'worker read failed; trying the next');
     this.config.membership.suspect(worker.id);
   }

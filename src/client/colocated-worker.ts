@@ -6,50 +6,59 @@
  * are not visible in our mount namespace, the bytes come over the socket instead
  * (domain socket stream), decided once per worker.
  *
- * A handle pins at most `MAX_PINS_PER_SESSION` blocks, its most recently opened
+ * A handle pins at most `pinsPerHandle` blocks (the read policy's), its most recently opened
  * ones: a long sequential read of a file larger than the tier must not pin the
  * whole tier. An unpinned block stays readable through its open fd (an evicted
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import type { BlockRef } from '../block/block.js';
 import type { HeldBlock } from '../cache/memory-blocks.js';
+import { waitFor } from '../lib/shared-work.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { BlockFiles } from '../cache/block-files.js';
+import { BlockChecksumError, BlockFileSizeError, type BlockFile, type BlockFiles } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
-
-const MAX_PINS_PER_SESSION = 16;
 
 export class ColocatedWorker {
   private readonly socket: WorkerSocket;
   /** Blocks pinned on behalf of each session (file handle). */
-  private readonly pinned = new Map<number, Map<string, string>>();
+  private readonly pinned = new Map<number, Map<string, BlockFile>>();
   /** Pins asked of the worker and not yet answered, per session. */
-  private readonly pinning = new Map<number, Map<string, Promise<string | undefined>>>();
+  private readonly pinning = new Map<number, Map<string, Promise<BlockFile | undefined>>>();
   private streamOnly = false;
   private readonly scBytes;
   private readonly dsBytes;
+  private readonly corrupt;
 
-  constructor(readonly workerId: string, socketPath: string, private readonly files: BlockFiles, private readonly log: Logger, metrics: Metrics) {
+  constructor(
+    readonly workerId: string,
+    socketPath: string,
+    private readonly files: BlockFiles,
+    private readonly pinsPerHandle: number,
+    private readonly log: Logger,
+    metrics: Metrics,
+  ) {
     this.socket = new WorkerSocket(socketPath);
     this.scBytes = metrics.clientReadBytes.labels('short_circuit');
     this.dsBytes = metrics.clientReadBytes.labels('domain_socket');
+    this.corrupt = metrics.cacheCorrupt;
   }
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
-    const path = this.streamOnly ? undefined : await this.openFor(req.handle?.id, ref);
-    if (path) {
+    // A pin being taken serves the handle's later reads too: an interrupted read stops waiting, the pin goes on.
+    const file = this.streamOnly ? undefined : await waitFor(this.openFor(req.handle?.id, ref), req.signal);
+    if (file) {
       try {
-        const n = await this.files.read(ref.id, path, ref.length, req.dest, req.destOffset, req.length, req.offset);
+        const n = await this.files.read(file, req.dest, req.destOffset, req.length, req.offset);
         this.scBytes.inc(n);
         return n;
       } catch (err) {
-        this.streamFrom(err, ref, path);
+        this.streamFrom(err, ref, file.path);
       }
     }
-    const data = await this.socket.read(ref, req.offset, req.length);
+    const data = await this.socket.read(ref, req.offset, req.length, req.signal);
     data.copy(req.dest, req.destOffset);
     this.dsBytes.inc(data.length);
     return data.length;
@@ -61,8 +70,8 @@ export class ColocatedWorker {
   }
 
   /** The whole block over the worker's socket, for a streaming reader: one request instead of one per FUSE read. */
-  async readBlock(ref: BlockRef): Promise<HeldBlock> {
-    return { data: await this.socket.read(ref, 0, ref.length), from: 'domain_socket' };
+  async readBlock(ref: BlockRef, signal?: AbortSignal): Promise<HeldBlock> {
+    return { data: await this.socket.read(ref, 0, ref.length, signal), from: 'domain_socket' };
   }
 
   /**
@@ -81,13 +90,30 @@ export class ColocatedWorker {
     if (path) await this.socket.close(ref.id);
   }
 
-  /** After a failed block file read: rethrows unless the files are not visible here, then streams from now on. */
+  /**
+   * After a failed block file read: a damaged file is read over the socket this once (the
+   * worker checks its own copy, drops it and fetches the block again); files that are not
+   * visible here are streamed from now on; anything else is the read's failure.
+   */
   private streamFrom(err: unknown, ref: BlockRef, path: string): void {
     this.files.invalidate(ref.id);
+    if (err instanceof BlockChecksumError || err instanceof BlockFileSizeError) {
+      this.corrupt.inc();
+      this.unpinEverywhere(ref.id);
+      this.log.warn({ worker: this.workerId, path, block: ref.id, err: err.message }, 'damaged block file of the co-located worker: reading it over its socket');
+      return;
+    }
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
     this.streamOnly = true;
     this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
+  }
+
+  /** Lets go of every handle's pin of a block whose file is gone or damaged: the next read asks the worker afresh. */
+  private unpinEverywhere(id: string): void {
+    for (const blocks of this.pinned.values()) {
+      if (blocks.delete(id)) this.socket.close(id).catch(() => undefined);
+    }
   }
 
   /** Unpins everything the session (file handle) opened; pins still being taken for it are let go when they arrive. */
@@ -100,7 +126,7 @@ export class ColocatedWorker {
   }
 
   /** The block file's path, pinned for the session; undefined when the worker could not store the block. Asks the worker once however many reads want it. */
-  private openFor(session: number | undefined, ref: BlockRef): Promise<string | undefined> {
+  private openFor(session: number | undefined, ref: BlockRef): Promise<BlockFile | undefined> {
     const key = session ?? 0;
     const known = this.pinned.get(key)?.get(ref.id);
     if (known) return Promise.resolve(known);
@@ -118,23 +144,24 @@ export class ColocatedWorker {
     return opening;
   }
 
-  private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<string | undefined>>): Promise<string | undefined> {
-    const { path } = await this.socket.open(ref);
-    if (!path) return undefined;
+  private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<BlockFile | undefined>>): Promise<BlockFile | undefined> {
+    const { path, sum } = await this.socket.open(ref);
+    if (!path || !sum) return undefined;
+    const file: BlockFile = { id: ref.id, path, length: ref.length, sum };
     if (this.pinning.get(key) !== inFlight) {
       // The session was released while the worker answered: nothing will release this pin.
       this.socket.close(ref.id).catch(() => undefined);
-      return path;
+      return file;
     }
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
-    blocks.set(ref.id, path);
-    if (blocks.size > MAX_PINS_PER_SESSION) {
+    blocks.set(ref.id, file);
+    if (blocks.size > this.pinsPerHandle) {
       const [oldest] = blocks.keys();
       blocks.delete(oldest!);
       this.socket.close(oldest!).catch(() => undefined);
     }
-    return path;
+    return file;
   }
 
   close(): void {

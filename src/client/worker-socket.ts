@@ -6,14 +6,14 @@
  */
 import { createConnection, type Socket } from 'node:net';
 import type { BlockRef } from '../block/block.js';
-import { CachefsError, type ErrorCode } from '../errors.js';
+import { isBlockSum } from '../block/checksum.js';
+import { abortError, CachefsError, errorCodeOf } from '../errors.js';
 import { encodeFrame, FrameReader, toWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
 
 type Pending = { resolve: (a: { answer: SocketAnswer; payload: Buffer }) => void; reject: (err: Error) => void };
 type Request = SocketRequest extends infer R ? (R extends { seq: number } ? Omit<R, 'seq'> : never) : never;
 
 const CONNECT_TIMEOUT_MS = 2000;
-const KNOWN: ErrorCode[] = ['NOT_FOUND', 'BUCKET_NOT_FOUND', 'ACCESS_DENIED', 'STALE', 'INVALID_ARGUMENT', 'THROTTLED', 'UNREACHABLE', 'IO'];
 
 export class WorkerSocket {
   private socket?: Socket;
@@ -23,19 +23,21 @@ export class WorkerSocket {
 
   constructor(readonly path: string) {}
 
-  /** Pins the block and answers its file path; no path when the worker could not store it (then nothing is pinned). */
-  async open(ref: BlockRef): Promise<{ path?: string; length: number }> {
+  /** Pins the block and answers its file path and checksum; no path when the worker could not store it (then nothing is pinned). */
+  async open(ref: BlockRef): Promise<{ path?: string; sum?: string; length: number }> {
     const { answer } = await this.call({ op: 'open', block: toWire(ref) });
     if (answer.length !== ref.length) throw new CachefsError('IO', `worker at ${this.path} answered open with a length of ${answer.length}, expected ${ref.length}`);
-    return { path: typeof answer.path === 'string' ? answer.path : undefined, length: answer.length };
+    const sum = typeof answer.sum === 'string' && isBlockSum(answer.sum) ? answer.sum : undefined;
+    return { path: typeof answer.path === 'string' ? answer.path : undefined, sum, length: answer.length };
   }
 
   async close(id: string): Promise<void> {
     await this.call({ op: 'close', id });
   }
 
-  async read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
-    const { payload } = await this.call({ op: 'read', block: toWire(ref), offset, length });
+  /** The bytes over the socket; a caller whose signal aborts stops waiting (the answer, when it comes, is dropped). */
+  async read(ref: BlockRef, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+    const { payload } = await this.call({ op: 'read', block: toWire(ref), offset, length }, signal);
     return payload;
   }
 
@@ -43,16 +45,25 @@ export class WorkerSocket {
     return this.socket !== undefined && !this.socket.destroyed;
   }
 
-  private async call(req: Request): Promise<{ answer: SocketAnswer; payload: Buffer }> {
+  private async call(req: Request, signal?: AbortSignal): Promise<{ answer: SocketAnswer; payload: Buffer }> {
+    if (signal?.aborted) throw abortError(signal);
     const socket = await this.connect();
     const seq = ++this.seq;
     const result = new Promise<{ answer: SocketAnswer; payload: Buffer }>((resolve, reject) => this.pending.set(seq, { resolve, reject }));
+    const onAbort = (): void => {
+      const p = this.pending.get(seq);
+      this.pending.delete(seq);
+      p?.reject(abortError(signal!));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
     for (const part of encodeFrame({ ...req, seq })) socket.write(part);
-    const out = await result;
-    if (!out.answer.ok) {
-      const code = KNOWN.find((c) => c === out.answer.code) ?? 'IO';
-      throw new CachefsError(code, out.answer.message ?? `worker at ${this.path} refused ${req.op}`);
+    let out: { answer: SocketAnswer; payload: Buffer };
+    try {
+      out = await result;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
+    if (!out.answer.ok) throw new CachefsError(errorCodeOf(out.answer.code), out.answer.message ?? `worker at ${this.path} refused ${req.op}`);
     return out;
   }
 

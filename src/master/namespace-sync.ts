@@ -7,9 +7,10 @@ import { Poller } from '../lib/poller.js';
 import type { Logger } from '../log.js';
 import type { MountEntry } from './api.js';
 import type { MasterClient } from './client.js';
-import { NamespaceUfs } from '../ufs/namespace.js';
+import { CachefsError } from '../errors.js';
+import { NAMESPACE_MOUNT_ID, NamespaceUfs } from '../ufs/namespace.js';
 import { openUfs } from '../ufs/open-ufs.js';
-import type { Ufs } from '../ufs/ufs.js';
+import type { Ufs, UfsResolver } from '../ufs/ufs.js';
 
 export class NamespaceSync {
   readonly ufs = new NamespaceUfs([]);
@@ -23,6 +24,14 @@ export class NamespaceSync {
   /** Loads the mount table once (from the master, or its cached copy) and keeps polling. */
   async start(): Promise<void> {
     await this.poller.start();
+  }
+
+  /** Block ids name the namespace as their mount: the one UFS a cluster's blocks are read from. */
+  resolver(): UfsResolver {
+    return async (mount) => {
+      if (mount !== NAMESPACE_MOUNT_ID) throw new CachefsError('NOT_FOUND', `unknown mount '${mount}'`);
+      return this.ufs;
+    };
   }
 
   /** Refreshes now, e.g. after a lookup missed. */

@@ -19,6 +19,7 @@ export class Metrics {
   readonly cacheUsedBytes = this.gauge('cachefs_cache_used_bytes', 'Bytes of blocks in the cache', ['tier']);
   readonly cacheCapacityBytes = this.gauge('cachefs_cache_capacity_bytes', 'Quota of the cache', ['tier']);
   readonly cacheBlocks = this.gauge('cachefs_cache_blocks', 'Blocks in the cache', ['tier']);
+  readonly cacheWritesInFlight = this.gauge('cachefs_cache_writes_in_flight', 'Fetched blocks being written to the cache (their readers may already have the bytes)');
   readonly pinnedBlocks = this.gauge('cachefs_pinned_blocks', 'Blocks pinned by open readers');
   readonly ufsRequests = this.counter('cachefs_ufs_requests_total', 'Requests to the UFS', ['op']);
   readonly ufsReadBytes = this.counter('cachefs_ufs_read_bytes_total', 'Bytes fetched from the UFS');

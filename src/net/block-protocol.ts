@@ -6,7 +6,7 @@
  * path: nothing a client sends is joined into a file name.
  */
 import { MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, blockCount, blockRef, isBlockId, type BlockRef } from '../block/block.js';
-import { CachefsError } from '../errors.js';
+import { CachefsError, errorCodeOf } from '../errors.js';
 
 export const BLOCKS_PATH = '/v1/blocks/';
 
@@ -78,10 +78,7 @@ export function statusForCode(code: string): number {
 export function errorFromResponse(status: number, body: string): CachefsError {
   try {
     const parsed = JSON.parse(body) as { error?: { code?: string; message?: string } };
-    const code = parsed.error?.code;
-    const known = ['INVALID_ARGUMENT', 'ACCESS_DENIED', 'NOT_FOUND', 'BUCKET_NOT_FOUND', 'STALE', 'THROTTLED', 'UNREACHABLE', 'IO'] as const;
-    const match = known.find((k) => k === code);
-    if (match) return new CachefsError(match, parsed.error?.message ?? `worker answered ${status}`);
+    if (parsed.error?.code !== undefined) return new CachefsError(errorCodeOf(parsed.error.code), parsed.error.message ?? `worker answered ${status}`);
   } catch {
     // not our error body
   }

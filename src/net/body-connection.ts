@@ -27,6 +27,11 @@ export interface BodyRequest {
   signal?: AbortSignal;
   /** Told the count of 2xx body bytes in `dest` so far, after each socket read that brought some. */
   onProgress?: (received: number) => void;
+  /**
+   * Checks a 2xx answer's headers before any of its body is taken (a GET's ETag against
+   * the version asked for); what it throws fails the request, and the connection is dropped.
+   */
+  accept?: (headers: Readonly<Record<string, string>>) => void;
 }
 
 export interface BodyResponse {
@@ -226,6 +231,14 @@ class Connection {
     if (!ok && length > ERROR_BODY_MAX) {
       this.socket.destroy(new Error(`error body of ${length} bytes`));
       return;
+    }
+    if (ok && job.req.accept) {
+      try {
+        job.req.accept(job.headers);
+      } catch (err) {
+        this.socket.destroy(err as Error);
+        return;
+      }
     }
     if (!ok) job.errorBody = Buffer.allocUnsafe(chunked ? ERROR_BODY_MAX : length);
     job.phase = ok ? 'body' : chunked ? 'chunked-error' : 'error-body';

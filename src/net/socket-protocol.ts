@@ -9,7 +9,7 @@
  * Requests carry a `seq` that the answer repeats, so one connection carries many
  * requests at once:
  *
- *   {seq, op: 'open',  block}                 → {seq, ok, path, length}   pins the block
+ *   {seq, op: 'open',  block}                 → {seq, ok, path, sum, length}   pins the block
  *                                               (no path: it could not be stored; use read)
  *   {seq, op: 'close', id}                    → {seq, ok}                 unpins it
  *   {seq, op: 'read',  block, offset, length} → {seq, ok, bytes} + bytes
@@ -40,6 +40,8 @@ export interface SocketAnswer {
   seq: number;
   ok: boolean;
   path?: string;
+  /** The block file's checksum, with `path`: the client checks the file against it before reading it. */
+  sum?: string;
   length?: number;
   bytes?: number;
   code?: string;

@@ -24,7 +24,7 @@ import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
-import { abortable, decodeListed, sanitizedCause, stripQuotes } from './sdk-call.js';
+import { abortable, decodeListed, sanitizedCause, checkVersion, stripQuotes } from './sdk-call.js';
 
 /** cos-request applies it to connecting and to every silence between bytes afterwards. */
 const SOCKET_TIMEOUT_MS = 5000;
@@ -171,6 +171,8 @@ export class CosUfs implements Ufs {
       if (cosErrorFacts(err).status === 416) return 0; // starts at or past the end
       throw this.fail(err, key);
     }
+    const answered = (out.headers as Record<string, unknown> | undefined)?.etag ?? out.ETag;
+    checkVersion(options.etag, typeof answered === 'string' ? answered : undefined, this.where(key));
     const body = out.Body ?? Buffer.alloc(0);
     // A 200 carries the whole object from byte 0.
     const bytes = out.statusCode === 206 ? body : body.subarray(offset, offset + length);

@@ -26,7 +26,7 @@ import { CachefsError, isCachefsError } from '../errors.js';
 import { serviceError, type ServiceErrorFacts } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
-import { abortError, abortable, decodeListed, sanitizedCause, stripQuotes } from './sdk-call.js';
+import { abortError, abortable, decodeListed, sanitizedCause, checkVersion, stripQuotes } from './sdk-call.js';
 
 const CONNECT_TIMEOUT_MS = 3000;
 /** Until the response headers (streamed reads) or the whole response (listings, HEAD). */
@@ -199,6 +199,12 @@ export class OssUfs implements Ufs {
     } catch (err) {
       if (ossErrorFacts(err).status === 416) return 0; // starts at or past the end
       throw this.fail(err, key);
+    }
+    try {
+      checkVersion(options.etag, headerValue(response.res, 'etag'), this.where(key));
+    } catch (err) {
+      response.stream.destroy();
+      throw err;
     }
     const partial = response.res.status === 206;
     let count: number;

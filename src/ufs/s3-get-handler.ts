@@ -19,6 +19,8 @@ import { BodyConnectionPool, type ConnectionTimeouts } from '../net/body-connect
 interface Target {
   dest: Buffer | readonly Buffer[];
   onProgress?: (received: number) => void;
+  /** Checks the answer's headers before its body is taken. */
+  accept?: (headers: Readonly<Record<string, string>>) => void;
   /** Body bytes of the last successful answer. */
   length: number;
 }
@@ -42,11 +44,17 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
   /**
    * Runs `send`, whose GET, sent with the abort signal it is given, writes its body into
    * `dest`, telling `onProgress` as it arrives; resolves with the body's length. The
-   * signal given to `send` follows `signal`, and is this GET's alone.
+   * signal given to `send` follows `signal`, and is this GET's alone. `accept` sees the
+   * answer's headers before any of its body is taken.
    */
-  static async into(dest: Buffer | readonly Buffer[], send: (signal: AbortSignal) => Promise<unknown>, onProgress?: (received: number) => void, signal?: AbortSignal): Promise<number> {
+  static async into(
+    dest: Buffer | readonly Buffer[],
+    send: (signal: AbortSignal) => Promise<unknown>,
+    options: { onProgress?: (received: number) => void; signal?: AbortSignal; accept?: (headers: Readonly<Record<string, string>>) => void } = {},
+  ): Promise<number> {
+    const { onProgress, signal, accept } = options;
     const own = signal ? AbortSignal.any([signal]) : new AbortController().signal;
-    const target: Target = { dest, onProgress, length: 0 };
+    const target: Target = { dest, onProgress, accept, length: 0 };
     targets.set(own, target);
     await send(own);
     return target.length;
@@ -62,6 +70,7 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
       headers: request.headers,
       dest: target.dest,
       onProgress: target.onProgress,
+      accept: target.accept,
       signal,
     });
     const ok = res.status >= 200 && res.status < 300;

@@ -16,7 +16,7 @@ import { errorFacts, serviceError } from './service-errors.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsOptions, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
 import { S3GetHandler } from './s3-get-handler.js';
-import { stripQuotes } from './sdk-call.js';
+import { checkVersion, stripQuotes } from './sdk-call.js';
 
 const CONNECT_TIMEOUT_MS = 3000;
 const REQUEST_TIMEOUT_MS = 30_000;
@@ -124,8 +124,13 @@ export class S3Ufs implements Ufs {
         Range: `bytes=${offset}-${offset + length - 1}`,
         IfMatch: options.etag ? `"${options.etag}"` : undefined,
       });
-      return await S3GetHandler.into(dest, (abortSignal) => this.client.send(command, { abortSignal }), options.onProgress, options.signal);
+      return await S3GetHandler.into(dest, (abortSignal) => this.client.send(command, { abortSignal }), {
+        onProgress: options.onProgress,
+        signal: options.signal,
+        accept: (headers) => checkVersion(options.etag, headers.etag, this.where(key)),
+      });
     } catch (err) {
+      if (err instanceof CachefsError) throw err;
       const facts = errorFacts(err);
       if (facts.status === 416) return 0; // range starts at or past the end
       throw serviceError(facts, this.where(key), err);

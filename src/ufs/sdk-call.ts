@@ -50,3 +50,14 @@ export function decodeListed(s: string): string {
 export function stripQuotes(etag: string): string {
   return etag.replace(/^"|"$/g, '');
 }
+
+/**
+ * A GET answered with another version than the one asked for fails with STALE before a
+ * byte of it is used: a server that ignores If-Match (s3rver does) must not mix an
+ * object's old and new bytes in one file. An answer without an ETag is taken as is.
+ */
+export function checkVersion(expected: string | undefined, answered: string | undefined, where: string): void {
+  if (!expected || answered === undefined || answered === '') return;
+  const got = stripQuotes(answered);
+  if (got !== expected) throw new CachefsError('STALE', `object changed while reading ${where}: version ${got}, opened as ${expected}`);
+}

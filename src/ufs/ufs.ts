@@ -66,3 +66,6 @@ export interface Ufs {
 
 /** Options for a backend, as `backend.name=value` pairs (e.g. `s3.endpoint`). */
 export type UfsOptions = Readonly<Record<string, string>>;
+
+/** Finds the UFS that backs a mount id (the embedded mount has exactly one). */
+export type UfsResolver = (mount: string) => Promise<Ufs>;

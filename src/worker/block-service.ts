@@ -1,39 +1,48 @@
 /**
  * The worker's HTTP service: block bytes for the network read path
  * (`GET /v1/blocks/<id>?...`, with ranges, keep-alive), plus `/metrics` and
- * `/healthz`. A block is read through the store (fetched from the UFS once if
- * missing), pinned while it is streamed, and checked against its expected length
- * before a byte leaves, so a damaged file is refetched rather than served.
+ * `/healthz`. A block's bytes come through the cache (`CachedBlocks`: fetched from
+ * the UFS once if missing, a damaged file dropped and refetched rather than served);
+ * a client that goes away before its answer lets go of the fetch it waited for.
+ *
+ * The bytes a worker holds for requests in flight (each request's answer, and the block
+ * a cold one fetches) stay within `inFlightBytes`: a request beyond it is answered 503
+ * with Retry-After, and the client reads from the next worker or the UFS instead.
  */
-import { open } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockRef } from '../block/block.js';
 import type { BufferPool } from '../block/buffer-pool.js';
+import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
-import type { ReadThrough } from '../cache/read-through.js';
 
 export interface BlockServiceConfig {
-  readThrough: ReadThrough;
-  /** Buffers for blocks read from the store, each given back once its response is sent. */
+  blocks: CachedBlocks;
+  /** Buffers for the bytes of answers, each given back once its response is sent. */
   buffers: BufferPool;
   metrics: Metrics;
   registry: Registry;
   log: Logger;
   host: string;
   port: number;
+  /** Most bytes held for requests in flight at once. */
+  inFlightBytes: number;
 }
+
+/** Seconds a client is told to wait before asking a worker over its in-flight budget again. */
+const RETRY_AFTER_S = 1;
 
 export class BlockService {
   private constructor(private readonly server: Server, readonly port: number) {}
 
   static async start(config: BlockServiceConfig): Promise<BlockService> {
+    const budget = new InFlightBudget(config.inFlightBytes);
     const server = createServer((req, res) => {
-      route(config, req, res).catch((err: unknown) => fail(config, res, err));
+      route(config, budget, req, res).catch((err: unknown) => fail(config, res, err));
     });
     server.keepAliveTimeout = 30_000;
     await new Promise<void>((resolve, reject) => {
@@ -49,9 +58,31 @@ export class BlockService {
   }
 }
 
-async function route(config: BlockServiceConfig, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** The bytes held for requests in flight, against their limit. */
+class InFlightBudget {
+  private held = 0;
+
+  constructor(private readonly limit: number) {}
+
+  /** Holds `bytes` until the response closes; THROTTLED when that would pass the limit. */
+  hold(bytes: number, res: ServerResponse): void {
+    if (this.held + bytes > this.limit) {
+      throw new CachefsError('THROTTLED', `busy: ${this.held} bytes held for requests in flight, at most ${this.limit}`);
+    }
+    this.held += bytes;
+    res.once('close', () => (this.held -= bytes));
+  }
+}
+
+async function route(config: BlockServiceConfig, budget: InFlightBudget, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = req.url ?? '/';
-  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) return serveBlock(config, parseBlockRequest(url), req.headers.range, res);
+  if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) {
+    const ref = parseBlockRequest(url);
+    const range = parseRange(req.headers.range, ref.length) ?? { start: 0, end: ref.length - 1 };
+    // The answer's bytes, and a block-sized fetch if the block is not cached.
+    budget.hold(range.end - range.start + 1 + (config.blocks.readThrough.cached(ref) ? 0 : ref.length), res);
+    return serveBlock(config, ref, range, req.headers.range !== undefined, res);
+  }
   if (req.method === 'GET' && url === '/healthz') {
     res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     return;
@@ -63,61 +94,27 @@ async function route(config: BlockServiceConfig, req: IncomingMessage, res: Serv
   throw new CachefsError('NOT_FOUND', `no such resource: ${req.method} ${url.split('?')[0]}`);
 }
 
-async function serveBlock(config: BlockServiceConfig, ref: BlockRef, rangeHeader: string | undefined, res: ServerResponse): Promise<void> {
-  const range = parseRange(rangeHeader, ref.length) ?? { start: 0, end: ref.length - 1 };
-  const headers = (n: number): Record<string, string> => ({
-    'content-type': 'application/octet-stream',
-    'content-length': String(n),
-    ...(rangeHeader ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
-  });
-  const status = rangeHeader ? 206 : 200;
+async function serveBlock(config: BlockServiceConfig, ref: BlockRef, range: { start: number; end: number }, ranged: boolean, res: ServerResponse): Promise<void> {
   const count = range.end - range.start + 1;
-  const { readThrough, metrics } = config;
-  for (let attempt = 0; ; attempt++) {
-    const ensured = await readThrough.ensure(ref);
-    if (ensured.data) {
-      res.writeHead(status, headers(count)).end(ensured.data.subarray(range.start, range.end + 1));
-      return served(metrics, count);
-    }
-    const stored = ensured.stored!;
-    readThrough.store.pin(ref.id);
-    try {
-      const handle = await open(stored.path, 'r').catch(() => undefined);
-      const size = handle ? (await handle.stat()).size : -1;
-      if (!handle || size !== ref.length) {
-        await handle?.close();
-        if (attempt > 0) throw new CachefsError('IO', `block ${ref.id} cannot be read from the store`);
-        await readThrough.discard(ref, `block file has ${size} bytes, expected ${ref.length}`);
-        continue;
-      }
-      // One positioned read into one buffer and one write: for whole blocks this is faster than a
-      // stream of 64 KiB chunks, and the block is pinned only for as long as the read takes.
-      const body = config.buffers.take(count);
-      // 'close' comes once the socket has taken the last byte, or the client went away, or an
-      // error was answered instead: nothing refers to the buffer any more.
-      res.once('close', () => config.buffers.giveLater(body));
-      let done = 0;
-      try {
-        while (done < count) {
-          const { bytesRead } = await handle.read(body, done, count - done, range.start + done);
-          if (bytesRead === 0) break;
-          done += bytesRead;
-        }
-      } finally {
-        await handle.close();
-      }
-      if (done !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${done} of ${count} bytes`);
-      res.writeHead(status, headers(count)).end(body);
-      return served(metrics, count);
-    } finally {
-      readThrough.store.unpin(ref.id);
-    }
-  }
-}
-
-function served(metrics: Metrics, bytes: number): void {
-  metrics.workerServedBytes.inc({ path: 'remote' }, bytes);
-  metrics.workerRequests.inc({ path: 'remote', status: 'ok' });
+  const gone = new AbortController();
+  const body = config.buffers.take(count);
+  // 'close' comes once the socket has taken the last byte, or the client went away, or an
+  // error was answered instead: nothing refers to the buffer any more.
+  res.once('close', () => {
+    gone.abort();
+    config.buffers.giveLater(body);
+  });
+  const { bytes } = await config.blocks.read(ref, range.start, count, body, 0, gone.signal);
+  if (bytes !== count) throw new CachefsError('IO', `block ${ref.id} ended after ${bytes} of ${count} bytes`);
+  res
+    .writeHead(ranged ? 206 : 200, {
+      'content-type': 'application/octet-stream',
+      'content-length': String(count),
+      ...(ranged ? { 'content-range': `bytes ${range.start}-${range.end}/${ref.length}` } : {}),
+    })
+    .end(body);
+  config.metrics.workerServedBytes.inc({ path: 'remote' }, count);
+  config.metrics.workerRequests.inc({ path: 'remote', status: 'ok' });
 }
 
 function fail(config: BlockServiceConfig, res: ServerResponse, err: unknown): void {
@@ -130,5 +127,6 @@ function fail(config: BlockServiceConfig, res: ServerResponse, err: unknown): vo
   }
   // Every response carries its length: clients read exactly that many bytes (net/body-connection.ts).
   const body = JSON.stringify({ error: { code: e.code, message: e.message } });
-  res.writeHead(statusForCode(e.code), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) }).end(body);
+  const retry = e.code === 'THROTTLED' ? { 'retry-after': String(RETRY_AFTER_S) } : {};
+  res.writeHead(statusForCode(e.code), { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...retry }).end(body);
 }

@@ -10,12 +10,11 @@
  * dead worker is replaced; one a live process still answers on is refused.
  */
 import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { ReadThrough } from '../cache/read-through.js';
+import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketRequest } from '../net/socket-protocol.js';
 
 export class DomainSocketService {
@@ -25,10 +24,10 @@ export class DomainSocketService {
 
   private constructor(private readonly server: Server, readonly path: string) {}
 
-  static async start(path: string, readThrough: ReadThrough, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
+  static async start(path: string, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
     await prepareSocketPath(path);
     let service: DomainSocketService | undefined;
-    const server = createServer((socket) => service!.serve(socket, readThrough, metrics, log));
+    const server = createServer((socket) => service!.serve(socket, blocks, metrics, log));
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err) => reject(new CachefsError('CONFLICT', `cannot listen on ${path}: ${err.message}`)));
       server.listen(path, resolve);
@@ -38,9 +37,11 @@ export class DomainSocketService {
     return service;
   }
 
-  private serve(socket: Socket, readThrough: ReadThrough, metrics: Metrics, log: Logger): void {
+  private serve(socket: Socket, blocks: CachedBlocks, metrics: Metrics, log: Logger): void {
     this.connections.add(socket);
     const pins = new Map<string, number>();
+    const gone = new AbortController();
+    const readThrough = blocks.readThrough;
     const answer = (a: SocketAnswer, payload?: Buffer): void => {
       if (!socket.destroyed) for (const part of encodeFrame(a, payload)) socket.write(part);
     };
@@ -56,40 +57,24 @@ export class DomainSocketService {
         return answer({ seq: req.seq, ok: true });
       }
       const ref = fromWire(req.block);
-      for (let attempt = 0; ; attempt++) {
-        const ensured = await readThrough.ensure(ref);
-        if (req.op === 'read') {
-          const end = Math.min(ref.length, req.offset + req.length);
-          if (!(req.offset >= 0 && req.offset < end)) throw new CachefsError('INVALID_ARGUMENT', `range ${req.offset}+${req.length} outside block of ${ref.length}`);
-          let bytes: Buffer;
-          if (ensured.data) bytes = ensured.data.subarray(req.offset, end);
-          else {
-            const fh = await open(ensured.stored!.path, 'r');
-            try {
-              bytes = Buffer.allocUnsafe(end - req.offset);
-              const { bytesRead } = await fh.read(bytes, 0, bytes.length, req.offset);
-              if (bytesRead !== bytes.length) {
-                if (attempt > 0) throw new CachefsError('IO', `block ${ref.id} is damaged`);
-                await readThrough.discard(ref, `short read of ${bytesRead} bytes`);
-                continue;
-              }
-            } finally {
-              await fh.close();
-            }
-          }
-          metrics.workerServedBytes.inc({ path: 'domain_socket' }, bytes.length);
-          metrics.workerRequests.inc({ path: 'domain_socket', status: 'ok' });
-          return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
-        }
-        // Every tier full of pinned blocks: nothing to hand out; the client reads the bytes with `read`.
-        if (!ensured.stored) return answer({ seq: req.seq, ok: true, length: ref.length });
-        readThrough.store.pin(ref.id);
-        pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
-        this.shortCircuitBytes += ref.length;
-        metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
-        metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
-        return answer({ seq: req.seq, ok: true, path: ensured.stored.path, length: ref.length });
+      if (req.op === 'read') {
+        const end = Math.min(ref.length, req.offset + req.length);
+        if (!(req.offset >= 0 && req.offset < end)) throw new CachefsError('INVALID_ARGUMENT', `range ${req.offset}+${req.length} outside block of ${ref.length}`);
+        const bytes = Buffer.allocUnsafe(end - req.offset);
+        await blocks.read(ref, req.offset, bytes.length, bytes, 0, gone.signal);
+        metrics.workerServedBytes.inc({ path: 'domain_socket' }, bytes.length);
+        metrics.workerRequests.inc({ path: 'domain_socket', status: 'ok' });
+        return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
       }
+      const ensured = await readThrough.ensure(ref, gone.signal);
+      // Every tier full of pinned blocks: nothing to hand out; the client reads the bytes with `read`.
+      if (!ensured.stored) return answer({ seq: req.seq, ok: true, length: ref.length });
+      readThrough.store.pin(ref.id);
+      pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
+      this.shortCircuitBytes += ref.length;
+      metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
+      metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
+      return answer({ seq: req.seq, ok: true, path: ensured.stored.path, sum: ensured.stored.sum, length: ref.length });
     };
     const reader = new FrameReader<SocketRequest>(
       () => 0,
@@ -112,6 +97,8 @@ export class DomainSocketService {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       this.connections.delete(socket);
+      // The fetches this client waited for go on only for others that wait for them.
+      gone.abort();
       // A client that went away (closed, crashed, killed) leaves no pins behind.
       for (const [id, n] of pins) for (let i = 0; i < n; i++) readThrough.store.unpin(id);
       pins.clear();

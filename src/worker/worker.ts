@@ -7,12 +7,15 @@ import { DEFAULT_BLOCK_SIZE } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import type { Logger } from '../log.js';
 import type { MasterClient } from '../master/client.js';
+import type { UfsResolver } from '../ufs/ufs.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { TierConfig } from '../cache/tier.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { BlockService } from './block-service.js';
 import { DomainSocketService } from './domain-socket-service.js';
-import { ReadThrough, type UfsResolver } from '../cache/read-through.js';
+import { CachedBlocks } from '../cache/cached-blocks.js';
+import { ReadThrough } from '../cache/read-through.js';
+import { UfsReader } from '../cache/ufs-reader.js';
 import { Registration } from './registration.js';
 
 /**
@@ -21,6 +24,11 @@ import { Registration } from './registration.js';
  * a client's connections read at once.
  */
 const SERVED_BUFFERS = 8;
+/**
+ * Bytes the block service holds for requests in flight at most: 16 cold blocks of the
+ * default size fetched and answered at once (a client's 8 connections, twice over).
+ */
+const IN_FLIGHT_BYTES = 16 * 2 * DEFAULT_BLOCK_SIZE;
 
 export interface WorkerConfig {
   id: string;
@@ -51,7 +59,7 @@ export class Worker {
   private constructor(
     readonly config: WorkerConfig,
     readonly store: TieredStore,
-    readonly readThrough: ReadThrough,
+    readonly blocks: CachedBlocks,
     readonly service: BlockService,
     readonly registration: Registration,
     readonly socket: DomainSocketService | undefined,
@@ -64,14 +72,14 @@ export class Worker {
   static async start(config: WorkerConfig, deps: WorkerDeps): Promise<Worker> {
     const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low }, deps.metrics, deps.log);
     await store.open();
-    const readThrough = new ReadThrough(store, deps.resolveUfs, deps.metrics, deps.log);
+    const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
     let service: BlockService;
     let socket: DomainSocketService | undefined;
     try {
       const buffers = new BufferPool(DEFAULT_BLOCK_SIZE, SERVED_BUFFERS);
-      service = await BlockService.start({ readThrough, buffers, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
+      service = await BlockService.start({ blocks, buffers, inFlightBytes: IN_FLIGHT_BYTES, metrics: deps.metrics, registry: deps.metrics.registry, log: deps.log, host: config.host, port: config.port });
       try {
-        if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, readThrough, deps.metrics, deps.log);
+        if (config.domainSocketPath) socket = await DomainSocketService.start(config.domainSocketPath, blocks, deps.metrics, deps.log);
       } catch (err) {
         await service.close();
         throw err;
@@ -93,7 +101,7 @@ export class Worker {
       deps.log,
       deps.onFatal,
     );
-    const worker = new Worker(config, store, readThrough, service, registration, socket);
+    const worker = new Worker(config, store, blocks, service, registration, socket);
     try {
       await registration.start();
     } catch (err) {
@@ -108,7 +116,8 @@ export class Worker {
     this.registration.close();
     await this.socket?.close();
     await this.service.close();
-    await this.readThrough.drain();
+    await this.blocks.readThrough.drain();
+    this.blocks.close();
     await this.store.close();
   }
 }

@@ -13,6 +13,9 @@ import { fileURLToPath } from 'node:url';
 import { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 import { forceUnmount, freePort, isMounted, runCommand, waitFor, type CommandResult } from './processes.js';
 
+/** A block file's name in a cache or tier dir: `<id>.<checksum>` (src/cache/tier.ts). */
+export const BLOCK_FILE = /^[0-9a-f]{40}\.[0-9a-f]{16}$/;
+
 export const CACHEFS_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/cachefs');
 
 /** Runs `cachefs ARGS` to completion. */

@@ -1,6 +1,8 @@
 /**
- * Reads a Prometheus text endpoint and answers sums of series by name and labels.
+ * Reads a Prometheus text endpoint (or an in-process registry) and answers sums of
+ * series by name and labels.
  */
+import type { Registry } from 'prom-client';
 import { expect } from 'vitest';
 
 export interface MetricsSnapshot {
@@ -29,6 +31,14 @@ export function parseMetrics(text: string): MetricsSnapshot {
   };
 }
 
+/** Sum of every series of an in-process metric whose labels include `labels` (0 when none). */
+export async function registryValue(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const metric = registry.getSingleMetric(name);
+  if (!metric) throw new Error(`no metric ${name} in the registry`);
+  const { values } = await metric.get();
+  return values.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((sum, v) => sum + v.value, 0);
+}
+
 export async function scrapeMetrics(url: string): Promise<MetricsSnapshot> {
   const res = await fetch(url);
   if (!res.ok) throw new Error(`${url} answered ${res.status}`);
@@ -47,4 +57,22 @@ export function expectServedBy(m: MetricsSnapshot, paths: string | string[], byt
   expect(answered, 'bytes answered to the kernel').toBeGreaterThanOrEqual(bytes);
   const served = [paths].flat().reduce((sum, path) => sum + delta('cachefs_client_read_bytes_total', { path }), 0);
   expect(served, `bytes served by ${[paths].flat().join(' and ')}`).toBe(answered);
+}
+
+/**
+ * The metrics of a process whose cache has written every block it fetched: a reader is
+ * answered from a fetch's bytes before the block file is written (cache/read-through.ts),
+ * so what a test then finds on disk, or in the cache's gauges, depends on how far those
+ * writes got. Polls (bounded) until `cachefs_cache_writes_in_flight` is 0; the series must
+ * be there, or a process without it would pass at once.
+ */
+export async function settledCacheMetrics(scrape: () => Promise<MetricsSnapshot>, timeoutMs = 10_000): Promise<MetricsSnapshot> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const m = await scrape();
+    expect(m.text, 'the process reports cachefs_cache_writes_in_flight').toMatch(/^cachefs_cache_writes_in_flight /m);
+    if (m.value('cachefs_cache_writes_in_flight') === 0) return m;
+    if (Date.now() > deadline) throw new Error(`block writes still in flight after ${timeoutMs} ms: ${m.value('cachefs_cache_writes_in_flight')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
