@@ -27,7 +27,8 @@ export class Nodes {
   private nextId = ROOT_ID + 1;
 
   constructor() {
-    const root: Node = { id: ROOT_ID, path: '/', lookups: 1 };
+    const root = newNode(ROOT_ID, '/');
+    root.lookups = 1;
     this.byId.set(ROOT_ID, root);
     this.byPath.set('/', root);
   }
@@ -44,7 +45,7 @@ export class Nodes {
   remember(path: string): Node {
     let node = this.byPath.get(path);
     if (!node) {
-      node = { id: this.nextId++, path, lookups: 0 };
+      node = newNode(this.nextId++, path);
       this.byId.set(node.id, node);
       this.byPath.set(path, node);
     }
@@ -75,6 +76,11 @@ export class Nodes {
     this.byId.delete(id);
     if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
   }
+}
+
+/** A node with every field present from the start, so that all nodes share one shape. */
+function newNode(id: number, path: string): Node {
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, file: false };
 }
 
 /** The path of `name` in the directory at `dir`. */
