@@ -3,7 +3,7 @@
  * only records and the real request table writing into a list: INIT's negotiation, the
  * requests refused before any op runs (before INIT, after DESTROY, too short), BATCH_FORGET
  * checked against its body, and INTERRUPT answering a waiting read EINTR at once while the
- * read's own answer is dropped. (Mounted behaviour is in the mount suites.)
+ * read's own answer is dropped (or its request, when the INTERRUPT was read first). (Mounted behaviour is in the mount suites.)
  */
 import { constants } from 'node:os';
 import { describe, expect, it } from 'vitest';
@@ -113,7 +113,7 @@ function harness() {
     return send(Op.READ, 2, body);
   };
   const replyTo = (u: number): Reply[] => replies.filter((r) => r.unique === u);
-  return { fs, replies, requests, metrics, send, init, read, replyTo };
+  return { fs, ops, replies, requests, metrics, send, init, read, replyTo };
 }
 
 const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -230,6 +230,23 @@ describe('FUSE ops', () => {
     expect(h.replies).toHaveLength(again);
     const interrupted = await h.metrics.registry.getSingleMetricAsString('cachefs_fuse_errors_total');
     expect(interrupted).toContain('op="read",errno="EINTR"} 1');
+  });
+
+  it('keeps an INTERRUPT read before its request, and answers that request EINTR as it comes without serving it', () => {
+    const h = harness();
+    h.init();
+    const interrupt = Buffer.alloc(8);
+    putU64(interrupt, 0, 100); // a request the session has not handed over yet
+    h.send(Op.INTERRUPT, 0, interrupt);
+    const body = Buffer.alloc(40);
+    putU64(body, 0, 7);
+    body.writeUInt32LE(4096, 16);
+    h.fs.calls.length = 0;
+    const header: RequestHeader = { len: IN_HEADER + 40, opcode: Op.READ, unique: 100, nodeid: 2, uid: 0, gid: 0, pid: 1 };
+    h.ops.request(header, body);
+    expect(h.replyTo(100).map((r) => r.error)).toEqual([-E.EINTR]);
+    expect(h.fs.calls).toEqual([]);
+    expect(h.requests.inFlight).toBe(0);
   });
 
   it('answers a request past its timeout ETIMEDOUT and aborts it; its op gets a signal already aborted', async () => {

@@ -138,8 +138,11 @@ export class FuseOps implements SessionHandler {
       if (!spec.noReply) this.requests.replyNow(h.unique, -E.EIO);
       return;
     }
-    if (spec.noReply) spec.handle(this, h, body);
-    else spec.handle(this, h, body, this.requests.begin(h.unique, spec.name));
+    if (spec.noReply) return spec.handle(this, h, body);
+    const req = this.requests.begin(h.unique, spec.name);
+    // Its INTERRUPT was read first: it is answered EINTR already, and not served.
+    if (req.answered) return this.metrics.fuseErrors.inc({ op: spec.name, errno: 'EINTR' });
+    spec.handle(this, h, body, req);
   }
 
   /** Why a request is not served at all, if it is not. */

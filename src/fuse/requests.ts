@@ -4,8 +4,9 @@
  * request EINTR at once and aborts it; a request not answered within its timeout
  * is answered ETIMEDOUT and aborted, so an application never hangs on a stuck
  * backend. The op's own reply, when it comes, is then dropped: the kernel takes one
- * answer per request. Writing is the session's (`write`), timing the caller's
- * (`sweep`).
+ * answer per request. An INTERRUPT read before its request (the session reads two
+ * requests at a time) is kept until the request begins. Writing is the session's
+ * (`write`), timing the caller's (`sweep`).
  */
 import { constants } from 'node:os';
 import { CachefsError } from '../errors.js';
@@ -14,6 +15,8 @@ import type { Cancellation } from '../vfs/vfs.js';
 import { outHeader } from './protocol.js';
 
 const E = constants.errno;
+/** INTERRUPTs kept for requests not begun yet; more means they were for requests that will not come. */
+const MAX_EARLY_INTERRUPTS = 64;
 
 /** A request read from the kernel and not yet answered. */
 export class FuseRequest implements Cancellation {
@@ -52,6 +55,10 @@ export class FuseRequest implements Cancellation {
 
 export class FuseRequests {
   private readonly pending = new Map<number, FuseRequest>();
+  /** The highest unique begun: the kernel's uniques only grow. */
+  private highest = 0;
+  /** INTERRUPTs of requests not begun yet, by their unique. */
+  private readonly early = new Set<number>();
 
   constructor(
     /** Writes one reply (its parts) to the kernel. */
@@ -70,6 +77,8 @@ export class FuseRequests {
   begin(unique: number, op: string): FuseRequest {
     const req = new FuseRequest(unique, op, this.timeoutMs > 0 ? Date.now() + this.timeoutMs : Infinity);
     this.pending.set(unique, req);
+    if (unique > this.highest) this.highest = unique;
+    if (this.early.size > 0 && this.early.delete(unique)) this.interrupt(unique);
     return req;
   }
 
@@ -99,11 +108,18 @@ export class FuseRequests {
 
   /**
    * The kernel interrupted a request (its task got a signal): it is answered EINTR now and
-   * aborted. Undefined when it is not in progress (answered already).
+   * aborted. Undefined when it is not in progress: answered already, or not begun yet (then
+   * it is interrupted as it begins).
    */
   interrupt(unique: number): FuseRequest | undefined {
     const req = this.pending.get(unique);
-    if (!req) return undefined;
+    if (!req) {
+      if (unique > this.highest) {
+        if (this.early.size >= MAX_EARLY_INTERRUPTS) this.early.clear();
+        this.early.add(unique);
+      }
+      return undefined;
+    }
     this.answerEarly(req, -E.EINTR, new CachefsError('INTERRUPTED', `FUSE request ${unique} (${req.op}) was interrupted`));
     return req;
   }

@@ -1,10 +1,13 @@
 /**
  * A FUSE connection served straight over /dev/fuse, without libfuse: the device is
- * opened here and handed to mount(8) as `fd=3`. Requests are read one at a time
- * (a read of the device returns one request) through libuv's thread pool, and the
- * next read is waiting while a request is handled, so requests are handled in the
- * order the kernel sent them; replies are written at once — a write to /dev/fuse
- * never blocks, it completes the request the kernel is holding.
+ * opened here and handed to mount(8) as `fd=3`. Requests are read through libuv's
+ * thread pool, two reads always waiting in the kernel (a read of the device returns
+ * one request): while one request is handled and answered, the next one is being
+ * read, and the read that returned is started again only after the answer, off the
+ * next request's path. Replies are written at once — a write to /dev/fuse never
+ * blocks, it completes the request the kernel is holding. Two requests may come in
+ * the other order (the kernel's order matters only for an INTERRUPT that overtakes
+ * its request, which `requests.ts` keeps for it).
  *
  * Doing it ourselves is what lets the kernel send reads of up to 1 MiB (max_pages,
  * which libfuse 2 never asks for) and spares each request libfuse's hand-offs.
@@ -34,8 +37,10 @@ import { FuseRequests } from './requests.js';
  * sizes its checks by it). A request and its headers must fit one read of the device.
  */
 export const MAX_WRITE = 32 * 1024;
-/** Each read of the device lands in one of two buffers of this size, used in turn. */
+/** Each read of the device lands in its own buffer of this size. */
 const DEVICE_READ = 64 * 1024;
+/** Reads of the device waiting in the kernel at once (each holds a thread of libuv's pool). */
+export const DEVICE_READS = 2;
 const SWEEP_MS = 1000;
 /** How long ending the session waits for the device read to return before giving up on it. */
 const WAKE_TIMEOUT_MS = 5000;
@@ -66,10 +71,8 @@ export class FuseSession {
   private readonly sweeper: NodeJS.Timeout;
   private handler?: SessionHandler;
   private wakeTargets: WakeTargets = { fileNodes: () => [], paths: [] };
-  private readonly buffers = [Buffer.allocUnsafeSlow(DEVICE_READ), Buffer.allocUnsafeSlow(DEVICE_READ)];
-  private turn = 0;
-  /** A read of the device is waiting in the kernel. */
-  private reading = false;
+  /** Reads of the device waiting in the kernel. */
+  private reading = 0;
   /** No more reads: the session is ending. */
   private stopping = false;
   private stopped?: () => void;
@@ -122,30 +125,28 @@ export class FuseSession {
     if (wake) this.wakeTargets = wake;
     process.on('exit', this.wakeAtExit);
     process.on('uncaughtExceptionMonitor', this.noteCrash);
-    this.readNext();
+    for (let i = 0; i < DEVICE_READS; i++) this.readInto(Buffer.allocUnsafeSlow(DEVICE_READ));
   }
 
-  private readNext(): void {
-    const buffer = this.buffers[this.turn]!;
-    this.turn ^= 1;
-    this.reading = true;
+  private readInto(buffer: Buffer): void {
+    this.reading += 1;
     read(this.fd, buffer, 0, buffer.length, null, (err, n) => {
-      this.reading = false;
+      this.reading -= 1;
       if (this.stopping) {
-        // The last request read is still answered: it may be the statfs that woke us.
+        // The last requests read are still answered: one may be the statfs that woke us.
         if (!err) this.dispatch(buffer.subarray(0, n));
-        return this.stopped?.();
+        if (this.reading === 0) this.stopped?.();
+        return;
       }
-      if (err) return this.readFailed(err);
-      // The next read waits in the kernel while this request is handled (in the other buffer).
-      this.readNext();
+      if (err) return this.readFailed(err, buffer);
       this.dispatch(buffer.subarray(0, n));
+      if (!this.stopping) this.readInto(buffer);
     });
   }
 
-  private readFailed(err: NodeJS.ErrnoException): void {
+  private readFailed(err: NodeJS.ErrnoException, buffer: Buffer): void {
     // EINTR, EAGAIN: try again; ENOENT: the request was interrupted before it was read (libfuse does the same).
-    if (err.code === 'EINTR' || err.code === 'EAGAIN' || err.code === 'ENOENT') return this.readNext();
+    if (err.code === 'EINTR' || err.code === 'EAGAIN' || err.code === 'ENOENT') return this.readInto(buffer);
     // ENODEV: unmounted, the connection is over.
     if (err.code !== 'ENODEV' && !this.closed) this.log.error({ err: err.message }, 'reading /dev/fuse failed: the connection is lost');
     this.end();
@@ -184,16 +185,16 @@ export class FuseSession {
     }
   }
 
-  /** Stops reading the device: the read waiting in the kernel is woken, and the request it brings is the last one served. */
+  /** Stops reading the device: the reads waiting in the kernel are woken, and the requests they bring are the last ones served. */
   private async stopReading(): Promise<void> {
     this.stopping = true;
-    if (!this.reading) return;
+    if (this.reading === 0) return;
     const done = new Promise<void>((resolve) => (this.stopped = resolve));
-    if (this.retrieve()) this.log.debug('woke the read of /dev/fuse with a NOTIFY_RETRIEVE');
+    if (this.retrieve(this.reading)) this.log.debug({ reads: this.reading }, 'woke the reads of /dev/fuse with NOTIFY_RETRIEVEs');
     else {
-      // No node to ask about: a statfs through the mount (or a bind of it) makes the request.
-      this.log.debug({ paths: [this.mountpoint, ...this.wakeTargets.paths] }, 'waking the read of /dev/fuse with a statfs');
-      for (const path of [this.mountpoint, ...this.wakeTargets.paths]) statfs(path, () => undefined);
+      // No node to ask about: statfs through the mount (or a bind of it) makes the requests.
+      this.log.debug({ paths: [this.mountpoint, ...this.wakeTargets.paths] }, 'waking the reads of /dev/fuse with statfs');
+      for (let i = this.reading; i > 0; i--) for (const path of [this.mountpoint, ...this.wakeTargets.paths]) statfs(path, () => undefined);
     }
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), WAKE_TIMEOUT_MS)));
@@ -203,14 +204,17 @@ export class FuseSession {
     clearTimeout(timer);
   }
 
-  /** Asks the kernel for a request (NOTIFY_RETRIEVE) about the root, else a regular file it holds; false if it took none. */
-  private retrieve(): boolean {
+  /**
+   * Asks the kernel for `count` requests (NOTIFY_RETRIEVEs) about the root, else a regular
+   * file it holds; false if it took none.
+   */
+  private retrieve(count: number): boolean {
     for (const nodeid of [ROOT_ID, ...this.wakeTargets.fileNodes()]) {
       try {
-        writeSync(this.fd, retrieveNothing(nodeid));
+        for (let i = 0; i < count; i++) writeSync(this.fd, retrieveNothing(nodeid));
         return true;
       } catch (err) {
-        // ENODEV: the connection is gone, and the read has returned with it. EINVAL: not a
+        // ENODEV: the connection is gone, and the reads have returned with it. EINVAL: not a
         // node the kernel retrieves from (a directory, on recent kernels); ENOENT: not held any more.
         if ((err as NodeJS.ErrnoException).code === 'ENODEV') return true;
         this.log.debug({ nodeid, err: (err as Error).message }, 'the kernel took no NOTIFY_RETRIEVE of this node');
@@ -226,7 +230,7 @@ export class FuseSession {
    * uncaught exception only after the exit listeners, so its stack is written here first.
    */
   private readonly wakeAtExit = (code: number): void => {
-    if (!this.reading || this.retrieve()) return;
+    if (this.reading === 0 || this.retrieve(this.reading)) return;
     const why = this.crash instanceof Error ? (this.crash.stack ?? this.crash.message) : this.crash !== undefined ? String(this.crash) : `exit code ${code}`;
     writeSync(2, `cachefs: ending with SIGKILL: a read of /dev/fuse waits that nothing can wake; the process was exiting on: ${why}\n`);
     process.kill(process.pid, 'SIGKILL');
@@ -257,7 +261,7 @@ export class FuseSession {
     // The device is released (and the connection aborted) only once no read holds it.
     await this.stopReading();
     this.closed = true;
-    if (!this.reading) {
+    if (this.reading === 0) {
       process.off('exit', this.wakeAtExit);
       process.off('uncaughtExceptionMonitor', this.noteCrash);
     }
