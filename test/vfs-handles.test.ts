@@ -41,7 +41,8 @@ class HeldSource implements BlockSource {
         resolve(req.length);
       };
       // The source honours the request's signal as a real one does: it gives up at once.
-      req.signal?.addEventListener('abort', () => reject(req.signal!.reason), { once: true });
+      const signal = req.signal;
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
       this.waiting.push({ req, go });
     });
   }
@@ -68,9 +69,9 @@ class TestCancel implements Cancellation {
   }
 }
 
-function collect(): { reply: ReadReply; answers: (Buffer | Error)[] } {
-  const answers: (Buffer | Error)[] = [];
-  return { answers, reply: { data: (b) => answers.push(Buffer.from(b)), error: (e) => answers.push(e as Error) } };
+function collect(): { reply: ReadReply; answers: unknown[] } {
+  const answers: unknown[] = [];
+  return { answers, reply: { data: (b) => answers.push(Buffer.from(b)), error: (e) => answers.push(e) } };
 }
 
 let dir: string;
