@@ -9,6 +9,7 @@ import { CachefsError } from '../src/errors.js';
 
 const MiB = 1024 * 1024;
 const object = { mount: 'm', key: 'k', etag: 'e', size: 4 * MiB };
+const openFile = (client: BlockClient) => ({ id: 1, signal: new AbortController().signal, object, readahead: client.newReadahead() });
 
 describe('BlockClient', () => {
   it('fails a read spanning two blocks only after the other block read has stopped writing into its buffer', async () => {
@@ -26,7 +27,7 @@ describe('BlockClient', () => {
     };
     const client = new BlockClient(source, { blockSize: MiB, readaheadBytes: 0 });
     const dest = Buffer.alloc(MiB);
-    const read = client.read(object, MiB / 2, dest, MiB, client.newReadahead());
+    const read = client.read(openFile(client), { position: MiB / 2, length: MiB, dest });
     await expect(read).rejects.toThrow('block 0 is unreadable');
     expect(lateWriteDone).toBe(true);
   });
@@ -42,7 +43,7 @@ describe('BlockClient', () => {
     };
     const client = new BlockClient(source, { blockSize: MiB, readaheadBytes: 0 });
     const dest = Buffer.alloc(MiB);
-    expect(await client.read(object, MiB / 2, dest, MiB, client.newReadahead())).toBe(MiB);
+    expect(await client.read(openFile(client), { position: MiB / 2, length: MiB, dest })).toBe(MiB);
     expect(dest[0]).toBe(1);
     expect(dest[MiB / 2 - 1]).toBe(1);
     expect(dest[MiB / 2]).toBe(2);

@@ -1,18 +1,22 @@
 /**
- * The FUSE ops as the kernel drives them, request by request, against a filesystem and a
- * session that only record: the init the kernel gets, lookups that name nodes the kernel
- * can forget, and reads of one file that wait their turn without stalling the ones that
- * need not wait. (Mounted behaviour is in the mount suites.)
+ * The FUSE ops as the kernel drives them, request by request, against a filesystem that
+ * only records and the real request table writing into a list: INIT's negotiation, the
+ * requests refused before any op runs (before INIT, after DESTROY, too short), BATCH_FORGET
+ * checked against its body, and INTERRUPT answering a waiting read EINTR at once while the
+ * read's own answer is dropped (or its request, when the INTERRUPT was read first). (Mounted behaviour is in the mount suites.)
  */
+import { constants } from 'node:os';
 import { describe, expect, it } from 'vitest';
+import { CachefsError } from '../src/errors.js';
+import { FuseOps, type FuseFilesystem } from '../src/fuse/ops.js';
+import { IN_HEADER, Op, putU64, type RequestHeader } from '../src/fuse/protocol.js';
+import { FuseRequests } from '../src/fuse/requests.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
-import { FuseOps } from '../src/fuse/ops.js';
-import { IN_HEADER, Op, putU64, type RequestHeader } from '../src/fuse/protocol.js';
-import type { FuseSession } from '../src/fuse/session.js';
-import type { Filesystem } from '../src/vfs/filesystem.js';
-import type { Attr } from '../src/vfs/entry.js';
-import { CachefsError } from '../src/errors.js';
+import type { StatFs } from '../src/vfs/filesystem.js';
+import type { Cancellation, DirEntryOut, NodeAttr, NodeEntry, OpenedDir, OpenedFile, ReadReply } from '../src/vfs/vfs.js';
+
+const E = constants.errno;
 
 interface Reply {
   unique: number;
@@ -20,102 +24,254 @@ interface Reply {
   body: Buffer;
 }
 
-function harness(fs: Partial<Filesystem>) {
+const fileAttr = (ino: number): NodeAttr => ({ ino, mode: 0o100444, size: 10, mtimeMs: 1_700_000_000_123, nlink: 1, uid: 0, gid: 0, blocks: 1, blksize: 4096 });
+
+/** A filesystem of one file, `/a.bin` (node 2), whose reads wait until the test lets them go. */
+class RecordingFilesystem implements FuseFilesystem {
+  readonly calls: string[] = [];
+  readonly forgotten: [number, number][] = [];
+  readonly reads: { cancel: Cancellation; reply: ReadReply; fill(byte: number): void }[] = [];
+
+  async lookup(parentId: number, name: string): Promise<NodeEntry> {
+    this.calls.push(`lookup ${parentId} ${name}`);
+    if (parentId === 1 && name === 'a.bin') return { nodeId: 2, attr: fileAttr(2) };
+    throw new CachefsError('NOT_FOUND', `no such file or directory: /${name}`);
+  }
+  forget(nodeId: number, count: number): void {
+    this.forgotten.push([nodeId, count]);
+  }
+  async getattr(nodeId: number): Promise<NodeAttr> {
+    this.calls.push(`getattr ${nodeId}`);
+    return fileAttr(nodeId);
+  }
+  async open(nodeId: number): Promise<OpenedFile> {
+    this.calls.push(`open ${nodeId}`);
+    return { fh: 7, keepCache: false };
+  }
+  read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
+    this.calls.push(`read ${fh} ${offset} ${size}`);
+    const dest = Buffer.alloc(size);
+    this.reads.push({ cancel, reply, fill: (byte) => reply.data(dest.fill(byte)) });
+  }
+  release(fh: number): void {
+    this.calls.push(`release ${fh}`);
+  }
+  async opendir(): Promise<OpenedDir> {
+    return { fh: 9, keepCache: false, cacheDir: true };
+  }
+  readdir(): Iterable<DirEntryOut> {
+    return [];
+  }
+  releasedir(): void {}
+  statfs(): StatFs {
+    return { bsize: 4096, frsize: 4096, blocks: 1, bfree: 0, bavail: 0, files: 1, ffree: 0, favail: 0, namemax: 255 };
+  }
+  async access(): Promise<void> {}
+  refuseWrite(nodeId: number): never {
+    throw new CachefsError('READ_ONLY', `read-only file system: node ${nodeId}`);
+  }
+  heldFiles(): number[] {
+    return [2];
+  }
+  pathOf(nodeId: number): string {
+    return `#${nodeId}`;
+  }
+  handlePath(fh: number): string {
+    return `#${fh}`;
+  }
+}
+
+function harness() {
+  const fs = new RecordingFilesystem();
   const replies: Reply[] = [];
-  const session = {
-    deviceId: undefined,
-    begin: () => undefined,
-    reply: (unique: number, error: number, ...body: Buffer[]) => replies.push({ unique, error, body: Buffer.concat(body) }),
-  } as unknown as FuseSession;
-  const ops = new FuseOps(fs as Filesystem, session, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20 }, new Metrics(), createLogger('silent'));
+  const write = (unique: number, parts: Buffer[]): void => {
+    const all = Buffer.concat(parts);
+    replies.push({ unique, error: all.readInt32LE(4), body: all.subarray(16) });
+  };
+  const requests = new FuseRequests(write, 60_000, createLogger('silent'));
+  const metrics = new Metrics(false);
+  const ops = new FuseOps(fs, requests, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20 }, metrics, createLogger('silent'));
   let unique = 0;
   const send = (opcode: number, nodeid: number, body: Buffer): number => {
     const header: RequestHeader = { len: IN_HEADER + body.length, opcode, unique: (unique += 2), nodeid, uid: 0, gid: 0, pid: 1 };
     ops.request(header, body);
     return header.unique;
   };
-  const read = (fh: number, offset: number, size: number): number => {
-    const body = Buffer.alloc(40);
+  const init = (major = 7, minor = 40, flags = 0xffffffff): Reply => {
+    const body = Buffer.alloc(64);
+    body.writeUInt32LE(major, 0);
+    body.writeUInt32LE(minor, 4);
+    body.writeUInt32LE(flags, 12);
+    const u = send(Op.INIT, 0, body);
+    return replies.find((r) => r.unique === u)!;
+  };
+  const read = (fh: number, offset: number, size: number, bodyLength = 40): number => {
+    const body = Buffer.alloc(bodyLength);
     putU64(body, 0, fh);
     putU64(body, 8, offset);
-    body.writeUInt32LE(size, 16);
-    return send(Op.READ, 1, body);
+    if (bodyLength >= 20) body.writeUInt32LE(size, 16);
+    return send(Op.READ, 2, body);
   };
-  return { replies, send, read };
+  const replyTo = (u: number): Reply[] => replies.filter((r) => r.unique === u);
+  return { fs, ops, replies, requests, metrics, send, init, read, replyTo };
 }
 
-const fileAttr: Attr = { mode: 0o100444, size: 10, mtimeMs: 1_700_000_000_123, nlink: 1, uid: 0, gid: 0, blocks: 1, blksize: 4096 };
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 describe('FUSE ops', () => {
-  it('asks the kernel for 1 MiB reads and the readahead it was given, among the flags the kernel offers', () => {
-    const { replies, send } = harness({});
-    const init = Buffer.alloc(64);
-    init.writeUInt32LE(7, 0);
-    init.writeUInt32LE(40, 4);
-    init.writeUInt32LE(0xffffffff, 12); // the kernel offers everything
-    send(Op.INIT, 0, init);
-    const out = replies[0]!.body;
-    expect(replies[0]!.error).toBe(0);
+  it('asks the kernel for 1 MiB reads and the readahead it was given, among the flags the kernel offers, at the lower of the two minors', () => {
+    const { init } = harness();
+    const out = init(7, 40).body;
+    expect(out.readUInt32LE(0)).toBe(7);
+    expect(out.readUInt32LE(4)).toBe(31); // capped to the minor we implement
     expect(out.readUInt32LE(8)).toBe(8 << 20); // max_readahead
     expect(out.readUInt32LE(12) & (1 << 22)).not.toBe(0); // FUSE_MAX_PAGES
     expect(out.readUInt16LE(28)).toBe(256); // max_pages: 1 MiB
-    const none = Buffer.alloc(64);
-    none.writeUInt32LE(7, 0);
-    none.writeUInt32LE(40, 4);
-    send(Op.INIT, 0, none);
-    expect(replies[1]!.body.readUInt32LE(12)).toBe(0); // nothing the kernel did not offer
+    expect(out.length).toBe(64);
+
+    const older = harness().init(7, 22, 1 << 0);
+    expect(older.body.readUInt32LE(4)).toBe(22); // the kernel's own minor
+    expect(older.body.length).toBe(24); // fuse_init_out as 7.22 knows it
+    expect(older.body.readUInt32LE(12)).toBe(1); // ASYNC_READ: the only flag offered and wanted
+
+    expect(harness().init(7, 40, 0).body.readUInt32LE(12)).toBe(0); // nothing the kernel did not offer
   });
 
-  it('gives a name looked up twice one node id, and a new one once the kernel forgot it', async () => {
-    const { replies, send } = harness({
-      getattr: async (path: string) => {
-        if (path === '/a.bin') return fileAttr;
-        throw new CachefsError('NOT_FOUND', `no such file or directory: ${path}`);
-      },
-    });
-    const name = (n: string): Buffer => Buffer.from(`${n}\0`);
-    const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
-    const lookup = async (n: string): Promise<Reply> => {
-      send(Op.LOOKUP, 1, name(n));
-      await settle();
-      return replies.at(-1)!;
-    };
-    const first = await lookup('a.bin');
-    const id = Number(first.body.readBigUInt64LE(0));
-    expect(id).toBeGreaterThan(1);
-    expect(Number(first.body.readBigUInt64LE(40))).toBe(id); // attr.ino
-    expect(Number(first.body.readBigUInt64LE(40 + 8))).toBe(10); // attr.size
-    expect(first.body.readUInt32LE(40 + 52)).toBe(123_000_000); // mtime nanoseconds
-    expect(Number((await lookup('a.bin')).body.readBigUInt64LE(0))).toBe(id);
-    const forget = Buffer.alloc(8);
-    putU64(forget, 0, 2);
-    send(Op.FORGET, id, forget);
-    expect(Number((await lookup('a.bin')).body.readBigUInt64LE(0))).not.toBe(id);
-    expect((await lookup('missing')).error).toBe(-2); // ENOENT
+  it('tells a kernel of a newer major its own version and serves nothing until a 7.x INIT; refuses an older major or a minor below 7.15 with EPROTO', async () => {
+    const h = harness();
+    const newer = h.init(8, 0);
+    expect(newer.error).toBe(0);
+    expect(newer.body.readUInt32LE(0)).toBe(7);
+    expect(newer.body.readUInt32LE(4)).toBe(31);
+    const lookup = h.send(Op.LOOKUP, 1, Buffer.from('a.bin\0'));
+    expect(h.replyTo(lookup)[0]!.error).toBe(-E.EIO); // still not initialised
+    expect(h.init(7, 31).error).toBe(0); // the kernel retries with 7
+
+    expect(harness().init(6, 99).error).toBe(-E.EPROTO);
+    expect(harness().init(7, 14).error).toBe(-E.EPROTO);
   });
 
-  it('queues the reads of a file past eight waiting ones, and answers every queued one once they settle, including those answered from memory', async () => {
-    const waiting: (() => void)[] = [];
-    let calls = 0;
-    const { replies, read } = harness({
-      // The first eight wait for their bytes; the rest are in memory and answered at once.
-      read: (_fh: number, dest: Buffer, length: number) => {
-        calls += 1;
-        if (calls <= 8) return new Promise<number>((resolve) => waiting.push(() => resolve(dest.fill(1, 0, length) && length)));
-        return length;
-      },
-    });
-    const sent = Array.from({ length: 20 }, (_, i) => read(7, i * 4096, 4096));
-    expect(calls).toBe(8); // the other twelve wait their turn
-    expect(replies).toHaveLength(0);
-    waiting.shift()!();
-    await new Promise((r) => setImmediate(r));
-    // One waiting read settled: every queued read that needs no wait is taken at once.
-    expect(calls).toBe(20);
-    expect(replies.map((r) => r.unique).sort((a, b) => a - b)).toEqual(sent.slice(0, 1).concat(sent.slice(8)).sort((a, b) => a - b));
-    for (const w of waiting.splice(0)) w();
-    await new Promise((r) => setImmediate(r));
-    expect(replies).toHaveLength(20);
-    expect(replies.every((r) => r.error === 0 && r.body.length === 4096)).toBe(true);
+  it('answers EIO, without calling the filesystem, to requests before INIT, after DESTROY, a second INIT, and requests too short for their op', async () => {
+    const h = harness();
+    const early = h.send(Op.GETATTR, 1, Buffer.alloc(16));
+    expect(h.replyTo(early)[0]!.error).toBe(-E.EIO);
+    h.init();
+    expect(h.init().error).toBe(-E.EIO);
+    const short = h.read(7, 0, 4096, 20); // fuse_read_in is 40 bytes
+    expect(h.replyTo(short)[0]!.error).toBe(-E.EIO);
+    const shortOpen = h.send(Op.OPEN, 2, Buffer.alloc(4));
+    expect(h.replyTo(shortOpen)[0]!.error).toBe(-E.EIO);
+    expect(h.fs.calls).toEqual([]);
+
+    const ok = h.send(Op.GETATTR, 2, Buffer.alloc(16));
+    await settle();
+    expect(h.replyTo(ok)[0]!.error).toBe(0);
+    const destroy = h.send(Op.DESTROY, 0, Buffer.alloc(0));
+    expect(h.replyTo(destroy)[0]!.error).toBe(0);
+    const late = h.send(Op.GETATTR, 2, Buffer.alloc(16));
+    expect(h.replyTo(late)[0]!.error).toBe(-E.EIO);
+    expect(h.fs.calls).toEqual(['getattr 2']);
+    expect(h.metrics.registry.getSingleMetric('cachefs_fuse_errors_total')).toBeDefined();
+  });
+
+  it('forgets only the nodes a BATCH_FORGET body holds, whatever count it claims', () => {
+    const h = harness();
+    h.init();
+    const body = Buffer.alloc(8 + 2 * 16);
+    body.writeUInt32LE(5, 0); // claims five, holds two
+    putU64(body, 8, 2);
+    putU64(body, 16, 1);
+    putU64(body, 24, 3);
+    putU64(body, 32, 4);
+    h.send(Op.BATCH_FORGET, 0, body);
+    expect(h.fs.forgotten).toEqual([
+      [2, 1],
+      [3, 4],
+    ]);
+    expect(h.replies).toHaveLength(1); // INIT's only: forgets are never answered
+  });
+
+  it('answers a read from memory before the request returns', () => {
+    const h = harness();
+    h.init();
+    const fs = h.fs;
+    fs.read = (_fh, _offset, size, _cancel, reply) => reply.data(Buffer.alloc(size, 3));
+    const u = h.read(7, 0, 4096);
+    expect(h.replyTo(u)).toHaveLength(1);
+    expect(h.replyTo(u)[0]!.body).toEqual(Buffer.alloc(4096, 3));
+  });
+
+  it('answers an interrupted read EINTR at once, aborts its signal, and drops the answer its read gives later', async () => {
+    const h = harness();
+    h.init();
+    const u = h.read(7, 0, 4096);
+    const other = h.read(7, 4096, 4096);
+    const [waiting, sibling] = h.fs.reads;
+    const signal = waiting!.cancel.signal;
+    expect(signal.aborted).toBe(false);
+
+    const interrupt = Buffer.alloc(8);
+    putU64(interrupt, 0, u);
+    h.send(Op.INTERRUPT, 0, interrupt);
+    expect(h.replyTo(u).map((r) => r.error)).toEqual([-E.EINTR]);
+    expect(waiting!.cancel.aborted).toBe(true);
+    expect(signal.aborted).toBe(true);
+    expect(signal.reason).toMatchObject({ code: 'INTERRUPTED' });
+
+    waiting!.fill(1); // the read ends anyway: its answer goes nowhere
+    expect(h.replyTo(u)).toHaveLength(1);
+    sibling!.fill(2); // the other read is untouched
+    expect(h.replyTo(other).map((r) => [r.error, r.body.length])).toEqual([[0, 4096]]);
+    expect(h.requests.inFlight).toBe(0);
+
+    // An INTERRUPT of a request answered already asks for nothing.
+    const again = h.replies.length;
+    h.send(Op.INTERRUPT, 0, interrupt);
+    expect(h.replies).toHaveLength(again);
+    const interrupted = await h.metrics.registry.getSingleMetricAsString('cachefs_fuse_errors_total');
+    expect(interrupted).toContain('op="read",errno="EINTR"} 1');
+  });
+
+  it('keeps an INTERRUPT read before its request, and answers that request EINTR as it comes without serving it', () => {
+    const h = harness();
+    h.init();
+    const interrupt = Buffer.alloc(8);
+    putU64(interrupt, 0, 100); // a request the session has not handed over yet
+    h.send(Op.INTERRUPT, 0, interrupt);
+    const body = Buffer.alloc(40);
+    putU64(body, 0, 7);
+    body.writeUInt32LE(4096, 16);
+    h.fs.calls.length = 0;
+    const header: RequestHeader = { len: IN_HEADER + 40, opcode: Op.READ, unique: 100, nodeid: 2, uid: 0, gid: 0, pid: 1 };
+    h.ops.request(header, body);
+    expect(h.replyTo(100).map((r) => r.error)).toEqual([-E.EINTR]);
+    expect(h.fs.calls).toEqual([]);
+    expect(h.requests.inFlight).toBe(0);
+  });
+
+  it('answers a request past its timeout ETIMEDOUT and aborts it; its op gets a signal already aborted', async () => {
+    const h = harness();
+    h.init();
+    const u = h.read(7, 0, 4096);
+    h.requests.sweep(Date.now() + 60_001);
+    expect(h.replyTo(u).map((r) => r.error)).toEqual([-E.ETIMEDOUT]);
+    const [read] = h.fs.reads;
+    expect(read!.cancel.signal.aborted).toBe(true);
+    expect(read!.cancel.signal.reason).toMatchObject({ code: 'TIMEOUT' });
+    read!.reply.error(new CachefsError('TIMEOUT', 'the store did not answer'));
+    expect(h.replyTo(u)).toHaveLength(1);
+  });
+
+  it('gives a lookup the node id the filesystem names, and ENOENT for a missing name', async () => {
+    const h = harness();
+    h.init();
+    const found = h.send(Op.LOOKUP, 1, Buffer.from('a.bin\0'));
+    const missing = h.send(Op.LOOKUP, 1, Buffer.from('nope\0'));
+    await settle();
+    const entry = h.replyTo(found)[0]!.body;
+    expect(Number(entry.readBigUInt64LE(0))).toBe(2);
+    expect(Number(entry.readBigUInt64LE(40))).toBe(2); // attr.ino
+    expect(entry.readUInt32LE(40 + 52)).toBe(123_000_000); // mtime nanoseconds
+    expect(h.replyTo(missing)[0]!.error).toBe(-E.ENOENT);
   });
 });

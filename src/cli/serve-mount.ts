@@ -1,16 +1,19 @@
 /**
  * Wiring of a mount: backend (embedded cache, or cluster) → BlockClient →
- * Filesystem → FUSE. Everything that can fail (URI, credentials, bucket, master,
+ * Filesystem (the tree) → Vfs (nodes, handles, reads) → FUSE. Everything that can fail (URI, credentials, bucket, master,
  * cache dir, mount point, metrics port) is checked before the kernel mount is
  * made, so a failure leaves nothing mounted.
  */
+import path from 'node:path';
 import { BlockClient } from '../client/block-client.js';
 import { FuseMount } from '../fuse/fuse-mount.js';
+import { MountAnchor } from '../heal/mount-anchor.js';
 import { checkMountpoint } from '../sys/mountpoint.js';
 import type { Logger } from '../log.js';
 import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
 import { Filesystem } from '../vfs/filesystem.js';
+import { Vfs } from '../vfs/vfs.js';
 import { openBackend } from './mount-backends.js';
 import type { MountConfig } from './mount-config.js';
 
@@ -41,7 +44,6 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
     closers.push(() => client.close());
     const fs = new Filesystem({
       ufs: backend.ufs,
-      client,
       mountId: backend.mountId,
       metaTtlMs: config.metaTtlMs,
       owner: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
@@ -56,12 +58,14 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       metricsPort = server.port;
       closers.push(() => server.close());
     }
-    const fuse = await FuseMount.mount(mountpoint, fs, metrics, log, {
+    const vfs = new Vfs({ fs, client, metrics });
+    const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,
       allowOther: config.allowOther,
       maxReadahead: Math.max(128 * 1024, Math.min(config.readaheadBytes, 8 * 1024 * 1024)),
       opTimeoutMs: OP_TIMEOUT_MS,
+      alsoMountedAt: [path.join(MountAnchor.dirFor(mountpoint), 'mount')],
     });
     mounted = true;
     closers.push(async () => {

@@ -1,16 +1,61 @@
 /**
  * `BlockClient`: turns a read of an object range into block reads on a
  * `BlockSource`, and drives readahead for sequential streams. Knows nothing of
- * paths or FUSE; a `vfs` file handle owns one `Readahead` and passes it in.
+ * paths or FUSE: a read names the open file it belongs to (`OpenObject`, which the
+ * `vfs` file handle is) and the range; a request's cancellation reaches the
+ * block reads as `BlockRead.signal`.
  */
-import { blockCount, blockRef, blocksCovering, type ObjectRef } from '../block/block.js';
-import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import { blockCount, blockRef, blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
+import type { AccessPattern, BlockRead, BlockSource, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
   blockSize: number;
   /** Upper bound of the readahead window, in bytes. */
   readaheadBytes: number;
+}
+
+/** An open object as the client reads it: what it is, how its reader moves, and the handle its blocks are held for. */
+export interface OpenObject extends ReadHandle {
+  readonly object: ObjectRef;
+  readonly readahead: Readahead;
+}
+
+/** What a cancellable request offers: its signal, made when first asked for. */
+export interface Cancellable {
+  readonly signal: AbortSignal;
+}
+
+export interface RangeRead {
+  position: number;
+  length: number;
+  dest: Buffer;
+  /** Bytes held in memory may come back as a view instead of a copy, good only until this turn of the event loop ends. */
+  view?: boolean;
+  /**
+   * Cancels the block reads that have to wait. Asked for its signal only then: a
+   * signal costs tens of microseconds to make, more than a read from memory.
+   */
+  cancel?: Cancellable;
+}
+
+/** A block read whose signal is the request's, fetched only if a source asks for it (a cache miss). */
+class CancellableBlockRead implements BlockRead {
+  constructor(
+    readonly ref: BlockRef,
+    readonly offset: number,
+    readonly length: number,
+    readonly dest: Buffer,
+    readonly destOffset: number,
+    readonly pattern: AccessPattern,
+    readonly streaming: boolean,
+    readonly handle: ReadHandle,
+    private readonly cancel: Cancellable | undefined,
+  ) {}
+
+  get signal(): AbortSignal | undefined {
+    return this.cancel?.signal;
+  }
 }
 
 export class BlockClient {
@@ -29,12 +74,14 @@ export class BlockClient {
   }
 
   /**
-   * Reads up to `length` bytes at `position` into `dest`; returns the count (short only at
-   * end of object), without a promise when the source has the bytes in memory. With
-   * `view`, bytes held in memory come back as a view instead, uncopied, good only until
-   * this turn of the event loop ends.
+   * Reads up to `r.length` bytes at `r.position` of the open object into `r.dest`; returns
+   * the count (short only at end of object), without a promise when the source has the
+   * bytes in memory. With `r.view`, bytes held in memory come back as a view instead,
+   * uncopied, good only until this turn of the event loop ends.
    */
-  read(object: ObjectRef, position: number, dest: Buffer, length: number, readahead: Readahead, handle?: ReadHandle, view = false): number | Buffer | Promise<number> {
+  read(file: OpenObject, r: RangeRead): number | Buffer | Promise<number> {
+    const { object, readahead } = file;
+    const { position, length, dest } = r;
     const refs = blocksCovering(object, this.blockSize, position, length);
     if (refs.length === 0) return 0;
     const pattern = readahead.observe(position, length);
@@ -42,18 +89,18 @@ export class BlockClient {
     if (pattern === 'sequential' && this.maxWindowBlocks > 0) {
       const last = refs[refs.length - 1]!.index;
       for (const i of readahead.blocksToPrefetch(last, blockCount(object.size, this.blockSize))) {
-        this.source.prefetch(blockRef(object, this.blockSize, i), streaming, handle);
+        this.source.prefetch(blockRef(object, this.blockSize, i), streaming, file);
       }
     }
     const end = Math.min(object.size, position + length);
-    const reads = refs.map((ref): BlockRead => {
+    const reads = refs.map((ref) => {
       const from = Math.max(position, ref.offset);
       const to = Math.min(end, ref.offset + ref.length);
-      return { ref, offset: from - ref.offset, length: to - from, dest, destOffset: from - position, pattern, streaming, handle };
+      return new CancellableBlockRead(ref, from - ref.offset, to - from, dest, from - position, pattern, streaming, file, r.cancel);
     });
     if (reads.length === 1) {
       const req = reads[0]!;
-      return (view ? this.source.viewNow?.(req) : undefined) ?? this.source.readNow?.(req) ?? this.source.read(req);
+      return (r.view ? this.source.viewNow?.(req) : undefined) ?? this.source.readNow?.(req) ?? this.source.read(req);
     }
     return settleAll(reads.map((req) => this.source.read(req)));
   }

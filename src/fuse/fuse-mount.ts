@@ -1,6 +1,7 @@
 /**
  * A cachefs mount: the kernel connection (`session.ts`) served by the FUSE ops
- * (`ops.ts`), with cachefs's kernel options: read-only at the kernel (`ro`: writes
+ * (`ops.ts`) over a filesystem addressed by node ids (`vfs/vfs.ts`), with
+ * cachefs's kernel options: read-only at the kernel (`ro`: writes
  * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
  * page cache kept across opens while size and mtime are unchanged (auto_cache).
@@ -8,10 +9,9 @@
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { Filesystem } from '../vfs/filesystem.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { isMountpoint } from '../sys/mountpoint.js';
-import { FuseOps } from './ops.js';
+import { FuseOps, type FuseFilesystem } from './ops.js';
 import { FuseSession } from './session.js';
 
 /** How often the serving process checks that its mount still exists (it may be unmounted lazily from outside). */
@@ -25,7 +25,12 @@ export interface FuseMountOptions {
   maxReadahead: number;
   /** Longest a single op may take before the kernel gets ETIMEDOUT. */
   opTimeoutMs: number;
+  /** Where else the mount may be reachable when it ends (the supervisor's anchor bind). */
+  alsoMountedAt?: readonly string[];
 }
+
+/** Regular-file nodes offered to the session for waking its device read. */
+const WAKE_NODES = 8;
 
 export class FuseMount {
   private watch?: NodeJS.Timeout;
@@ -50,9 +55,9 @@ export class FuseMount {
     return Promise.race([unmounted, this.session.ended]);
   }
 
-  static async mount(mountpoint: string, fs: Filesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
+  static async mount(mountpoint: string, fs: FuseFilesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
     const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs }, log);
-    session.start(new FuseOps(fs, session, options, metrics, log));
+    session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     return new FuseMount(session, mountpoint);
   }
 

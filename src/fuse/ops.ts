@@ -1,34 +1,34 @@
 /**
- * The FUSE ops of a cachefs mount: each request read from the kernel is decoded,
- * handed to the `Filesystem` by path (`inodes.ts` keeps the kernel's node ids),
- * answered on success, and a failure is mapped to an errno in one place and
- * counted. No decisions about the tree or the data are made here.
+ * The FUSE ops of a cachefs mount, as a table: each opcode with its name, the
+ * smallest body it may come with, and its handler. A handler decodes the request,
+ * calls the filesystem (`FuseFilesystem`, which `vfs/vfs.ts` implements), encodes
+ * the answer, and maps a failure to an errno in one place (`errno.ts`), counted by
+ * op. Nothing is decided here about the tree, the data or what the kernel may cache.
  *
- * Kernel caching: names and attributes are kept for --entry-timeout and
- * --attr-timeout; a file's pages are kept across opens while its mtime and size are
- * what they were at the last open (auto_cache), and dropped by the kernel itself
- * when a getattr shows them changed (AUTO_INVAL_DATA). A directory's listing is kept
- * by the kernel across opens while it is what it was at the last open (its names,
- * modes, sizes and mtimes): a walk of a tree already listed asks for no readdir.
+ * The connection itself is negotiated here: INIT checks the kernel's major version
+ * and caps the minor and the flags to what both sides know; a request before INIT
+ * or after DESTROY, or shorter than its op's body, is answered EIO before any
+ * handler runs.
  */
-import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { constants } from 'node:os';
-import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { Attr } from '../vfs/entry.js';
-import type { DirEntry, Filesystem } from '../vfs/filesystem.js';
+import type { StatFs } from '../vfs/filesystem.js';
+import { childPath } from '../vfs/nodes.js';
+import { MAX_READ, type Cancellation, type DirEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
-import { childPath, Inodes, type Inode } from './inodes.js';
 import {
   attrOut,
   cString,
   direntSize,
   entryOut,
+  FUSE_KERNEL_MINOR,
+  FUSE_KERNEL_VERSION,
   InitFlag,
   initOut,
-  type NodeAttr,
+  InSize,
+  MIN_KERNEL_MINOR,
   Op,
   OpenFlag,
   openOut,
@@ -39,135 +39,146 @@ import {
   UNKNOWN_INO,
   WRITE_OPS,
 } from './protocol.js';
-import { MAX_WRITE, type FuseSession, type SessionHandler } from './session.js';
+import type { FuseRequest, FuseRequests } from './requests.js';
+import { MAX_WRITE, type SessionHandler } from './session.js';
 
 const E = constants.errno;
-/** The largest read the kernel is asked to send: 256 pages. */
-export const MAX_READ = 1024 * 1024;
-/**
- * Reads of one open file waiting for their bytes at once, each holding a read buffer; the
- * kernel's readahead may send up to max_background (64) of them. Later ones wait their turn
- * in order, still in flight for the kernel. Per file, so that reads stuck on a slow store
- * never hold up another file's.
- */
-const MAX_READS_WAITING = 8;
-/**
- * Read buffers kept for replies; a read's buffer is free again once its reply is written.
- * Enough for the reads in flight of two streams (MAX_READS_WAITING each): with fewer, a
- * stream allocated 1 MiB buffers outside V8's heap that stayed until a GC found them,
- * lifting the mount's peak RSS during a 1 GiB read by 3-15 MiB.
- */
-const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
+/** The init flags asked for, each only when the kernel offers it. */
+const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+
+/** The filesystem the FUSE ops call, by node ids and handles. */
+export interface FuseFilesystem {
+  lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry>;
+  forget(nodeId: number, count: number): void;
+  getattr(nodeId: number): Promise<NodeAttr>;
+  open(nodeId: number, flags: number, cancel: Cancellation): Promise<OpenedFile>;
+  read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void;
+  release(fh: number): void;
+  opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir>;
+  readdir(fh: number, offset: number): Iterable<DirEntryOut>;
+  releasedir(fh: number): void;
+  statfs(): StatFs;
+  access(nodeId: number, mask: number): Promise<void>;
+  refuseWrite(nodeId: number): never;
+  /** Node ids of regular files the kernel holds, at most `max`. */
+  heldFiles(max: number): number[];
+  /** For messages: the path of a node, and of an open file or directory. */
+  pathOf(nodeId: number): string;
+  handlePath(fh: number): string;
+}
 
 export interface FuseOpsOptions {
   attrTimeoutSec: number;
   entryTimeoutSec: number;
   /** Kernel readahead per file, bytes. */
   maxReadahead: number;
+  /** `major:minor` of the connection, whose bdi's readahead is raised at INIT. */
+  deviceId?: string;
 }
 
-interface DirHandle {
-  path: string;
-  entries: DirEntry[];
-}
+/** An op of the table: its name, the smallest body a request of it may have, and its handler. */
+type OpSpec =
+  | { name: string; minBody: number; noReply?: false; handle(ops: FuseOps, h: RequestHeader, body: Buffer, req: FuseRequest): void }
+  /** No reply is expected (FORGET, INTERRUPT, ...): no request is begun, none is answered. */
+  | { name: string; minBody: number; noReply: true; handle(ops: FuseOps, h: RequestHeader, body: Buffer): void };
+
+/** Where the connection is: INIT opens it, DESTROY closes it; other requests are served only in between. */
+type ConnectionState = 'new' | 'ready' | 'destroyed';
 
 export class FuseOps implements SessionHandler {
-  private readonly inodes = new Inodes();
-  private readonly dirs = new Map<number, DirHandle>();
-  private nextDir = 1;
-  /** The path of each open file handle, for logging a failed read. */
-  private readonly files = new Map<number, string>();
-  private readonly readBuffers: Buffer[] = [];
-  /** Per open file: reads waiting for their bytes, and reads queued behind them. */
-  private readonly waits = new Map<number, { waiting: number; queue: (() => void)[] }>();
+  private state: ConnectionState = 'new';
   private readonly opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
 
+  private static readonly OPS: ReadonlyMap<number, OpSpec> = new Map<number, OpSpec>([
+    [Op.INIT, { name: 'init', minBody: 8, handle: (o, _h, b, r) => o.init(b, r) }],
+    [Op.LOOKUP, { name: 'lookup', minBody: 2, handle: (o, h, b, r) => o.lookup(r, h.nodeid, cString(b, 0)) }],
+    [Op.FORGET, { name: 'forget', minBody: InSize.FORGET, noReply: true, handle: (o, h, b) => o.fs.forget(h.nodeid, u64(b, 0)) }],
+    [Op.BATCH_FORGET, { name: 'batch_forget', minBody: InSize.BATCH_FORGET, noReply: true, handle: (o, _h, b) => o.batchForget(b) }],
+    [Op.GETATTR, { name: 'getattr', minBody: InSize.GETATTR, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.getattr(h.nodeid), (a) => [attrOut(a, o.options.attrTimeoutSec)]) }],
+    [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r), (f) => [openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0)]) }],
+    [Op.READ, { name: 'read', minBody: InSize.READ, handle: (o, _h, b, r) => o.read(r, u64(b, 0), u64(b, 8), b.readUInt32LE(16)) }],
+    [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
+    [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
+    [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdir(u64(b, 0), u64(b, 8)), (entries) => [direntPage(entries, b.readUInt32LE(16))]) }],
+    [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
+    [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
+    [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
+    [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(u64(b, 0)) }],
+    // The kernel's answer to the NOTIFY_RETRIEVE that wakes the device read when the session ends.
+    [Op.NOTIFY_REPLY, { name: 'notify_reply', minBody: 0, noReply: true, handle: () => undefined }],
+    [Op.DESTROY, { name: 'destroy', minBody: 0, handle: (o, _h, _b, r) => o.destroy(r) }],
+    ...[...WRITE_OPS].map(([code, name]): [number, OpSpec] => [
+      code,
+      { name, minBody: 0, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.refuseWrite(h.nodeid), () => []) },
+    ]),
+  ]);
+
   constructor(
-    private readonly fs: Filesystem,
-    private readonly session: FuseSession,
+    private readonly fs: FuseFilesystem,
+    private readonly requests: FuseRequests,
     private readonly options: FuseOpsOptions,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {}
-
-  request(h: RequestHeader, body: Buffer): void {
-    const { unique, nodeid } = h;
-    switch (h.opcode) {
-      case Op.INIT:
-        return this.init(unique, body);
-      case Op.LOOKUP:
-        return this.lookup(unique, nodeid, cString(body, 0));
-      case Op.FORGET:
-        return this.inodes.forget(nodeid, u64(body, 0));
-      case Op.BATCH_FORGET: {
-        const count = body.readUInt32LE(0);
-        for (let i = 0; i < count; i++) this.inodes.forget(u64(body, 8 + 16 * i), u64(body, 16 + 16 * i));
-        return;
-      }
-      case Op.GETATTR:
-        return this.onNode(unique, nodeid, 'getattr', (node) => this.fs.getattr(node.path), (attr, node) => [attrOut(this.nodeAttr(node, attr), this.options.attrTimeoutSec)]);
-      case Op.OPEN: {
-        const flags = body.readUInt32LE(0);
-        return this.onNode(unique, nodeid, 'open', (node) => this.fs.open(node.path, flags), (fh, node) => {
-          this.files.set(fh, node.path);
-          // auto_cache: the pages are still right while the file is as it was when last opened.
-          const keep = node.version !== undefined && node.version === node.openedVersion;
-          node.openedVersion = node.version;
-          return [openOut(fh, keep ? OpenFlag.KEEP_CACHE : 0)];
-        });
-      }
-      case Op.READ:
-        return this.read(unique, u64(body, 0), u64(body, 8), body.readUInt32LE(16));
-      case Op.RELEASE: {
-        const fh = u64(body, 0);
-        const path = this.files.get(fh) ?? `#${fh}`;
-        this.files.delete(fh);
-        return this.run(unique, 'release', path, () => this.fs.release(fh), () => []);
-      }
-      case Op.OPENDIR:
-        return this.onNode(unique, nodeid, 'opendir', (node) => this.fs.readdir(node.path), (entries, node) => {
-          const fh = this.nextDir++;
-          this.dirs.set(fh, { path: node.path, entries });
-          const listing = listingFingerprint(entries);
-          const keep = listing === node.openedListing;
-          node.openedListing = listing;
-          return [openOut(fh, OpenFlag.CACHE_DIR | (keep ? OpenFlag.KEEP_CACHE : 0))];
-        });
-      case Op.READDIR:
-        return this.readdir(unique, u64(body, 0), u64(body, 8), body.readUInt32LE(16));
-      case Op.RELEASEDIR:
-        this.dirs.delete(u64(body, 0));
-        return this.run(unique, 'releasedir', '', () => undefined, () => []);
-      case Op.STATFS:
-        return this.run(unique, 'statfs', '/', () => this.fs.statfs(), (s) => [statfsOut(s)]);
-      case Op.ACCESS: {
-        const mask = body.readUInt32LE(0);
-        return this.onNode(unique, nodeid, 'access', (node) => this.fs.access(node.path, mask), () => []);
-      }
-      case Op.INTERRUPT:
-        return; // reads are not cancelled; the reply comes as it would have
-      case Op.DESTROY:
-        return this.session.reply(unique, 0);
-      default: {
-        const write = WRITE_OPS.get(h.opcode);
-        if (write) return this.onNode(unique, nodeid, write, (node) => this.fs.refuseWrite(node.path), () => []);
-        // flush, fsync, xattrs, locks, ...: ENOSYS tells the kernel not to ask again where it can.
-        this.session.reply(unique, -E.ENOSYS);
-      }
-    }
+  ) {
+    metrics.fuseRequestsInFlight.sampledBy(() => requests.inFlight);
   }
 
-  private init(unique: number, body: Buffer): void {
+  request(h: RequestHeader, body: Buffer): void {
+    const spec = FuseOps.OPS.get(h.opcode);
+    if (!spec) {
+      // flush, fsync, xattrs, locks, ...: ENOSYS tells the kernel not to ask again where it can.
+      if (this.state === 'ready') this.requests.replyNow(h.unique, -E.ENOSYS);
+      else this.requests.replyNow(h.unique, -E.EIO);
+      return;
+    }
+    const refusal = this.refusal(spec, h, body);
+    if (refusal) {
+      this.log.warn({ op: spec.name, unique: h.unique, len: body.length, state: this.state }, `FUSE request refused: ${refusal}`);
+      this.metrics.fuseErrors.inc({ op: spec.name, errno: 'EIO' });
+      if (!spec.noReply) this.requests.replyNow(h.unique, -E.EIO);
+      return;
+    }
+    if (spec.noReply) return spec.handle(this, h, body);
+    const req = this.requests.begin(h.unique, spec.name);
+    // Its INTERRUPT was read first: it is answered EINTR already, and not served.
+    if (req.answered) return this.metrics.fuseErrors.inc({ op: spec.name, errno: 'EINTR' });
+    spec.handle(this, h, body, req);
+  }
+
+  /** Why a request is not served at all, if it is not. */
+  private refusal(spec: OpSpec, h: RequestHeader, body: Buffer): string | undefined {
+    if (body.length < spec.minBody) return `its body has ${body.length} bytes, ${spec.name} needs ${spec.minBody}`;
+    if (h.opcode === Op.INIT) return this.state === 'new' ? undefined : 'the connection is initialised already';
+    if (h.opcode === Op.NOTIFY_REPLY) return undefined;
+    if (this.state === 'new') return 'before INIT';
+    if (this.state === 'destroyed') return 'after DESTROY';
+    return undefined;
+  }
+
+  /**
+   * INIT: a kernel of major 7 is served at the lower of its minor and ours, with the flags
+   * both know; a newer major is told ours (the kernel may then offer 7); an older one is refused.
+   */
+  private init(body: Buffer, req: FuseRequest): void {
+    const major = body.readUInt32LE(0);
+    const minor = body.readUInt32LE(4);
+    const reply = (kernelMinor: number, flags: number): Buffer =>
+      initOut(kernelMinor, { maxReadahead: this.options.maxReadahead, flags, maxBackground: 64, congestionThreshold: 48, maxWrite: MAX_WRITE, maxPages: MAX_READ / 4096 });
+    if (major > FUSE_KERNEL_VERSION) {
+      this.log.info({ major, minor }, `the kernel speaks FUSE ${major}.${minor}: offered ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR}`);
+      return this.requests.reply(req, 0, reply(FUSE_KERNEL_MINOR, 0));
+    }
+    if (major < FUSE_KERNEL_VERSION || minor < MIN_KERNEL_MINOR || body.length < InSize.INIT) {
+      this.log.error({ major, minor }, `the kernel speaks FUSE ${major}.${minor}: ${FUSE_KERNEL_VERSION}.${MIN_KERNEL_MINOR} or later is needed`);
+      this.metrics.fuseErrors.inc({ op: 'init', errno: 'EPROTO' });
+      return this.requests.reply(req, -E.EPROTO);
+    }
     const kernelFlags = body.readUInt32LE(12);
-    const wanted = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
-    this.session.reply(
-      unique,
-      0,
-      initOut({ maxReadahead: this.options.maxReadahead, flags: wanted & kernelFlags, maxBackground: 64, congestionThreshold: 48, maxWrite: MAX_WRITE, maxPages: MAX_READ / 4096 }),
-    );
+    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), WANTED_FLAGS & kernelFlags));
+    this.state = 'ready';
     // The kernel caps a FUSE mount's readahead at the system default (128 KiB) whatever
     // max_readahead says; as root it can be raised per connection.
-    const device = this.session.deviceId;
+    const device = this.options.deviceId;
     if (device) {
       writeFile(`/sys/class/bdi/${device}/read_ahead_kb`, String(Math.floor(this.options.maxReadahead / 1024))).catch((err: unknown) =>
         this.log.debug({ device, err: (err as Error).message }, 'cannot raise the kernel readahead of the mount'),
@@ -175,111 +186,70 @@ export class FuseOps implements SessionHandler {
     }
   }
 
-  private lookup(unique: number, parentId: number, name: string): void {
-    const parent = this.inodes.get(parentId);
-    const path = parent ? childPath(parent.path, name) : name;
-    this.run(unique, 'lookup', path, () => {
-      if (!parent) throw staleNode(parentId);
-      return this.fs.getattr(path);
-    }, (attr) => {
-      const node = this.inodes.remember(path);
-      return [entryOut(node.id, this.nodeAttr(node, attr), this.options.entryTimeoutSec, this.options.attrTimeoutSec)];
-    });
+  private lookup(req: FuseRequest, parentId: number, name: string): void {
+    const { entryTimeoutSec, attrTimeoutSec } = this.options;
+    this.run(req, () => childPath(this.fs.pathOf(parentId), name), () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
   }
 
-  private read(unique: number, fh: number, offset: number, size: number): void {
-    this.session.begin(unique);
-    const wait = this.waits.get(fh);
-    if (wait && wait.waiting >= MAX_READS_WAITING) wait.queue.push(() => this.startRead(unique, fh, offset, size));
-    else this.startRead(unique, fh, offset, size);
+  private destroy(req: FuseRequest): void {
+    this.state = 'destroyed';
+    this.requests.reply(req, 0);
   }
 
-  private startRead(unique: number, fh: number, offset: number, size: number): void {
+  /** BATCH_FORGET: `count` (node id, lookups) pairs, all of which must be in the body. */
+  private batchForget(body: Buffer): void {
+    const count = body.readUInt32LE(0);
+    const fits = Math.floor((body.length - InSize.BATCH_FORGET) / InSize.FORGET_ONE);
+    if (count > fits) {
+      this.log.warn({ count, fits }, 'a BATCH_FORGET counts more nodes than its body holds: the ones it holds are forgotten');
+      this.metrics.fuseErrors.inc({ op: 'batch_forget', errno: 'EIO' });
+    }
+    for (let i = 0, at = InSize.BATCH_FORGET; i < Math.min(count, fits); i++, at += InSize.FORGET_ONE) this.fs.forget(u64(body, at), u64(body, at + 8));
+  }
+
+  private interrupt(unique: number): void {
+    // Requests are handled in the kernel's order, and the kernel interrupts only a request it
+    // has handed over: one not in progress was answered already, and nothing is owed.
+    const req = this.requests.interrupt(unique);
+    if (req) this.metrics.fuseErrors.inc({ op: req.op, errno: 'EINTR' });
+  }
+
+  private read(req: FuseRequest, fh: number, offset: number, size: number): void {
     const done = this.count('read');
-    const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
-    const length = Math.min(size, MAX_READ);
-    /** `data` is in `buffer`, or a view of bytes held in memory, good only now: written at once either way. */
-    const answer = (data: Buffer): void => {
-      done();
-      this.metrics.fuseReadBytes.inc(data.length);
-      this.session.reply(unique, 0, data);
-      this.giveBack(buffer);
+    const reply: ReadReply = {
+      data: (bytes) => {
+        done();
+        this.metrics.fuseReadBytes.inc(bytes.length);
+        this.requests.reply(req, 0, bytes);
+      },
+      error: (err) => {
+        done();
+        this.requests.reply(req, this.failed(req, () => this.fs.handlePath(fh), err));
+      },
     };
-    const fail = (err: unknown): void => {
-      done();
-      this.session.reply(unique, this.failed('read', this.files.get(fh) ?? `#${fh}`, err));
-      this.giveBack(buffer);
-    };
-    const settled = (): void => {
-      const w = this.waits.get(fh)!;
-      w.waiting -= 1;
-      // Reads answered from memory do not wait: take queued ones until one waits again.
-      while (w.waiting < MAX_READS_WAITING && w.queue.length > 0) w.queue.shift()!();
-      if (w.waiting === 0 && w.queue.length === 0) this.waits.delete(fh);
-    };
-    let n: number | Buffer | Promise<number>;
     try {
-      n = this.fs.read(fh, buffer, length, offset, true);
+      this.fs.read(fh, offset, size, req, reply);
     } catch (err) {
-      return fail(err);
+      reply.error(err);
     }
-    if (typeof n === 'number') answer(buffer.subarray(0, n));
-    else if (Buffer.isBuffer(n)) answer(n);
-    else {
-      let wait = this.waits.get(fh);
-      if (!wait) this.waits.set(fh, (wait = { waiting: 0, queue: [] }));
-      wait.waiting += 1;
-      n.then((count) => answer(buffer.subarray(0, count)), fail).finally(settled);
-    }
-  }
-
-  private giveBack(buffer: Buffer): void {
-    if (this.readBuffers.length < FREE_READ_BUFFERS) this.readBuffers.push(buffer);
-  }
-
-  private readdir(unique: number, fh: number, offset: number, size: number): void {
-    const dir = this.dirs.get(fh);
-    this.run(unique, 'readdir', dir?.path ?? `#${fh}`, () => {
-      if (!dir) throw staleNode(fh);
-      const out = Buffer.alloc(size);
-      let at = 0;
-      for (let i = offset; i < dir.entries.length; i++) {
-        const e = dir.entries[i]!;
-        const name = Buffer.from(e.name);
-        if (at + direntSize(name) > size) break;
-        const ino = e.name === '.' ? this.inodes.idOf(dir.path) : e.name === '..' ? undefined : this.inodes.idOf(childPath(dir.path, e.name));
-        at = putDirent(out, at, ino ?? UNKNOWN_INO, i + 1, e.attr.mode, name);
-      }
-      return out.subarray(0, at);
-    }, (data) => [data]);
-  }
-
-  /** An op on a node the kernel names by id: ENOENT (stale) if it is not held. */
-  private onNode<T>(unique: number, nodeid: number, op: string, work: (node: Inode) => Promise<T> | T, reply: (value: T, node: Inode) => Buffer[]): void {
-    const node = this.inodes.get(nodeid);
-    this.run(unique, op, node?.path ?? `#${nodeid}`, () => {
-      if (!node) throw staleNode(nodeid);
-      return work(node);
-    }, (value) => reply(value, node!));
   }
 
   /** Runs an op and answers it; a result that is not a promise is answered at once. */
-  private run<T>(unique: number, op: string, path: string, work: () => Promise<T> | T, reply: (value: T) => Buffer[]): void {
-    const done = this.count(op);
-    this.session.begin(unique);
-    const ok = (value: T): void => {
+  private run<T>(req: FuseRequest, where: () => string, work: () => Promise<T> | T, encode: (value: T) => Buffer[]): void {
+    const done = this.count(req.op);
+    const bad = (err: unknown): void => {
       done();
+      this.requests.reply(req, this.failed(req, where, err));
+    };
+    const ok = (value: T): void => {
       let body: Buffer[];
       try {
-        body = reply(value);
+        body = encode(value);
       } catch (err) {
         return bad(err);
       }
-      this.session.reply(unique, 0, ...body);
-    };
-    const bad = (err: unknown): void => {
       done();
-      this.session.reply(unique, this.failed(op, path, err));
+      this.requests.reply(req, 0, ...body);
     };
     let result: Promise<T> | T;
     try {
@@ -301,30 +271,32 @@ export class FuseOps implements SessionHandler {
     return () => seconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
   }
 
-  /** Reports a failure as a negative errno, counted by op and errno name. */
-  private failed(op: string, path: string, err: unknown): number {
+  /**
+   * Reports a failure as a negative errno, counted by op and errno name. A request answered
+   * already (interrupted, timed out) was counted then; what its work ended with is logged only.
+   */
+  private failed(req: FuseRequest, where: () => string, err: unknown): number {
     const errno = errnoOf(err);
     const name = errnoName(errno);
-    this.metrics.fuseErrors.inc({ op, errno: name });
-    if (isFailure(err)) this.log.warn({ op, path, errno: name, err: (err as Error).message }, 'FUSE op failed');
-    else this.log.debug({ op, path, errno: name }, 'FUSE op answered with an error');
+    if (req.aborted) {
+      this.log.debug({ op: req.op, path: where(), errno: name, err: (err as Error).message }, 'a cancelled FUSE op ended');
+      return -errno;
+    }
+    this.metrics.fuseErrors.inc({ op: req.op, errno: name });
+    if (isFailure(err)) this.log.warn({ op: req.op, path: where(), errno: name, err: (err as Error).message }, 'FUSE op failed');
+    else this.log.debug({ op: req.op, path: where(), errno: name }, 'FUSE op answered with an error');
     return -errno;
   }
+}
 
-  /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
-  private nodeAttr(node: Inode, a: Attr): NodeAttr {
-    node.version = `${a.mtimeMs}:${a.size}`;
-    return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
+/** As many entries as fit `size` bytes of fuse_dirent. */
+function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
+  const out = Buffer.alloc(size);
+  let at = 0;
+  for (const e of entries) {
+    const name = Buffer.from(e.name);
+    if (at + direntSize(name) > size) break;
+    at = putDirent(out, at, e.ino ?? UNKNOWN_INO, e.next, e.mode, name);
   }
-}
-
-function staleNode(id: number): CachefsError {
-  return new CachefsError('STALE', `the kernel named node or handle ${id}, which is not held`);
-}
-
-/** What a listing shows: a digest of its entries' names, modes, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
-function listingFingerprint(entries: readonly DirEntry[]): string {
-  const hash = createHash('sha256');
-  for (const { name, attr } of entries) hash.update(`${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`);
-  return hash.digest('base64');
+  return out.subarray(0, at);
 }

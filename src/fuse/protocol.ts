@@ -3,10 +3,16 @@
  * needs it: op codes, init flags, and the layouts of the requests read from
  * /dev/fuse and the replies written to it. Little-endian, as the kernel's.
  */
+import type { NodeAttr } from '../vfs/vfs.js';
 
 export const FUSE_KERNEL_VERSION = 7;
 /** 7.28 brought max_pages (reads larger than 128 KiB); 7.31 is what the replies below are laid out for. */
 export const FUSE_KERNEL_MINOR = 31;
+/**
+ * The oldest kernel minor served: the replies below have the layouts of 7.9 on, and
+ * ending the session wakes its device read with a NOTIFY_RETRIEVE (7.15).
+ */
+export const MIN_KERNEL_MINOR = 15;
 
 export const Op = {
   LOOKUP: 1,
@@ -41,6 +47,7 @@ export const Op = {
   CREATE: 35,
   INTERRUPT: 36,
   DESTROY: 38,
+  NOTIFY_REPLY: 41,
   BATCH_FORGET: 42,
   FALLOCATE: 43,
   RENAME2: 45,
@@ -78,6 +85,20 @@ export const OpenFlag = { KEEP_CACHE: 1 << 1, CACHE_DIR: 1 << 3 } as const;
 
 export const IN_HEADER = 40;
 export const OUT_HEADER = 16;
+
+/** Request body sizes (the kernel's structs, as of 7.9 on): a request shorter than its op's is refused. */
+export const InSize = {
+  INIT: 16, // major, minor, max_readahead, flags (more from 7.36 on)
+  FORGET: 8,
+  GETATTR: 16,
+  OPEN: 8,
+  READ: 40,
+  RELEASE: 24,
+  ACCESS: 8,
+  INTERRUPT: 8,
+  BATCH_FORGET: 8, // count, dummy; then `count` fuse_forget_one of 16 bytes
+  FORGET_ONE: 16,
+} as const;
 
 /** 2^32, to read 64-bit fields as numbers (node ids, handles and offsets stay far below 2^53). */
 const HI = 0x1_0000_0000;
@@ -117,19 +138,6 @@ export function outHeader(unique: number, error: number, bodyLength: number): Bu
   h.writeInt32LE(error, 4);
   putU64(h, 8, unique);
   return h;
-}
-
-/** What a reply says about an inode. */
-export interface NodeAttr {
-  ino: number;
-  size: number;
-  blocks: number;
-  mtimeMs: number;
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  blksize: number;
 }
 
 const ATTR = 88;
@@ -190,17 +198,36 @@ export interface InitOut {
   maxPages: number;
 }
 
-export function initOut(o: InitOut): Buffer {
-  const b = Buffer.alloc(64);
+/** fuse_init_out as a kernel of `minor` reads it: 24 bytes before 7.23, 64 from then on. */
+export function initOut(minor: number, o: InitOut): Buffer {
+  const b = Buffer.alloc(minor < 23 ? 24 : 64);
   b.writeUInt32LE(FUSE_KERNEL_VERSION, 0);
-  b.writeUInt32LE(FUSE_KERNEL_MINOR, 4);
+  b.writeUInt32LE(minor, 4);
   b.writeUInt32LE(o.maxReadahead, 8);
   b.writeUInt32LE(o.flags >>> 0, 12);
   b.writeUInt16LE(o.maxBackground, 16);
   b.writeUInt16LE(o.congestionThreshold, 18);
   b.writeUInt32LE(o.maxWrite, 20);
-  b.writeUInt32LE(1, 24); // time_gran: nanoseconds
-  b.writeUInt16LE(o.maxPages, 28);
+  if (b.length > 24) {
+    b.writeUInt32LE(1, 24); // time_gran: nanoseconds
+    b.writeUInt16LE(o.maxPages, 28);
+  }
+  return b;
+}
+
+const FUSE_NOTIFY_RETRIEVE = 5;
+
+/**
+ * A NOTIFY_RETRIEVE of no bytes of a node: the kernel answers it with a NOTIFY_REPLY
+ * request, which is what wakes a read of the device waiting for requests. Recent
+ * kernels (6.18 among them) take only a regular file's node, older
+ * ones any node.
+ */
+export function retrieveNothing(nodeid: number): Buffer {
+  const b = Buffer.alloc(OUT_HEADER + 32);
+  b.writeUInt32LE(b.length, 0);
+  b.writeInt32LE(FUSE_NOTIFY_RETRIEVE, 4); // a notification: its code in the error field, unique 0
+  putU64(b, OUT_HEADER + 8, nodeid); // notify_unique, offset and size 0
   return b;
 }
 

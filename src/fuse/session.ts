@@ -1,36 +1,54 @@
 /**
  * A FUSE connection served straight over /dev/fuse, without libfuse: the device is
- * opened here and handed to mount(8) as `fd=3`. Requests are read on the event loop
- * (the device is polled like a socket: no thread waits in a read, so nothing holds
- * the process or the device open at exit); replies are written at once — a write
- * to /dev/fuse never blocks, it completes the request the kernel is holding.
+ * opened here and handed to mount(8) as `fd=3`. Requests are read through libuv's
+ * thread pool, two reads always waiting in the kernel (a read of the device returns
+ * one request): while one request is handled and answered, the next one is being
+ * read, and the read that returned is started again only after the answer, off the
+ * next request's path. Replies are written at once — a write to /dev/fuse never
+ * blocks, it completes the request the kernel is holding. Two requests may come in
+ * the other order (the kernel's order matters only for an INTERRUPT that overtakes
+ * its request, which `requests.ts` keeps for it).
  *
  * Doing it ourselves is what lets the kernel send reads of up to 1 MiB (max_pages,
- * which libfuse 2 never asks for) and spares each request two thread hand-offs.
- * Each request not answered within `opTimeoutMs` is answered ETIMEDOUT, so an
- * application never hangs on a stuck backend.
+ * which libfuse 2 never asks for) and spares each request libfuse's hand-offs.
+ *
+ * The requests in progress are `requests.ts`'s; the session sweeps them for
+ * timeouts and writes their replies.
+ *
+ * A read of the device waits in the kernel until a request comes, the device is
+ * released (and the connection aborted) only once no read holds it, and the process
+ * cannot exit while a thread waits there (Node joins its pool's threads at exit). So
+ * ending the session, or the process, first wakes that read with a request made on
+ * our demand and reads no more: a NOTIFY_RETRIEVE of a node the kernel holds, which
+ * the kernel answers with a request; failing that (no regular file held, on recent
+ * kernels), a statfs through a path that still reaches the mount.
  */
-import { openSync, closeSync, writevSync } from 'node:fs';
-import { Socket } from 'node:net';
+import { closeSync, openSync, read, statfs, writeSync, writevSync } from 'node:fs';
 import { constants } from 'node:os';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
-import { IN_HEADER, outHeader, readHeader, type RequestHeader } from './protocol.js';
+import { IN_HEADER, Op, readHeader, retrieveNothing, type RequestHeader } from './protocol.js';
+import { FuseRequests } from './requests.js';
 
 /**
  * The largest write the kernel may send (none: the mount is read-only, but the kernel
  * sizes its checks by it). A request and its headers must fit one read of the device.
  */
 export const MAX_WRITE = 32 * 1024;
-/** Each read of the device lands in one buffer of this size, reused for every request. */
+/** Each read of the device lands in its own buffer of this size. */
 const DEVICE_READ = 64 * 1024;
+/** Reads of the device waiting in the kernel at once (each holds a thread of libuv's pool). */
+export const DEVICE_READS = 2;
 const SWEEP_MS = 1000;
+/** How long ending the session waits for the device read to return before giving up on it. */
+const WAKE_TIMEOUT_MS = 5000;
 const E = constants.errno;
+const ROOT_ID = 1;
 
 export interface SessionHandler {
-  /** Called for each request; `body` is valid only until it returns. */
+  /** Called for each request, in the kernel's order; `body` is valid only until it returns. */
   request(header: RequestHeader, body: Buffer): void;
 }
 
@@ -39,20 +57,27 @@ export interface SessionMountOptions {
   opTimeoutMs: number;
 }
 
-/** libuv's pipe handle, which polls any descriptor that supports poll(2); node:net takes it as a socket's handle. */
-interface PipeBinding {
-  Pipe: new (type: number) => { open(fd: number): number };
-  constants: { SOCKET: number };
+/** What can wake the device read when the session ends. */
+export interface WakeTargets {
+  /** Node ids of regular files the kernel holds. */
+  fileNodes(): number[];
+  /** Paths besides the mount point that may reach this mount (a bind of it). */
+  paths: readonly string[];
 }
 
 export class FuseSession {
-  /** Requests in progress and when they time out. */
-  private readonly pending = new Map<number, number>();
-  /** Requests answered ETIMEDOUT whose own reply has not come yet. */
-  private readonly timedOut = new Set<number>();
+  /** Requests in progress. */
+  readonly requests: FuseRequests;
   private readonly sweeper: NodeJS.Timeout;
-  private device?: Socket;
+  private handler?: SessionHandler;
+  private wakeTargets: WakeTargets = { fileNodes: () => [], paths: [] };
+  /** Reads of the device waiting in the kernel. */
+  private reading = 0;
+  /** No more reads: the session is ending. */
+  private stopping = false;
+  private stopped?: () => void;
   private closed = false;
+  private closing?: Promise<void>;
   private endResolve!: () => void;
   /** Resolves once the kernel has ended the connection (unmounted, or aborted) or `close()` closed it. */
   readonly ended = new Promise<void>((resolve) => (this.endResolve = resolve));
@@ -65,7 +90,8 @@ export class FuseSession {
     private readonly options: SessionMountOptions,
     private readonly log: Logger,
   ) {
-    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+    this.requests = new FuseRequests((unique, parts) => this.write(unique, parts), options.opTimeoutMs, log);
+    this.sweeper = setInterval(() => this.requests.sweep(Date.now()), SWEEP_MS);
     this.sweeper.unref();
   }
 
@@ -94,69 +120,58 @@ export class FuseSession {
     return session;
   }
 
-  start(handler: SessionHandler): void {
-    const { Pipe, constants: pipeConstants } = (process as unknown as { binding(name: string): PipeBinding }).binding('pipe_wrap');
-    const handle = new Pipe(pipeConstants.SOCKET);
-    const rc = handle.open(this.fd);
-    if (rc !== 0) throw new CachefsError('IO', `cannot poll /dev/fuse (uv error ${rc})`);
-    // onread: each request is read into one reused buffer and handed over at once, with
-    // none of a stream's per-read allocation and event machinery. `body` is valid until
-    // `request` returns, so the buffer is free again by the next read.
-    const buffer = Buffer.allocUnsafeSlow(DEVICE_READ);
-    const device = new Socket({
-      handle,
-      readable: true,
-      writable: false,
-      onread: { buffer, callback: (n: number) => this.dispatch(handler, buffer.subarray(0, n)) },
-    } as ConstructorParameters<typeof Socket>[0]);
-    this.device = device;
-    device.on('error', (err: NodeJS.ErrnoException) => {
-      // ENODEV: unmounted, the connection is over.
-      if (err.code !== 'ENODEV' && !this.closed) this.log.error({ err: err.message }, 'reading /dev/fuse failed: the connection is lost');
-      this.end();
-    });
-    device.on('close', () => this.end());
+  start(handler: SessionHandler, wake?: WakeTargets): void {
+    this.handler = handler;
+    if (wake) this.wakeTargets = wake;
+    process.on('exit', this.wakeAtExit);
+    process.on('uncaughtExceptionMonitor', this.noteCrash);
+    for (let i = 0; i < DEVICE_READS; i++) this.readInto(Buffer.allocUnsafeSlow(DEVICE_READ));
   }
 
-  /** Each read of the device is one request; the chunk is walked only as a guard. */
-  private dispatch(handler: SessionHandler, chunk: Buffer): void {
-    let at = 0;
-    while (chunk.length - at >= IN_HEADER) {
-      const request = chunk.subarray(at);
-      const header = readHeader(request);
-      if (header.len < IN_HEADER || header.len > request.length) {
-        this.log.error({ len: header.len, read: request.length, opcode: header.opcode }, 'a FUSE request that does not fit its read: answered EIO');
-        this.reply(header.unique, -E.EIO);
+  private readInto(buffer: Buffer): void {
+    this.reading += 1;
+    read(this.fd, buffer, 0, buffer.length, null, (err, n) => {
+      this.reading -= 1;
+      if (this.stopping) {
+        // The last requests read are still answered: one may be the statfs that woke us.
+        if (!err) this.dispatch(buffer.subarray(0, n));
+        if (this.reading === 0) this.stopped?.();
         return;
       }
-      try {
-        handler.request(header, request.subarray(IN_HEADER, header.len));
-      } catch (err) {
-        this.log.error({ opcode: header.opcode, err: (err as Error).message }, 'a FUSE request failed to dispatch: answered EIO');
-        this.reply(header.unique, -E.EIO);
-      }
-      at += header.len;
+      if (err) return this.readFailed(err, buffer);
+      this.dispatch(buffer.subarray(0, n));
+      if (!this.stopping) this.readInto(buffer);
+    });
+  }
+
+  private readFailed(err: NodeJS.ErrnoException, buffer: Buffer): void {
+    // EINTR, EAGAIN: try again; ENOENT: the request was interrupted before it was read (libfuse does the same).
+    if (err.code === 'EINTR' || err.code === 'EAGAIN' || err.code === 'ENOENT') return this.readInto(buffer);
+    // ENODEV: unmounted, the connection is over.
+    if (err.code !== 'ENODEV' && !this.closed) this.log.error({ err: err.message }, 'reading /dev/fuse failed: the connection is lost');
+    this.end();
+  }
+
+  /** Each read of the device is one request; its length is checked against the read. */
+  private dispatch(chunk: Buffer): void {
+    if (chunk.length < IN_HEADER) {
+      this.log.error({ read: chunk.length }, 'a read of /dev/fuse shorter than a request header: ignored');
+      return;
     }
-  }
-
-  private end(): void {
-    clearInterval(this.sweeper);
-    this.closed = true;
-    this.endResolve();
-  }
-
-  /** Marks a request as in progress: it is answered ETIMEDOUT if no reply comes in time. */
-  begin(unique: number): void {
-    if (this.options.opTimeoutMs > 0) this.pending.set(unique, Date.now() + this.options.opTimeoutMs);
-  }
-
-  /** Answers a request: `error` is 0 or a negative errno; `body` the reply's payload. A reply to a request already answered ETIMEDOUT is dropped. */
-  reply(unique: number, error: number, ...body: Buffer[]): void {
-    if (this.timedOut.delete(unique)) return;
-    this.pending.delete(unique);
-    let length = 0;
-    for (const b of body) length += b.length;
-    this.write(unique, [outHeader(unique, error, length), ...body]);
+    const header = readHeader(chunk);
+    if (header.len < IN_HEADER || header.len > chunk.length) {
+      this.log.error({ len: header.len, read: chunk.length, opcode: header.opcode }, 'a FUSE request that does not fit its read: answered EIO');
+      if (header.opcode !== Op.NOTIFY_REPLY) this.requests.replyNow(header.unique, -E.EIO);
+      return;
+    }
+    try {
+      this.handler!.request(header, chunk.subarray(IN_HEADER, header.len));
+    } catch (err) {
+      this.log.error({ opcode: header.opcode, err: (err as Error).message }, 'a FUSE request failed to dispatch: answered EIO');
+      const req = this.requests.get(header.unique);
+      if (req) this.requests.reply(req, -E.EIO);
+      else this.requests.replyNow(header.unique, -E.EIO);
+    }
   }
 
   private write(unique: number, parts: Buffer[]): void {
@@ -170,15 +185,66 @@ export class FuseSession {
     }
   }
 
-  private sweep(): void {
-    const now = Date.now();
-    for (const [unique, deadline] of this.pending) {
-      if (deadline > now) continue;
-      this.pending.delete(unique);
-      this.timedOut.add(unique);
-      this.log.warn({ unique, timeoutMs: this.options.opTimeoutMs }, 'a FUSE request took too long: answered ETIMEDOUT');
-      this.write(unique, [outHeader(unique, -E.ETIMEDOUT, 0)]);
+  /** Stops reading the device: the reads waiting in the kernel are woken, and the requests they bring are the last ones served. */
+  private async stopReading(): Promise<void> {
+    this.stopping = true;
+    if (this.reading === 0) return;
+    const done = new Promise<void>((resolve) => (this.stopped = resolve));
+    if (this.retrieve(this.reading)) this.log.debug({ reads: this.reading }, 'woke the reads of /dev/fuse with NOTIFY_RETRIEVEs');
+    else {
+      // No node to ask about: statfs through the mount (or a bind of it) makes the requests.
+      this.log.debug({ paths: [this.mountpoint, ...this.wakeTargets.paths] }, 'waking the reads of /dev/fuse with statfs');
+      for (let i = this.reading; i > 0; i--) for (const path of [this.mountpoint, ...this.wakeTargets.paths]) statfs(path, () => undefined);
     }
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), WAKE_TIMEOUT_MS)));
+    if ((await Promise.race([done, late])) === 'late') {
+      this.log.error({ timeoutMs: WAKE_TIMEOUT_MS }, 'the read of /dev/fuse did not return: the connection stays until the process ends');
+    }
+    clearTimeout(timer);
+  }
+
+  /**
+   * Asks the kernel for `count` requests (NOTIFY_RETRIEVEs) about the root, else a regular
+   * file it holds; false if it took none.
+   */
+  private retrieve(count: number): boolean {
+    for (const nodeid of [ROOT_ID, ...this.wakeTargets.fileNodes()]) {
+      try {
+        for (let i = 0; i < count; i++) writeSync(this.fd, retrieveNothing(nodeid));
+        return true;
+      } catch (err) {
+        // ENODEV: the connection is gone, and the reads have returned with it. EINVAL: not a
+        // node the kernel retrieves from (a directory, on recent kernels); ENOENT: not held any more.
+        if ((err as NodeJS.ErrnoException).code === 'ENODEV') return true;
+        this.log.debug({ nodeid, err: (err as Error).message }, 'the kernel took no NOTIFY_RETRIEVE of this node');
+      }
+    }
+    return false;
+  }
+
+  /**
+   * At exit the read waiting in the kernel must return, or the exit waits for it forever.
+   * When no request can be asked for, the process ends itself with SIGKILL: a supervisor
+   * replaces it, as it would after the failure that brought us here. Node prints an
+   * uncaught exception only after the exit listeners, so its stack is written here first.
+   */
+  private readonly wakeAtExit = (code: number): void => {
+    if (this.reading === 0 || this.retrieve(this.reading)) return;
+    const why = this.crash instanceof Error ? (this.crash.stack ?? this.crash.message) : this.crash !== undefined ? String(this.crash) : `exit code ${code}`;
+    writeSync(2, `cachefs: ending with SIGKILL: a read of /dev/fuse waits that nothing can wake; the process was exiting on: ${why}\n`);
+    process.kill(process.pid, 'SIGKILL');
+  };
+
+  private crash?: unknown;
+  private readonly noteCrash = (err: unknown): void => {
+    this.crash = err;
+  };
+
+  private end(): void {
+    clearInterval(this.sweeper);
+    this.closed = true;
+    this.endResolve();
   }
 
   /**
@@ -186,12 +252,20 @@ export class FuseSession {
    * aborts the connection, so other mounts of it — the supervisor's anchor, binds
    * held by consumers — answer ENOTCONN from then on, as with libfuse.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
+    return (this.closing ??= this.unmountAndClose());
+  }
+
+  private async unmountAndClose(): Promise<void> {
     await runCommand('umount', [this.mountpoint]).catch(() => runCommand('umount', ['-l', this.mountpoint]).catch(() => undefined));
+    // The device is released (and the connection aborted) only once no read holds it.
+    await this.stopReading();
     this.closed = true;
-    if (this.device) this.device.destroy();
-    else closeSync(this.fd);
+    if (this.reading === 0) {
+      process.off('exit', this.wakeAtExit);
+      process.off('uncaughtExceptionMonitor', this.noteCrash);
+    }
+    closeSync(this.fd);
     this.end();
   }
 }

@@ -40,6 +40,9 @@ export class Metrics {
   readonly workerServedBytes = this.counter('cachefs_worker_served_bytes_total', 'Block bytes a worker handed to clients, by path', ['path']);
   readonly workerRequests = this.counter('cachefs_worker_requests_total', 'Block requests a worker answered, by path and status', ['path', 'status']);
   readonly recoveries = this.counter('cachefs_mount_recoveries_total', 'Times the FUSE serving process was replaced after dying');
+  readonly fuseRequestsInFlight = this.sampled('cachefs_fuse_requests_in_flight', 'FUSE requests read from the kernel and not yet answered');
+  readonly vfsReadsWaiting = this.sampled('cachefs_vfs_reads_waiting', 'Reads of open files whose block reads have not ended (answered or not)');
+  readonly vfsOpenFiles = this.sampled('cachefs_vfs_open_files', 'Files the kernel holds open on the mount');
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });
@@ -49,7 +52,27 @@ export class Metrics {
     return new Counter({ name, help, labelNames, registers: [this.registry] });
   }
 
+  /** A gauge whose value is read from its owner when scraped, so that keeping it costs the hot path nothing. */
+  private sampled(name: string, help: string): SampledGauge {
+    const sampled = new SampledGauge();
+    new Gauge({ name, help, registers: [this.registry], collect() { this.set(sampled.sample()); } });
+    return sampled;
+  }
+
   private gauge<L extends string>(name: string, help: string, labelNames: L[] = []): Gauge<L> {
     return new Gauge({ name, help, labelNames, registers: [this.registry] });
+  }
+}
+
+/** The value behind a sampled gauge: 0 until its owner says where to read it. */
+export class SampledGauge {
+  private source: () => number = () => 0;
+
+  sampledBy(source: () => number): void {
+    this.source = source;
+  }
+
+  sample(): number {
+    return this.source();
   }
 }

@@ -1,15 +1,12 @@
 /**
- * The cachefs filesystem, independent of FUSE: resolves paths to entries through
- * the metadata cache and the UFS, lists directories, and serves reads of open
- * files through the `BlockClient`. Read-only: every write is refused with
- * READ_ONLY. All failures are CachefsErrors; `fuse/errno.ts` maps them.
+ * The cachefs tree by path: resolves paths to entries through the metadata cache
+ * and the UFS, lists directories, and says which object a file open reads.
+ * Read-only: every write is refused with READ_ONLY. Node ids, handles and reads
+ * are `vfs.ts`'s. All failures are CachefsErrors; `fuse/errno.ts` maps them.
  */
 import { constants } from 'node:fs';
 import type { ObjectRef } from '../block/block.js';
-import type { BlockClient } from '../client/block-client.js';
-import type { ReadHandle } from '../client/block-source.js';
-import type { Readahead } from '../client/readahead.js';
-import { CachefsError, isCachefsError } from '../errors.js';
+import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Ufs } from '../ufs/ufs.js';
@@ -20,7 +17,6 @@ import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
 
 export interface FilesystemConfig {
   ufs: Ufs;
-  client: BlockClient;
   /** Identifies the UFS root in block ids. */
   mountId: string;
   metaTtlMs: number;
@@ -48,35 +44,20 @@ export interface StatFs {
   namemax: number;
 }
 
-interface Handle extends ReadHandle {
-  object: ObjectRef;
-  readahead: Readahead;
-  /** Aborts the handle's signal when it is released. */
-  closed: AbortController;
-}
-
 const LIST_PAGE = 1000;
 /** Linux's access-mode mask of open(2) flags; node:fs does not export it. */
 const O_ACCMODE = 0o3;
 
 export class Filesystem {
   private readonly ufs: Ufs;
-  private readonly client: BlockClient;
   private readonly cache: MetaCache;
   private readonly lookups = new SingleFlight<Entry | null>();
   private readonly lists = new SingleFlight<Listing>();
-  private readonly handles = new Map<number, Handle>();
-  private nextHandle = 1;
   private readonly mountedAt = Date.now();
 
   constructor(private readonly config: FilesystemConfig) {
     this.ufs = config.ufs;
-    this.client = config.client;
     this.cache = new MetaCache(config.metaTtlMs);
-  }
-
-  get openHandles(): number {
-    return this.handles.size;
   }
 
   async getattr(path: string): Promise<Attr> {
@@ -154,39 +135,17 @@ export class Filesystem {
     return listing;
   }
 
-  async open(path: string, flags: number): Promise<number> {
+  /** The object a read-only open of `path` reads; a write open is refused. */
+  async open(path: string, flags: number): Promise<ObjectRef> {
     if ((flags & O_ACCMODE) !== constants.O_RDONLY || flags & constants.O_TRUNC || flags & constants.O_CREAT) throw readOnly(path);
     const entry = await this.lookup(path);
     if (entry.kind !== 'file') throw new CachefsError('IS_DIRECTORY', `is a directory: ${path}`);
-    const fh = this.nextHandle++;
-    const object: ObjectRef = { mount: this.config.mountId, key: entry.key, etag: entry.etag, size: entry.size };
-    const closed = new AbortController();
-    this.handles.set(fh, { id: fh, signal: closed.signal, closed, object, readahead: this.client.newReadahead() });
-    return fh;
+    return { mount: this.config.mountId, key: entry.key, etag: entry.etag, size: entry.size };
   }
 
-  /**
-   * Reads into `dest`; the count comes without a promise when the bytes were in memory.
-   * With `view`, bytes in memory may come back uncopied, as a Buffer good only until this
-   * turn of the event loop ends.
-   */
-  read(fh: number, dest: Buffer, length: number, position: number, view = false): number | Buffer | Promise<number> {
-    const handle = this.handles.get(fh);
-    if (!handle) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
-    const n = this.client.read(handle.object, position, dest, length, handle.readahead, handle, view);
-    if (typeof n === 'number' || Buffer.isBuffer(n)) return n;
-    return n.catch((err: unknown) => {
-      if (isCachefsError(err, 'STALE')) this.cache.invalidate(handle.object.key, parentKey(handle.object.key));
-      throw err;
-    });
-  }
-
-  release(fh: number): void {
-    const handle = this.handles.get(fh);
-    if (!handle) return;
-    this.handles.delete(fh);
-    handle.closed.abort();
-    this.client.release(handle);
+  /** Forgets what is known of an object that changed under a reader, and of its directory's listing. */
+  objectChanged(key: string): void {
+    this.cache.invalidate(key, parentKey(key));
   }
 
   async access(path: string, mode: number): Promise<void> {

@@ -17,8 +17,9 @@
  * through the HTTP API (the index is invalidated by any mutating request), not
  * by writing into `directory`.
  *
- * It does not inject faults or simulate latency; it records requests so that a
- * test can count what reached the object store.
+ * It records requests so that a test can count what reached the object store,
+ * and injects one fault: a store that hangs (`stallObjectReads`), which accepts a
+ * GET of an object and never answers it.
  */
 import type { Dirent } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -78,6 +79,14 @@ export interface S3TestServer {
   /** Requests received since start or the last clearRequestLog(), oldest first. */
   requestLog(): readonly RecordedS3Request[];
   clearRequestLog(): void;
+  /**
+   * From now on, GETs of objects whose key matches are accepted and never answered (the
+   * connection stays open until the client gives up or close()); `undefined` stops it for
+   * new requests. HEADs and listings are answered as usual.
+   */
+  stallObjectReads(match: ((key: string) => boolean) | undefined): void;
+  /** GETs stalled so far, and how many of their connections the client still holds open. */
+  stalledReads(): { total: number; open: number };
   /** Stops the server (dropping open connections) and deletes `directory`. */
   close(): Promise<void>;
 }
@@ -154,10 +163,19 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
   const s3rverHandler = app.callback();
   const index = new KeyIndex(directory, app.store);
   const log: RecordedS3Request[] = [];
+  let stall: ((key: string) => boolean) | undefined;
+  let stalledTotal = 0;
+  const stalledOpen = new Set<ServerResponse>();
 
   const server: Server = createServer((req, res) => {
     const target = parseTarget(req);
     log.push({ ...target, method: req.method ?? '', range: req.headers.range });
+    if (req.method === 'GET' && target.key !== '' && stall?.(target.key)) {
+      stalledTotal += 1;
+      stalledOpen.add(res);
+      res.once('close', () => stalledOpen.delete(res));
+      return;
+    }
     if (isMutation(req.method)) {
       // Before, so a listing never serves a cached index older than this write;
       // after, so a walk that ran concurrently with it is not kept either.
@@ -233,6 +251,10 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
     clearRequestLog() {
       log.length = 0;
     },
+    stallObjectReads(match) {
+      stall = match;
+    },
+    stalledReads: () => ({ total: stalledTotal, open: stalledOpen.size }),
     async close() {
       if (closed) return;
       closed = true;

@@ -5,7 +5,7 @@
  * its node id while it is held, so a name looked up again is the same inode.
  */
 
-export interface Inode {
+export interface Node {
   readonly id: number;
   readonly path: string;
   /** Lookups answered and not yet forgotten by the kernel. */
@@ -13,37 +13,54 @@ export interface Inode {
   /** `mtime:size` as last told to the kernel, and as it was when the file was last opened. */
   version?: string;
   openedVersion?: string;
-  /** A directory's listing as it was when last opened (`listingFingerprint`). */
+  /** A directory's listing as it was when last opened (its fingerprint). */
   openedListing?: string;
+  /** Last told to the kernel as a regular file. */
+  file?: boolean;
 }
 
-const ROOT_ID = 1;
+export const ROOT_ID = 1;
 
-export class Inodes {
-  private readonly byId = new Map<number, Inode>();
-  private readonly byPath = new Map<string, Inode>();
+export class Nodes {
+  private readonly byId = new Map<number, Node>();
+  private readonly byPath = new Map<string, Node>();
   private nextId = ROOT_ID + 1;
 
   constructor() {
-    const root: Inode = { id: ROOT_ID, path: '/', lookups: 1 };
+    const root = newNode(ROOT_ID, '/');
+    root.lookups = 1;
     this.byId.set(ROOT_ID, root);
     this.byPath.set('/', root);
   }
 
-  get(id: number): Inode | undefined {
+  get(id: number): Node | undefined {
     return this.byId.get(id);
   }
 
+  get size(): number {
+    return this.byId.size;
+  }
+
   /** The node of `path`, made if the kernel holds none; one more lookup counted. */
-  remember(path: string): Inode {
+  remember(path: string): Node {
     let node = this.byPath.get(path);
     if (!node) {
-      node = { id: this.nextId++, path, lookups: 0 };
+      node = newNode(this.nextId++, path);
       this.byId.set(node.id, node);
       this.byPath.set(path, node);
     }
     node.lookups += 1;
     return node;
+  }
+
+  /** Up to `max` node ids of regular files the kernel holds. */
+  heldFiles(max: number): number[] {
+    const ids: number[] = [];
+    for (const node of this.byId.values()) {
+      if (ids.length >= max) break;
+      if (node.file) ids.push(node.id);
+    }
+    return ids;
   }
 
   /** The node id the kernel holds for `path`, if it holds one. */
@@ -59,6 +76,11 @@ export class Inodes {
     this.byId.delete(id);
     if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
   }
+}
+
+/** A node with every field present from the start, so that all nodes share one shape. */
+function newNode(id: number, path: string): Node {
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, file: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

@@ -1,0 +1,336 @@
+/**
+ * The filesystem as the kernel addresses it, by node ids and handles, without
+ * FUSE's wire format: the node table (`nodes.ts`), open files and directories,
+ * what the kernel may keep cached across opens, listing snapshots that readdir
+ * pages through, and the per-file queue of reads waiting for their bytes. The tree
+ * itself (paths, entries, listings) is `Filesystem`'s; the bytes are
+ * `BlockClient`'s.
+ *
+ * Kernel caching decided here: a file's pages are kept across opens while its
+ * mtime and size are what they were at the last open (auto_cache; the kernel drops
+ * them itself when a getattr shows them changed, AUTO_INVAL_DATA). A directory's
+ * listing is kept by the kernel across opens while it is what it was at the last
+ * open (its names, modes, sizes and mtimes): a walk of a tree already listed asks
+ * for no readdir.
+ *
+ * Every call that can wait takes the request's `Cancellation`. Reads pass it down
+ * to the block reads; an op that was cancelled while it waited leaves nothing
+ * behind (no node counted, no handle made), since its answer no longer reaches the
+ * kernel.
+ */
+import { createHash } from 'node:crypto';
+import type { BlockClient, Cancellable, OpenObject } from '../client/block-client.js';
+import type { Readahead } from '../client/readahead.js';
+import type { ObjectRef } from '../block/block.js';
+import { CachefsError, isCachefsError } from '../errors.js';
+import type { Metrics } from '../metrics/metrics.js';
+import type { Attr } from './entry.js';
+import type { DirEntry, Filesystem, StatFs } from './filesystem.js';
+import { childPath, Nodes, type Node } from './nodes.js';
+
+/** The largest read served in one call (the kernel is told so at INIT): 256 pages. */
+export const MAX_READ = 1024 * 1024;
+/**
+ * Reads of one open file waiting for their bytes at once, each holding a read buffer; the
+ * kernel's readahead may send up to max_background (64) of them. Later ones wait their turn
+ * in order, still in flight for the kernel. Per file, so that reads stuck on a slow store
+ * never hold up another file's.
+ */
+const MAX_READS_WAITING = 8;
+/**
+ * Read buffers kept for replies; a read's buffer is free again once its reply is written.
+ * Enough for the reads in flight of two streams (MAX_READS_WAITING each): with fewer, a
+ * stream allocated 1 MiB buffers outside V8's heap that stayed until a GC found them,
+ * lifting the mount's peak RSS during a 1 GiB read by 3-15 MiB.
+ */
+const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+
+/** A request's cancellation: `aborted` costs nothing to ask; `signal` is made when first asked for. */
+export interface Cancellation extends Cancellable {
+  readonly aborted: boolean;
+}
+
+/** The attributes of a node as the kernel gets them. */
+export interface NodeAttr extends Attr {
+  ino: number;
+}
+
+export interface NodeEntry {
+  nodeId: number;
+  attr: NodeAttr;
+}
+
+export interface OpenedFile {
+  fh: number;
+  /** The kernel may keep the file's pages from before this open. */
+  keepCache: boolean;
+}
+
+export interface OpenedDir {
+  fh: number;
+  /** The kernel may keep its cached listing from before this open. */
+  keepCache: boolean;
+  /** The kernel may cache this listing. */
+  cacheDir: boolean;
+}
+
+export interface DirEntryOut {
+  name: string;
+  /** The node id the kernel holds for the entry; undefined when it holds none. */
+  ino: number | undefined;
+  mode: number;
+  /** The offset that continues after this entry. */
+  next: number;
+}
+
+/** Where a read's answer goes. Called once, synchronously when the bytes were in memory. */
+export interface ReadReply {
+  /** The bytes read, good only during this call: write them out before returning. */
+  data(bytes: Buffer): void;
+  error(err: unknown): void;
+}
+
+export interface VfsConfig {
+  fs: Filesystem;
+  client: BlockClient;
+  metrics: Metrics;
+}
+
+/** An open file: what a read needs, and the reads of it waiting for their bytes or their turn. */
+class FileHandle implements OpenObject {
+  /** Block reads not yet settled. */
+  waiting = 0;
+  readonly queue: (() => void)[] = [];
+  /** Aborted when the file is released: its prefetches stop, its pins go. */
+  private readonly closed = new AbortController();
+
+  constructor(
+    readonly id: number,
+    readonly path: string,
+    readonly object: ObjectRef,
+    readonly readahead: Readahead,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.closed.signal;
+  }
+
+  close(): void {
+    this.closed.abort();
+  }
+}
+
+/** An open directory: the listing as it was at opendir, which readdir pages through. */
+interface DirHandle {
+  path: string;
+  entries: DirEntry[];
+}
+
+export class Vfs {
+  private readonly nodes = new Nodes();
+  private readonly files = new Map<number, FileHandle>();
+  private readonly dirs = new Map<number, DirHandle>();
+  private nextHandle = 1;
+  private readonly readBuffers: Buffer[] = [];
+  private readsWaiting = 0;
+  private readonly fs: Filesystem;
+  private readonly client: BlockClient;
+
+  constructor(config: VfsConfig) {
+    this.fs = config.fs;
+    this.client = config.client;
+    config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
+    config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
+  }
+
+  /** The path of a node, for messages; `#id` when the kernel named one not held. */
+  pathOf(nodeId: number): string {
+    return this.nodes.get(nodeId)?.path ?? `#${nodeId}`;
+  }
+
+  /** Up to `max` node ids of regular files the kernel holds (it can be asked to send a request about them). */
+  heldFiles(max: number): number[] {
+    return this.nodes.heldFiles(max);
+  }
+
+  /** The path of an open file or directory, for messages. */
+  handlePath(fh: number): string {
+    return this.files.get(fh)?.path ?? this.dirs.get(fh)?.path ?? `#${fh}`;
+  }
+
+  async lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry> {
+    const parent = this.node(parentId);
+    const path = childPath(parent.path, name);
+    const attr = await this.fs.getattr(path);
+    throwIfCancelled(cancel);
+    const node = this.nodes.remember(path);
+    return { nodeId: node.id, attr: this.told(node, attr) };
+  }
+
+  forget(nodeId: number, count: number): void {
+    this.nodes.forget(nodeId, count);
+  }
+
+  async getattr(nodeId: number): Promise<NodeAttr> {
+    const node = this.node(nodeId);
+    return this.told(node, await this.fs.getattr(node.path));
+  }
+
+  async open(nodeId: number, flags: number, cancel: Cancellation): Promise<OpenedFile> {
+    const node = this.node(nodeId);
+    const object = await this.fs.open(node.path, flags);
+    throwIfCancelled(cancel);
+    const fh = this.nextHandle++;
+    this.files.set(fh, new FileHandle(fh, node.path, object, this.client.newReadahead()));
+    // auto_cache: the pages are still right while the file is as it was when last opened.
+    const keepCache = node.version !== undefined && node.version === node.openedVersion;
+    node.openedVersion = node.version;
+    return { fh, keepCache };
+  }
+
+  /**
+   * Reads up to `size` bytes at `offset` of an open file and answers `reply`: at once when
+   * the bytes are in memory; otherwise when they come, the read waiting its turn behind
+   * MAX_READS_WAITING others of the same file. A read cancelled before its turn, or whose
+   * file was released meanwhile, is not made.
+   */
+  read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
+    const file = this.files.get(fh);
+    if (!file) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
+    if (file.waiting >= MAX_READS_WAITING) file.queue.push(() => this.startRead(file, offset, size, cancel, reply));
+    else this.startRead(file, offset, size, cancel, reply);
+  }
+
+  private startRead(file: FileHandle, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
+    if (cancel.aborted) return reply.error(cancelled());
+    // Queued behind reads answered early (interrupted), the file may have been released since.
+    if (file.signal.aborted) return reply.error(new CachefsError('BAD_HANDLE', `file handle ${file.id} was released`));
+    const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
+    let n: number | Buffer | Promise<number>;
+    try {
+      n = this.client.read(file, { position: offset, length: Math.min(size, MAX_READ), dest: buffer, view: true, cancel });
+    } catch (err) {
+      this.giveBack(buffer);
+      return reply.error(err);
+    }
+    if (typeof n === 'number') {
+      reply.data(buffer.subarray(0, n));
+      return this.giveBack(buffer);
+    }
+    if (Buffer.isBuffer(n)) {
+      reply.data(n);
+      return this.giveBack(buffer);
+    }
+    file.waiting += 1;
+    this.readsWaiting += 1;
+    n.then(
+      (count) => {
+        reply.data(buffer.subarray(0, count));
+        this.settled(file, buffer);
+      },
+      (err: unknown) => {
+        if (isCachefsError(err, 'STALE')) this.fs.objectChanged(file.object.key);
+        reply.error(err);
+        this.settled(file, buffer);
+      },
+    );
+  }
+
+  /** A read's block reads have ended: its buffer is free, and reads queued behind it may start. */
+  private settled(file: FileHandle, buffer: Buffer): void {
+    this.giveBack(buffer);
+    this.readsWaiting -= 1;
+    file.waiting -= 1;
+    // Reads answered from memory do not wait: take queued ones until one waits again.
+    while (file.waiting < MAX_READS_WAITING && file.queue.length > 0) file.queue.shift()!();
+  }
+
+  private giveBack(buffer: Buffer): void {
+    if (this.readBuffers.length < FREE_READ_BUFFERS) this.readBuffers.push(buffer);
+  }
+
+  release(fh: number): void {
+    const file = this.files.get(fh);
+    if (!file) return;
+    this.files.delete(fh);
+    file.close();
+    this.client.release(file);
+  }
+
+  /** Opens a directory: its listing is taken now, and readdir pages through that snapshot. */
+  async opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir> {
+    const node = this.node(nodeId);
+    const entries = await this.fs.readdir(node.path);
+    throwIfCancelled(cancel);
+    const fh = this.nextHandle++;
+    this.dirs.set(fh, { path: node.path, entries });
+    const listing = listingFingerprint(entries);
+    const keepCache = listing === node.openedListing;
+    node.openedListing = listing;
+    return { fh, keepCache, cacheDir: true };
+  }
+
+  /** The entries of an open directory from `offset` on (an offset is the index of the next entry). */
+  readdir(fh: number, offset: number): Iterable<DirEntryOut> {
+    const dir = this.dirs.get(fh);
+    if (!dir) throw new CachefsError('BAD_HANDLE', `no open directory handle ${fh}`);
+    return this.entriesFrom(dir, offset);
+  }
+
+  private *entriesFrom(dir: DirHandle, offset: number): Generator<DirEntryOut> {
+    for (let i = offset; i < dir.entries.length; i++) {
+      const { name, attr } = dir.entries[i]!;
+      const ino = name === '.' ? this.nodes.idOf(dir.path) : name === '..' ? undefined : this.nodes.idOf(childPath(dir.path, name));
+      yield { name, ino, mode: attr.mode, next: i + 1 };
+    }
+  }
+
+  releasedir(fh: number): void {
+    this.dirs.delete(fh);
+  }
+
+  statfs(): StatFs {
+    return this.fs.statfs();
+  }
+
+  async access(nodeId: number, mask: number): Promise<void> {
+    await this.fs.access(this.node(nodeId).path, mask);
+  }
+
+  /** Every write op ends here. */
+  refuseWrite(nodeId: number): never {
+    return this.fs.refuseWrite(this.node(nodeId).path);
+  }
+
+  private node(id: number): Node {
+    const node = this.nodes.get(id);
+    if (!node) throw new CachefsError('STALE', `the kernel named node ${id}, which is not held`);
+    return node;
+  }
+
+  /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
+  private told(node: Node, a: Attr): NodeAttr {
+    node.version = `${a.mtimeMs}:${a.size}`;
+    node.file = (a.mode & S_IFMT) === S_IFREG;
+    // One shape for every node's attributes (a spread of files' and directories' made two): the encoder stays fast.
+    return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
+  }
+}
+
+/** The error of an op whose request was cancelled: its answer was given already (EINTR or ETIMEDOUT). */
+function cancelled(): CachefsError {
+  return new CachefsError('INTERRUPTED', 'the request was interrupted');
+}
+
+function throwIfCancelled(cancel: Cancellation): void {
+  if (cancel.aborted) throw cancelled();
+}
+
+/** What a listing shows: a digest of its entries' names, modes, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
+function listingFingerprint(entries: readonly DirEntry[]): string {
+  const hash = createHash('sha256');
+  for (const { name, attr } of entries) hash.update(`${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`);
+  return hash.digest('base64');
+}

@@ -1,0 +1,191 @@
+/**
+ * The filesystem as the kernel addresses it (`Vfs`), driven without a kernel: a real
+ * `Filesystem` over a folder and a real `BlockClient` over a block source that holds
+ * some blocks in memory and makes the test release the others. Node ids, what the kernel
+ * may keep cached across opens, listing snapshots, the per-file read queue, and
+ * cancellation reaching the block reads.
+ */
+import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { BlockRef } from '../src/block/block.js';
+import { BlockClient } from '../src/client/block-client.js';
+import type { BlockRead, BlockSource, ReadHandle } from '../src/client/block-source.js';
+import { CachefsError } from '../src/errors.js';
+import { createLogger } from '../src/log.js';
+import { Metrics } from '../src/metrics/metrics.js';
+import { LocalUfs } from '../src/ufs/local.js';
+import { parseUfsUri } from '../src/ufs/uri.js';
+import { Filesystem } from '../src/vfs/filesystem.js';
+import { Vfs, type Cancellation, type ReadReply } from '../src/vfs/vfs.js';
+
+const BLOCK = 64 * 1024;
+const ROOT = 1;
+
+/** Blocks whose index is in `inMemory` are answered at once; the others wait for `release()` of the test. */
+class HeldSource implements BlockSource {
+  readonly inMemory = new Set<number>();
+  readonly waiting: { req: BlockRead; go(): void }[] = [];
+  readonly released: number[] = [];
+
+  readNow(req: BlockRead): number | undefined {
+    if (!this.inMemory.has(req.ref.index)) return undefined;
+    req.dest.fill(req.ref.index + 1, req.destOffset, req.destOffset + req.length);
+    return req.length;
+  }
+  read(req: BlockRead): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const go = (): void => {
+        req.dest.fill(9, req.destOffset, req.destOffset + req.length);
+        resolve(req.length);
+      };
+      // The source honours the request's signal as a real one does: it gives up at once.
+      const signal = req.signal;
+      signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
+      this.waiting.push({ req, go });
+    });
+  }
+  prefetch(_ref: BlockRef): void {}
+  release(handle: ReadHandle): void {
+    this.released.push(handle.id);
+  }
+  async close(): Promise<void> {}
+}
+
+/** A request's cancellation as the FUSE layer gives it; counts who asked for its signal. */
+class TestCancel implements Cancellation {
+  signalsMade = 0;
+  private readonly controller = new AbortController();
+  get aborted(): boolean {
+    return this.controller.signal.aborted;
+  }
+  get signal(): AbortSignal {
+    this.signalsMade += 1;
+    return this.controller.signal;
+  }
+  abort(): void {
+    this.controller.abort(new CachefsError('INTERRUPTED', 'interrupted by the test'));
+  }
+}
+
+function collect(): { reply: ReadReply; answers: unknown[] } {
+  const answers: unknown[] = [];
+  return { answers, reply: { data: (b) => answers.push(Buffer.from(b)), error: (e) => answers.push(e) } };
+}
+
+let dir: string;
+let source: HeldSource;
+let vfs: Vfs;
+let metrics: Metrics;
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'cachefs-vfs-'));
+  await writeFile(path.join(dir, 'a.bin'), Buffer.alloc(4 * BLOCK, 1));
+  await writeFile(path.join(dir, 'b.txt'), 'b');
+  metrics = new Metrics(false);
+  source = new HeldSource();
+  const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+  vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics });
+});
+
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const live = (): TestCancel => new TestCancel();
+const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 5));
+
+describe('Vfs', () => {
+  it('gives a name looked up twice one node id, a new one once the kernel forgot it, and counts no lookup whose request was cancelled', async () => {
+    const a = await vfs.lookup(ROOT, 'a.bin', live());
+    expect(a.attr.ino).toBe(a.nodeId);
+    expect(a.attr.size).toBe(4 * BLOCK);
+    expect((await vfs.lookup(ROOT, 'a.bin', live())).nodeId).toBe(a.nodeId);
+    vfs.forget(a.nodeId, 2);
+    const cancelled = new TestCancel();
+    const lost = vfs.lookup(ROOT, 'a.bin', cancelled);
+    cancelled.abort();
+    await expect(lost).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    const again = await vfs.lookup(ROOT, 'a.bin', live());
+    expect(again.nodeId).not.toBe(a.nodeId);
+    vfs.forget(again.nodeId, 1); // the cancelled lookup counted nothing: this forgets the node
+    expect((await vfs.lookup(ROOT, 'a.bin', live())).nodeId).not.toBe(again.nodeId);
+    await expect(vfs.lookup(ROOT, 'missing', live())).rejects.toMatchObject({ code: 'NOT_FOUND' });
+    await expect(vfs.getattr(999)).rejects.toMatchObject({ code: 'STALE' });
+  });
+
+  it('lets the kernel keep a file\'s pages across opens while its mtime and size stay, and not once they change', async () => {
+    const { nodeId } = await vfs.lookup(ROOT, 'a.bin', live());
+    expect((await vfs.open(nodeId, 0, live())).keepCache).toBe(false);
+    expect((await vfs.open(nodeId, 0, live())).keepCache).toBe(true);
+    await utimes(path.join(dir, 'a.bin'), new Date(), new Date(Date.now() + 5000));
+    await tick(); // past the metadata TTL
+    await vfs.getattr(nodeId); // the kernel learns the new mtime
+    expect((await vfs.open(nodeId, 0, live())).keepCache).toBe(false);
+    await expect(vfs.open(nodeId, 1 /* O_WRONLY */, live())).rejects.toMatchObject({ code: 'READ_ONLY' });
+  });
+
+  it('pages readdir out of the listing taken at opendir, with the node ids the kernel holds, and keeps the listing cached while it is unchanged', async () => {
+    const b = await vfs.lookup(ROOT, 'b.txt', live());
+    const first = await vfs.opendir(ROOT, live());
+    expect(first).toMatchObject({ keepCache: false, cacheDir: true });
+    await writeFile(path.join(dir, 'c.txt'), 'c'); // after opendir: not in this listing
+    const all = [...vfs.readdir(first.fh, 0)];
+    expect(all.map((e) => e.name)).toEqual(['.', '..', 'a.bin', 'b.txt']);
+    expect(all.find((e) => e.name === 'b.txt')!.ino).toBe(b.nodeId);
+    expect(all.find((e) => e.name === 'a.bin')!.ino).toBeUndefined();
+    expect([...vfs.readdir(first.fh, 3)].map((e) => [e.name, e.next])).toEqual([['b.txt', 4]]);
+    vfs.releasedir(first.fh);
+    expect(() => vfs.readdir(first.fh, 0)).toThrow(CachefsError);
+    await tick();
+    const changed = await vfs.opendir(ROOT, live());
+    expect(changed.keepCache).toBe(false); // c.txt appeared
+    expect((await vfs.opendir(ROOT, live())).keepCache).toBe(true);
+  });
+
+  it('answers reads from memory at once without making a signal, queues a file\'s reads past eight waiting, and passes the request\'s signal to the block reads that wait', async () => {
+    const { nodeId } = await vfs.lookup(ROOT, 'a.bin', live());
+    const { fh } = await vfs.open(nodeId, 0, live());
+    source.inMemory.add(0);
+    const memory = collect();
+    const cancelMemory = live();
+    vfs.read(fh, 0, 4096, cancelMemory, memory.reply);
+    expect(memory.answers).toEqual([Buffer.alloc(4096, 1)]);
+    expect(cancelMemory.signalsMade).toBe(0);
+
+    const cancels = Array.from({ length: 10 }, () => live());
+    const replies = cancels.map(() => collect());
+    cancels.forEach((c, i) => vfs.read(fh, BLOCK + i * 4096, 4096, c, replies[i]!.reply));
+    expect(source.waiting).toHaveLength(8); // two wait their turn
+    expect(source.waiting[0]!.req.signal).toBe(cancels[0]!.signal);
+    const gauge = await metrics.registry.getSingleMetricAsString('cachefs_vfs_reads_waiting');
+    expect(gauge).toContain('cachefs_vfs_reads_waiting 8');
+
+    cancels[9]!.abort(); // interrupted while queued: never reaches the source
+    cancels[0]!.abort(); // interrupted while waiting: the source gives up
+    await tick();
+    expect(replies[0]!.answers).toMatchObject([{ code: 'INTERRUPTED' }]);
+    expect(source.waiting).toHaveLength(9); // the ninth took the freed place
+    expect(replies[9]!.answers).toEqual([]); // still queued
+    for (const w of source.waiting.slice(1)) w.go();
+    await tick();
+    expect(replies[9]!.answers).toMatchObject([{ code: 'INTERRUPTED' }]);
+    expect(source.waiting).toHaveLength(9); // its turn came, and it was not made
+    expect(replies.slice(1, 9).every((r) => r.answers.length === 1 && Buffer.isBuffer(r.answers[0]))).toBe(true);
+    expect(await metrics.registry.getSingleMetricAsString('cachefs_vfs_reads_waiting')).toContain('cachefs_vfs_reads_waiting 0');
+  });
+
+  it('ends an open file at release: its signal aborts and the source lets go of what it held for it', async () => {
+    const { nodeId } = await vfs.lookup(ROOT, 'a.bin', live());
+    const { fh } = await vfs.open(nodeId, 0, live());
+    const r = collect();
+    vfs.read(fh, 0, 4096, live(), r.reply);
+    const handle = source.waiting[0]!.req.handle!;
+    expect(handle.signal.aborted).toBe(false);
+    vfs.release(fh);
+    expect(handle.signal.aborted).toBe(true);
+    expect(source.released).toEqual([handle.id]);
+    expect(() => vfs.read(fh, 0, 4096, live(), collect().reply)).toThrow(CachefsError);
+  });
+});
