@@ -215,6 +215,8 @@ describe('mount -t cachefs', () => {
     expect(await readFile(path.join(mnt, 'dir/small.txt'))).toEqual(small);
     const line = (await mountsLine(mnt))!;
     expect(line.split(' ')[2]).toBe('fuse.cachefs');
+    // The source is the URI, so findmnt and df name what is mounted.
+    expect(line.split(' ')[0]).toBe('s3://data');
     expect(line.split(' ')[3]).toMatch(/^ro,/);
     expect(line).toContain('allow_other');
     await expectSecretHidden(mnt);

@@ -66,6 +66,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       maxReadahead: Math.max(128 * 1024, Math.min(config.readaheadBytes, 8 * 1024 * 1024)),
       opTimeoutMs: OP_TIMEOUT_MS,
       alsoMountedAt: [path.join(MountAnchor.dirFor(mountpoint), 'mount')],
+      source: config.source,
     });
     mounted = true;
     closers.push(async () => {

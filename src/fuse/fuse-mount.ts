@@ -27,6 +27,8 @@ export interface FuseMountOptions {
   opTimeoutMs: number;
   /** Where else the mount may be reachable when it ends (the supervisor's anchor bind). */
   alsoMountedAt?: readonly string[];
+  /** What /proc/mounts shows as the mount's source. */
+  source: string;
 }
 
 /** Regular-file nodes offered to the session for waking its device read. */
@@ -56,7 +58,7 @@ export class FuseMount {
   }
 
   static async mount(mountpoint: string, fs: FuseFilesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
-    const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs }, log);
+    const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source }, log);
     session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     return new FuseMount(session, mountpoint);
   }

@@ -55,6 +55,8 @@ export interface SessionHandler {
 export interface SessionMountOptions {
   allowOther: boolean;
   opTimeoutMs: number;
+  /** What /proc/mounts shows as the mount's source (the UFS URI, or master=HOST:PORT). */
+  source: string;
 }
 
 /** What can wake the device read when the session ends. */
@@ -108,7 +110,7 @@ export class FuseSession {
     const data = ['ro', 'nosuid', 'nodev', 'fd=3', 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, ...(options.allowOther ? ['allow_other'] : [])];
     try {
       // -i: no mount.fuse helper; the kernel takes the device from fd 3 of mount(8).
-      await runCommand('mount', ['-i', '-t', 'fuse.cachefs', '-o', data.join(','), 'cachefs', mountpoint], fd);
+      await runCommand('mount', ['-i', '-t', 'fuse.cachefs', '-o', data.join(','), options.source, mountpoint], fd);
     } catch (err) {
       closeSync(fd);
       // mount(8) with a device descriptor is root's (CAP_SYS_ADMIN); there is no fusermount path.
