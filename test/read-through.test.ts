@@ -203,10 +203,10 @@ describe('ReadThrough cancellation', () => {
 });
 
 describe('EmbeddedSource', () => {
-  /** Targets of this process's fds that are files of the cache dir. */
+  /** Targets of this process's fds that are block files of the cache dir (not its lock file, held open while the store is). */
   async function cacheFds(): Promise<string[]> {
     const links = await Promise.all((await readdir('/proc/self/fd')).map((fd) => readlink(`/proc/self/fd/${fd}`).catch(() => '')));
-    return links.filter((l) => l.startsWith(path.join(dir, 'cache')));
+    return links.filter((l) => l.startsWith(path.join(dir, 'cache', 'blocks')));
   }
 
   it('closes its kept fd of a block the store evicts, so the disk gets the bytes back', async () => {

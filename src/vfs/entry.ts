@@ -10,6 +10,8 @@ export type Entry =
   | { kind: 'file'; key: string; size: number; mtimeMs: number; etag: string };
 
 export interface Attr {
+  /** The object's version (its ETag) for a file, '' for a directory: a new one drops the kernel's pages at the next open. */
+  version: string;
   mode: number;
   size: number;
   mtimeMs: number;
@@ -25,9 +27,9 @@ const S_IFREG = 0o100000;
 
 export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr {
   if (entry.kind === 'dir') {
-    return { mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: 4096, ...owner };
+    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: 4096, ...owner };
   }
-  return { mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, ...owner };
+  return { version: entry.etag, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, ...owner };
 }
 
 /**

@@ -53,7 +53,7 @@ export interface Cancellation extends Cancellable {
 }
 
 /** The attributes of a node as the kernel gets them. */
-export interface NodeAttr extends Attr {
+export interface NodeAttr extends Omit<Attr, 'version'> {
   ino: number;
 }
 
@@ -312,7 +312,7 @@ export class Vfs {
 
   /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
   private told(node: Node, a: Attr): NodeAttr {
-    node.version = `${a.mtimeMs}:${a.size}`;
+    node.version = `${a.version}:${a.mtimeMs}:${a.size}`;
     node.file = (a.mode & S_IFMT) === S_IFREG;
     // One shape for every node's attributes (a spread of files' and directories' made two): the encoder stays fast.
     return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };

@@ -8,9 +8,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LocalUfs } from '../../src/ufs/local.js';
-import { sh } from '../support/cachefs.js';
+import { mountCachefs, sh, sha256Of, stopAllMounts } from '../support/cachefs.js';
+import { createHash } from 'node:crypto';
 import { openUfs } from '../../src/ufs/open-ufs.js';
 import type { Ufs } from '../../src/ufs/ufs.js';
 import { parseUfsUri } from '../../src/ufs/uri.js';
@@ -80,6 +81,52 @@ describe('a file:// file rewritten in place since it was opened', () => {
       await local.close();
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a file of a mount whose object is rewritten while it is open', () => {
+  it('never mixes versions: the open file gets ESTALE, and a new open reads the new object whole', async () => {
+    const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+    const v1 = randomBytes(2 * MiB);
+    const v2 = randomBytes(2 * MiB);
+    await server.putObject('data', 'm.bin', v1);
+    const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', AWS_PROFILE: '', AWS_CA_BUNDLE: '' };
+    // No readahead: the second block is fetched only when asked for, after the rewrite
+    // (with readahead it is fetched with the first, and the file reads as the old version, whole).
+    const m = await mountCachefs({ ufs: 's3://data', args: ['--s3-endpoint', server.endpoint, '--block-size', '1MiB', '--readahead', '0'], env });
+    try {
+      const file = path.join(m.mountpoint, 'm.bin');
+      // A reader that reads the first MiB past the page cache, waits, then reads the second.
+      const script = [
+        'import mmap, os, sys, hashlib',
+        `fd = os.open(${JSON.stringify(file)}, os.O_RDONLY | os.O_DIRECT)`,
+        'buf = mmap.mmap(-1, 1 << 20)',
+        'os.preadv(fd, [buf], 0)',
+        'print(hashlib.sha256(buf).hexdigest(), flush=True)',
+        'sys.stdin.readline()',
+        'try:',
+        '    os.preadv(fd, [buf], 1 << 20)',
+        '    print("read", hashlib.sha256(buf).hexdigest(), flush=True)',
+        'except OSError as e:',
+        '    print("error", os.strerror(e.errno), flush=True)',
+      ].join('\n');
+      const { spawn } = await import('node:child_process');
+      const reader = spawn('python3', ['-c', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const lines: string[] = [];
+      reader.stdout.on('data', (d: Buffer) => lines.push(...d.toString().trim().split('\n')));
+      const exited = new Promise<void>((r) => reader.once('exit', () => r()));
+      await vi.waitFor(() => expect(lines.length).toBe(1), { timeout: 10_000 });
+      expect(lines[0]).toBe(sha(v1.subarray(0, MiB)));
+      await server.putObject('data', 'm.bin', v2);
+      reader.stdin.write('go\n');
+      await exited;
+      // Not the second MiB of v2 after the first of v1: the open file is stale.
+      expect(lines[1]).toBe(`error ${'Stale file handle'}`);
+      // A new open sees the new object, whole (no page of v1 kept).
+      expect(await sha256Of(file)).toBe(sha(v2));
+    } finally {
+      await stopAllMounts();
     }
   });
 });
