@@ -89,11 +89,5 @@ export async function forceUnmount(dir: string): Promise<void> {
   if (r.code !== 0) await runCommand('umount', ['-l', dir]);
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+/** Whether a process exists: the project's own check. */
+export { isAlive } from '../../src/sys/pid.js';
