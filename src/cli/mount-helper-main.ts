@@ -5,7 +5,6 @@
  * code and one-line error are the command's.
  */
 import { spawn } from 'node:child_process';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fail } from './exit.js';
 import { mountCommandArgs, parseHelperArgs } from './mount-helper.js';

@@ -89,7 +89,7 @@ export class FuseSession {
   private constructor(
     private readonly fd: number,
     readonly mountpoint: string,
-    private readonly options: SessionMountOptions,
+    options: SessionMountOptions,
     private readonly log: Logger,
   ) {
     this.requests = new FuseRequests((unique, parts) => this.write(unique, parts), options.opTimeoutMs, log);
