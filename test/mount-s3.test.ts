@@ -98,6 +98,22 @@ describe('reading through the mount', () => {
   });
 });
 
+describe('reading /dev/fuse', () => {
+  it('polls the device on the event loop by default, and reads it through the thread pool when CACHEFS_FUSE_DEVICE_READ=pool, byte-exact either way', async () => {
+    expect(mnt.output().match(/"deviceRead":"\w+"/)?.[0]).toBe('"deviceRead":"poll"');
+    const pooled = await mountCachefs({ ufs: 's3://data', args: mountArgs(), env: { ...env(), CACHEFS_FUSE_DEVICE_READ: 'pool' } });
+    try {
+      // The serving process's log reaches us through its supervisor: it may come after the mount answers.
+      await waitFor(async () => /"deviceRead":"pool".*reading \/dev\/fuse/.test(pooled.output()), { timeoutMs: 10_000 });
+      expect(await sha256Of(path.join(pooled.mountpoint, 'big/hundred.bin'))).toBe(sha(files['big/hundred.bin']!));
+      expect(await sha256Of(path.join(pooled.mountpoint, 'sizes/block-plus-1'))).toBe(sha(files['sizes/block-plus-1']!));
+    } finally {
+      await pooled.stop();
+    }
+    expect(pooled.process.exitCode).toBe(0);
+  });
+});
+
 describe('the tree', () => {
   it('shows nested directories, marker directories and names with spaces and unicode', async () => {
     const r = await sh(`cd ${mnt.mountpoint} && ls -1 && ls -1 d1/d2/d3 && ls -1 'with space' && ls -1a emptydir && cat 'with space/ünïcødé 名前.txt'`);

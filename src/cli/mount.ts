@@ -127,8 +127,8 @@ export function servingNodeFlags(execArgv: readonly string[], nodeOptions = ''):
 
 /**
  * libuv's thread pool of the serving process, unless the environment sets one: Node's 4,
- * plus the threads that always wait in reads of /dev/fuse (fuse/session.ts), so that
- * block-file reads keep four. With one device read and a pool of 4, 2000 small files read
+ * plus the threads that always wait in reads of /dev/fuse when the device is read through
+ * the pool (fuse/device-poll.ts says when), so that block-file reads keep four. With one device read and a pool of 4, 2000 small files read
  * from the cache went at 1696 files/s median against 1965 before the device was read
  * through the pool; with a pool of 5, 1996 (seven alternating rounds; this machine's
  * figures drift by 2x between rounds).

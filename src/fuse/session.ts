@@ -1,10 +1,11 @@
 /**
  * A FUSE connection served straight over /dev/fuse, without libfuse: the device is
- * opened here and handed to mount(8) as `fd=3`. Requests are read through libuv's
- * thread pool, two reads always waiting in the kernel (a read of the device returns
- * one request): while one request is handled and answered, the next one is being
- * read, and the read that returned is started again only after the answer, off the
- * next request's path. Replies are written at once — a write to /dev/fuse never
+ * opened here and handed to mount(8) as `fd=3`. Requests are read on the event loop,
+ * the device polled like a pipe (`device-poll.ts`); where the runtime cannot poll it,
+ * through libuv's thread pool, two reads always waiting in the kernel (a read of the
+ * device returns one request): while one request is handled and answered, the next
+ * one is being read, and the read that returned is started again only after the
+ * answer, off the next request's path. Replies are written at once — a write to /dev/fuse never
  * blocks, it completes the request the kernel is holding. Two requests may come in
  * the other order (the kernel's order matters only for an INTERRUPT that overtakes
  * its request, which `requests.ts` keeps for it).
@@ -15,7 +16,7 @@
  * The requests in progress are `requests.ts`'s; the session sweeps them for
  * timeouts and writes their replies.
  *
- * A read of the device waits in the kernel until a request comes, the device is
+ * Through the pool, a read of the device waits in the kernel until a request comes, the device is
  * released (and the connection aborted) only once no read holds it, and the process
  * cannot exit while a thread waits there (Node joins its pool's threads at exit). So
  * ending the session, or the process, first wakes that read with a request made on
@@ -31,6 +32,7 @@ import { runCommand } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
 import { IN_HEADER, Op, readHeader, retrieveNothing, type RequestHeader } from './protocol.js';
 import { FuseRequests } from './requests.js';
+import { deviceReadMode, pollDevice, type DevicePoller } from './device-poll.js';
 
 /**
  * The largest write the kernel may send (none: the mount is read-only, but the kernel
@@ -73,7 +75,9 @@ export class FuseSession {
   private readonly sweeper: NodeJS.Timeout;
   private handler?: SessionHandler;
   private wakeTargets: WakeTargets = { fileNodes: () => [], paths: [] };
-  /** Reads of the device waiting in the kernel. */
+  /** Polls the device on the event loop (else it is read through the pool). */
+  private poller?: DevicePoller;
+  /** Reads of the device waiting in the kernel (through the pool). */
   private reading = 0;
   /** No more reads: the session is ending. */
   private stopping = false;
@@ -127,7 +131,18 @@ export class FuseSession {
     if (wake) this.wakeTargets = wake;
     process.on('exit', this.wakeAtExit);
     process.on('uncaughtExceptionMonitor', this.noteCrash);
+    if (deviceReadMode() === 'poll') {
+      this.poller = pollDevice(this.fd, DEVICE_READ, (chunk) => this.dispatch(chunk), (err) => this.pollEnded(err));
+    }
+    this.log.debug({ deviceRead: this.poller ? 'poll' : 'pool' }, 'reading /dev/fuse');
+    if (this.poller) return;
     for (let i = 0; i < DEVICE_READS; i++) this.readInto(Buffer.allocUnsafeSlow(DEVICE_READ));
+  }
+
+  private pollEnded(err?: NodeJS.ErrnoException): void {
+    // ENODEV: unmounted; ENOENT: a request aborted with the connection. Either way it is over.
+    if (err && err.code !== 'ENODEV' && err.code !== 'ENOENT' && !this.closed) this.log.error({ err: err.message }, 'reading /dev/fuse failed: the connection is lost');
+    this.end();
   }
 
   private readInto(buffer: Buffer): void {
@@ -190,6 +205,7 @@ export class FuseSession {
   /** Stops reading the device: the reads waiting in the kernel are woken, and the requests they bring are the last ones served. */
   private async stopReading(): Promise<void> {
     this.stopping = true;
+    this.poller?.stop();
     if (this.reading === 0) return;
     const done = new Promise<void>((resolve) => (this.stopped = resolve));
     if (this.retrieve(this.reading)) this.log.debug({ reads: this.reading }, 'woke the reads of /dev/fuse with NOTIFY_RETRIEVEs');
@@ -267,7 +283,9 @@ export class FuseSession {
       process.off('exit', this.wakeAtExit);
       process.off('uncaughtExceptionMonitor', this.noteCrash);
     }
-    closeSync(this.fd);
+    // A polled descriptor belongs to its pipe handle: closed through it, never twice.
+    if (this.poller) this.poller.close();
+    else closeSync(this.fd);
     this.end();
   }
 }

@@ -1,0 +1,54 @@
+/**
+ * Block files are checked whole before their first bytes are served, and the verdict is
+ * remembered by device, inode and ctime after their fd is closed: reopened unchanged,
+ * a file is not read and hashed again; written to, it is.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile, open as openFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlockChecksumError, BlockFiles, type BlockFile } from '../src/cache/block-files.js';
+import { blockSum } from '../src/block/checksum.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-block-files-'));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function blockFile(name: string, bytes: Buffer): Promise<BlockFile> {
+  const file = path.join(dir, name);
+  await writeFile(file, bytes);
+  return { id: name, path: file, length: bytes.length, sum: blockSum(bytes) };
+}
+
+async function readAll(files: BlockFiles, file: BlockFile): Promise<Buffer> {
+  const dest = Buffer.alloc(file.length);
+  await files.read(file, dest, 0, file.length, 0);
+  return dest;
+}
+
+describe('BlockFiles', () => {
+  it('checks a file once while it is unchanged, even after its fd was closed, and again once it was written to', async () => {
+    const aBytes = randomBytes(64 * 1024);
+    const a = await blockFile('a', aBytes);
+    const b = await blockFile('b', randomBytes(64 * 1024));
+    const files = new BlockFiles(1); // one idle fd: reading b closes a's
+    expect(await readAll(files, a)).toEqual(aBytes);
+    await readAll(files, b);
+    expect(files.wholeChecks).toBe(2);
+    expect(await readAll(files, a)).toEqual(aBytes);
+    expect(files.wholeChecks).toBe(2);
+
+    await readAll(files, b); // closes a's fd again
+    // A byte flipped in place moves the ctime: the next open checks the whole file again and finds it.
+    const handle = await openFile(a.path, 'r+');
+    await handle.write(Buffer.from([aBytes[100]! ^ 0xff]), 0, 1, 100);
+    await handle.close();
+    await expect(readAll(files, a)).rejects.toBeInstanceOf(BlockChecksumError);
+    expect(files.wholeChecks).toBe(3);
+  });
+});
