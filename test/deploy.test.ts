@@ -18,6 +18,9 @@ import { Job } from 'kubernetes-models/batch/v1';
 import { parseAllDocuments, parse } from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cachefs } from './support/cachefs.js';
+import { FLUID_RUNTIME_OPTIONS } from '../src/cli/fluid-config.js';
+import { UFS_OPTION_KEYS } from '../src/ufs/option-keys.js';
+import { parseUfsUri } from '../src/ufs/uri.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const K8S = path.join(ROOT, 'deploy/kubernetes');
@@ -166,14 +169,6 @@ async function flagsOf(command: string[]): Promise<Set<string>> {
   return flags;
 }
 
-/**
- * Flags the manifests may name before the binary has them, each with why. Only the Fluid
- * profile's --fluid-config (issue 25: reading Fluid's config.json is planned, not built).
- */
-const NOT_YET_IMPLEMENTED: ReadonlyMap<string, string> = new Map([
-  ['ThinRuntimeProfile/cachefs fuse --fluid-config', 'the Fluid config reader is planned (issue 25)'],
-]);
-
 const rendered = new Map<string, K8sObject[]>();
 
 interface Placed {
@@ -318,18 +313,24 @@ describe('fluid', () => {
     expect(argv).toEqual(['mount', '--fluid-config', '/etc/fluid/config/config.json', '--foreground']);
     const { command, flags } = commandAndFlags(argv);
     const known = await flagsOf(command);
-    const missing = flags.filter((f) => !known.has(f) && !NOT_YET_IMPLEMENTED.has(`ThinRuntimeProfile/${profile.metadata.name} fuse ${f}`));
+    const missing = flags.filter((f) => !known.has(f));
     expect(missing).toEqual([]);
 
-    const dataset = docs.get('Dataset')! as K8sObject & { spec: { mounts: { name: string; mountPoint: string; encryptOptions?: { name: string; valueFrom: { secretKeyRef: { name: string; key: string } } }[] }[] } };
+    const dataset = docs.get('Dataset')! as K8sObject & {
+      spec: { mounts: { name: string; mountPoint: string; options?: Record<string, string>; encryptOptions?: { name: string; valueFrom: { secretKeyRef: { name: string; key: string } } }[] }[] };
+    };
     const names = dataset.spec.mounts.map((m) => m.name);
     expect(new Set(names).size).toBe(names.length); // each becomes <targetPath>/<name>
     for (const m of dataset.spec.mounts) {
       expect(m.mountPoint).toMatch(/^(s3|oss|cosn|file):\/\//);
       for (const e of m.encryptOptions ?? []) expect(e.valueFrom.secretKeyRef.name).toBe('cachefs-ufs');
+      // Every option, plain or encrypted, is a key the source's backend reads (--fluid-config refuses others).
+      const keys = UFS_OPTION_KEYS[parseUfsUri(m.mountPoint).scheme];
+      for (const key of [...Object.keys(m.options ?? {}), ...(m.encryptOptions ?? []).map((e) => e.name)]) expect(keys, `${m.name} ${key}`).toContain(key);
     }
-    const runtime = docs.get('ThinRuntime')! as K8sObject & { spec: { profileName: string } };
+    const runtime = docs.get('ThinRuntime')! as K8sObject & { spec: { profileName: string; fuse?: { options?: Record<string, string> } } };
     expect(runtime.spec.profileName).toBe(profile.metadata.name);
+    for (const key of Object.keys(runtime.spec.fuse?.options ?? {})) expect(Object.keys(FLUID_RUNTIME_OPTIONS), key).toContain(key);
     expect(runtime.metadata.name).toBe(dataset.metadata.name); // Fluid binds them by name
   });
 });

@@ -1,7 +1,8 @@
 /**
  * What a mount reads through, by mode: one UFS with an in-process cache (the
- * embedded default), or the cluster namespace of a master with the workers of a
- * cache group (plus an embedded worker that joins the group when sharing).
+ * embedded default) or several, each at a path of the mount (a static namespace, as
+ * a Fluid Dataset's mounts are), or the cluster namespace of a master with the workers
+ * of a cache group (plus an embedded worker that joins the group when sharing).
  */
 import { createHash } from 'node:crypto';
 import os from 'node:os';
@@ -17,7 +18,7 @@ import { MasterClient } from '../master/client.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { authHeaders } from '../net/auth.js';
 import { TieredStore } from '../cache/tiered-store.js';
-import { NAMESPACE_MOUNT_ID } from '../ufs/namespace.js';
+import { NAMESPACE_MOUNT_ID, NamespaceUfs } from '../ufs/namespace.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
 import { openUfs } from '../ufs/open-ufs.js';
 import type { Ufs } from '../ufs/ufs.js';
@@ -27,7 +28,7 @@ import { READ_POLICY } from '../cache/read-policy.js';
 import { UfsReader } from '../cache/ufs-reader.js';
 import { Worker } from '../worker/worker.js';
 import { warnIfInsecure } from './cluster-options.js';
-import type { ClusterConfig, MountConfig } from './mount-config.js';
+import type { ClusterConfig, MountConfig, NamespaceSource } from './mount-config.js';
 import { defaultAdvertiseHost } from './worker-config.js';
 
 const UFS_CHECK_TIMEOUT_MS = 6_000;
@@ -57,17 +58,38 @@ export async function openBackend(config: MountConfig, metrics: Metrics, log: Lo
 }
 
 async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logger, closers: (() => Promise<void>)[]): Promise<Omit<MountBackend, 'closers'>> {
-  const uri = config.ufs!;
-  const ufs = await openUfs(uri, config.ufsOptions);
-  closers.push(() => ufs.close());
+  const { ufs, mountId } = config.namespace ? await openNamespace(config.namespace, closers) : await openOne(config, closers);
   await ufs.check(AbortSignal.timeout(UFS_CHECK_TIMEOUT_MS));
-  const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: embeddedStoreDir(config.cacheDir, uri.text), quotaBytes: config.cacheSize }], high: 0.95, low: 0.7 }, metrics, log);
+  const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: embeddedStoreDir(config.cacheDir, mountId), quotaBytes: config.cacheSize }], high: 0.95, low: 0.7 }, metrics, log);
   await store.open();
   closers.push(() => store.close());
   const buffers = new BufferPool(config.blockSize, READ_POLICY.embeddedBuffers);
   const readThrough = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, log, buffers);
   const source = new EmbeddedSource(new CachedBlocks(readThrough), READ_POLICY, metrics, log, READ_POLICY.embeddedFetches, config.blockSize);
-  return { ufs, source, mountId: uri.text };
+  return { ufs, source, mountId };
+}
+
+async function openOne(config: MountConfig, closers: (() => Promise<void>)[]): Promise<{ ufs: Ufs; mountId: string }> {
+  const ufs = await openUfs(config.ufs!, config.ufsOptions);
+  closers.push(() => ufs.close());
+  return { ufs, mountId: config.ufs!.text };
+}
+
+/**
+ * The sources of a static namespace behind one NamespaceUfs. Its identity in block ids
+ * names every path with its URI, so blocks of one table are never taken for another's.
+ */
+async function openNamespace(sources: readonly NamespaceSource[], closers: (() => Promise<void>)[]): Promise<{ ufs: Ufs; mountId: string }> {
+  const entries = [];
+  for (const s of sources) {
+    const ufs = await openUfs(s.uri, s.options);
+    closers.push(() => ufs.close());
+    entries.push({ path: s.path, ufs });
+  }
+  // One source at the root is that source: the same blocks as a --ufs mount of it.
+  if (sources.length === 1 && sources[0]!.path === '/') return { ufs: entries[0]!.ufs, mountId: sources[0]!.uri.text };
+  const mountId = `namespace:${sources.map((s) => `${s.path}=${s.uri.text}`).sort().join(',')}`;
+  return { ufs: new NamespaceUfs(entries), mountId };
 }
 
 async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metrics: Metrics, log: Logger, closers: (() => Promise<void>)[]): Promise<Omit<MountBackend, 'closers'>> {

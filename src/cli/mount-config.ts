@@ -1,5 +1,7 @@
 /**
- * `cachefs mount` options parsed once into a typed, validated `MountConfig`.
+ * `cachefs mount` options parsed once into a typed, validated `MountConfig`. A mount reads
+ * one `--ufs`, a cluster's namespace (`--master`), or several sources each at a path of
+ * the mount (`namespace`, given by `fluid-config.ts`).
  */
 import os from 'node:os';
 import path from 'node:path';
@@ -60,16 +62,28 @@ export interface ClusterConfig {
   security: ClusterSecurity;
 }
 
+/** One source of an embedded mount of several: a UFS shown at `path` of the mount (a Fluid Dataset's mounts). */
+export interface NamespaceSource {
+  /** Where in the mount, e.g. `/images`. */
+  path: string;
+  uri: UfsUri;
+  /** This source's own options, secrets among them. */
+  options: UfsOptions;
+}
+
 export interface MountConfig {
   mountpoint: string;
   /**
    * What /proc/mounts shows as the mount's source (mount(8)'s device argument), so that
    * findmnt, df and umount by source work: the UFS URI as given (UFS URIs never carry
-   * credentials: `parseUfsUri` refuses userinfo) or `master=HOST:PORT`.
+   * credentials: `parseUfsUri` refuses userinfo), the URIs of a namespace's sources
+   * joined by commas, or `master=HOST:PORT`.
    */
   source: string;
   /** Set for a mount of one UFS with the embedded cache; the cluster mount has `cluster` instead. */
   ufs?: UfsUri;
+  /** Set for an embedded mount of several sources, each at its path; `ufsOptions` is then empty. */
+  namespace?: readonly NamespaceSource[];
   cluster?: ClusterConfig;
   ufsOptions: UfsOptions;
   foreground: boolean;
@@ -92,13 +106,17 @@ export interface MountConfig {
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
-export function parseMountConfig(mountpoint: string, flags: MountFlags): MountConfig {
-  if (!flags.ufs && !flags.master) {
+/** `namespace`, when given, is what the mount reads instead of `--ufs` or `--master`. */
+export function parseMountConfig(mountpoint: string | undefined, flags: MountFlags, namespace?: readonly NamespaceSource[]): MountConfig {
+  if (mountpoint === undefined) throw new CachefsError('INVALID_ARGUMENT', 'missing MOUNTPOINT: expected cachefs mount MOUNTPOINT --ufs URI, or --fluid-config FILE');
+  if (namespace) {
+    if (flags.ufs || flags.master) throw new CachefsError('INVALID_ARGUMENT', '--ufs and --master exclude a namespace of sources: the sources are given');
+  } else if (!flags.ufs && !flags.master) {
     throw new CachefsError('INVALID_ARGUMENT', 'missing --ufs URI or --master: expected e.g. --ufs s3://bucket/prefix, --ufs file:///srv/data or --master host:19998');
   }
   if (flags.ufs && flags.master) throw new CachefsError('INVALID_ARGUMENT', "--ufs and --master exclude each other: a cluster mount's sources come from the master's mount table");
-  if (flags.ufs && hasClusterSecurityFlags(flags)) {
-    throw new CachefsError('INVALID_ARGUMENT', '--auth-token-file, --insecure and --tls-* are for cluster mounts (--master): a mount of one --ufs talks to no cluster');
+  if (!flags.master && hasClusterSecurityFlags(flags)) {
+    throw new CachefsError('INVALID_ARGUMENT', '--auth-token-file, --insecure and --tls-* are for cluster mounts (--master): a mount of object stores talks to no cluster');
   }
   const ufs = flags.ufs ? parseUfsUri(flags.ufs) : undefined;
   const cluster = flags.master
@@ -124,8 +142,9 @@ export function parseMountConfig(mountpoint: string, flags: MountFlags): MountCo
   const metaTtlMs = parseDuration(flags.metaTtl, '--meta-ttl');
   return {
     mountpoint: path.resolve(mountpoint),
-    source: ufs ? ufs.text : `master=${cluster!.master}`,
+    source: ufs ? ufs.text : namespace ? namespace.map((s) => s.uri.text).join(',') : `master=${cluster!.master}`,
     ufs,
+    namespace,
     cluster,
     ufsOptions,
     foreground: !!flags.foreground,

@@ -28,13 +28,15 @@ import { exitCodeOf, oneLine, runAction } from './exit.js';
 import { addClusterSecurityOptions } from './cluster-options.js';
 import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
+import { fluidMountConfig } from './fluid-config.js';
 
 export function registerMountCommand(program: Command): void {
   const command = program
     .command('mount')
     .description('mount an object store (s3://, oss://, cosn://) or a folder (file://) read-only, with a local block cache')
-    .argument('<mountpoint>', 'an existing empty directory')
+    .argument('[mountpoint]', 'an existing empty directory (none with --fluid-config: its targetPath)')
     .option('--ufs <uri>', 'what to mount: s3://bucket/prefix, oss://bucket/prefix, cosn://bucket-appid/prefix, file:///path')
+    .option('--fluid-config <file>', "mount what a Fluid ThinRuntime's config.json describes: each Dataset mount at <targetPath>/<name>")
     .option('--master <host:port>', 'mount the cluster namespace of this master (its mount table) instead of one --ufs')
     .option('--cache-group <name>', 'with --master: the cache group whose workers serve blocks', MOUNT_DEFAULTS.cacheGroup)
     .option('--no-sharing', 'with --master: only read from the group; run no embedded worker (for short-lived pods)')
@@ -65,8 +67,8 @@ export function registerMountCommand(program: Command): void {
     .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp());
   addClusterSecurityOptions(command, 'mount')
     .action(
-      runAction(async (mountpoint: string, flags: MountFlags & { supervised?: boolean }) => {
-        const config = parseMountConfig(mountpoint, flags);
+      runAction(async (mountpoint: string | undefined, flags: MountFlags & { supervised?: boolean; fluidConfig?: string }) => {
+        const config = flags.fluidConfig ? fluidMountConfig(flags.fluidConfig, mountpoint, flags) : parseMountConfig(mountpoint, flags);
         if (flags.supervised) return serve(config);
         if (!config.foreground) {
           if (config.logFile) await detach(config.logFile);

@@ -73,7 +73,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       mounted = false;
       await fuse.unmount();
     });
-    log.info({ mountpoint, source: config.ufs?.text ?? `master ${config.cluster?.master}`, cacheDir: config.cacheDir, metricsPort }, 'mounted');
+    log.info({ mountpoint, source: config.source, cacheDir: config.cacheDir, metricsPort }, 'mounted');
     return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll };
   } catch (err) {
     await closeAll();

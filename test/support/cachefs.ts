@@ -43,6 +43,8 @@ export interface TestMount {
 export interface MountOptions {
   /** The source; omit for a cluster mount (pass --master in args). */
   ufs?: string;
+  /** `--fluid-config FILE` in place of the MOUNTPOINT argument: pass its targetPath as `mountpoint`. */
+  fluidConfig?: string;
   mountpoint?: string;
   cacheDir?: string;
   args?: string[];
@@ -65,7 +67,8 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
   const mountpoint = options.mountpoint ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-mnt-')));
   const cacheDir = options.cacheDir ?? (await mkdtemp(path.join(os.tmpdir(), 'cachefs-cache-')));
   const metricsPort = await freePort();
-  const args = [CACHEFS_BIN, 'mount', mountpoint, ...(options.ufs ? ['--ufs', options.ufs] : []), '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
+  const target = options.fluidConfig ? ['--fluid-config', options.fluidConfig] : [mountpoint];
+  const args = [CACHEFS_BIN, 'mount', ...target, ...(options.ufs ? ['--ufs', options.ufs] : []), '--foreground', '--cache-dir', cacheDir, '--metrics-port', String(metricsPort), '--metrics-host', '127.0.0.1', '--log-level', 'debug', ...(options.args ?? [])];
   const child = spawn(process.execPath, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   // Listened for from the start: a process that exits while stop() awaits something else
   // must not leave stop() waiting for an 'exit' event that has already passed.
