@@ -60,6 +60,34 @@ describe('restart-safe mounts', () => {
     expect(await isMounted(mnt)).toBe(false);
   });
 
+  it('clears a dead mount whose root the kernel still answers stat for from its attribute cache (statfs tells)', async () => {
+    const mnt = path.join(work, 'mnt-cached');
+    await mkdir(mnt);
+    const first = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt, args: ['--attr-timeout', '3600'] });
+    const serving = (await sh(`pgrep -P ${first.process.pid}`)).stdout.trim().split('\n').map(Number).filter((pid) => pid > 0);
+    await sh(`stat ${mnt}`); // the root's attributes now held for an hour
+    first.process.kill('SIGKILL');
+    for (const pid of serving) process.kill(pid, 'SIGKILL');
+    await waitFor(() => !isAlive(first.process.pid!) && serving.every((pid) => !isAlive(pid)), { timeoutMs: 10_000 });
+    // As a restarted container sees it: stat still answers, statfs does not.
+    expect((await sh(`stat -c %F ${mnt} 2>&1`)).stdout.trim()).toBe('directory');
+    expect((await sh(`stat -f ${mnt} 2>&1`)).stdout).toContain('Transport endpoint is not connected');
+
+    const second = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
+    try {
+      await waitFor(() => {
+        if (second.process.exitCode !== null) throw new Error(`the second mount exited with ${second.process.exitCode}: ${second.output()}`);
+        return second.output().includes('supervising the mount');
+      }, { timeoutMs: 30_000 });
+      expect(second.output()).toContain('cleared a dead cachefs mount');
+      expect((await sh(`cmp ${src}/blob ${mnt}/blob && echo same`)).stdout.trim()).toBe('same');
+    } finally {
+      await second.stop();
+      await first.stop();
+    }
+    expect(await isMounted(mnt)).toBe(false);
+  });
+
   it('refuses a mount point with files in it unless --nonempty', async () => {
     const mnt = path.join(work, 'mnt-full');
     await mkdir(mnt);

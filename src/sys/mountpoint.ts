@@ -6,7 +6,7 @@
  * files in it is refused unless the caller accepts hiding them. Every refusal says what
  * to do.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -47,7 +47,10 @@ async function statClearingDeadMount(abs: string, log: Logger | undefined): Retu
   // Dead mounts can be stacked (one per crash that nobody cleared): detach them one by one.
   for (let cleared = 0; ; cleared++) {
     try {
-      return await stat(abs);
+      const st = await stat(abs);
+      // stat of a dead FUSE mount's root may be answered from the kernel's attribute cache; statfs always asks its server.
+      if (topMountAt(await readMountTable(), abs)?.fstype === CACHEFS_FSTYPE) await statfs(abs);
+      return st;
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code === 'ENOTCONN') {
