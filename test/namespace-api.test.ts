@@ -5,11 +5,13 @@
  * page however many callers and walks; concurrent misses sharing one LIST; stats
  * cached, absent objects too; `refresh` dropping what it names, a listing under
  * way continuing across it; records surviving a restart on the same LMDB meta
- * dir; and a mount's `SharedNamespaceUfs` going round a master that is gone,
+ * dir; and a mount's `SharedNamespaceUfs` going round a master that is gone (or too old to know the routes),
  * mid-listing included. The same with real processes and s3rver (LIST counts at
  * the store, `kill -9` of the master) is in namespace-cache.test.ts.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -184,5 +186,20 @@ describe('the shared namespace cache', () => {
     expect(new Set(all).size).toBe(BIG + 3);
     expect(await shared.stat('data/small/a.txt')).toMatchObject({ size: 1 });
     expect(warnings).toEqual(['the master does not answer namespace requests: asking the object stores directly']);
+  });
+
+  it('goes round a master that does not know the namespace routes (older than the mount)', async () => {
+    // What a master before the namespace cache answers every unknown path with.
+    const old = createServer((_req, res) => res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'NOT_FOUND', message: "no such API path '/v1/namespace/list'" } })));
+    await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
+    try {
+      const client = new MasterClient(`127.0.0.1:${(old.address() as AddressInfo).port}`, { retries: 0, auth: SECRET });
+      clients.push(client);
+      const shared = new SharedNamespaceUfs(client, await directNamespace(), pino({ level: 'silent' }));
+      expect((await viaUfs(shared, 'data/small/', 1000)).sort()).toEqual(['data/small/a.txt', 'data/small/sub/']);
+      expect(await shared.stat('data/small/a.txt')).toMatchObject({ size: 1 });
+    } finally {
+      await new Promise((resolve) => old.close(resolve));
+    }
   });
 });

@@ -6,13 +6,15 @@
  * page is at most what the caller asked for, and the cursor it hands back is the
  * master's, which either side can continue (`namespace-page.ts`).
  *
- * When the master does not answer (unreachable, timed out), the same requests go
- * to the UFS directly, cut into the same pages, and keep going there for
- * `DIRECT_FOR_MS` before the master is tried again; the switch is logged once each
- * way. Errors the master answered (NOT_FOUND, ACCESS_DENIED, THROTTLED...) are
- * the caller's.
+ * When the master does not answer (unreachable, timed out) or does not know the
+ * namespace routes (NOT_FOUND: a master older than the mount, during an upgrade;
+ * the routes themselves answer absence as null or an empty page, never 404), the
+ * same requests go to the UFS directly, cut into the same pages, and keep going
+ * there for `DIRECT_FOR_MS` before the master is tried again; the switch is logged
+ * once each way. Other errors the master answered (ACCESS_DENIED, THROTTLED...)
+ * are the caller's.
  */
-import { isCachefsError } from '../errors.js';
+import { isCachefsError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from '../ufs/ufs.js';
 import type { MasterClient } from './client.js';
@@ -22,6 +24,9 @@ import { FIRST_PAGE, UFS_PAGE_KEYS, decodeCursor, encodeCursor, slicePage, ufsPa
 const DIRECT_FOR_MS = 10_000;
 /** One attempt per request: a master that does not answer within this is gone round. */
 const MASTER_TIMEOUT_MS = 5_000;
+
+/** What the master answers when it cannot serve namespace requests at all. */
+const GO_ROUND: readonly ErrorCode[] = ['UNREACHABLE', 'TIMEOUT', 'NOT_FOUND'];
 
 export class SharedNamespaceUfs implements Ufs {
   readonly displayUri: string;
@@ -80,7 +85,7 @@ export class SharedNamespaceUfs implements Ufs {
       }
       return answer;
     } catch (err) {
-      if (signal?.aborted || !isCachefsError(err) || (err.code !== 'UNREACHABLE' && err.code !== 'TIMEOUT')) throw err;
+      if (signal?.aborted || !isCachefsError(err) || !GO_ROUND.includes(err.code)) throw err;
       this.directUntil = Date.now() + DIRECT_FOR_MS;
       if (!this.direct) {
         this.direct = true;
