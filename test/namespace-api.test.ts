@@ -13,13 +13,18 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { MasterClient } from '../src/master/client.js';
 import { LmdbMetaStore } from '../src/master/lmdb-store.js';
 import { MemoryMetaStore } from '../src/master/memory-store.js';
 import type { MetaStore } from '../src/master/meta-store.js';
+import { MasterMetrics } from '../src/master/metrics.js';
+import { MountTable } from '../src/master/mount-table.js';
+import { NamespaceCache } from '../src/master/namespace-cache.js';
 import { MasterServer } from '../src/master/server.js';
+import { WorkerRegistry } from '../src/master/worker-registry.js';
 import { SharedNamespaceUfs } from '../src/master/shared-namespace-ufs.js';
 import { pino } from 'pino';
 import { ClusterSecret } from '../src/net/auth.js';
@@ -27,6 +32,9 @@ import { NamespaceUfs } from '../src/ufs/namespace.js';
 import { openUfs } from '../src/ufs/open-ufs.js';
 import type { Ufs } from '../src/ufs/ufs.js';
 import { registryValue } from './support/metrics.js';
+import { waitFor } from './support/processes.js';
+
+const silent = pino({ level: 'silent' });
 
 const SECRET = ClusterSecret.of('cluster-secret-of-the-namespace-api-test');
 const BIG = 2_500;
@@ -201,5 +209,32 @@ describe('the shared namespace cache', () => {
     } finally {
       await new Promise((resolve) => old.close(resolve));
     }
+  });
+
+  it('a listing fetched while a refresh comes is answered but not kept: the next request asks the UFS', async () => {
+    const store = new MemoryMetaStore();
+    const metrics = new MasterMetrics(await MountTable.load(store, silent, undefined), await WorkerRegistry.load(store, silent), false);
+    const direct = await directNamespace();
+    let gate: Promise<void> | undefined;
+    // The store's answer is read, then held back until the refresh has been made.
+    const held: Ufs = { displayUri: direct.displayUri, stat: (k) => direct.stat(k), check: () => direct.check(), readInto: (...a) => direct.readInto(...a), close: () => direct.close(), list: async (prefix, o) => {
+      const page = await direct.list(prefix, o);
+      await gate;
+      return page;
+    } };
+    const cache = new NamespaceCache(held, store, 3_600_000, metrics, silent);
+    let release!: () => void;
+    gate = new Promise<void>((resolve) => (release = resolve));
+    const before = cache.list('data/small/', undefined, 1000);
+    await waitFor(async () => (await registryValue(metrics.registry, 'cachefs_master_namespace_ufs_requests_total', { op: 'list' })) === 1);
+    await sleep(50);
+    await writeFile(path.join(root, 'small/late.txt'), 'late');
+    const refreshed = cache.refresh('data/small');
+    release();
+    expect((await before).objects.map((o) => o.key)).toEqual(['data/small/a.txt']);
+    await refreshed;
+    gate = undefined;
+    expect((await cache.list('data/small/', undefined, 1000)).objects.map((o) => o.key)).toEqual(['data/small/a.txt', 'data/small/late.txt']);
+    expect(await registryValue(metrics.registry, 'cachefs_master_namespace_ufs_requests_total', { op: 'list' })).toBe(2);
   });
 });

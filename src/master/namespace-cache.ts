@@ -81,6 +81,14 @@ function storable(key: string): boolean {
 export class NamespaceCache {
   private readonly pages = new SingleFlight<{ page: UfsPage; cursor: NamespaceCursor }>();
   private readonly stats = new SingleFlight<UfsObject | null>();
+  /**
+   * Counts refreshes: a fetch started before one neither stores what it got nor is
+   * joined by requests after it (its key carries the count), so `refresh` means that
+   * the next request asks the UFS.
+   */
+  private epoch = 0;
+  /** Saves under way, which a refresh waits for so that it sees (and drops) what they write. */
+  private readonly saving = new Set<Promise<void>>();
 
   constructor(
     private readonly ufs: Ufs,
@@ -108,9 +116,10 @@ export class NamespaceCache {
       return record.object;
     }
     this.metrics.namespaceRequests.inc({ op: 'stat', result: 'miss' });
-    return this.stats.do(key, async () => {
+    const epoch = this.epoch;
+    return this.stats.do(`${epoch}\0${key}`, async () => {
       const object = await this.statUfs(key);
-      await this.save([{ key: storeKey, value: { fetchedAt: Date.now(), object } satisfies StatRecord }]);
+      await this.save(epoch, [{ key: storeKey, value: { fetchedAt: Date.now(), object } satisfies StatRecord }]);
       return object;
     });
   }
@@ -121,6 +130,8 @@ export class NamespaceCache {
    * and its parent's listing (where its entry shows).
    */
   async refresh(path: string): Promise<RefreshAnswer> {
+    this.epoch++;
+    await Promise.all([...this.saving]);
     const below = path === '' ? '' : `${path}/`;
     const dirKeys = await this.store.keys(DIR + below);
     const pageKeys = await this.store.keys(PAGE + below);
@@ -151,6 +162,8 @@ export class NamespaceCache {
 
   /** Drops the listing of one directory (`prefix` '' or ending in '/'), nothing below it. */
   async dropListing(prefix: string): Promise<void> {
+    this.epoch++;
+    await Promise.all([...this.saving]);
     const pages = await this.store.keys(`${PAGE}${prefix}\0`);
     await this.store.commit([{ key: DIR + prefix, delete: true }, ...pages.map((key): MetaWrite => ({ key, delete: true }))]);
   }
@@ -173,11 +186,12 @@ export class NamespaceCache {
       }
     }
     this.metrics.namespaceRequests.inc({ op: 'list', result: 'miss' });
-    return this.pages.do(`first\0${prefix}`, async () => {
+    const epoch = this.epoch;
+    return this.pages.do(`first\0${epoch}\0${prefix}`, async () => {
       const page = await this.listUfs(prefix, undefined);
       const generation = randomBytes(6).toString('hex');
       const stale = await this.store.keys(`${PAGE}${prefix}\0`);
-      await this.save([
+      await this.save(epoch, [
         ...stale.map((key): MetaWrite => ({ key, delete: true })),
         { key: dirKey, value: { generation, fetchedAt: Date.now() } satisfies DirRecord },
         { key: pageKey(prefix, 0), value: { ...page, generation } satisfies PageRecord },
@@ -197,9 +211,10 @@ export class NamespaceCache {
       return { page: cached, cursor: at };
     }
     this.metrics.namespaceRequests.inc({ op: 'list', result: 'miss' });
-    return this.pages.do(`page\0${prefix}\0${generation}\0${at.page}`, async () => {
+    const epoch = this.epoch;
+    return this.pages.do(`page\0${epoch}\0${prefix}\0${generation}\0${at.page}`, async () => {
       const page = await this.listUfs(prefix, at.token);
-      await this.save([{ key: pageKey(prefix, at.page), value: { ...page, generation } satisfies PageRecord }]);
+      await this.save(epoch, [{ key: pageKey(prefix, at.page), value: { ...page, generation } satisfies PageRecord }]);
       return { page, cursor: at };
     });
   }
@@ -222,13 +237,14 @@ export class NamespaceCache {
     return this.ufs.stat(key);
   }
 
-  /** Stores what was fetched; a store that fails costs the cache, never the answer. */
-  private async save(writes: MetaWrite[]): Promise<void> {
-    try {
-      await this.store.commit(writes);
-    } catch (err) {
+  /** Stores what was fetched unless a refresh came since; a store that fails costs the cache, never the answer. */
+  private async save(epoch: number, writes: MetaWrite[]): Promise<void> {
+    if (epoch !== this.epoch) return;
+    const saved = this.store.commit(writes).catch((err: unknown) => {
       this.log.warn({ err: (err as Error).message }, 'cannot store namespace cache records');
-    }
+    });
+    this.saving.add(saved);
+    await saved.finally(() => this.saving.delete(saved));
   }
 }
 
