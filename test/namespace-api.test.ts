@@ -237,4 +237,17 @@ describe('the shared namespace cache', () => {
     expect((await cache.list('data/small/', undefined, 1000)).objects.map((o) => o.key)).toEqual(['data/small/a.txt', 'data/small/late.txt']);
     expect(await registryValue(metrics.registry, 'cachefs_master_namespace_ufs_requests_total', { op: 'list' })).toBe(2);
   });
+
+  it('follows the mount table: an entry added or removed shows in the cached listings above it at once', async () => {
+    const { master, client } = await startMaster();
+    expect((await client.namespaceList('', {})).prefixes).toEqual(['data/']);
+    expect((await client.namespaceList('', {})).prefixes).toEqual(['data/']);
+    await client.addMount({ path: '/more/small', uri: `file://${path.join(root, 'small')}` });
+    expect((await client.namespaceList('', {})).prefixes).toEqual(['data/', 'more/']);
+    expect((await client.namespaceList('more/', {})).prefixes).toEqual(['more/small/']);
+    await waitFor(async () => (await client.namespaceList('more/small/', {})).objects.length === 1, { what: 'the new entry to be listed' });
+    await client.removeMount('/more/small');
+    expect((await client.namespaceList('', {})).prefixes).toEqual(['data/']);
+    expect(await registryValue(master.metrics.registry, 'cachefs_master_namespace_requests_total', { op: 'list', result: 'hit' })).toBeGreaterThan(0);
+  });
 });

@@ -124,10 +124,13 @@ export class MasterServer {
   private readonly routes = new Map<string, Partial<Record<Method, Handler>>>();
   private readonly inFlight = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
-  /** The namespace's backends being opened, or catching up with mount-table changes. */
-  private namespaceFollowing: Promise<void> = Promise.resolve();
-  /** Resolves once the namespace's backends were first opened. */
-  private namespaceOpened: Promise<void> = Promise.resolve();
+  /**
+   * The namespace's backends being opened (at the first namespace request: a master no
+   * mount asks loads no store SDK), or catching up with mount-table changes: namespace
+   * requests wait for it, so that none is answered (and cached) through a table older
+   * than the last acknowledged change. Undefined until the first namespace request.
+   */
+  private namespaceFollowing: Promise<void> | undefined;
 
   private constructor(
     private readonly server: Server,
@@ -159,9 +162,6 @@ export class MasterServer {
     const namespace = new NamespaceCache(namespaceSync.ufs, options.store, options.namespaceTtlMs ?? DEFAULT_NAMESPACE_TTL_MS, metrics, logger);
     const server = createClusterServer(options.tls);
     const master = new MasterServer(server, options.store, options.auth, mountTable, workers, metrics, namespaceSync, namespace, logger);
-    // Opening the backends (an SDK to load) is not waited for before listening: namespace requests wait for it instead.
-    master.namespaceOpened = namespaceSync.start().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'cannot open the namespace of the mount table'));
-    master.namespaceFollowing = master.namespaceOpened;
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new CachefsError(err.code === 'EADDRINUSE' ? 'CONFLICT' : 'INVALID_ARGUMENT', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
@@ -278,14 +278,14 @@ export class MasterServer {
         const prefix = parseNamespaceKey(ctx.url.searchParams.get('prefix') ?? '', 'prefix', true);
         const cursor = ctx.url.searchParams.get('cursor') ?? undefined;
         const maxKeys = parseMaxKeys(ctx.url.searchParams.get('maxKeys'));
-        await this.namespaceOpened;
+        await this.namespaceReady();
         return ok((await namespace.list(prefix, cursor === '' ? undefined : cursor, maxKeys)) satisfies NamespaceListResponse);
       },
     });
     this.route(ROUTES.namespaceStat, {
       GET: async (ctx) => {
         const key = parseNamespaceKey(query(ctx.url, 'key'), 'key', false);
-        await this.namespaceOpened;
+        await this.namespaceReady();
         return ok({ object: await namespace.stat(key) } satisfies NamespaceStatResponse);
       },
     });
@@ -300,15 +300,21 @@ export class MasterServer {
   /**
    * A changed entry: what was cached at, below and above its path goes now, before the
    * change is answered; the namespace's backends follow the table in the background
-   * (opening one may take seconds), and the same is dropped again once they have, in
-   * case a request in between was answered through the old ones.
+   * (opening one may take seconds, longer than an admin command waits), and namespace
+   * requests wait for that.
    */
   private async mountTableChanged(path: string): Promise<void> {
-    await this.forgetNamespace(path);
+    // Set first, so that a request arriving while the cache is being cleared waits too.
     this.namespaceFollowing = this.namespaceFollowing
-      .then(() => this.namespaceSync.poke())
-      .then(() => this.forgetNamespace(path))
+      ?.then(() => this.namespaceSync.poke())
       .catch((err: unknown) => this.logger.warn({ path, err: (err as Error).message }, 'cannot bring the namespace cache in step with the mount table'));
+    await this.forgetNamespace(path);
+  }
+
+  /** Opens the namespace's backends at the first call; waits for them to follow the table. */
+  private namespaceReady(): Promise<void> {
+    this.namespaceFollowing ??= this.namespaceSync.start().catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'cannot open the namespace of the mount table'));
+    return this.namespaceFollowing;
   }
 
   private async forgetNamespace(path: string): Promise<void> {
