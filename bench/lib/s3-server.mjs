@@ -4,7 +4,8 @@
 // every file below ROOT, keyed by its path below ROOT), 32 at a time. Prints
 // "PORT <n>" once ready and runs until killed; its store is deleted on exit. On SIGUSR2
 // it prints the requests received since the last SIGUSR2 (or the end of the uploads) as
-// one line, `REQUESTS {"GET 4MiB":256,...}` (method and ranged-GET size), and forgets them.
+// one line, `REQUESTS {"GET 4MiB":256,"LIST":3,...}` (method and ranged-GET size; LIST for a
+// ListObjectsV2), and forgets them.
 // Usage: node s3-server.mjs BUCKET [FILE | --tree ROOT]...
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -34,7 +35,8 @@ let counts = {};
 const fold = () => {
   for (const r of server.requestLog()) {
     const range = /bytes=(\d+)-(\d+)/.exec(r.range ?? '');
-    const kind = range ? `${r.method} ${+((Number(range[2]) - Number(range[1]) + 1) / 1048576).toFixed(1)}MiB` : r.method;
+    const list = r.method === 'GET' && r.key === '' && r.query.has('list-type');
+    const kind = range ? `${r.method} ${+((Number(range[2]) - Number(range[1]) + 1) / 1048576).toFixed(1)}MiB` : list ? 'LIST' : r.method;
     counts[kind] = (counts[kind] ?? 0) + 1;
   }
   server.clearRequestLog();

@@ -7,6 +7,7 @@ import { fail } from './exit.js';
 import { registerMasterCommand } from './master.js';
 import { registerMountTableCommand } from './mount-table.js';
 import { registerMountCommand } from './mount.js';
+import { registerRefreshCommand } from './refresh.js';
 import { registerReportCommand } from './report.js';
 import { registerUmountCommand } from './umount.js';
 import { registerWorkerCommand } from './worker.js';
@@ -32,6 +33,7 @@ registerMasterCommand(program);
 registerMountTableCommand(program);
 registerWorkerCommand(program);
 registerReportCommand(program);
+registerRefreshCommand(program);
 optionsFromEnvironment(program);
 
 program.parseAsync(process.argv).catch(fail);

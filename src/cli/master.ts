@@ -1,5 +1,5 @@
 /**
- * `cachefs master`: runs the master (mount table, worker registry) with its
+ * `cachefs master`: runs the master (mount table, worker registry, shared namespace cache) with its
  * state in `--meta-dir`, until SIGTERM or SIGINT, then closes cleanly. Parses
  * and validates the flags into a `MasterConfig` and wires the pieces; the
  * behaviour lives in `master/`.
@@ -19,6 +19,7 @@ export const MASTER_DEFAULTS = {
   port: String(DEFAULT_MASTER_PORT),
   host: '0.0.0.0',
   workerTimeout: '10s',
+  namespaceTtl: '5m',
   logLevel: 'info',
 } as const;
 
@@ -29,6 +30,7 @@ export interface MasterFlags extends ClusterSecurityFlags {
   port: string;
   host: string;
   workerTimeout: string;
+  namespaceTtl: string;
   logLevel: string;
   logFile?: string;
 }
@@ -38,6 +40,7 @@ export interface MasterConfig {
   port: number;
   host: string;
   workerTimeoutMs: number;
+  namespaceTtlMs: number;
   logLevel: string;
   logFile?: string;
   security: ClusterSecurity;
@@ -47,6 +50,8 @@ export function parseMasterConfig(flags: MasterFlags): MasterConfig {
   if (flags.metaDir.trim() === '') throw new CachefsError('INVALID_ARGUMENT', 'invalid --meta-dir: expected a directory');
   const workerTimeoutMs = parseDuration(flags.workerTimeout, '--worker-timeout');
   if (workerTimeoutMs <= 0) throw new CachefsError('INVALID_ARGUMENT', `invalid --worker-timeout '${flags.workerTimeout}': must be more than 0`);
+  const namespaceTtlMs = parseDuration(flags.namespaceTtl, '--namespace-ttl');
+  if (namespaceTtlMs <= 0) throw new CachefsError('INVALID_ARGUMENT', `invalid --namespace-ttl '${flags.namespaceTtl}': must be more than 0`);
   if (!LOG_LEVELS.some((l) => l === flags.logLevel)) {
     throw new CachefsError('INVALID_ARGUMENT', `invalid --log-level '${flags.logLevel}': expected one of ${LOG_LEVELS.join(', ')}`);
   }
@@ -56,6 +61,7 @@ export function parseMasterConfig(flags: MasterFlags): MasterConfig {
     port: parsePort(flags.port, '--port'),
     host: flags.host,
     workerTimeoutMs,
+    namespaceTtlMs,
     logLevel: flags.logLevel,
     logFile: flags.logFile,
     security: parseClusterSecurity(flags, 'master'),
@@ -84,7 +90,7 @@ export async function runMaster(config: MasterConfig): Promise<void> {
   let master: MasterServer;
   try {
     const { auth, serverTls: tls } = config.security;
-    master = await MasterServer.start({ store, auth, tls, host: config.host, port: config.port, workerTimeoutMs: config.workerTimeoutMs, logger: log });
+    master = await MasterServer.start({ store, auth, tls, host: config.host, port: config.port, workerTimeoutMs: config.workerTimeoutMs, namespaceTtlMs: config.namespaceTtlMs, logger: log });
   } catch (err) {
     await store.close();
     throw err;
@@ -101,11 +107,12 @@ export async function runMaster(config: MasterConfig): Promise<void> {
 export function registerMasterCommand(program: Command): void {
   const command = program
     .command('master')
-    .description('run the master: mount table and worker registry, persisted in --meta-dir')
+    .description('run the master: mount table, worker registry and shared namespace cache, persisted in --meta-dir')
     .option('--meta-dir <dir>', 'where the master keeps its state (a PVC in Kubernetes)', MASTER_DEFAULTS.metaDir)
     .option('--port <port>', 'port of the API (0 picks one)', MASTER_DEFAULTS.port)
     .option('--host <host>', 'address to listen on', MASTER_DEFAULTS.host)
     .option('--worker-timeout <duration>', 'a worker without a heartbeat for this long is marked lost', MASTER_DEFAULTS.workerTimeout)
+    .option('--namespace-ttl <duration>', 'how long the shared namespace cache answers a listing or stat before asking the object store again', MASTER_DEFAULTS.namespaceTtl)
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default(MASTER_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to this file instead of stderr');
   addClusterSecurityOptions(command, 'master')

@@ -2,7 +2,8 @@
  * What a mount reads through, by mode: one UFS with an in-process cache (the
  * embedded default) or several, each at a path of the mount (a static namespace, as
  * a Fluid Dataset's mounts are), or the cluster namespace of a master with the workers
- * of a cache group (plus an embedded worker that joins the group when sharing).
+ * of a cache group (plus an embedded worker that joins the group when sharing), whose
+ * listings and stats come from the master's shared namespace cache.
  */
 import { createHash } from 'node:crypto';
 import os from 'node:os';
@@ -20,6 +21,7 @@ import { authHeaders } from '../net/auth.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { NAMESPACE_MOUNT_ID, NamespaceUfs } from '../ufs/namespace.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
+import { SharedNamespaceUfs } from '../master/shared-namespace-ufs.js';
 import { openUfs } from '../ufs/open-ufs.js';
 import type { Ufs } from '../ufs/ufs.js';
 import { CachedBlocks } from '../cache/cached-blocks.js';
@@ -143,5 +145,5 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
   closers.push(() => membership.close());
   const workerLink = { headers: authHeaders(security.secret), tls: security.clientTls };
   const source = new ClusterSource({ membership, shortCircuit: cluster.shortCircuit, hostname: cluster.hostname, local, ufs: new UfsReader(resolveUfs, metrics), blockSize: config.blockSize, policy: READ_POLICY, workerLink, secret: security.secret, metrics, log });
-  return { ufs: namespace.ufs, source, mountId: NAMESPACE_MOUNT_ID };
+  return { ufs: new SharedNamespaceUfs(master, namespace.ufs, log), source, mountId: NAMESPACE_MOUNT_ID };
 }

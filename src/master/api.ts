@@ -7,6 +7,7 @@
  * names, addresses) are checked here, once. No I/O.
  */
 import { CachefsError, type ErrorCode } from '../errors.js';
+import type { UfsObject } from '../ufs/ufs.js';
 import { parseUfsUri } from '../ufs/uri.js';
 import { parseHostPort } from '../net/host-port.js';
 import { Fields } from './decode.js';
@@ -29,6 +30,15 @@ export const ROUTES = {
   workersHeartbeat: '/v1/workers/heartbeat',
   /** GET: one summary per cache group. */
   cacheGroups: '/v1/cache-groups',
+  /**
+   * GET `?prefix=&cursor=&maxKeys=`: one page of the shared namespace cache's listing of a
+   * directory (`prefix` '' for the root, else ending in '/'), fetched from the UFS on a miss.
+   */
+  namespaceList: '/v1/namespace/list',
+  /** GET `?key=`: the object at a namespace key, or null. */
+  namespaceStat: '/v1/namespace/stat',
+  /** POST `{path}`: drops what the namespace cache holds of a path, below it and its parent's listing. */
+  namespaceRefresh: '/v1/namespace/refresh',
   /** Probes: answered without the cluster secret, and carry none. */
   healthz: '/healthz',
   readyz: '/readyz',
@@ -400,4 +410,81 @@ export function decodeCacheGroupSummary(value: unknown): CacheGroupSummary {
     usedBytes: f.count('usedBytes'),
     blocks: f.count('blocks'),
   };
+}
+
+// ---------------------------------------------------------------- namespace cache
+
+export interface NamespaceListResponse {
+  objects: UfsObject[];
+  prefixes: string[];
+  /** Pass back for the next page; absent after the listing's last entry. */
+  cursor?: string;
+}
+
+export interface NamespaceStatResponse {
+  object: UfsObject | null;
+}
+
+export interface NamespaceRefreshRequest {
+  /** A namespace path, e.g. `/data/train`. */
+  path: string;
+}
+
+export interface NamespaceRefreshResponse {
+  path: string;
+  /** Listings dropped: the path's, those below it, its parent's. */
+  listings: number;
+  /** Stats dropped: the path's and those below it. */
+  stats: number;
+}
+
+/** A namespace key from a query: relative, '/'-separated, without empty, '.' or '..' segments. */
+export function parseNamespaceKey(text: string, what: string, directory: boolean): string {
+  if (directory && text === '') return '';
+  const bad = (why: string): CachefsError => new CachefsError('INVALID_ARGUMENT', `invalid ${what} '${text.slice(0, 256)}': ${why}`);
+  const body = directory ? text.slice(0, -1) : text;
+  if (directory && !text.endsWith('/')) throw bad("expected '' or a directory key ending in '/', e.g. 'data/train/'");
+  if (body === '' || body.startsWith('/') || body.endsWith('/')) throw bad("expected a key relative to the namespace root, e.g. 'data/train/a.tar'");
+  if (body.split('/').some((s) => s === '' || s === '.' || s === '..')) throw bad("may not contain empty, '.' or '..' components");
+  return text;
+}
+
+/** The namespace key of a path such as `/data/train` (`data/train`; '' for `/`). */
+export function namespaceKeyOfPath(path: string): string {
+  return normalizeMountPath(path).slice(1);
+}
+
+/** An object's attributes, from JSON (the master's answer or a stored record). */
+export function decodeUfsObject(value: unknown, what = 'object'): UfsObject {
+  const f = Fields.of(value, what);
+  const mtimeMs = f.raw('mtimeMs');
+  if (typeof mtimeMs !== 'number' || !Number.isFinite(mtimeMs)) throw new CachefsError('INVALID_ARGUMENT', `invalid ${what}.mtimeMs: expected a number`);
+  return { key: f.string('key'), size: f.count('size'), mtimeMs, etag: f.string('etag') };
+}
+
+export function decodeNamespaceList(value: unknown): NamespaceListResponse {
+  const f = Fields.of(value, 'namespace listing');
+  const cursor = f.optionalString('cursor');
+  return {
+    objects: f.array('objects').map((o, i) => decodeUfsObject(o, `objects[${i}]`)),
+    prefixes: f.array('prefixes').map((p, i) => {
+      if (typeof p !== 'string') throw new CachefsError('INVALID_ARGUMENT', `invalid namespace listing prefixes[${i}]: expected a string`);
+      return p;
+    }),
+    ...(cursor === undefined ? {} : { cursor }),
+  };
+}
+
+export function decodeNamespaceStat(value: unknown): NamespaceStatResponse {
+  const object = Fields.of(value, 'namespace stat').raw('object');
+  return { object: object === null || object === undefined ? null : decodeUfsObject(object) };
+}
+
+export function decodeNamespaceRefreshRequest(value: unknown): NamespaceRefreshRequest {
+  return { path: normalizeMountPath(Fields.of(value, 'refresh request').string('path')) };
+}
+
+export function decodeNamespaceRefresh(value: unknown): NamespaceRefreshResponse {
+  const f = Fields.of(value, 'refresh answer');
+  return { path: f.string('path'), listings: f.count('listings'), stats: f.count('stats') };
 }

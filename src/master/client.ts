@@ -25,6 +25,9 @@ import {
   decodeApiError,
   decodeCacheGroupSummary,
   decodeMountEntry,
+  decodeNamespaceList,
+  decodeNamespaceRefresh,
+  decodeNamespaceStat,
   decodeWorkerRecord,
   decodeWorkerTiming,
   type CacheGroupSummary,
@@ -33,6 +36,8 @@ import {
   type HeartbeatResponse,
   type MountEntry,
   type MountEntryView,
+  type NamespaceListResponse,
+  type NamespaceRefreshResponse,
   type PutMountRequest,
   type PutMountResponse,
   type RegisterWorkerRequest,
@@ -45,6 +50,7 @@ import {
 import { Fields } from './decode.js';
 import { normalizeMountPath, resolveMountPath } from './mount-path.js';
 import { MasterStateCache } from './state-cache.js';
+import type { UfsObject } from '../ufs/ufs.js';
 
 export interface MasterClientOptions {
   /** Time allowed for one attempt, default 5s. */
@@ -232,6 +238,24 @@ export class MasterClient {
     return f.array('groups').map(decodeCacheGroupSummary);
   }
 
+  // ------------------------------------------------------------ namespace cache
+
+  /** One page of the shared namespace cache's listing of `prefix` ('' or ending in '/'). */
+  async namespaceList(prefix: string, page: { cursor?: string; maxKeys?: number }, opts: CallOptions = {}): Promise<NamespaceListResponse> {
+    const params = { prefix, cursor: page.cursor, maxKeys: page.maxKeys === undefined ? undefined : String(page.maxKeys) };
+    return decodeNamespaceList(await this.call('GET', withQuery(ROUTES.namespaceList, params), undefined, opts));
+  }
+
+  /** The object at a namespace key, or null, from the shared namespace cache. */
+  async namespaceStat(key: string, opts: CallOptions = {}): Promise<UfsObject | null> {
+    return decodeNamespaceStat(await this.call('GET', withQuery(ROUTES.namespaceStat, { key }), undefined, opts)).object;
+  }
+
+  /** Drops what the namespace cache holds of a namespace path (e.g. `/data/train`), below it and its parent's listing. */
+  async refreshNamespace(path: string, opts: CallOptions = {}): Promise<NamespaceRefreshResponse> {
+    return decodeNamespaceRefresh(await this.call('POST', ROUTES.namespaceRefresh, { path: normalizeMountPath(path) }, opts));
+  }
+
   async close(): Promise<void> {
     await this.pool.close();
   }
@@ -309,7 +333,8 @@ export class MasterClient {
       return parsed;
     }
     const apiError = decodeApiError(parsed);
-    const code = status === 503 ? 'UNREACHABLE' : (apiError?.code ?? statusCode(status));
+    // A 503 is a master that cannot answer now, unless it says a store throttled it: that is no reason to go round it.
+    const code = status === 503 && apiError?.code !== 'THROTTLED' ? 'UNREACHABLE' : (apiError?.code ?? statusCode(status));
     throw new CachefsError(code, apiError?.message ?? `master ${this.address.text} answered ${method} ${path} with HTTP ${status}`);
   }
 }

@@ -72,6 +72,16 @@ export class LmdbMetaStore implements MetaStore {
     return out;
   }
 
+  async keys(prefix: string): Promise<string[]> {
+    this.check();
+    const out: string[] = [];
+    for (const key of this.db.getKeys({ start: prefix })) {
+      if (typeof key !== 'string' || !key.startsWith(prefix)) break;
+      out.push(key);
+    }
+    return out;
+  }
+
   async put(key: string, value: unknown): Promise<void> {
     await this.commit([{ key, value }]);
   }

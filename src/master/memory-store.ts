@@ -24,6 +24,10 @@ export class MemoryMetaStore implements MetaStore {
       .map(([key, text]) => ({ key, value: JSON.parse(text) }));
   }
 
+  async keys(prefix: string): Promise<string[]> {
+    return (await this.list(prefix)).map((e) => e.key);
+  }
+
   async put(key: string, value: unknown): Promise<void> {
     await this.commit([{ key, value }]);
   }

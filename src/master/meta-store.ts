@@ -1,6 +1,6 @@
 /**
  * The `MetaStore` interface: where the master keeps its state (mount table,
- * worker registry) as JSON values under string keys. One interface, several
+ * worker registry, shared namespace cache) as JSON values under string keys. One interface, several
  * implementations chosen by configuration: `lmdb-store.ts` (the embedded,
  * crash-safe default in `--meta-dir`) and `memory-store.ts` (tests, throwaway
  * masters). A distributed store for HA would be a third. Knows nothing about
@@ -20,6 +20,8 @@ export interface MetaStore {
   get(key: string): Promise<unknown>;
   /** Every entry whose key starts with `prefix`, in key order. */
   list(prefix: string): Promise<MetaEntry[]>;
+  /** The keys that start with `prefix`, in key order, without reading their values. */
+  keys(prefix: string): Promise<string[]>;
   /** Stores a JSON-serializable value; durable once the promise resolves. */
   put(key: string, value: unknown): Promise<void>;
   /** Removes a key; true when it existed. Durable once the promise resolves. */

@@ -1,7 +1,8 @@
 /**
  * The master's Prometheus metrics, in a registry of its own (never prom-client's
  * global default, so several masters can live in one test process). Request
- * counts and latency by route; mount-table and worker gauges are computed from
+ * counts and latency by route; the namespace cache's hits, misses and requests
+ * to the UFS; mount-table and worker gauges are computed from
  * the live tables at scrape time.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -21,6 +22,19 @@ export class MasterMetrics {
     help: 'Time to answer an API request, by route',
     labelNames: ['route'] as const,
     buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1],
+    registers: [this.registry],
+  });
+
+  readonly namespaceRequests = new Counter({
+    name: 'cachefs_master_namespace_requests_total',
+    help: 'Namespace cache requests by op (list: one page, stat) and result: hit, miss (asked the UFS), passthrough (a page not kept: past the per-directory bound, or of another generation)',
+    labelNames: ['op', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly namespaceUfsRequests = new Counter({
+    name: 'cachefs_master_namespace_ufs_requests_total',
+    help: 'Requests the namespace cache sent to the UFS, by op (list: one LIST page, stat: one HEAD)',
+    labelNames: ['op'] as const,
     registers: [this.registry],
   });
 

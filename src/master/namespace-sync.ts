@@ -1,23 +1,28 @@
 /**
  * Keeps a `NamespaceUfs` in step with the master's mount table: polls it (the
- * master client falls back to its on-disk copy when the master is down), opens a
- * backend for each new entry and closes the backends of removed ones.
+ * master client falls back to its on-disk copy when the master is down; the
+ * master itself reads its own table), opens a backend for each new entry and
+ * closes the backends of removed ones.
  */
 import { Poller } from '../lib/poller.js';
 import type { Logger } from '../log.js';
 import type { MountEntry } from './api.js';
-import type { MasterClient } from './client.js';
 import { CachefsError } from '../errors.js';
 import { NAMESPACE_MOUNT_ID, NamespaceUfs } from '../ufs/namespace.js';
 import { openUfs } from '../ufs/open-ufs.js';
 import type { Ufs, UfsResolver } from '../ufs/ufs.js';
+
+/** Where the table comes from: a `MasterClient`, or the master's own table. */
+export interface MountTableSource {
+  mountTable(): Promise<{ value: MountEntry[] }>;
+}
 
 export class NamespaceSync {
   readonly ufs = new NamespaceUfs([]);
   private readonly open = new Map<string, Ufs>();
   private readonly poller: Poller;
 
-  constructor(private readonly master: MasterClient, private readonly log: Logger, intervalMs = 10_000) {
+  constructor(private readonly source: MountTableSource, private readonly log: Logger, intervalMs = 10_000) {
     this.poller = new Poller('mount table', intervalMs, () => this.refresh(), log);
   }
 
@@ -40,7 +45,7 @@ export class NamespaceSync {
   }
 
   private async refresh(): Promise<void> {
-    const table = await this.master.mountTable();
+    const table = await this.source.mountTable();
     const wanted = new Map(table.value.map((e) => [identity(e), e]));
     for (const [id, ufs] of this.open) {
       if (!wanted.has(id)) {

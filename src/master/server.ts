@@ -1,12 +1,13 @@
 /**
  * The master process's HTTP server (node:http, or node:https with a certificate):
- * the JSON API of `api.ts` over the mount table and the worker registry, plus the
+ * the JSON API of `api.ts` over the mount table, the worker registry and the
+ * shared namespace cache (whose UFS backends it keeps in step with the table), plus the
  * probes `/healthz`, `/readyz` and `/metrics`. Every other path needs the cluster
  * secret (`net/auth.ts`): without it, 401 before anything else is looked at.
  * Translates between HTTP and the tables only: requests are decoded with the
  * `api.ts` decoders, failures become `{error:{code,message}}` with a 4xx/5xx
  * status. Owns the store it is given: `close()` stops the listener, waits for
- * requests in flight, stops the expiry timer and closes the store.
+ * requests in flight, stops the expiry timer, closes the UFS backends and the store.
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -20,6 +21,9 @@ import {
   ROUTES,
   WORKER_CREDENTIAL_HEADER,
   decodeHeartbeatRequest,
+  decodeNamespaceRefreshRequest,
+  namespaceKeyOfPath,
+  parseNamespaceKey,
   decodePutMountRequest,
   decodeRegisterWorkerRequest,
   parseCacheGroup,
@@ -31,6 +35,9 @@ import {
   type HealthResponse,
   type HeartbeatResponse,
   type MountTableResponse,
+  type NamespaceListResponse,
+  type NamespaceRefreshResponse,
+  type NamespaceStatResponse,
   type PutMountResponse,
   type ReadyResponse,
   type RegisterWorkerResponse,
@@ -41,6 +48,9 @@ import {
 import type { MetaStore } from './meta-store.js';
 import { MasterMetrics } from './metrics.js';
 import { MountTable } from './mount-table.js';
+import { DEFAULT_NAMESPACE_TTL_MS, NamespaceCache } from './namespace-cache.js';
+import { UFS_PAGE_KEYS } from './namespace-page.js';
+import { NamespaceSync } from './namespace-sync.js';
 import { SecretBox } from './secret-box.js';
 import { WorkerRegistry } from './worker-registry.js';
 
@@ -63,6 +73,8 @@ export interface MasterServerOptions {
   port?: number;
   workerTimeoutMs?: number;
   heartbeatIntervalMs?: number;
+  /** How long the namespace cache answers a listing or a stat before asking the UFS again. */
+  namespaceTtlMs?: number;
   logger?: Logger;
   /** Include Node process metrics on /metrics (default true). */
   withProcessMetrics?: boolean;
@@ -95,6 +107,13 @@ function ok(body: unknown, status = 200): Reply {
   return { status, body };
 }
 
+function parseMaxKeys(text: string | null): number {
+  if (text === null || text === '') return UFS_PAGE_KEYS;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 1) throw new CachefsError('INVALID_ARGUMENT', `invalid query parameter maxKeys='${text.slice(0, 32)}': expected a positive integer`);
+  return n;
+}
+
 function query(url: URL, name: string): string {
   const value = url.searchParams.get(name);
   if (value === null || value === '') throw new CachefsError('INVALID_ARGUMENT', `missing query parameter '${name}'`);
@@ -105,6 +124,13 @@ export class MasterServer {
   private readonly routes = new Map<string, Partial<Record<Method, Handler>>>();
   private readonly inFlight = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
+  /**
+   * The namespace's backends being opened (at the first namespace request: a master no
+   * mount asks loads no store SDK), or catching up with mount-table changes: namespace
+   * requests wait for it, so that none is answered (and cached) through a table older
+   * than the last acknowledged change. Undefined until the first namespace request.
+   */
+  private namespaceFollowing: Promise<void> | undefined;
 
   private constructor(
     private readonly server: Server,
@@ -113,6 +139,8 @@ export class MasterServer {
     readonly mountTable: MountTable,
     readonly workers: WorkerRegistry,
     readonly metrics: MasterMetrics,
+    private readonly namespaceSync: NamespaceSync,
+    readonly namespace: NamespaceCache,
     private readonly logger: Logger,
   ) {
     this.defineRoutes();
@@ -130,8 +158,10 @@ export class MasterServer {
       heartbeatIntervalMs: options.heartbeatIntervalMs,
     });
     const metrics = new MasterMetrics(mountTable, workers, options.withProcessMetrics ?? true);
+    const namespaceSync = new NamespaceSync({ mountTable: async () => ({ value: mountTable.all() }) }, logger);
+    const namespace = new NamespaceCache(namespaceSync.ufs, options.store, options.namespaceTtlMs ?? DEFAULT_NAMESPACE_TTL_MS, metrics, logger);
     const server = createClusterServer(options.tls);
-    const master = new MasterServer(server, options.store, options.auth, mountTable, workers, metrics, logger);
+    const master = new MasterServer(server, options.store, options.auth, mountTable, workers, metrics, namespaceSync, namespace, logger);
     await new Promise<void>((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException): void => {
         reject(new CachefsError(err.code === 'EADDRINUSE' ? 'CONFLICT' : 'INVALID_ARGUMENT', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err }));
@@ -174,6 +204,8 @@ export class MasterServer {
     try {
       await this.workers.close();
       await this.mountTable.idle();
+      await this.namespaceFollowing;
+      await this.namespaceSync.close();
     } finally {
       await this.store.close();
     }
@@ -192,7 +224,7 @@ export class MasterServer {
   }
 
   private defineRoutes(): void {
-    const { mountTable, workers } = this;
+    const { mountTable, workers, namespace } = this;
     this.route(ROUTES.healthz, { GET: async () => ok({ status: 'ok' } satisfies HealthResponse) });
     // Tables loaded and listening (a master only listens once loaded); 503 while shutting down, as every route.
     this.route(ROUTES.readyz, { GET: async () => ok({ status: 'ready' } satisfies ReadyResponse) });
@@ -200,9 +232,14 @@ export class MasterServer {
       GET: async () => ok({ entries: mountTable.list() } satisfies MountTableResponse),
       PUT: async (ctx) => {
         const result = await mountTable.put(decodePutMountRequest(await ctx.json()), Date.now());
+        await this.mountTableChanged(result.entry.path);
         return ok(result satisfies PutMountResponse, result.created ? 201 : 200);
       },
-      DELETE: async (ctx) => ok({ removed: await mountTable.remove(query(ctx.url, 'path')) } satisfies DeleteMountResponse),
+      DELETE: async (ctx) => {
+        const removed = await mountTable.remove(query(ctx.url, 'path'));
+        await this.mountTableChanged(removed.path);
+        return ok({ removed } satisfies DeleteMountResponse);
+      },
     });
     this.route(ROUTES.mountTableResolve, {
       GET: async (ctx) => ok(mountTable.resolve(query(ctx.url, 'path')) satisfies ResolveMountResponse),
@@ -236,6 +273,56 @@ export class MasterServer {
       },
     });
     this.route(ROUTES.cacheGroups, { GET: async () => ok({ groups: workers.groups() } satisfies CacheGroupsResponse) });
+    this.route(ROUTES.namespaceList, {
+      GET: async (ctx) => {
+        const prefix = parseNamespaceKey(ctx.url.searchParams.get('prefix') ?? '', 'prefix', true);
+        const cursor = ctx.url.searchParams.get('cursor') ?? undefined;
+        const maxKeys = parseMaxKeys(ctx.url.searchParams.get('maxKeys'));
+        await this.namespaceReady();
+        return ok((await namespace.list(prefix, cursor === '' ? undefined : cursor, maxKeys)) satisfies NamespaceListResponse);
+      },
+    });
+    this.route(ROUTES.namespaceStat, {
+      GET: async (ctx) => {
+        const key = parseNamespaceKey(query(ctx.url, 'key'), 'key', false);
+        await this.namespaceReady();
+        return ok({ object: await namespace.stat(key) } satisfies NamespaceStatResponse);
+      },
+    });
+    this.route(ROUTES.namespaceRefresh, {
+      POST: async (ctx) => {
+        const { path } = decodeNamespaceRefreshRequest(await ctx.json());
+        return ok({ path, ...(await namespace.refresh(namespaceKeyOfPath(path))) } satisfies NamespaceRefreshResponse);
+      },
+    });
+  }
+
+  /**
+   * A changed entry: what was cached at, below and above its path goes now, before the
+   * change is answered; the namespace's backends follow the table in the background
+   * (opening one may take seconds, longer than an admin command waits), and namespace
+   * requests wait for that.
+   */
+  private async mountTableChanged(path: string): Promise<void> {
+    // Set first, so that a request arriving while the cache is being cleared waits too.
+    this.namespaceFollowing = this.namespaceFollowing
+      ?.then(() => this.namespaceSync.poke())
+      .catch((err: unknown) => this.logger.warn({ path, err: (err as Error).message }, 'cannot bring the namespace cache in step with the mount table'));
+    await this.forgetNamespace(path);
+  }
+
+  /** Opens the namespace's backends at the first call; waits for them to follow the table. */
+  private namespaceReady(): Promise<void> {
+    this.namespaceFollowing ??= this.namespaceSync.start().catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'cannot open the namespace of the mount table'));
+    return this.namespaceFollowing;
+  }
+
+  private async forgetNamespace(path: string): Promise<void> {
+    const key = namespaceKeyOfPath(path);
+    await this.namespace.refresh(key);
+    // Every listing above shows the path's next component (NamespaceUfs makes it up when no store has it).
+    const segments = key === '' ? [] : key.split('/');
+    for (let n = 0; n < segments.length - 1; n++) await this.namespace.dropListing(n === 0 ? '' : `${segments.slice(0, n).join('/')}/`);
   }
 
   private route(path: string, handlers: Partial<Record<Method, Handler>>): void {

@@ -67,6 +67,9 @@ describe('the master API', () => {
       ['POST', '/v1/workers/register', { id: 'evil', cacheGroup: 'g', address: '10.6.6.6:29999', hostname: 'evil', startedAt: 1, capacityBytes: 1, usedBytes: 0, blocks: 0 }],
       ['DELETE', '/v1/workers?id=any&force=1'],
       ['GET', '/v1/cache-groups'],
+      ['GET', '/v1/namespace/list?prefix=data/'],
+      ['GET', '/v1/namespace/stat?key=data/x'],
+      ['POST', '/v1/namespace/refresh', { path: '/data' }],
       ['GET', '/v1/no-such-route'],
     ];
     for (const headers of [{} as Record<string, string>, { authorization: 'Bearer not-the-cluster-secret-at-all' }, { authorization: `Basic ${Buffer.from(`x:${CLUSTER_TOKEN}`).toString('base64')}` }, { authorization: CLUSTER_TOKEN }]) {
