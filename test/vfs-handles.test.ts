@@ -85,7 +85,7 @@ beforeEach(async () => {
   await writeFile(path.join(dir, 'b.txt'), 'b');
   metrics = new Metrics(false);
   source = new HeldSource();
-  const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+  const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, metaCacheBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
   vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics });
 });
 

@@ -46,6 +46,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       ufs: backend.ufs,
       mountId: backend.mountId,
       metaTtlMs: config.metaTtlMs,
+      metaCacheBytes: config.metaCacheBytes,
       owner: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       capacityBytes: config.cacheSize,
       metrics,

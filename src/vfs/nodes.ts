@@ -13,8 +13,10 @@ export interface Node {
   /** `mtime:size` as last told to the kernel, and as it was when the file was last opened. */
   version?: string;
   openedVersion?: string;
-  /** A directory's listing as it was when last opened (its fingerprint). */
+  /** A directory's listing as it was when last opened (its fingerprint), when it was one page. */
   openedListing?: string;
+  /** How many children a directory's last listing had, when it was read to its end. */
+  listedCount?: number;
   /** Last told to the kernel as a regular file. */
   file?: boolean;
 }
@@ -80,7 +82,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, file: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false };
 }
 
 /** The path of `name` in the directory at `dir`. */
