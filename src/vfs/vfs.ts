@@ -378,7 +378,9 @@ export class Vfs {
 
   /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
   private told(node: Node, a: Attr): NodeAttr {
-    node.version = `${a.version}:${a.mtimeMs}:${a.size}`;
+    // The same version again (most getattrs) keeps its object: a node costs one small object for it.
+    const v = node.version;
+    if (!v || v.etag !== a.version || v.mtimeMs !== a.mtimeMs || v.size !== a.size) node.version = { etag: a.version, mtimeMs: a.mtimeMs, size: a.size };
     node.file = (a.mode & S_IFMT) === S_IFREG;
     // One shape for every node's attributes (a spread of files' and directories' made two): the encoder stays fast.
     return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
