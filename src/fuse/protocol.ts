@@ -79,8 +79,6 @@ export const InitFlag = {
   AUTO_INVAL_DATA: 1 << 12,
   /** readdirplus: entries come with their attributes, so a walk that stats them sends no lookup each. */
   DO_READDIRPLUS: 1 << 13,
-  /** The kernel uses readdirplus only where it pays: a listing's start, and directories whose children are looked up. */
-  READDIRPLUS_AUTO: 1 << 14,
   PARALLEL_DIROPS: 1 << 18,
   MAX_PAGES: 1 << 22,
 } as const;
