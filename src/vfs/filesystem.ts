@@ -21,8 +21,8 @@ export interface FilesystemConfig {
   /** Identifies the UFS root in block ids. */
   mountId: string;
   metaTtlMs: number;
-  /** The metadata cache's budget (--meta-cache-size), bytes. */
-  metaCacheBytes: number;
+  /** The budget of metadata (--meta-cache-size), bytes: three quarters of it are the metadata cache's, one the nodes' (vfs.ts). */
+  metaBudgetBytes: number;
   owner: { uid: number; gid: number };
   /** Reported by statfs as the size of the filesystem. */
   capacityBytes: number;
@@ -78,7 +78,7 @@ export class Filesystem {
 
   constructor(private readonly config: FilesystemConfig) {
     this.ufs = config.ufs;
-    this.cache = new MetaCache(config.metaTtlMs, config.metaCacheBytes);
+    this.cache = new MetaCache(config.metaTtlMs, Math.floor((config.metaBudgetBytes * 3) / 4));
     config.metrics.metaCacheBytes.sampledBy(() => this.cache.bytes);
   }
 

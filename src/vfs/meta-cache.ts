@@ -1,5 +1,6 @@
 /**
- * Metadata cache of the filesystem, within a byte budget (`--meta-cache-size`):
+ * Metadata cache of the filesystem, within a byte budget (three quarters of
+ * `--meta-cache-size`; the nodes readdirplus makes have the rest, `vfs.ts`):
  * entries by key (negative entries too) and complete directory listings by key,
  * each with a TTL, evicted least recently used first when the budget is spent. An
  * evicted entry is asked of the store again when next needed; node ids and open
