@@ -15,6 +15,8 @@
 #   TREE=DIR       use DIR/big as the folder's directory (made once with N entries if missing)
 #   BLOCK_DIR=DIR  use DIR as the tier dir (BLOCKS block files made there if missing)
 #   META=256MiB    --meta-cache-size of the mounts
+#   SYSTEMS="bindfs cachefs s3 worker"   what to measure (all by default)
+#   LOGDIR=DIR     where the mounts' logs go (default: the run's work dir, removed at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib/common.sh
@@ -23,6 +25,9 @@ N=${N:-1000000}
 S3N=${S3N:-200000}
 BLOCKS=${BLOCKS:-1000000}
 META=${META:-256MiB}
+SYSTEMS=${SYSTEMS:-bindfs cachefs s3 worker}
+LOGDIR=${LOGDIR:-$work}
+measured() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 work=$(mktemp -d /tmp/cachefs-scale.XXXXXX)
 pids=()
 TREE=${TREE:-$work/tree}
@@ -56,10 +61,10 @@ mount_fs() {
   local m="$work/m/$1"
   case $1 in
     cachefs)
-      bin/cachefs mount "$m" --ufs "file://$TREE" --cache-dir "$work/cache-f" --meta-cache-size "$META" --pid-file "$work/pid-f"
+      bin/cachefs mount "$m" --ufs "file://$TREE" --cache-dir "$work/cache-f" --meta-cache-size "$META" --pid-file "$work/pid-f" --log-file "$LOGDIR/cachefs-file.log"
       serving=$(serving_pid_of "$work/pid-f") ;;
     s3)
-      AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER bin/cachefs mount "$m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/cache-s" --meta-cache-size "$META" --pid-file "$work/pid-s"
+      AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER bin/cachefs mount "$m" --ufs s3://bench --s3-endpoint "http://127.0.0.1:$s3port" --cache-dir "$work/cache-s" --meta-cache-size "$META" --pid-file "$work/pid-s" --log-file "$LOGDIR/cachefs-s3.log"
       serving=$(serving_pid_of "$work/pid-s") ;;
     bindfs)
       bindfs -o ro "$TREE" "$m"; serving=$(pgrep -n -x bindfs) ;;
@@ -85,14 +90,18 @@ measure() {
 npm run build > /dev/null
 log "making $N files in $TREE/big (once)"
 make_files "$TREE/big" "$N"
-log "making $S3N files for the S3 prefix and starting the S3 server (uploads them)"
-make_files "$work/s3tree/big" "$S3N"
-start_s3 --tree "$work/s3tree"
+if measured s3; then
+  log "making $S3N files for the S3 prefix and starting the S3 server (uploads them)"
+  make_files "$work/s3tree/big" "$S3N"
+  start_s3 --tree "$work/s3tree"
+fi
 
 printf '%-8s %9s %12s %8s %8s %10s %10s %9s\n' system entries first_entry_s ls_cold ls_warm find_cold find_warm rss_MiB
-measure bindfs big "$N"
-measure cachefs big "$N"
-measure s3 big "$S3N"
+measured bindfs && measure bindfs big "$N"
+measured cachefs && measure cachefs big "$N"
+measured s3 && measure s3 big "$S3N"
 
-log "worker index: $BLOCKS block files in $BLOCK_DIR"
-node --expose-gc bench/lib/worker-index.mjs "$BLOCK_DIR" "$BLOCKS"
+if measured worker; then
+  log "worker index: $BLOCKS block files in $BLOCK_DIR"
+  node --expose-gc bench/lib/worker-index.mjs "$BLOCK_DIR" "$BLOCKS"
+fi
