@@ -14,7 +14,7 @@ import { FuseRequests } from '../src/fuse/requests.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import type { StatFs } from '../src/vfs/filesystem.js';
-import type { Cancellation, DirEntryOut, NodeAttr, NodeEntry, OpenedDir, OpenedFile, ReadReply } from '../src/vfs/vfs.js';
+import type { Cancellation, DirEntryOut, DirPlusEntryOut, NodeAttr, NodeEntry, OpenedDir, OpenedFile, ReadReply } from '../src/vfs/vfs.js';
 
 const E = constants.errno;
 
@@ -60,6 +60,9 @@ class RecordingFilesystem implements FuseFilesystem {
     return { fh: 9, keepCache: false, cacheDir: true };
   }
   readdir(): Iterable<DirEntryOut> {
+    return [];
+  }
+  readdirplus(): Iterable<DirPlusEntryOut> {
     return [];
   }
   releasedir(): void {}

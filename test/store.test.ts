@@ -142,10 +142,14 @@ describe('TieredStore', () => {
     expect(second.lookup(id(2))!.length).toBe(5 * KiB);
     expect(await readdir(path.join(ssd, 'tmp'))).toEqual([]);
     await expect(stat(path.join(ssd, 'blocks', 'zz', 'not-a-block'))).rejects.toThrow();
-    // A truncated block is indexed at its real size, so readers comparing with the expected length notice.
+    // Without an index file (a first start; the index is tier-index.test.ts's) a truncated
+    // block is indexed at its real size, so readers comparing with the expected length
+    // notice. With one, it keeps its recorded length, and the check of a block file at its
+    // first open finds it short (block-files.ts).
     await second.close();
     stores = [];
     await truncate(second.lookup(id(1))!.path, 10);
+    await rm(path.join(ssd, 'index'));
     const third = await openStore(10_000 * KiB);
     expect(third.lookup(id(1))!.length).toBe(10);
   });

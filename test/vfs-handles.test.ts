@@ -85,8 +85,8 @@ beforeEach(async () => {
   await writeFile(path.join(dir, 'b.txt'), 'b');
   metrics = new Metrics(false);
   source = new HeldSource();
-  const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
-  vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics });
+  const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+  vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 64 << 20 });
 });
 
 afterEach(async () => {
@@ -142,6 +142,26 @@ describe('Vfs', () => {
     const changed = await vfs.opendir(ROOT, live());
     expect(changed.keepCache).toBe(false); // c.txt appeared
     expect((await vfs.opendir(ROOT, live())).keepCache).toBe(true);
+  });
+
+  it('gives readdirplus entries their listed attributes and nodes while the nodes fit a quarter of the metadata budget, and names only past that', async () => {
+    for (const n of ['c', 'd', 'e']) await writeFile(path.join(dir, n), n.repeat(3));
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 4 * 300 * 3, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    const small = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 4 * 300 * 3 });
+    const held = await small.lookup(ROOT, 'd', live()); // root and d: room for one more node
+    const { fh } = await small.opendir(ROOT, live());
+    const entries = [...(await small.readdirplus(fh, 0))];
+    const taken = entries.map((e) => [e.name, e.take()?.attr.size ?? null]);
+    expect(taken).toEqual([
+      ['.', null],
+      ['..', null],
+      ['a.bin', 4 * BLOCK],
+      ['b.txt', null],
+      ['c', null],
+      ['d', 3],
+      ['e', null],
+    ]);
+    expect(entries.find((e) => e.name === 'd')!.ino).toBe(held.nodeId);
   });
 
   it('answers reads from memory at once without making a signal, queues a file\'s reads past eight waiting, and passes the request\'s signal to the block reads that wait', async () => {

@@ -63,7 +63,9 @@ export class TieredStore {
     this.publish();
   }
 
+  /** Writes each tier's index (so the next start is quick) and lets go of the dirs. */
   async close(): Promise<void> {
+    if (this.locks.length === this.tiers.length) for (const tier of this.tiers) await tier.writeIndex();
     for (const lock of this.locks.splice(0)) await lock.release();
   }
 

@@ -34,6 +34,7 @@ export interface MountFlags extends ClusterSecurityFlags {
   attrTimeout?: string;
   entryTimeout?: string;
   metaTtl: string;
+  metaCacheSize: string;
   allowOther?: boolean;
   nonempty?: boolean;
   logLevel: string;
@@ -94,6 +95,8 @@ export interface MountConfig {
   attrTimeoutMs: number;
   entryTimeoutMs: number;
   metaTtlMs: number;
+  /** Budget of the metadata cache (entries and listings), bytes. */
+  metaCacheBytes: number;
   allowOther: boolean;
   /** Mount over a directory that has files in it. */
   nonempty: boolean;
@@ -155,6 +158,7 @@ export function parseMountConfig(mountpoint: string | undefined, flags: MountFla
     attrTimeoutMs: flags.attrTimeout === undefined ? metaTtlMs : parseDuration(flags.attrTimeout, '--attr-timeout'),
     entryTimeoutMs: flags.entryTimeout === undefined ? metaTtlMs : parseDuration(flags.entryTimeout, '--entry-timeout'),
     metaTtlMs,
+    metaCacheBytes: parseSize(flags.metaCacheSize, '--meta-cache-size', { min: 1024 * 1024 }),
     allowOther: !!flags.allowOther,
     nonempty: !!flags.nonempty,
     logLevel: flags.logLevel,
@@ -170,6 +174,7 @@ export const MOUNT_DEFAULTS = {
   blockSize: `${DEFAULT_BLOCK_SIZE / 1024 / 1024}MiB`,
   readahead: '64MiB',
   metaTtl: '5m',
+  metaCacheSize: '256MiB',
   logLevel: 'info',
   metricsHost: '0.0.0.0',
   cacheGroup: 'default',

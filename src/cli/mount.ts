@@ -52,6 +52,7 @@ export function registerMountCommand(program: Command): void {
     .option('--attr-timeout <duration>', 'how long the kernel caches attributes (default: --meta-ttl)')
     .option('--entry-timeout <duration>', 'how long the kernel caches name lookups (default: --meta-ttl)')
     .option('--meta-ttl <duration>', 'how long cachefs trusts listed metadata before asking the store again', MOUNT_DEFAULTS.metaTtl)
+    .option('--meta-cache-size <size>', 'memory for metadata: cached entries and listings (evicted least recently used) and the nodes readdirplus hands the kernel', MOUNT_DEFAULTS.metaCacheSize)
     .option('--nonempty', 'mount even if the mount point has files in it (hidden while mounted)')
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))

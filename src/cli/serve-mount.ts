@@ -46,6 +46,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       ufs: backend.ufs,
       mountId: backend.mountId,
       metaTtlMs: config.metaTtlMs,
+      metaBudgetBytes: config.metaCacheBytes,
       owner: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
       capacityBytes: config.cacheSize,
       metrics,
@@ -58,7 +59,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       metricsPort = server.port;
       closers.push(() => server.close());
     }
-    const vfs = new Vfs({ fs, client, metrics });
+    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes });
     const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,

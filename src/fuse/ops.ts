@@ -16,11 +16,12 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StatFs } from '../vfs/filesystem.js';
 import { childPath } from '../vfs/nodes.js';
-import { MAX_READ, type Cancellation, type DirEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
+import { MAX_READ, type Cancellation, type DirEntryOut, type DirPlusEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
 import {
   attrOut,
   cString,
+  direntPlusSize,
   direntSize,
   entryOut,
   FUSE_KERNEL_MINOR,
@@ -33,6 +34,7 @@ import {
   OpenFlag,
   openOut,
   putDirent,
+  putDirentPlus,
   type RequestHeader,
   statfsOut,
   u64,
@@ -43,8 +45,14 @@ import type { FuseRequest, FuseRequests } from './requests.js';
 import { MAX_WRITE, type SessionHandler } from './session.js';
 
 const E = constants.errno;
-/** The init flags asked for, each only when the kernel offers it. */
-const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+/**
+ * The init flags asked for, each only when the kernel offers it. READDIRPLUS always, not
+ * READDIRPLUS_AUTO: with AUTO the kernel asks for attributes only at a listing's start and
+ * after the entries it got were looked at, and `find` (gnulib's fts) reads up to 100,000
+ * entries of a directory before it stats any, so a find of 20,000 files still sent 19,799
+ * LOOKUPs.
+ */
+const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS;
 
 /** The filesystem the FUSE ops call, by node ids and handles. */
 export interface FuseFilesystem {
@@ -55,7 +63,8 @@ export interface FuseFilesystem {
   read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void;
   release(fh: number): void;
   opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir>;
-  readdir(fh: number, offset: number): Iterable<DirEntryOut>;
+  readdir(fh: number, offset: number): Iterable<DirEntryOut> | Promise<Iterable<DirEntryOut>>;
+  readdirplus(fh: number, offset: number): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>>;
   releasedir(fh: number): void;
   statfs(): StatFs;
   access(nodeId: number, mask: number): Promise<void>;
@@ -100,6 +109,7 @@ export class FuseOps implements SessionHandler {
     [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
     [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
     [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdir(u64(b, 0), u64(b, 8)), (entries) => [direntPage(entries, b.readUInt32LE(16))]) }],
+    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdirplus(u64(b, 0), u64(b, 8)), (entries) => [o.direntPlusPage(entries, b.readUInt32LE(16))]) }],
     [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
@@ -191,6 +201,21 @@ export class FuseOps implements SessionHandler {
     this.run(req, () => childPath(this.fs.pathOf(parentId), name), () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
   }
 
+  /** As many entries with their attributes as fit `size` bytes of fuse_direntplus; each node given is counted as looked up. */
+  private direntPlusPage(entries: Iterable<DirPlusEntryOut>, size: number): Buffer {
+    const out = Buffer.alloc(size);
+    const { entryTimeoutSec, attrTimeoutSec } = this.options;
+    let at = 0;
+    for (const e of entries) {
+      const name = Buffer.from(e.name);
+      if (at + direntPlusSize(name) > size) break;
+      const node = e.take();
+      const entry = node && { nodeid: node.nodeId, attr: node.attr, entrySec: entryTimeoutSec, attrSec: attrTimeoutSec };
+      at = putDirentPlus(out, at, entry, node?.nodeId ?? e.ino ?? UNKNOWN_INO, e.next, e.mode, name);
+    }
+    return out.subarray(0, at);
+  }
+
   private destroy(req: FuseRequest): void {
     this.state = 'destroyed';
     this.requests.reply(req, 0);
@@ -242,6 +267,8 @@ export class FuseOps implements SessionHandler {
       this.requests.reply(req, this.failed(req, where, err));
     };
     const ok = (value: T): void => {
+      // Answered already (interrupted, timed out): nothing more reaches the kernel, and encoding may count what it is given (readdirplus).
+      if (req.answered) return done();
       let body: Buffer[];
       try {
         body = encode(value);

@@ -49,6 +49,7 @@ export const Op = {
   DESTROY: 38,
   NOTIFY_REPLY: 41,
   BATCH_FORGET: 42,
+  READDIRPLUS: 44,
   FALLOCATE: 43,
   RENAME2: 45,
   TMPFILE: 51,
@@ -76,6 +77,8 @@ export const WRITE_OPS: ReadonlyMap<number, string> = new Map([
 export const InitFlag = {
   ASYNC_READ: 1 << 0,
   AUTO_INVAL_DATA: 1 << 12,
+  /** readdirplus: entries come with their attributes, so a walk that stats them sends no lookup each. */
+  DO_READDIRPLUS: 1 << 13,
   PARALLEL_DIROPS: 1 << 18,
   MAX_PAGES: 1 << 22,
 } as const;
@@ -165,14 +168,20 @@ function putValid(b: Buffer, at: number, nsecAt: number, seconds: number): void 
   b.writeUInt32LE(Math.round((s - Math.floor(s)) * 1e9) % 1e9, nsecAt);
 }
 
+const ENTRY_OUT = 40 + ATTR;
+
 /** fuse_entry_out: a name resolved to a node, with how long the kernel may keep the name and the attributes. */
 export function entryOut(nodeid: number, attr: NodeAttr, entrySec: number, attrSec: number): Buffer {
-  const b = Buffer.alloc(40 + ATTR);
-  putU64(b, 0, nodeid);
-  putValid(b, 16, 32, entrySec);
-  putValid(b, 24, 36, attrSec);
-  putAttr(b, 40, attr);
+  const b = Buffer.alloc(ENTRY_OUT);
+  putEntry(b, 0, nodeid, attr, entrySec, attrSec);
   return b;
+}
+
+function putEntry(b: Buffer, at: number, nodeid: number, attr: NodeAttr, entrySec: number, attrSec: number): void {
+  putU64(b, at, nodeid);
+  putValid(b, at + 16, at + 32, entrySec);
+  putValid(b, at + 24, at + 36, attrSec);
+  putAttr(b, at + 40, attr);
 }
 
 export function attrOut(attr: NodeAttr, attrSec: number): Buffer {
@@ -273,4 +282,23 @@ export function putDirent(b: Buffer, at: number, ino: number, next: number, mode
   b.writeUInt32LE((mode >>> 12) & 0o17, at + 20); // DT_* from the file type bits
   name.copy(b, at + 24);
   return at + size;
+}
+
+/** Bytes a fuse_direntplus of `name` takes: a fuse_entry_out, then the fuse_dirent. */
+export function direntPlusSize(name: Buffer): number {
+  return ENTRY_OUT + direntSize(name);
+}
+
+/** The node and attributes of a fuse_direntplus; none (node id 0) tells the kernel to take only the name. */
+export interface DirentPlusEntry {
+  nodeid: number;
+  attr: NodeAttr;
+  entrySec: number;
+  attrSec: number;
+}
+
+/** Writes a fuse_direntplus at `at` (`b` zeroed there); returns where the next one goes. */
+export function putDirentPlus(b: Buffer, at: number, entry: DirentPlusEntry | undefined, ino: number, next: number, mode: number, name: Buffer): number {
+  if (entry) putEntry(b, at, entry.nodeid, entry.attr, entry.entrySec, entry.attrSec);
+  return putDirent(b, at + ENTRY_OUT, ino, next, mode, name);
 }

@@ -36,6 +36,9 @@ export class Metrics {
   readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
   readonly metaCacheHits = this.counter('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
   readonly metaCacheMisses = this.counter('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
+  readonly listedEntries = this.counter('cachefs_listed_entries_total', 'Directory entries read from the UFS by listings');
+  readonly metaCacheBytes = this.sampled('cachefs_meta_cache_bytes', 'Estimated bytes of the metadata cache (entries and whole listings), within --meta-cache-size');
+  readonly vfsNodes = this.sampled('cachefs_vfs_nodes', 'Node ids the kernel holds');
   readonly skippedNames = this.counter('cachefs_skipped_names_total', 'Object names that cannot be POSIX names and were left out of listings');
   readonly workerServedBytes = this.counter('cachefs_worker_served_bytes_total', 'Block bytes a worker handed to clients, by path', ['path']);
   readonly workerRequests = this.counter('cachefs_worker_requests_total', 'Block requests a worker answered, by path and status', ['path', 'status']);

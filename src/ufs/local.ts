@@ -10,8 +10,8 @@
  * decides on the opened descriptor — its type by fstat, its place by
  * /proc/self/fd — so a swap of the path after a check changes nothing.
  */
-import { constants, type BigIntStats, type Stats } from 'node:fs';
-import { open, readdir, readlink, realpath, stat } from 'node:fs/promises';
+import { constants, type BigIntStats, type Dir, type Stats } from 'node:fs';
+import { open, opendir, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
@@ -19,24 +19,35 @@ import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from
 import type { UfsUri } from './uri.js';
 
 const DEFAULT_PAGE = 1000;
-const SNAPSHOT_TTL_MS = 10_000;
+/** How long a listing under way waits for its next page, and how many wait at once. */
+const WALK_TTL_MS = 60_000;
+const MAX_WALKS = 64;
 const READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
 
-interface DirSnapshot {
-  at: number;
-  /** Entry names in byte order; directories carry a trailing '/'. */
-  names: string[];
+/**
+ * A listing under way: the folder's directory stream, read as far as `position` entries.
+ * Pages come in the folder's own order (as `ls -f` and bindfs show it), each sorted in
+ * itself, so the first page of a folder of a million entries takes one page of reads,
+ * not a read and sort of the whole folder.
+ */
+interface DirWalk {
+  prefix: string;
+  dir: Dir;
+  position: number;
+  /** Drops it when no next page is asked for in time. */
+  timer?: NodeJS.Timeout;
 }
 
 export class LocalUfs implements Ufs {
   readonly displayUri: string;
   private readonly root: string;
   /**
-   * Sorted listings of recently paged directories, so paging a 100k-entry folder is not
-   * quadratic. Only later pages use them: a listing's first page reads the folder again,
-   * so a file added to it shows in the next listing.
+   * Listings under way by their token's id, so that the next page continues the folder's
+   * stream where the last one ended; dropped after WALK_TTL_MS unused. A listing's first
+   * page opens the folder afresh, so a file added to it shows in the next listing.
    */
-  private readonly snapshots = new Map<string, DirSnapshot>();
+  private readonly walks = new Map<number, DirWalk>();
+  private nextWalk = 1;
   /** The root with its symlinks resolved, once it exists. */
   private realRoot: string | undefined;
 
@@ -79,15 +90,40 @@ export class LocalUfs implements Ufs {
   }
 
   async list(prefix: string, options: UfsListOptions = {}): Promise<UfsListPage> {
-    // A listing's first page reads the folder afresh; later pages page through that read.
-    const names = await this.snapshot(prefix, options.token === undefined);
-    const start = options.token ? upperBound(names, options.token) : 0;
-    const page = names.slice(start, start + (options.maxKeys ?? DEFAULT_PAGE));
+    const max = options.maxKeys ?? DEFAULT_PAGE;
+    const walk = await this.walkFrom(prefix, options.token);
+    if (!walk) return { objects: [], prefixes: [] };
+    const dir = this.resolve(prefix);
+    const names: string[] = [];
+    let ended = false;
+    try {
+      while (names.length < max) {
+        const e = await walk.dir.read();
+        if (!e) {
+          ended = true;
+          break;
+        }
+        walk.position += 1;
+        let isDir = e.isDirectory();
+        if (e.isSymbolicLink()) {
+          const target = path.join(dir, e.name);
+          try {
+            if (!(await this.staysInside(target))) continue; // leads out of the folder: not ours to serve
+            isDir = (await stat(target)).isDirectory();
+          } catch {
+            continue; // dangling link: nothing to serve
+          }
+        }
+        names.push(isDir ? `${e.name}/` : e.name);
+      }
+    } catch (err) {
+      await walk.dir.close().catch(() => undefined);
+      throw ioError(err, prefix);
+    }
     const objects: UfsObject[] = [];
     const prefixes: string[] = [];
-    const dir = this.resolve(prefix);
     await Promise.all(
-      page.map(async (name) => {
+      names.map(async (name) => {
         if (name.endsWith('/')) return;
         try {
           const st = await stat(path.join(dir, name), { bigint: true });
@@ -97,43 +133,69 @@ export class LocalUfs implements Ufs {
         }
       }),
     );
-    for (const name of page) if (name.endsWith('/')) prefixes.push(prefix + name);
-    objects.sort((a, b) => (a.key < b.key ? -1 : 1));
-    const last = page[page.length - 1];
-    return { objects, prefixes, nextToken: start + page.length < names.length && last !== undefined ? last : undefined };
+    for (const name of names) if (name.endsWith('/')) prefixes.push(prefix + name);
+    objects.sort((a, b) => byteOrder(a.key, b.key));
+    prefixes.sort(byteOrder);
+    if (ended) {
+      await walk.dir.close().catch(() => undefined);
+      return { objects, prefixes };
+    }
+    return { objects, prefixes, nextToken: this.keep(walk) };
   }
 
-  private async snapshot(prefix: string, fresh: boolean): Promise<string[]> {
-    const cached = this.snapshots.get(prefix);
-    if (!fresh && cached && Date.now() - cached.at < SNAPSHOT_TTL_MS) return cached.names;
+  /** The listing a token continues, or a new one of the folder; undefined when the folder is not there (or leads out). */
+  private async walkFrom(prefix: string, token: string | undefined): Promise<DirWalk | undefined> {
+    let skip = 0;
+    if (token !== undefined) {
+      const m = /^(\d+)\/(\d+)$/.exec(token);
+      if (!m) throw new CachefsError('INVALID_ARGUMENT', `invalid listing token '${token}': expected one this folder's listing gave`);
+      const id = Number(m[1]);
+      skip = Number(m[2]);
+      const walk = this.walks.get(id);
+      if (walk && walk.prefix === prefix && walk.position === skip) {
+        this.walks.delete(id);
+        clearTimeout(walk.timer);
+        return walk;
+      }
+    }
+    // A first page, or a page asked again or after its listing was dropped: the folder's
+    // stream is read again up to where the token left it (its order is the same while the
+    // folder is unchanged).
     const dir = this.resolve(prefix);
-    let entries;
+    let handle: Dir;
     try {
-      // A directory reached through a link that leads out of the folder lists as empty.
-      if (!(await this.staysInside(dir))) return [];
-      entries = await readdir(dir, { withFileTypes: true });
+      if (!(await this.staysInside(dir))) return undefined;
+      handle = await opendir(dir, { bufferSize: 1024 });
     } catch (err) {
-      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return [];
+      if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return undefined;
       throw ioError(err, prefix);
     }
-    const names: string[] = [];
-    for (const e of entries) {
-      let isDir = e.isDirectory();
-      if (e.isSymbolicLink()) {
-        const target = path.join(dir, e.name);
-        try {
-          if (!(await this.staysInside(target))) continue; // leads out of the folder: not ours to serve
-          isDir = (await stat(target)).isDirectory();
-        } catch {
-          continue; // dangling link: nothing to serve
-        }
-      }
-      names.push(isDir ? `${e.name}/` : e.name);
+    const walk: DirWalk = { prefix, dir: handle, position: 0 };
+    // Synchronous reads of the stream's buffer (a getdents of it each 1,024 entries): a
+    // promise per entry made skipping 700,000 entries of a loaded machine take a minute.
+    while (walk.position < skip && handle.readSync() !== null) walk.position += 1;
+    return walk;
+  }
+
+  /** Keeps a listing for its next page; answers the token that continues it. */
+  private keep(walk: DirWalk): string {
+    const id = this.nextWalk++;
+    walk.timer = setTimeout(() => this.drop(id), WALK_TTL_MS);
+    walk.timer.unref();
+    this.walks.set(id, walk);
+    for (const old of this.walks.keys()) {
+      if (this.walks.size <= MAX_WALKS) break;
+      this.drop(old);
     }
-    names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    if (this.snapshots.size > 64) this.snapshots.clear();
-    this.snapshots.set(prefix, { at: Date.now(), names });
-    return names;
+    return `${id}/${walk.position}`;
+  }
+
+  private drop(id: number): void {
+    const walk = this.walks.get(id);
+    if (!walk) return;
+    this.walks.delete(id);
+    clearTimeout(walk.timer);
+    walk.dir.close().catch(() => undefined);
   }
 
   async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
@@ -175,7 +237,7 @@ export class LocalUfs implements Ufs {
   }
 
   async close(): Promise<void> {
-    this.snapshots.clear();
+    for (const id of [...this.walks.keys()]) this.drop(id);
   }
 
   /** Whether `file`, its symlinks resolved, is the folder or under it (ENOENT and ELOOP are thrown). */
@@ -204,18 +266,12 @@ function etagOf(st: BigIntStats): string {
   return [st.ino, st.size, st.mtimeNs, st.ctimeNs].map((n) => n.toString(16)).join('-');
 }
 
-/** Index of the first name after `token` in the sorted list. */
-function upperBound(names: string[], token: string): number {
-  let lo = 0;
-  let hi = names.length;
-  const t = Buffer.from(token);
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (Buffer.compare(Buffer.from(names[mid]!), t) <= 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
+/** Byte order of UTF-8 names (S3's order); the code-unit order of JS strings is the same below U+D800. */
+function byteOrder(a: string, b: string): number {
+  if (!WIDE.test(a) && !WIDE.test(b)) return a < b ? -1 : a > b ? 1 : 0;
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
 }
+const WIDE = /[\ud800-\uffff]/;
 
 function isCode(err: unknown, code: string): boolean {
   return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === code;

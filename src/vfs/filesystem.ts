@@ -12,6 +12,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Ufs } from '../ufs/ufs.js';
 import { SingleFlight } from '../lib/single-flight.js';
 import { attrOf, fileEntry, type Attr, type Entry } from './entry.js';
+import { ListingStream, NameMerge } from './listing.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
 
@@ -20,6 +21,8 @@ export interface FilesystemConfig {
   /** Identifies the UFS root in block ids. */
   mountId: string;
   metaTtlMs: number;
+  /** The budget of metadata (--meta-cache-size), bytes: three quarters of it are the metadata cache's, one the nodes' (vfs.ts). */
+  metaBudgetBytes: number;
   owner: { uid: number; gid: number };
   /** Reported by statfs as the size of the filesystem. */
   capacityBytes: number;
@@ -27,9 +30,26 @@ export interface FilesystemConfig {
   log: Logger;
 }
 
-export interface DirEntry {
+/** A child of a directory as listed: its name and its entry. */
+export interface Child {
   name: string;
-  attr: Attr;
+  entry: Entry;
+}
+
+/**
+ * Where a listing continues: the store's token, and the files of the pages before held
+ * back because a directory of the same name may still come (`a` is listed before `a-b`,
+ * which is before the prefix `a/`).
+ */
+export interface ListCursor {
+  readonly token?: string;
+  readonly held: readonly Child[];
+}
+
+/** One page of a listing: the children it settled, and where the listing continues (none at its end). */
+export interface ListedPage {
+  children: Child[];
+  next?: ListCursor;
 }
 
 export interface StatFs {
@@ -44,7 +64,8 @@ export interface StatFs {
   namemax: number;
 }
 
-const LIST_PAGE = 1000;
+/** Keys asked of the store per listing page (S3's most). */
+export const LIST_PAGE = 1000;
 /** Linux's access-mode mask of open(2) flags; node:fs does not export it. */
 const O_ACCMODE = 0o3;
 
@@ -52,12 +73,13 @@ export class Filesystem {
   private readonly ufs: Ufs;
   private readonly cache: MetaCache;
   private readonly lookups = new SingleFlight<Entry | null>();
-  private readonly lists = new SingleFlight<Listing>();
+  private readonly lists = new SingleFlight<ListedPage>();
   private readonly mountedAt = Date.now();
 
   constructor(private readonly config: FilesystemConfig) {
     this.ufs = config.ufs;
-    this.cache = new MetaCache(config.metaTtlMs);
+    this.cache = new MetaCache(config.metaTtlMs, Math.floor((config.metaBudgetBytes * 3) / 4));
+    config.metrics.metaCacheBytes.sampledBy(() => this.cache.bytes);
   }
 
   async getattr(path: string): Promise<Attr> {
@@ -92,47 +114,42 @@ export class Filesystem {
     return entry;
   }
 
-  async readdir(path: string): Promise<DirEntry[]> {
+  /** The directory at `path`, and its complete listing when a fresh one is cached. */
+  async openDir(path: string): Promise<{ dir: Entry; listing: Listing | undefined }> {
     const dir = await this.lookup(path);
     if (dir.kind !== 'dir') throw new CachefsError('NOT_DIRECTORY', `not a directory: ${path}`);
-    const listing = this.cache.listing(dir.key) ?? (await this.lists.do(dir.key, () => this.listAll(dir.key)));
-    const self = attrOf(dir, this.config.owner);
-    const out: DirEntry[] = [
-      { name: '.', attr: self },
-      { name: '..', attr: self },
-    ];
-    for (const [name, entry] of listing.children) out.push({ name, attr: attrOf(entry, this.config.owner) });
-    return out;
+    return { dir, listing: this.cache.listing(dir.key) };
   }
 
-  private async listAll(key: string): Promise<Listing> {
-    const prefix = key === '' ? '' : `${key}/`;
-    const children = new Map<string, Entry>();
-    const skipped: string[] = [];
-    let token: string | undefined;
-    do {
-      const page = await this.ufs.list(prefix, { token, maxKeys: LIST_PAGE });
-      for (const p of page.prefixes) {
-        const name = p.slice(prefix.length, -1);
-        if (!isPosixName(name)) skipped.push(p);
-        else children.set(name, { kind: 'dir', key: prefix + name, mtimeMs: this.mountedAt });
+  /** The attributes of an entry as the kernel gets them. */
+  attrOf(entry: Entry): Attr {
+    return attrOf(entry, this.config.owner);
+  }
+
+  /**
+   * A listing of the directory `dirKey` read page by page from the store, as readdir
+   * asks for it: the first entries come after one page of the store, and a directory
+   * of any size can be listed. Read from its start to its end in order, it is cached
+   * whole when it fits the budget, else its entries one by one.
+   */
+  streamListing(dirKey: string): ListingStream {
+    return new ListingStream(dirKey, (cursor, signal) => this.listPage(dirKey, cursor, signal), this.cache, this.config.metrics);
+  }
+
+  /** One page of a listing from `cursor`; concurrent asks for the same page share one request. */
+  private listPage(key: string, cursor: ListCursor, signal?: AbortSignal): Promise<ListedPage> {
+    return this.lists.do(`${key}\0${cursor.token ?? ''}`, async (shared) => {
+      const prefix = key === '' ? '' : `${key}/`;
+      const page = await this.ufs.list(prefix, { token: cursor.token, maxKeys: LIST_PAGE, signal: shared });
+      const merged = new NameMerge(prefix, this.mountedAt, cursor.held);
+      merged.page(page.objects, page.prefixes);
+      const children = page.nextToken ? merged.children : merged.end();
+      if (merged.skipped.length) {
+        this.config.metrics.skippedNames.inc(merged.skipped.length);
+        this.config.log.warn({ directory: prefix || '/', skipped: merged.skipped.length, example: merged.skipped[0] }, 'object names that cannot be POSIX names were left out of the listing');
       }
-      for (const o of page.objects) {
-        if (o.key === prefix) continue; // the directory's own marker object
-        const name = o.key.slice(prefix.length);
-        if (name.endsWith('/') || !isPosixName(name)) skipped.push(o.key);
-        else if (children.get(name)?.kind !== 'dir') children.set(name, fileEntry(o));
-      }
-      token = page.nextToken;
-    } while (token);
-    if (skipped.length) {
-      this.config.metrics.skippedNames.inc(skipped.length);
-      this.config.log.warn({ directory: prefix || '/', skipped: skipped.length, example: skipped[0] }, 'object names that cannot be POSIX names were left out of the listing');
-    }
-    const sorted = new Map([...children.entries()].sort(([a], [b]) => Buffer.compare(Buffer.from(a), Buffer.from(b))));
-    const listing = { children: sorted };
-    this.cache.setListing(key, listing);
-    return listing;
+      return { children, next: page.nextToken ? { token: page.nextToken, held: merged.held } : undefined };
+    }, signal);
   }
 
   /** The object a read-only open of `path` reads; a write open is refused. */

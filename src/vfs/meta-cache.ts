@@ -1,28 +1,57 @@
 /**
- * Metadata cache of the filesystem: entries by key (negative entries too) and
- * complete directory listings by key, each with a TTL and bounded by LRU. A fresh
- * listing of a directory also answers lookups of its children, so `ls -l` and
- * `find` cost one listing per directory, not one request per file.
+ * Metadata cache of the filesystem, within a byte budget (three quarters of
+ * `--meta-cache-size`; the nodes readdirplus makes have the rest, `vfs.ts`):
+ * entries by key (negative entries too) and complete directory listings by key,
+ * each with a TTL, evicted least recently used first when the budget is spent. An
+ * evicted entry is asked of the store again when next needed; node ids and open
+ * files do not depend on it (they are `vfs.ts`'s). A fresh listing of a directory
+ * also answers lookups of its children, so `ls -l` and `find` cost one listing per
+ * directory, not one request per file. A listing larger than a quarter of the
+ * budget is not kept whole: its entries are kept one by one, like looked-up ones.
+ *
+ * Sizes are estimates of what V8 holds for each (strings at two bytes a character,
+ * objects and map slots at what a heap snapshot showed), not exact counts.
  */
 import { LRUCache } from 'lru-cache';
 import type { Entry } from './entry.js';
 
 export interface Listing {
-  /** Children by name, in byte order of their names. */
+  /** Children by name, in the order the store listed them. */
   children: Map<string, Entry>;
 }
 
 const MISSING = Symbol('missing');
 type Cached = Entry | typeof MISSING;
 
+/** Bytes of an entry object, its LRU node and map slot, beside its strings. */
+const ENTRY_OVERHEAD = 200;
+/** Bytes of a child's slot in a listing's map, beside its name and entry. */
+const CHILD_OVERHEAD = 40;
+
+/** Estimated bytes an entry holds in memory. */
+export function entryBytes(entry: Entry | null): number {
+  if (!entry) return ENTRY_OVERHEAD;
+  return ENTRY_OVERHEAD + 2 * entry.key.length + (entry.kind === 'file' ? 2 * entry.etag.length : 0);
+}
+
+/** Estimated bytes a child of a listing holds: its name, its entry and its map slot. */
+export function childBytes(name: string, entry: Entry): number {
+  return CHILD_OVERHEAD + 2 * name.length + entryBytes(entry);
+}
+
 export class MetaCache {
   private readonly entries: LRUCache<string, { value: Cached }>;
   private readonly listings: LRUCache<string, Listing>;
+  private readonly listingBytes = new WeakMap<Listing, number>();
+  /** The largest listing kept whole, bytes. */
+  readonly maxListingBytes: number;
 
-  constructor(ttlMs: number, maxEntries = 200_000, maxListedChildren = 2_000_000) {
+  constructor(ttlMs: number, budgetBytes: number) {
     const ttl = Math.max(1, ttlMs);
-    this.entries = new LRUCache({ max: maxEntries, ttl, ttlAutopurge: false });
-    this.listings = new LRUCache({ maxSize: maxListedChildren, sizeCalculation: (l) => Math.max(1, l.children.size), ttl, ttlAutopurge: false });
+    const half = Math.max(1, Math.floor(budgetBytes / 2));
+    this.maxListingBytes = Math.floor(budgetBytes / 4);
+    this.entries = new LRUCache({ maxSize: half, sizeCalculation: (e, key) => entryBytes(e.value === MISSING ? null : e.value) + 2 * key.length, ttl, ttlAutopurge: false });
+    this.listings = new LRUCache({ maxSize: half, sizeCalculation: (l) => Math.max(1, this.listingBytes.get(l) ?? 1), ttl, ttlAutopurge: false });
   }
 
   /** The cached entry, `null` when known missing, `undefined` when unknown. */
@@ -42,8 +71,12 @@ export class MetaCache {
     return this.listings.get(key);
   }
 
-  setListing(key: string, listing: Listing): void {
+  /** Keeps a complete listing of `bytes` (estimated); false when it is too large to keep whole. */
+  setListing(key: string, listing: Listing, bytes: number): boolean {
+    if (bytes > this.maxListingBytes) return false;
+    this.listingBytes.set(listing, bytes);
     this.listings.set(key, listing);
+    return true;
   }
 
   /** Forgets what is known of a key (e.g. its object changed under a reader). */
@@ -51,5 +84,10 @@ export class MetaCache {
     this.entries.delete(key);
     this.listings.delete(key);
     this.listings.delete(parent);
+  }
+
+  /** Estimated bytes held. */
+  get bytes(): number {
+    return this.entries.calculatedSize + this.listings.calculatedSize;
   }
 }

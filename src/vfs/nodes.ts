@@ -10,13 +10,22 @@ export interface Node {
   readonly path: string;
   /** Lookups answered and not yet forgotten by the kernel. */
   lookups: number;
-  /** `mtime:size` as last told to the kernel, and as it was when the file was last opened. */
-  version?: string;
-  openedVersion?: string;
-  /** A directory's listing as it was when last opened (its fingerprint). */
+  /** The version as last told to the kernel, and as it was when the file was last opened. */
+  version?: Version;
+  openedVersion?: Version;
+  /** A directory's listing as it was when last opened (its fingerprint), when it was one page. */
   openedListing?: string;
+  /** How many children a directory's last listing had, when it was read to its end. */
+  listedCount?: number;
   /** Last told to the kernel as a regular file. */
   file?: boolean;
+}
+
+/** What the kernel knows of a file's bytes: its ETag, mtime and size. */
+export interface Version {
+  readonly etag: string;
+  readonly mtimeMs: number;
+  readonly size: number;
 }
 
 export const ROOT_ID = 1;
@@ -80,7 +89,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, file: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

@@ -25,7 +25,8 @@ import type { ObjectRef } from '../block/block.js';
 import { CachefsError, isCachefsError } from '../errors.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Attr } from './entry.js';
-import type { DirEntry, Filesystem, StatFs } from './filesystem.js';
+import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
+import type { Child, Filesystem, StatFs } from './filesystem.js';
 import { childPath, Nodes, type Node } from './nodes.js';
 
 /** The largest read served in one call (the kernel is told so at INIT): 256 pages. */
@@ -44,6 +45,10 @@ const MAX_READS_WAITING = 8;
  * lifting the mount's peak RSS during a 1 GiB read by 3-15 MiB.
  */
 const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
+/** Heap bytes a node takes (measured: 257 for a 24-character path, its ETag shared with the cached entry), rounded up. */
+const NODE_BYTES = 300;
+/** Listings longer than this are not cached by the kernel (FOPEN_CACHE_DIR): a million entries would sit in its page cache. */
+const DEFAULT_MAX_CACHED_LISTING = 100_000;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -85,6 +90,11 @@ export interface DirEntryOut {
   next: number;
 }
 
+export interface DirPlusEntryOut extends DirEntryOut {
+  /** The entry's node, counted as looked up (the kernel holds it from this answer on); undefined for `.` and `..`, which the kernel does not take. */
+  take(): NodeEntry | undefined;
+}
+
 /** Where a read's answer goes. Called once, synchronously when the bytes were in memory. */
 export interface ReadReply {
   /** The bytes read, good only during this call: write them out before returning. */
@@ -96,6 +106,10 @@ export interface VfsConfig {
   fs: Filesystem;
   client: BlockClient;
   metrics: Metrics;
+  /** The largest listing (entries) the kernel is let cache whole; default 100,000. */
+  maxCachedListing?: number;
+  /** The budget of metadata (--meta-cache-size), bytes: a quarter of it bounds the nodes readdirplus makes. */
+  metaBudgetBytes: number;
 }
 
 /** What a released file's work is aborted with: one object for all (an AbortController's default reason, a DOMException, cost ~50 us to make per release here). */
@@ -131,10 +145,12 @@ class FileHandle implements OpenObject {
   }
 }
 
-/** An open directory: the listing as it was at opendir, which readdir pages through. */
+/** An open directory: its listing, which readdir pages through. */
 interface DirHandle {
   path: string;
-  entries: DirEntry[];
+  /** Its own attributes, for `.` and `..`. */
+  self: Attr;
+  pages: DirPages;
 }
 
 export class Vfs {
@@ -146,10 +162,16 @@ export class Vfs {
   private readsWaiting = 0;
   private readonly fs: Filesystem;
   private readonly client: BlockClient;
+  private readonly maxCachedListing: number;
+  /** Nodes readdirplus may make; past them it gives names only (the kernel looks them up when it needs them). */
+  private readonly maxPlusNodes: number;
 
   constructor(config: VfsConfig) {
     this.fs = config.fs;
     this.client = config.client;
+    this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
+    this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
+    config.metrics.vfsNodes.sampledBy(() => this.nodes.size);
     config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
     config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
   }
@@ -268,36 +290,89 @@ export class Vfs {
     this.client.release(file);
   }
 
-  /** Opens a directory: its listing is taken now, and readdir pages through that snapshot. */
+  /**
+   * Opens a directory: its listing's first page is read now (or it is cached whole), and
+   * readdir pages through the listing from there. A listing that ended within its first
+   * page is compared with the one the kernel may have cached; a longer one is cached by
+   * the kernel only while it is within the size kept whole.
+   */
   async opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir> {
     const node = this.node(nodeId);
-    const entries = await this.fs.readdir(node.path);
+    const { dir, listing } = await this.fs.openDir(node.path);
+    const pages = listing ? DirPages.whole([...listing.children].map(([name, entry]) => ({ name, entry }))) : await DirPages.open(this.fs.streamListing(dir.key), cancel.signal);
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
-    this.dirs.set(fh, { path: node.path, entries });
-    const listing = listingFingerprint(entries);
-    const keepCache = listing === node.openedListing;
-    node.openedListing = listing;
+    this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages });
+    const complete = pages.complete;
+    if (!complete) {
+      node.openedListing = undefined;
+      return { fh, keepCache: false, cacheDir: node.listedCount === undefined || node.listedCount <= this.maxCachedListing };
+    }
+    node.listedCount = complete.length;
+    const fingerprint = listingFingerprint(complete);
+    const keepCache = fingerprint === node.openedListing;
+    node.openedListing = fingerprint;
     return { fh, keepCache, cacheDir: true };
   }
 
-  /** The entries of an open directory from `offset` on (an offset is the index of the next entry). */
-  readdir(fh: number, offset: number): Iterable<DirEntryOut> {
-    const dir = this.dirs.get(fh);
-    if (!dir) throw new CachefsError('BAD_HANDLE', `no open directory handle ${fh}`);
-    return this.entriesFrom(dir, offset);
+  /** The entries of an open directory from `offset` on (an offset is the index of the next entry); a promise when they must be listed first. */
+  readdir(fh: number, offset: number): Iterable<DirEntryOut> | Promise<Iterable<DirEntryOut>> {
+    const dir = this.dir(fh);
+    const children = dir.pages.from(offset);
+    return children instanceof Promise ? children.then((c) => this.entriesFrom(dir, offset, c)) : this.entriesFrom(dir, offset, children);
   }
 
-  private *entriesFrom(dir: DirHandle, offset: number): Generator<DirEntryOut> {
-    for (let i = offset; i < dir.entries.length; i++) {
-      const { name, attr } = dir.entries[i]!;
-      const ino = name === '.' ? this.nodes.idOf(dir.path) : name === '..' ? undefined : this.nodes.idOf(childPath(dir.path, name));
-      yield { name, ino, mode: attr.mode, next: i + 1 };
+  /**
+   * readdirplus: the entries with their attributes from the listing. The node of an entry
+   * is counted as looked up only when `take()` is called (once its entry fits the answer):
+   * the kernel holds each node it is given so.
+   */
+  readdirplus(fh: number, offset: number): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
+    const dir = this.dir(fh);
+    const children = dir.pages.from(offset);
+    return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
+  }
+
+  private *entriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirEntryOut> {
+    if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1 };
+    if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD };
+    for (const { child, offset: at } of children) {
+      const attr = this.fs.attrOf(child.entry);
+      yield { name: child.name, ino: this.nodes.idOf(childPath(dir.path, child.name)), mode: attr.mode, next: at + 1 };
     }
   }
 
+  private *plusEntriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirPlusEntryOut> {
+    const none = (): undefined => undefined;
+    if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1, take: none };
+    if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD, take: none };
+    for (const { child, offset: at } of children) {
+      const attr = this.fs.attrOf(child.entry);
+      const path = childPath(dir.path, child.name);
+      const take = (): NodeEntry | undefined => {
+        // Within the budget: a node the kernel holds can never be evicted, so readdirplus stops making new ones.
+        if (this.nodes.size >= this.maxPlusNodes && this.nodes.idOf(path) === undefined) return undefined;
+        const node = this.nodes.remember(path);
+        return { nodeId: node.id, attr: this.told(node, attr) };
+      };
+      yield { name: child.name, ino: this.nodes.idOf(path), mode: attr.mode, next: at + 1, take };
+    }
+  }
+
+  private dir(fh: number): DirHandle {
+    const dir = this.dirs.get(fh);
+    if (!dir) throw new CachefsError('BAD_HANDLE', `no open directory handle ${fh}`);
+    return dir;
+  }
+
   releasedir(fh: number): void {
+    const dir = this.dirs.get(fh);
+    if (!dir) return;
     this.dirs.delete(fh);
+    dir.pages.close();
+    // Read to its end: whether the kernel may cache it whole next time is known now.
+    const node = this.nodes.get(this.nodes.idOf(dir.path) ?? 0);
+    if (node && dir.pages.ended) node.listedCount = dir.pages.known;
   }
 
   statfs(): StatFs {
@@ -321,7 +396,9 @@ export class Vfs {
 
   /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
   private told(node: Node, a: Attr): NodeAttr {
-    node.version = `${a.version}:${a.mtimeMs}:${a.size}`;
+    // The same version again (most getattrs) keeps its object: a node costs one small object for it.
+    const v = node.version;
+    if (!v || v.etag !== a.version || v.mtimeMs !== a.mtimeMs || v.size !== a.size) node.version = { etag: a.version, mtimeMs: a.mtimeMs, size: a.size };
     node.file = (a.mode & S_IFMT) === S_IFREG;
     // One shape for every node's attributes (a spread of files' and directories' made two): the encoder stays fast.
     return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
@@ -337,9 +414,9 @@ function throwIfCancelled(cancel: Cancellation): void {
   if (cancel.aborted) throw cancelled();
 }
 
-/** What a listing shows: a digest of its entries' names, modes, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
-function listingFingerprint(entries: readonly DirEntry[]): string {
+/** What a listing shows: a digest of its entries' names, kinds, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
+function listingFingerprint(children: readonly Child[]): string {
   const hash = createHash('sha256');
-  for (const { name, attr } of entries) hash.update(`${name}\0${attr.mode}\0${attr.size}\0${attr.mtimeMs}\n`);
+  for (const { name, entry } of children) hash.update(`${name}\0${entry.kind}\0${entry.kind === 'file' ? entry.size : 0}\0${entry.mtimeMs}\n`);
   return hash.digest('base64');
 }

@@ -18,7 +18,7 @@
  * by writing into `directory`.
  *
  * It records requests so that a test can count what reached the object store,
- * and injects one fault: a store that hangs (`stallObjectReads`), which accepts a
+ * and injects faults: a store that hangs (`stallObjectReads`, `stallListings`), which accepts a
  * GET of an object and never answers it.
  */
 import type { Dirent } from 'node:fs';
@@ -85,6 +85,12 @@ export interface S3TestServer {
    * new requests. HEADs and listings are answered as usual.
    */
   stallObjectReads(match: ((key: string) => boolean) | undefined): void;
+  /**
+   * From now on, list requests (GETs of a bucket) whose query matches are accepted and never
+   * answered, like stallObjectReads; `undefined` stops it, and drops the connections of the
+   * listings it held (the client sees them reset, and may ask again).
+   */
+  stallListings(match: ((query: URLSearchParams) => boolean) | undefined): void;
   /** GETs stalled so far, and how many of their connections the client still holds open. */
   stalledReads(): { total: number; open: number };
   /** Stops the server (dropping open connections) and deletes `directory`. */
@@ -164,16 +170,23 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
   const index = new KeyIndex(directory, app.store);
   const log: RecordedS3Request[] = [];
   let stall: ((key: string) => boolean) | undefined;
+  let stallList: ((query: URLSearchParams) => boolean) | undefined;
   let stalledTotal = 0;
   const stalledOpen = new Set<ServerResponse>();
+  /** The stalled ones that are listings. */
+  const stalledLists = new Set<ServerResponse>();
 
   const server: Server = createServer((req, res) => {
     const target = parseTarget(req);
     log.push({ ...target, method: req.method ?? '', range: req.headers.range });
-    if (req.method === 'GET' && target.key !== '' && stall?.(target.key)) {
+    if (req.method === 'GET' && (target.key !== '' ? stall?.(target.key) : target.bucket !== '' && stallList?.(target.query))) {
       stalledTotal += 1;
       stalledOpen.add(res);
-      res.once('close', () => stalledOpen.delete(res));
+      if (target.key === '') stalledLists.add(res);
+      res.once('close', () => {
+        stalledOpen.delete(res);
+        stalledLists.delete(res);
+      });
       return;
     }
     if (isMutation(req.method)) {
@@ -253,6 +266,12 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
     },
     stallObjectReads(match) {
       stall = match;
+    },
+    stallListings(match) {
+      stallList = match;
+      if (match) return;
+      for (const res of stalledLists) res.destroy();
+      stalledLists.clear();
     },
     stalledReads: () => ({ total: stalledTotal, open: stalledOpen.size }),
     async close() {

@@ -1,0 +1,143 @@
+/**
+ * Directory listings as pages of the store: `NameMerge` turns one page of a
+ * delimiter listing (objects and common prefixes, each in key order) into the
+ * children of the directory, and `ListingStream` reads the pages of one directory
+ * for readdir, keeping a listing read from its start to its end in the metadata
+ * cache. Which pages an open directory keeps, and its offsets, are `dir-pages.ts`'s.
+ *
+ * A directory wins over an object of the same name. In key order the object `a`
+ * comes before `a-b`, which comes before the prefix `a/`, so a file is held back
+ * until a key shows that no directory of its name can follow; held files pass to
+ * the next page with the listing's cursor.
+ */
+import type { Metrics } from '../metrics/metrics.js';
+import type { UfsObject } from '../ufs/ufs.js';
+import { fileEntry, type Entry } from './entry.js';
+import type { Child, ListCursor, ListedPage } from './filesystem.js';
+import { childBytes, type MetaCache } from './meta-cache.js';
+import { isPosixName } from './names.js';
+
+/** '/' : a name followed by a character below it may still have a directory of its name after it. */
+const SLASH = 0x2f;
+
+/** The cursor of a listing's first page. */
+export const LISTING_START: ListCursor = Object.freeze({ token: undefined, held: Object.freeze([]) });
+
+/** The children of one page of a listing, merged from its objects and prefixes in key order. */
+export class NameMerge {
+  readonly children: Child[] = [];
+  readonly skipped: string[] = [];
+  /** Files that a directory of the same name may still shadow, each name a prefix of the next. */
+  readonly held: Child[];
+
+  constructor(
+    private readonly prefix: string,
+    private readonly dirMtimeMs: number,
+    held: readonly Child[],
+  ) {
+    this.held = [...held];
+  }
+
+  /** Takes one page of the store's listing. */
+  page(objects: readonly UfsObject[], prefixes: readonly string[]): void {
+    let o = 0;
+    let p = 0;
+    while (o < objects.length || p < prefixes.length) {
+      const object = objects[o];
+      const dir = prefixes[p];
+      if (object !== undefined && (dir === undefined || object.key < dir)) {
+        o += 1;
+        this.object(object);
+      } else if (dir !== undefined) {
+        p += 1;
+        this.directory(dir);
+      }
+    }
+  }
+
+  /** The listing has ended: the files still held are settled. */
+  end(): Child[] {
+    this.children.push(...this.held.splice(0).reverse());
+    return this.children;
+  }
+
+  private object(o: UfsObject): void {
+    if (o.key === this.prefix) return; // the directory's own marker object
+    const name = o.key.slice(this.prefix.length);
+    if (name.endsWith('/') || !isPosixName(name)) return void this.skipped.push(o.key);
+    this.settleBefore(name, false);
+    this.held.push({ name, entry: fileEntry(o) });
+  }
+
+  private directory(key: string): void {
+    const name = key.slice(this.prefix.length, -1);
+    if (!isPosixName(name)) return void this.skipped.push(key);
+    this.settleBefore(name, true);
+    this.children.push({ name, entry: { kind: 'dir', key: this.prefix + name, mtimeMs: this.dirMtimeMs } });
+  }
+
+  /** Settles the held files that no directory can shadow once `name` is listed; a directory drops the file of its name. */
+  private settleBefore(name: string, isDir: boolean): void {
+    for (let top = this.held.at(-1); top !== undefined; top = this.held.at(-1)) {
+      if (isDir && top.name === name) {
+        this.held.pop();
+        return;
+      }
+      if (name.startsWith(top.name) && name.length > top.name.length && name.charCodeAt(top.name.length) < SLASH) return;
+      this.children.push(this.held.pop()!);
+    }
+  }
+}
+
+/** Reads one page of a listing from a cursor. */
+export type PageReader = (cursor: ListCursor, signal?: AbortSignal) => Promise<ListedPage>;
+
+/**
+ * The pages of one directory's listing. Pages read in order from the first are kept
+ * in the metadata cache: the whole listing at its end when it fits, else each entry
+ * as it comes (a later lookup or getattr of a child is then answered without the store).
+ */
+export class ListingStream {
+  /** The cursor of the page that continues the in-order reading, undefined once it ended or went out of order. */
+  private expected: ListCursor | undefined = LISTING_START;
+  /** The listing read so far, while it may still be kept whole. */
+  private collected: Map<string, Entry> | undefined = new Map();
+  private bytes = 0;
+
+  constructor(
+    private readonly key: string,
+    private readonly read: PageReader,
+    private readonly cache: MetaCache,
+    private readonly metrics: Metrics,
+  ) {}
+
+  async page(cursor: ListCursor, signal?: AbortSignal): Promise<ListedPage> {
+    const page = await this.read(cursor, signal);
+    if (cursor === this.expected) {
+      this.expected = page.next;
+      this.keep(page);
+    }
+    this.metrics.listedEntries.inc(page.children.length);
+    return page;
+  }
+
+  private keep(page: ListedPage): void {
+    for (const { name, entry } of page.children) {
+      if (this.collected) {
+        this.collected.set(name, entry);
+        this.bytes += childBytes(name, entry);
+        if (this.bytes > this.cache.maxListingBytes) this.keepEach();
+      } else this.cache.set(entry.key, entry);
+    }
+    if (page.next === undefined && this.collected) {
+      this.cache.setListing(this.key, { children: this.collected }, this.bytes);
+      this.collected = undefined;
+    }
+  }
+
+  /** Too large to keep whole: its entries are kept one by one from now on. */
+  private keepEach(): void {
+    for (const entry of this.collected!.values()) this.cache.set(entry.key, entry);
+    this.collected = undefined;
+  }
+}
