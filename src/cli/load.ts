@@ -116,7 +116,8 @@ async function load(target: DatasetTarget, dataset: Dataset, opts: { threads: nu
     return;
   }
   if (todo.length === 0) {
-    print(opts.json, { event: 'done', nothingToLoad: true, files: dataset.files.length, blocks: dataset.blocks, bytes: dataset.bytes }, `nothing to load: all ${dataset.blocks} blocks (${humanSize(dataset.bytes)}) of ${dataset.files.length} files are cached already`);
+    const message = `nothing to load: all ${dataset.blocks} blocks (${humanSize(dataset.bytes)}) of ${dataset.files.length} files are cached already`;
+    print(opts.json, { event: 'done', nothingToLoad: true, files: dataset.files.length, blocks: dataset.blocks, bytes: dataset.bytes, message }, message);
     return;
   }
   if (opts.json) print(true, plan, planText);
