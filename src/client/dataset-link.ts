@@ -30,19 +30,11 @@ export class DatasetLink {
 
   /** Fills the blocks of `fill`, calling `onResult` for each as the server reports it; resolves when it reported them all. */
   async fill(fill: FillRequest, onResult: (result: FillResult) => void, signal?: AbortSignal): Promise<void> {
-    const res = await this.post(FILL_PATH, fill, signal);
-    let rest = '';
     let done = false;
-    for await (const chunk of res as AsyncIterable<Buffer>) {
-      rest += chunk.toString('utf8');
-      let nl: number;
-      while ((nl = rest.indexOf('\n')) >= 0) {
-        const line = rest.slice(0, nl);
-        rest = rest.slice(nl + 1);
-        const parsed = parseLine(line, this.name);
-        if (parsed === 'done') done = true;
-        else onResult(parsed);
-      }
+    for await (const line of jsonLines(await this.post(FILL_PATH, fill, signal), this.name)) {
+      const parsed = parseFillLine(line, this.name);
+      if (parsed === 'done') done = true;
+      else onResult(parsed);
     }
     if (!done) throw new CachefsError('UNREACHABLE', `${this.name} ended its fill answer early`);
   }
@@ -55,20 +47,13 @@ export class DatasetLink {
 
   /** The objects at or below `dir` of the server's tree (an embedded mount's). */
   async *walk(dir: string, signal?: AbortSignal): AsyncGenerator<WalkedObject> {
-    const res = await this.post(WALK_PATH, { path: dir }, signal);
-    let rest = '';
     let done = false;
-    for await (const chunk of res as AsyncIterable<Buffer>) {
-      rest += chunk.toString('utf8');
-      let nl: number;
-      while ((nl = rest.indexOf('\n')) >= 0) {
-        const v = JSON.parse(rest.slice(0, nl)) as Partial<WalkedObject> & { done?: boolean; error?: { code?: string; message?: string } };
-        rest = rest.slice(nl + 1);
-        if (v.error) throw new CachefsError(errorCodeOf(v.error.code), v.error.message ?? `${this.name} failed the walk`);
-        if (v.done === true) done = true;
-        else if (typeof v.key === 'string' && typeof v.etag === 'string' && typeof v.size === 'number' && typeof v.mount === 'string') yield { mount: v.mount, key: v.key, etag: v.etag, size: v.size };
-        else throw new CachefsError('IO', `${this.name} sent a walk line without mount, key, etag and size`);
-      }
+    for await (const line of jsonLines(await this.post(WALK_PATH, { path: dir }, signal), this.name)) {
+      const v = line as Partial<WalkedObject> & { done?: boolean; error?: { code?: string; message?: string } };
+      if (v.error) throw new CachefsError(errorCodeOf(v.error.code), v.error.message ?? `${this.name} failed the walk`);
+      if (v.done === true) done = true;
+      else if (typeof v.key === 'string' && typeof v.etag === 'string' && typeof v.size === 'number' && typeof v.mount === 'string') yield { mount: v.mount, key: v.key, etag: v.etag, size: v.size };
+      else throw new CachefsError('IO', `${this.name} sent a walk line without mount, key, etag and size`);
     }
     if (!done) throw new CachefsError('UNREACHABLE', `${this.name} ended its walk early`);
   }
@@ -125,13 +110,27 @@ async function readJson(res: IncomingMessage): Promise<Record<string, unknown>> 
   return parsed as Record<string, unknown>;
 }
 
-function parseLine(line: string, name: string): FillResult | 'done' {
-  let v: unknown;
-  try {
-    v = JSON.parse(line);
-  } catch {
-    throw new CachefsError('IO', `${name} sent a fill line that is not JSON`);
+/** The JSON values of an answer of JSON lines, each as soon as its line is in. */
+async function* jsonLines(res: IncomingMessage, name: string): AsyncGenerator<unknown> {
+  let rest = '';
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    rest += chunk.toString('utf8');
+    let nl: number;
+    while ((nl = rest.indexOf('\n')) >= 0) {
+      const line = rest.slice(0, nl);
+      rest = rest.slice(nl + 1);
+      let value: unknown;
+      try {
+        value = JSON.parse(line);
+      } catch {
+        throw new CachefsError('IO', `${name} sent a line that is not JSON`);
+      }
+      yield value;
+    }
   }
+}
+
+function parseFillLine(v: unknown, name: string): FillResult | 'done' {
   const r = v as Partial<FillResult> & { done?: boolean };
   if (r.done === true) return 'done';
   if (typeof r.id !== 'string' || typeof r.bytes !== 'number' || (r.outcome !== 'cached' && r.outcome !== 'filled' && r.outcome !== 'failed')) {
