@@ -43,9 +43,13 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
     const backend = await openBackend(config, metrics, log);
     closers.push(...backend.closers);
     if (backend.blocks) {
-      // `cachefs load --mount` warms an embedded mount through it.
-      const control = await ControlSocket.start(mountpoint, new DatasetRoutes(backend.blocks, config.blockSize, { ufs: backend.ufs, mountId: backend.mountId }), log);
-      closers.push(() => control.close());
+      // `cachefs load --mount` warms an embedded mount through it; a mount that cannot have one still reads.
+      try {
+        const control = await ControlSocket.start(mountpoint, new DatasetRoutes(backend.blocks, config.blockSize, { ufs: backend.ufs, mountId: backend.mountId }), log);
+        closers.push(() => control.close());
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'no control socket: cachefs load --mount cannot reach this mount');
+      }
     }
     const client = new BlockClient(backend.source, { blockSize: config.blockSize, readaheadBytes: config.readaheadBytes });
     closers.push(() => client.close());
