@@ -25,7 +25,7 @@ import { parseUfsUri } from '../src/ufs/uri.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const K8S = path.join(ROOT, 'deploy/kubernetes');
 const FLUID = path.join(ROOT, 'deploy/fluid');
-const KUSTOMIZATIONS = ['base', 'overlays/fuse-daemonset', 'overlays/hostnetwork', 'overlays/sidecar', 'overlays/no-sharing'];
+const KUSTOMIZATIONS = ['base', 'overlays/fuse-daemonset', 'overlays/hostnetwork', 'overlays/sidecar', 'overlays/no-sharing', 'overlays/dataload'];
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type Obj = { [key: string]: Json };
@@ -229,6 +229,22 @@ describe('kubernetes manifests', () => {
     expect(spec.containers[0]!.args).toContain('--tier=MEM:/cache/mem:2GiB'); // the patch kept the container
     const fuse = rendered.get('overlays/hostnetwork')!.find((o) => o.metadata.name === 'cachefs-fuse')!;
     expect((podTemplate(fuse)!.spec as { hostNetwork?: boolean }).hostNetwork).toBeUndefined();
+  });
+
+  it('the dataload overlay runs `cachefs load` of a namespace path against the master as a Job, unprivileged', () => {
+    const job = rendered.get('overlays/dataload')!.find((o) => o.kind === 'Job' && o.metadata.name === 'cachefs-dataload')!;
+    const template = podTemplate(job)!;
+    const [c] = template.spec.containers;
+    const argv = cachefsArgv(c!)!;
+    expect(argv.slice(0, 2)).toEqual(['load', '/data/train']);
+    expect(argv).toContain('--master=cachefs-master:19998');
+    expect(argv.some((a) => /^--threads=\d+$/.test(a))).toBe(true);
+    expect(c!.securityContext?.privileged).toBeUndefined();
+    expect((template.spec as { restartPolicy?: string }).restartPolicy).toBe('OnFailure');
+    // The path it loads is one the base's mount table declares.
+    const table = rendered.get('overlays/dataload')!.find((o) => o.metadata.name === 'cachefs-mount-table')!;
+    const tableArgv = cachefsArgv(podTemplate(table)!.spec.containers[0]!)!;
+    expect(argv[1]!.startsWith(`${tableArgv[2]}/`)).toBe(true);
   });
 
   it('every flag in a cachefs container exists in `cachefs <command> --help`', async () => {

@@ -133,6 +133,43 @@ export class TieredStore {
     this.publish();
   }
 
+  /** The ids among `ids` that the store holds, with their lengths; asks without counting as a use (no LRU touch). */
+  heldOf(ids: readonly string[]): { id: string; length: number }[] {
+    const held: { id: string; length: number }[] = [];
+    for (const id of ids) {
+      for (const tier of this.tiers) {
+        const block = tier.blockOf(id);
+        if (block) {
+          held.push({ id, length: block.length });
+          break;
+        }
+      }
+    }
+    return held;
+  }
+
+  /** Drops the blocks among `ids` that are held and not pinned (a dataset evicted on request); returns what went. */
+  async drop(ids: readonly string[]): Promise<{ blocks: number; bytes: number; pinned: number }> {
+    let blocks = 0;
+    let bytes = 0;
+    let pinned = 0;
+    for (const { id, length } of this.heldOf(ids)) {
+      if (this.pins.has(id)) {
+        pinned++;
+        continue;
+      }
+      let gone = false;
+      for (const tier of this.tiers) gone = (await tier.remove(id)) || gone;
+      if (!gone) continue;
+      this.removed(id);
+      this.metrics.cacheEvictions.inc();
+      blocks++;
+      bytes += length;
+    }
+    this.publish();
+    return { blocks, bytes, pinned };
+  }
+
   /**
    * Calls `listener` with each block dropped from the store (evicted or removed) once its
    * file is gone: whoever keeps the file open should close it, or the disk keeps its bytes.

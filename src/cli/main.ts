@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { fail } from './exit.js';
+import { registerLoadCommand } from './load.js';
 import { registerMasterCommand } from './master.js';
 import { registerMountTableCommand } from './mount-table.js';
 import { registerMountCommand } from './mount.js';
@@ -33,6 +34,7 @@ registerMasterCommand(program);
 registerMountTableCommand(program);
 registerWorkerCommand(program);
 registerReportCommand(program);
+registerLoadCommand(program);
 registerRefreshCommand(program);
 optionsFromEnvironment(program);
 

@@ -40,6 +40,8 @@ export interface MountBackend {
   source: BlockSource;
   /** Identity of the source in block ids. */
   mountId: string;
+  /** The in-process cache of an embedded mount (what `cachefs load --mount` fills). */
+  blocks?: CachedBlocks;
   closers: (() => Promise<void>)[];
 }
 
@@ -67,8 +69,9 @@ async function embeddedBackend(config: MountConfig, metrics: Metrics, log: Logge
   closers.push(() => store.close());
   const buffers = new BufferPool(config.blockSize, READ_POLICY.embeddedBuffers);
   const readThrough = new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, log, buffers);
-  const source = new EmbeddedSource(new CachedBlocks(readThrough), READ_POLICY, metrics, log, READ_POLICY.embeddedFetches, config.blockSize);
-  return { ufs, source, mountId };
+  const blocks = new CachedBlocks(readThrough);
+  const source = new EmbeddedSource(blocks, READ_POLICY, metrics, log, READ_POLICY.embeddedFetches, config.blockSize);
+  return { ufs, source, mountId, blocks };
 }
 
 async function openOne(config: MountConfig, closers: (() => Promise<void>)[]): Promise<{ ufs: Ufs; mountId: string }> {

@@ -3,13 +3,17 @@
  * registry: per cache group and per worker, alive or lost, capacity, cached
  * bytes and their share of the capacity, blocks, per-tier usage and
  * short-circuit bytes where a worker reports them. Text for people, `--json`
- * for scripts. Only shapes what the master answers.
+ * for scripts. Only shapes what the master answers; `--dataset` is
+ * `dataset-report.ts`'s.
  */
 import { Command } from 'commander';
 import { parseCacheGroup, type TierMedium, type WorkerRecord, type WorkerState } from '../master/api.js';
 import { addClusterSecurityOptions } from './cluster-options.js';
 import { runAction } from './exit.js';
 import { adminClient, DEFAULT_MASTER, type MasterFlag } from './mount-table.js';
+import { buildDatasetReport, formatDatasetReport } from './dataset-report.js';
+import { openClusterTarget } from './dataset.js';
+import { collect } from './options.js';
 
 export interface TierReport {
   medium: TierMedium;
@@ -159,6 +163,8 @@ export function formatReport(r: ClusterReport): string {
 interface ReportFlags extends MasterFlag {
   json?: boolean;
   cacheGroup?: string;
+  dataset?: string[];
+  verbose?: boolean;
 }
 
 export function registerReportCommand(program: Command): void {
@@ -167,10 +173,22 @@ export function registerReportCommand(program: Command): void {
     .description('show the cache cluster: workers (alive/lost), capacity, cached bytes and percentage, blocks, per-tier usage')
     .option('--master <host:port>', 'the master', DEFAULT_MASTER)
     .option('--cache-group <name>', 'only this cache group')
+    .option('--dataset <path>', "how much of this dataset (a namespace path, repeatable) the cache group holds: UFS size, cached bytes and share, per worker with -v", collect, [])
+    .option('-v, --verbose', 'with --dataset: per worker')
     .option('--json', 'print JSON');
   addClusterSecurityOptions(command, 'admin')
     .action(
       runAction(async (flags: ReportFlags) => {
+        if (flags.dataset !== undefined && flags.dataset.length > 0) {
+          const target = await openClusterTarget({ ...flags, cacheGroup: flags.cacheGroup ?? 'default' });
+          try {
+            const report = await buildDatasetReport(target, flags.dataset, flags.verbose === true);
+            process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatDatasetReport(report));
+          } finally {
+            await target.close();
+          }
+          return;
+        }
         const cacheGroup = flags.cacheGroup === undefined ? undefined : parseCacheGroup(flags.cacheGroup, '--cache-group');
         const client = adminClient(flags);
         try {

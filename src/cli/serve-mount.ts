@@ -14,6 +14,8 @@ import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
 import { Filesystem } from '../vfs/filesystem.js';
 import { Vfs } from '../vfs/vfs.js';
+import { ControlSocket } from '../worker/control-socket.js';
+import { DatasetRoutes } from '../worker/dataset-routes.js';
 import { openBackend } from './mount-backends.js';
 import type { MountConfig } from './mount-config.js';
 
@@ -40,6 +42,15 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
     const mountpoint = await checkMountpoint(config.mountpoint, { nonempty: config.nonempty, log });
     const backend = await openBackend(config, metrics, log);
     closers.push(...backend.closers);
+    if (backend.blocks) {
+      // `cachefs load --mount` warms an embedded mount through it; a mount that cannot have one still reads.
+      try {
+        const control = await ControlSocket.start(mountpoint, new DatasetRoutes(backend.blocks, config.blockSize, { ufs: backend.ufs, mountId: backend.mountId }), log);
+        closers.push(() => control.close());
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'no control socket: cachefs load --mount cannot reach this mount');
+      }
+    }
     const client = new BlockClient(backend.source, { blockSize: config.blockSize, readaheadBytes: config.readaheadBytes });
     closers.push(() => client.close());
     const fs = new Filesystem({

@@ -1,8 +1,9 @@
 /**
  * The worker's HTTP service: block bytes for the network read path
  * (`GET /v1/blocks/<id>?...`, with ranges, keep-alive), plus `/metrics`, `/healthz`
- * (the process answers) and `/readyz` (`ready()`: registered, store open). A block's bytes come through the cache (`CachedBlocks`: fetched from
- * the UFS once if missing, a damaged file dropped and refetched rather than served);
+ * (the process answers), `/readyz` (`ready()`: registered, store open) and the
+ * dataset routes of `cachefs load` (`DatasetRoutes`). A block's bytes come through the
+ * cache (`CachedBlocks`: fetched from the UFS once if missing, a damaged file dropped and refetched rather than served);
  * a client that goes away before its answer lets go of the fetch it waited for.
  *
  * The bytes a worker holds for requests in flight (each request's answer, and the block
@@ -21,6 +22,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { checkAuthorization, type ClusterAuth } from '../net/auth.js';
 import { BLOCKS_PATH, parseBlockRequest, parseRange, statusForCode } from '../net/block-protocol.js';
 import { createClusterServer, type ServerTls } from '../net/tls.js';
+import type { DatasetRoutes } from './dataset-routes.js';
 
 export interface BlockServiceConfig {
   blocks: CachedBlocks;
@@ -41,6 +43,8 @@ export interface BlockServiceConfig {
   blockSize: number;
   /** Whether the worker is ready to serve (`/readyz`). */
   ready: () => boolean;
+  /** The dataset routes (`cachefs load`, `report --dataset`): fill, inventory, evict. */
+  dataset?: DatasetRoutes;
 }
 
 /** Seconds a client is told to wait before asking a worker over its in-flight budget again. */
@@ -86,7 +90,9 @@ class InFlightBudget {
 
 async function route(config: BlockServiceConfig, budget: InFlightBudget, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = req.url ?? '/';
-  checkAuthorization(config.auth, req, url.split('?')[0]!);
+  const pathname = url.split('?')[0]!;
+  checkAuthorization(config.auth, req, pathname);
+  if (config.dataset && (await config.dataset.handle(req, res, pathname))) return;
   if (req.method === 'GET' && url.startsWith(BLOCKS_PATH)) {
     const ref = parseBlockRequest(url, config);
     const range = parseRange(req.headers.range, ref.length) ?? { start: 0, end: ref.length - 1 };

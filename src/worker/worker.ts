@@ -13,6 +13,7 @@ import type { ServerTls } from '../net/tls.js';
 import type { TierConfig } from '../cache/tier.js';
 import { TieredStore } from '../cache/tiered-store.js';
 import { BlockService } from './block-service.js';
+import { DatasetRoutes } from './dataset-routes.js';
 import { DomainSocketService } from './domain-socket-service.js';
 import { CachedBlocks } from '../cache/cached-blocks.js';
 import { ReadThrough } from '../cache/read-through.js';
@@ -103,6 +104,7 @@ export class Worker {
         blockSize: config.blockSize,
         // Registered with the master (which implies the store is open: closing deregisters first).
         ready: () => registration?.isRegistered === true,
+        dataset: new DatasetRoutes(blocks, config.blockSize),
       });
       try {
         if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group }, blocks, deps.metrics, deps.log);
