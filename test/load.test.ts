@@ -59,6 +59,7 @@ function lines(stdout: string): Record<string, unknown>[] {
 }
 
 const GETS = (): number => s3.requestLog().filter((r) => r.method === 'GET' && r.key !== '').length;
+const LISTS = (): number => s3.requestLog().filter((r) => r.method === 'GET' && r.key === '' && r.query.get('list-type') === '2').length;
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), 'cachefs-load-'));
@@ -109,12 +110,14 @@ describe('cachefs load into a cache group', () => {
     }
   });
 
-  it('loads nothing the second time, and says so', async () => {
+  it('loads nothing the second time, and says so; its walk comes from the namespace cache the first load filled', async () => {
     const before = GETS();
+    const listsBefore = LISTS();
     const r = await load(['/data/a.bin', '/data/dir', '/data/many']);
     expect(r.code, r.stderr).toBe(0);
     expect(lines(r.stdout).at(-1)).toMatchObject({ event: 'done', nothingToLoad: true, files: 15 });
     expect(GETS() - before).toBe(0);
+    expect(LISTS() - listsBefore, 'LISTs at the store').toBe(0);
     const dir = await load(['/data/dir']);
     expect(lines(dir.stdout).at(-1)?.message).toBe('nothing to load: all 7 blocks (5.3MiB) of 2 files are cached already');
   });

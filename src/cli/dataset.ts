@@ -5,9 +5,11 @@
  * dataset itself (the objects at or below the given paths, cut into blocks), and the
  * inventory of which blocks their owners hold.
  *
- * A cluster dataset is walked by `walkObjects` over the same `NamespaceUfs` a cluster
- * mount reads (the mount table's backends, opened here); an embedded mount walks its
- * own UFS, which only it holds the credentials of.
+ * A cluster dataset is walked by `walkObjects` through the master's shared namespace
+ * cache, as a cluster mount lists (`SharedNamespaceUfs`: so a load fills that cache for
+ * the mounts that follow, and a walk after it sends the store no LIST), with the mount
+ * table's backends opened here for when the master does not answer; an embedded mount
+ * walks its own UFS, which only it holds the credentials of.
  */
 import path from 'node:path';
 import { blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
@@ -16,6 +18,7 @@ import { WorkerRing } from '../client/worker-ring.js';
 import { CachefsError } from '../errors.js';
 import { silentLogger } from '../log.js';
 import { NamespaceSync } from '../master/namespace-sync.js';
+import { SharedNamespaceUfs } from '../master/shared-namespace-ufs.js';
 import { authHeaders } from '../net/auth.js';
 import { MAX_IDS, type WalkedObject } from '../net/dataset-protocol.js';
 import { parseHostPort } from '../net/host-port.js';
@@ -76,6 +79,7 @@ export async function openClusterTarget(flags: ClusterTargetFlags): Promise<Data
     if (sizes.size > 1) throw new CachefsError('CONFLICT', `the workers of cache group '${cacheGroup}' serve different block sizes (${[...sizes].join(', ')}): give them one --block-size`);
     const namespace = new NamespaceSync(master, silentLogger);
     await namespace.start();
+    const listing = new SharedNamespaceUfs(master, namespace.ufs, silentLogger);
     const servers = workers.map((w) => {
       const { host, port } = parseHostPort(w.address, `the address of worker ${w.id}`);
       return { id: w.id, link: new DatasetLink({ host, port }, `worker ${w.id} (${w.address})`, { headers: authHeaders(secret), tls: clientTls }) };
@@ -88,7 +92,7 @@ export async function openClusterTarget(flags: ClusterTargetFlags): Promise<Data
       blockSize,
       servers,
       order: (id) => ring.order(id),
-      objects: (userPath) => namespaceObjects(namespace.ufs, namespaceKey(userPath)),
+      objects: (userPath) => namespaceObjects(listing, namespaceKey(userPath)),
       display: (key) => `/${key}`,
       close: async () => {
         await namespace.close();
