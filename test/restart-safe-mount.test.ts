@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cachefs, mountCachefs, sh, stopAllMounts } from './support/cachefs.js';
+import { cachefs, mountCachefs, sh, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { forceUnmount, isAlive, isMounted, waitFor } from './support/processes.js';
 
 let work: string;
@@ -26,6 +26,14 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
+/** Waits for the supervisor's word: mountCachefs returns at once over a dead mount (it is a mount too). */
+async function supervising(m: TestMount): Promise<void> {
+  await waitFor(() => {
+    if (m.process.exitCode !== null) throw new Error(`the second mount exited with ${m.process.exitCode}: ${m.output()}`);
+    return m.output().includes('supervising the mount');
+  }, { timeoutMs: 30_000 });
+}
+
 describe('restart-safe mounts', () => {
   it('clears a dead cachefs mount left by a SIGKILLed supervisor and serving process, and mounts again', async () => {
     const mnt = path.join(work, 'mnt-dead');
@@ -42,11 +50,7 @@ describe('restart-safe mounts', () => {
 
     const second = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
     try {
-      // mountCachefs returns at once here (the dead mount is a mount too): wait for the supervisor's word.
-      await waitFor(() => {
-        if (second.process.exitCode !== null) throw new Error(`the second mount exited with ${second.process.exitCode}: ${second.output()}`);
-        return second.output().includes('supervising the mount');
-      }, { timeoutMs: 30_000 });
+      await supervising(second);
       expect((await sh(`cmp ${src}/blob ${mnt}/blob && echo same`)).stdout.trim()).toBe('same');
       expect(second.output()).toContain('cleared a dead cachefs mount');
       // The live mount is refused, with the conflict's exit code.
@@ -76,10 +80,7 @@ describe('restart-safe mounts', () => {
 
     const second = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
     try {
-      await waitFor(() => {
-        if (second.process.exitCode !== null) throw new Error(`the second mount exited with ${second.process.exitCode}: ${second.output()}`);
-        return second.output().includes('supervising the mount');
-      }, { timeoutMs: 30_000 });
+      await supervising(second);
       expect(second.output()).toContain('cleared a dead cachefs mount');
       expect((await sh(`cmp ${src}/blob ${mnt}/blob && echo same`)).stdout.trim()).toBe('same');
     } finally {
