@@ -102,11 +102,14 @@ describe('a cache group of three workers', () => {
     const kept = await blockFiles(victim.tierDir);
     expect(kept.length).toBeGreaterThan(0);
 
+    const changes = (): string[] => m2.output().split('\n').filter((l) => l.includes('cache group membership changed'));
+    const seen = changes().length;
     const back = await startWorker({ master: master.address, id: victim.id, tierDir: victim.tierDir, blockSize: '1MiB' });
     workers[0] = back;
     const record = (await api.listWorkers({ cacheGroup: 'g', state: 'alive' })).workers.find((w) => w.id === victim.id);
     expect(record?.blocks).toBe(kept.length);
-    await sh('sleep 3'); // the mounts' membership refreshes every 2 s
+    // The mounts' membership refreshes every 2 s; under load a fixed wait was not always enough (1 hit of 4 in a CI run).
+    await waitFor(() => changes().slice(seen).some((l) => l.includes(`"${victim.id}"`)), { timeoutMs: 15_000, what: 'm2 to see the worker back' });
     // m2 has not read b.bin yet, so nothing of it is in its memory: the blocks come from the workers.
     expect(await sha256Of(path.join(m2.mountpoint, 'data/b.bin'))).toBe(sha(B));
     expect((await back.metrics()).value('cachefs_cache_hits_total')).toBeGreaterThanOrEqual(4);
