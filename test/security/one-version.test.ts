@@ -101,7 +101,7 @@ describe('a file of a mount whose object is rewritten while it is open', () => {
       goDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-one-version-'));
       const go = path.join(goDir, 'go');
       // A reader that reads the first MiB past the page cache, waits for the word (a file:
-      // once, under load, such a reader found its stdin at EOF and read on at once), then reads the second.
+      // a file keeps stdin out of it), then reads the second.
       const script = [
         'import mmap, os, sys, hashlib, time',
         `fd = os.open(${JSON.stringify(file)}, os.O_RDONLY | os.O_DIRECT)`,
@@ -118,7 +118,15 @@ describe('a file of a mount whose object is rewritten while it is open', () => {
       const { spawn } = await import('node:child_process');
       const reader = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] });
       const lines: string[] = [];
-      reader.stdout.on('data', (d: Buffer) => lines.push(...d.toString().trim().split('\n')));
+      // Whole lines only: a line may come in more than one chunk (print writes its parts apart).
+      let text = '';
+      reader.stdout.on('data', (d: Buffer) => {
+        text += d.toString();
+        const end = text.lastIndexOf('\n');
+        if (end < 0) return;
+        lines.push(...text.slice(0, end).split('\n'));
+        text = text.slice(end + 1);
+      });
       const exited = new Promise<void>((r) => reader.once('exit', () => r()));
       await vi.waitFor(() => expect(lines.length).toBeGreaterThan(0), { timeout: 30_000 });
       expect(lines).toEqual([sha(v1.subarray(0, MiB))]);
