@@ -9,12 +9,12 @@
  *
  * (Node opens every descriptor close-on-exec, so no child process inherits the lock.)
  *
- * Node has no flock, so libc's is called through the `koffi` FFI package, loaded on first
- * use. It guards the cache and tier dirs (`tiered-store.ts`) and the master's meta dir.
+ * Node has no flock, so libc's is called (`libc.ts`). It guards the cache and tier dirs (`tiered-store.ts`) and the master's meta dir.
  */
 import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeSync, constants } from 'node:fs';
 import path from 'node:path';
 import { CachefsError } from '../errors.js';
+import { loadLibc } from './libc.js';
 
 export interface FileLockOptions {
   /** Lock file name inside the directory. */
@@ -31,28 +31,15 @@ const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
 
-/** The part of koffi this module uses (its package ships the full types). */
-interface Koffi {
-  load(library: string): { func(signature: string): (...args: number[]) => number };
-  errno(): number;
-}
-
 type Flock = (fd: number, operation: number) => number;
 
 let flockCall: { flock: Flock; errno: () => number } | undefined;
 
 async function libcFlock(): Promise<{ flock: Flock; errno: () => number }> {
   if (flockCall) return flockCall;
-  let koffi: Koffi;
-  try {
-    // A specifier in a variable: the package is optional at build time.
-    const name = 'koffi';
-    koffi = ((await import(name)) as { default: Koffi }).default;
-  } catch (err) {
-    throw new CachefsError('IO', `kernel file locks need the 'koffi' package, which is not installed: ${(err as Error).message}`, { cause: err });
-  }
-  const flock = koffi.load('libc.so.6').func('int flock(int fd, int operation)');
-  flockCall = { flock: (fd, op) => flock(fd, op), errno: () => koffi.errno() };
+  const libc = await loadLibc('kernel file locks');
+  const flock = libc.lib.func('int flock(int fd, int operation)') as Flock;
+  flockCall = { flock, errno: libc.errno };
   return flockCall;
 }
 
