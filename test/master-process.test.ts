@@ -10,6 +10,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -126,6 +127,15 @@ async function startMaster(metaDir: string, extra: string[] = []): Promise<Maste
     void exited.then((code) => reject(new Error(`master exited with ${code} before it was ready: ${out}`)));
   });
   return { child, port, address: `127.0.0.1:${port}`, output: () => out, exited };
+}
+
+/** Resolves once `server` has accepted a connection. */
+async function waitForConnection(server: net.Server): Promise<void> {
+  for (;;) {
+    const count = await new Promise<number>((resolve) => server.getConnections((_err, n) => resolve(n)));
+    if (count > 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 async function kill9(master: MasterProcess): Promise<void> {
@@ -257,6 +267,33 @@ describe('cachefs master process', () => {
       const master = await startMaster(metaDir);
       process.kill(master.child.pid!, signal);
       expect(await master.exited).toBe(0);
+    }
+  });
+
+  it('stops on SIGTERM while a namespace request waits on an object store that never answers', async () => {
+    // A store that takes the connection and then says nothing: the master's listing waits on it.
+    const silent = net.createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const storePort = (silent.address() as net.AddressInfo).port;
+    const master = await startMaster(await tempDir());
+    const client = new MasterClient(master.address, { retries: 0, auth });
+    try {
+      await client.addMount({
+        path: '/stuck', uri: 's3://bucket/prefix',
+        options: { 's3.endpoint': `http://127.0.0.1:${storePort}`, 's3.region': 'us-east-1', 's3.pathStyle': 'true', 's3.accessKeyId': 'AKIA' },
+        secretOptions: { 's3.secretAccessKey': SECRET },
+      });
+      const waiting = client.namespaceList('stuck/', {}).then(() => 'answered', () => 'failed');
+      await waitForConnection(silent);
+      const stopping = Date.now();
+      process.kill(master.child.pid!, 'SIGTERM');
+      expect(await master.exited).toBe(0);
+      expect(Date.now() - stopping).toBeLessThan(10_000);
+      expect(await waiting).toBe('failed');
+      expect(master.output()).toMatch(/left 1 request unanswered/);
+    } finally {
+      await client.close();
+      silent.close();
     }
   });
 

@@ -190,17 +190,13 @@ export class MasterServer {
   private async shutdown(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.server.closeIdleConnections();
-    let grace: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.allSettled([...this.inFlight]),
-      new Promise<void>((resolve) => {
-        grace = setTimeout(resolve, CLOSE_GRACE_MS);
-      }),
-    ]);
-    clearTimeout(grace);
+    await this.settleInFlight();
     this.server.closeAllConnections();
     await closed;
-    await Promise.allSettled([...this.inFlight]);
+    // Their connections are gone: what is still running (a listing waiting on a store that
+    // does not answer) can answer nobody, and must not keep the process from stopping.
+    await this.settleInFlight();
+    if (this.inFlight.size > 0) this.logger.warn({ requests: this.inFlight.size }, `stopping: left ${this.inFlight.size} request${this.inFlight.size === 1 ? '' : 's'} unanswered`);
     try {
       await this.workers.close();
       await this.mountTable.idle();
@@ -210,6 +206,18 @@ export class MasterServer {
       await this.store.close();
     }
     this.logger.info('master stopped');
+  }
+
+  /** Waits for the requests in flight to end, at most CLOSE_GRACE_MS. */
+  private async settleInFlight(): Promise<void> {
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.inFlight]),
+      new Promise<void>((resolve) => {
+        grace = setTimeout(resolve, CLOSE_GRACE_MS);
+      }),
+    ]);
+    clearTimeout(grace);
   }
 
   /** Handles a request and remembers it until it is answered, so that `close()` can wait for it. */
