@@ -21,6 +21,39 @@ import { walkObjects } from '../ufs/walk.js';
 
 /** Bytes of block fetches one fill holds at once at most (64 blocks of 4 MiB). */
 const LOAD_BYTES = 256 * 1024 * 1024;
+/** Lines of a stream wait at most this long, or until this many bytes, before they are written together. */
+const LINES_FLUSH_MS = 50;
+const LINES_FLUSH_BYTES = 64 * 1024;
+
+/**
+ * Writes the lines of an ndjson answer in batches: a write per line was a chunk, a
+ * cork and a socket write per block, 8% of a worker's CPU in a load of 128 KiB objects.
+ */
+class LineBatch {
+  private text = '';
+  private timer?: NodeJS.Timeout;
+
+  constructor(private readonly res: ServerResponse) {}
+
+  add(line: unknown): void {
+    this.text += `${JSON.stringify(line)}\n`;
+    if (this.text.length >= LINES_FLUSH_BYTES) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), LINES_FLUSH_MS);
+  }
+
+  /** Ends the answer with what is left and `last`, or with nothing more when the client went away. */
+  end(last?: string): void {
+    clearTimeout(this.timer);
+    this.res.end(last === undefined ? undefined : this.text + last);
+  }
+
+  private flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.text && !this.res.destroyed) this.res.write(this.text);
+    this.text = '';
+  }
+}
 
 export class DatasetRoutes {
   /** `tree`: what a walk request walks (an embedded mount's UFS and its identity in block ids); without it, walks are refused. */
@@ -66,14 +99,15 @@ export class DatasetRoutes {
         return { ...base, outcome: 'failed', code: e.code, message: e.message };
       }
     };
+    const lines = new LineBatch(res);
     const lane = async (): Promise<void> => {
       while (next < refs.length && !gone.signal.aborted) {
         const result = await one(refs[next++]!);
-        if (!gone.signal.aborted) res.write(`${JSON.stringify(result)}\n`);
+        if (!gone.signal.aborted) lines.add(result);
       }
     };
     await Promise.all(Array.from({ length: Math.min(threads, refs.length) }, lane));
-    res.end(gone.signal.aborted ? undefined : '{"done":true}\n');
+    lines.end(gone.signal.aborted ? undefined : '{"done":true}\n');
   }
 }
 
@@ -81,22 +115,23 @@ export class DatasetRoutes {
 async function walk(ufs: Ufs, mount: string, dir: string, res: ServerResponse): Promise<void> {
   const gone = new AbortController();
   res.once('close', () => gone.abort());
+  const lines = new LineBatch(res);
   let started = false;
   try {
     for await (const o of walkObjects(ufs, dir, gone.signal)) {
       if (!started) res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
       started = true;
       const line: WalkedObject = { mount, key: o.key, etag: o.etag, size: o.size };
-      res.write(`${JSON.stringify(line)}\n`);
+      lines.add(line);
     }
   } catch (err) {
     if (!started) throw err;
     const e = asCachefsError(err);
-    res.end(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
+    lines.end(`${JSON.stringify({ error: { code: e.code, message: e.message } })}\n`);
     return;
   }
   if (!started) res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-  res.end('{"done":true}\n');
+  lines.end('{"done":true}\n');
 }
 
 /** Answers a failed dataset request as `{error:{code,message}}` with the block protocol's status for its code. */
