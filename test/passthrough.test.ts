@@ -7,10 +7,12 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_FILE, dropPageCache, mountCachefs, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from './support/cluster.js';
 import { runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
@@ -162,6 +164,47 @@ describe('FUSE passthrough', () => {
       expect(m.output()).not.toContain('FUSE passthrough on');
     } finally {
       await m.stop();
+    }
+  });
+});
+
+describe('FUSE passthrough in a cluster', () => {
+  let master: ServiceProcess;
+  beforeAll(async () => {
+    master = await startMaster();
+    await addMountEntry(master.address, '/data', 's3://data', [`s3.endpoint=${s3.endpoint}`, 's3.accessKeyId=S3RVER', 's3.secretAccessKey=S3RVER']);
+  }, 60_000);
+
+  afterAll(async () => {
+    await stopAllServices();
+  });
+
+  it("passes a co-located worker's block file through, pinned on the worker while the file is open", async () => {
+    const socketDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-pt-sock-'));
+    const w = await startWorker({ master: master.address, cacheGroup: 'pt', socketDir, blockSize: '1MiB' });
+    const m = await mountCachefs({ args: ['--master', master.address, '--cache-group', 'pt', '--no-sharing', '--block-size', '1MiB'] });
+    let reader: ChildProcess | undefined;
+    try {
+      // The worker reads the block through at the first open: that open passes through already.
+      const script = "import sys, hashlib\nf = open(sys.argv[1], 'rb')\nprint(hashlib.sha256(f.read()).hexdigest(), flush=True)\nsys.stdin.readline()";
+      reader = spawn('python3', ['-c', script, path.join(m.mountpoint, 'data/small.bin')], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      reader.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      await waitFor(() => out.includes('\n'), { timeoutMs: 20_000, what: 'the reader to read small.bin' });
+      expect(out.trim()).toBe(sha(small));
+      const open = await m.metrics();
+      expect(open.value(OPENS)).toBe(1);
+      expect(open.value(BACKINGS)).toBe(1);
+      expect(open.value('cachefs_fuse_ops_total', { op: 'read' })).toBe(0);
+      expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(1);
+      reader.stdin!.end('done\n');
+      await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'the pin to go with the file' });
+      expect((await m.metrics()).value(BACKINGS)).toBe(0);
+    } finally {
+      reader?.kill('SIGKILL');
+      await m.stop();
+      await w.stop();
+      await rm(socketDir, { recursive: true, force: true });
     }
   });
 });

@@ -62,10 +62,11 @@ export interface BlockSource {
   prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void;
   /**
    * A local file holding exactly the block's bytes, checked, open until `release()`, when
-   * this source has one now (the block cached in a local tier); undefined otherwise. The
-   * file is not read here: it is handed to the kernel (FUSE passthrough).
+   * this source has one now (the block cached in a local tier); undefined otherwise. What
+   * keeps the file in its tier (a worker's pin) is held for `handle` until its release.
+   * The file is not read here: it is handed to the kernel (FUSE passthrough).
    */
-  localFile?(ref: BlockRef): Promise<HeldBlockFile | undefined>;
+  localFile?(ref: BlockRef, handle: ReadHandle): Promise<HeldBlockFile | undefined>;
   /** The file handle is gone: let go of what it held (pins). */
   release?(handle: ReadHandle): void;
   close(): Promise<void>;

@@ -62,6 +62,7 @@ export class EmbeddedSource implements BlockSource {
     this.prefetches.add(ref, handle?.signal);
   }
 
+  /** The block's file when it is cached: nothing holds it in the tier, the kernel keeps its own reference to what it was given. */
   localFile(ref: BlockRef): Promise<HeldBlockFile | undefined> {
     return this.blocks.hold(ref);
   }

@@ -18,7 +18,7 @@
  * that have it, its disk space held until they close.
  */
 import type { ObjectRef } from '../block/block.js';
-import type { BlockClient } from '../client/block-client.js';
+import type { BlockClient, OpenObject } from '../client/block-client.js';
 import { CachefsError } from '../errors.js';
 import type { Metrics } from '../metrics/metrics.js';
 
@@ -68,17 +68,18 @@ export class PassthroughOpens {
   }
 
   /**
-   * Decides how the open `fh` of node `nodeId`, reading `object`, is answered: its backing
-   * id when it passes through, undefined for ordinary reads (a promise only when a cached
-   * file had to be looked up). Every decision is undone by `release(fh)`.
+   * Decides how an open `file` of node `nodeId` is answered: its backing id when it passes
+   * through, undefined for ordinary reads (a promise only when a cached file had to be
+   * looked up). Every decision is undone by `release(file.id)`.
    */
-  open(fh: number, nodeId: number, object: ObjectRef, path: string): number | undefined | Promise<number | undefined> {
+  open(file: OpenObject & { readonly path: string }, nodeId: number): number | undefined | Promise<number | undefined> {
     if (!this.backings) return undefined;
+    const { id: fh, object, path } = file;
     const settled = this.forced(fh, nodeId, object, path);
     if (settled !== 'look') return settled;
-    const file = this.client.localFile(object);
-    if (!file) return this.openOrdinary(fh, nodeId);
-    return file.then((held) => {
+    const local = this.client.localFile(file);
+    if (!local) return this.openOrdinary(fh, nodeId);
+    return local.then((held) => {
       if (!held) return this.openOrdinary(fh, nodeId);
       try {
         // Other opens of the node may have been decided while the file was looked up.

@@ -220,13 +220,19 @@ export class Vfs {
     const object = await this.fs.open(node.path, flags);
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
-    const passing = this.passthrough.open(fh, nodeId, object, node.path);
-    const backingId = passing instanceof Promise ? await passing : passing;
-    if (cancel.aborted) {
+    const file = new FileHandle(fh, node.path, object, this.client.newReadahead());
+    let backingId: number | undefined;
+    try {
+      const passing = this.passthrough.open(file, nodeId);
+      backingId = passing instanceof Promise ? await passing : passing;
+      throwIfCancelled(cancel);
+    } catch (err) {
       this.passthrough.release(fh);
-      throw cancelled();
+      file.close();
+      this.client.release(file);
+      throw err;
     }
-    this.files.set(fh, new FileHandle(fh, node.path, object, this.client.newReadahead()));
+    this.files.set(fh, file);
     // auto_cache: the pages are still right while the file is as it was when last opened.
     const keepCache = node.version !== undefined && node.version === node.openedVersion;
     node.openedVersion = node.version;
