@@ -4,7 +4,8 @@
 #   no-passthrough - the same with --no-passthrough (every byte through /dev/fuse)
 #   tier           - cat of the block files in the tier directly (the ceiling)
 # for one SIZE_MIB file (one block: --block-size 256MiB) and for FILES files of 128 KiB
-# read by 4 processes, page cache dropped before each read, ROUNDS rounds (default 5).
+# read by 4 processes, page cache dropped before each read (WARM=1: kept), ROUNDS rounds
+# (default 5), the order turning each round.
 # Prints each round's MB/s and the medians. Root only (drops the page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,12 +36,16 @@ for m in pt nopt; do
   cat "$work/$m/big.bin" > /dev/null
   find "$work/$m/small" -type f -print0 | xargs -0 -P4 -n 100 cat > /dev/null
 done
-sleep 2 # the last blocks are stored after their readers have them
 tier=$(find "$work/c-pt" -mindepth 1 -maxdepth 1 -type d | head -1)
-big_block=$(find "$tier/blocks" -type f -size +1M | head -1)
 small_blocks="$work/small-blocks"
-find "$tier/blocks" -type f -size -1M > "$small_blocks"
+# The last blocks are stored after their readers have them.
+for _ in $(seq 1 60); do
+  find "$tier/blocks" -type f -size -1024k > "$small_blocks"
+  [ "$(wc -l < "$small_blocks")" -eq "$FILES" ] && break
+  sleep 1
+done
 [ "$(wc -l < "$small_blocks")" -eq "$FILES" ] || { echo "bench: expected $FILES small block files in $tier" >&2; exit 1; }
+big_block=$(find "$tier/blocks" -type f -size +1024k | head -1)
 
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 mbps() { echo "scale=0; $1 / 1000000 / $2" | bc -l; }
@@ -53,13 +58,29 @@ big_bytes=$((SIZE_MIB * 1024 * 1024))
 small_bytes=$((FILES * 131072))
 declare -A results
 load_before=$(cat /proc/loadavg)
+# One read: drop the page cache (unless WARM=1), time it, note MB/s under its name.
+one() { # name bytes command...
+  local name=$1 bytes=$2; shift 2
+  [ "${WARM:-0}" = 1 ] || drop
+  results[$name]+="$(mbps "$bytes" "$(seconds "$@")") "
+}
 for r in $(seq 1 "$ROUNDS"); do
-  drop; results[big_pt]+="$(mbps $big_bytes "$(seconds read_big "$work/pt/big.bin")") "
-  drop; results[big_nopt]+="$(mbps $big_bytes "$(seconds read_big "$work/nopt/big.bin")") "
-  drop; results[big_tier]+="$(mbps $big_bytes "$(seconds read_big "$big_block")") "
-  drop; results[small_pt]+="$(mbps $small_bytes "$(seconds read_small_dir "$work/pt/small")") "
-  drop; results[small_nopt]+="$(mbps $small_bytes "$(seconds read_small_dir "$work/nopt/small")") "
-  drop; results[small_tier]+="$(mbps $small_bytes "$(seconds read_small_list "$small_blocks")") "
+  # The order turns each round: the first read after a drop tends to pay for the drop's writeback.
+  big=(pt nopt tier); small=(pt nopt tier)
+  for i in 0 1 2; do
+    case ${big[$(((i + r) % 3))]} in
+      pt) one big_pt $big_bytes read_big "$work/pt/big.bin" ;;
+      nopt) one big_nopt $big_bytes read_big "$work/nopt/big.bin" ;;
+      tier) one big_tier $big_bytes read_big "$big_block" ;;
+    esac
+  done
+  for i in 0 1 2; do
+    case ${small[$(((i + r) % 3))]} in
+      pt) one small_pt $small_bytes read_small_dir "$work/pt/small" ;;
+      nopt) one small_nopt $small_bytes read_small_dir "$work/nopt/small" ;;
+      tier) one small_tier $small_bytes read_small_list "$small_blocks" ;;
+    esac
+  done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "load average before: $load_before; after: $(cat /proc/loadavg)"

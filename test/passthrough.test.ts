@@ -78,6 +78,31 @@ describe('FUSE passthrough', () => {
     }
   });
 
+  it('reads a file the ordinary way while an earlier ordinary open of it is held (the kernel refuses a mix), and passes it through once that goes', async () => {
+    const m = await mountCachefs({ ufs: 's3://data', args: mountArgs(), env });
+    let holder: ChildProcess | undefined;
+    try {
+      const file = path.join(m.mountpoint, 'small.bin');
+      // The first open finds nothing cached: ordinary; it reads the file (caching its block) and stays open.
+      const script = "import sys, hashlib\nf = open(sys.argv[1], 'rb')\nprint(hashlib.sha256(f.read()).hexdigest(), flush=True)\nsys.stdin.readline()";
+      holder = spawn('python3', ['-c', script, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      holder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      await waitFor(() => out.includes('\n'), { timeoutMs: 10_000, what: 'the holder to read small.bin' });
+      expect(out.trim()).toBe(sha(small));
+      await waitFor(async () => (await blockFiles(m.cacheDir)).length === 1, { timeoutMs: 10_000, what: 'the block file' });
+      expect(await sha256Of(file)).toBe(sha(small));
+      expect((await m.metrics()).value(OPENS)).toBe(0);
+      holder.stdin!.end('done\n');
+      await waitFor(async () => (await m.metrics()).value('cachefs_vfs_open_files') === 0, { timeoutMs: 5000, what: 'the holder to close' });
+      expect(await sha256Of(file)).toBe(sha(small));
+      expect((await m.metrics()).value(OPENS)).toBe(1);
+    } finally {
+      holder?.kill('SIGKILL');
+      await m.stop();
+    }
+  });
+
   it('gives a new open the new version of a changed object, read the ordinary way then passed through', async () => {
     const m = await mountCachefs({ ufs: 's3://data', args: mountArgs('--meta-ttl', '1s'), env });
     try {
