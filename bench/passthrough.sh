@@ -58,28 +58,27 @@ big_bytes=$((SIZE_MIB * 1024 * 1024))
 small_bytes=$((FILES * 131072))
 declare -A results
 load_before=$(cat /proc/loadavg)
-# One read: drop the page cache (unless WARM=1), time it, note MB/s under its name.
-one() { # name bytes command...
-  local name=$1 bytes=$2; shift 2
-  [ "${WARM:-0}" = 1 ] || drop
-  results[$name]+="$(mbps "$bytes" "$(seconds "$@")") "
+read_one() { # kind method
+  case "$1/$2" in
+    big/pt) read_big "$work/pt/big.bin" ;;
+    big/nopt) read_big "$work/nopt/big.bin" ;;
+    big/tier) read_big "$big_block" ;;
+    small/pt) read_small_dir "$work/pt/small" ;;
+    small/nopt) read_small_dir "$work/nopt/small" ;;
+    small/tier) read_small_list "$small_blocks" ;;
+  esac
 }
+methods=(pt nopt tier)
 for r in $(seq 1 "$ROUNDS"); do
-  # The order turns each round: the first read after a drop tends to pay for the drop's writeback.
-  big=(pt nopt tier); small=(pt nopt tier)
-  for i in 0 1 2; do
-    case ${big[$(((i + r) % 3))]} in
-      pt) one big_pt $big_bytes read_big "$work/pt/big.bin" ;;
-      nopt) one big_nopt $big_bytes read_big "$work/nopt/big.bin" ;;
-      tier) one big_tier $big_bytes read_big "$big_block" ;;
-    esac
-  done
-  for i in 0 1 2; do
-    case ${small[$(((i + r) % 3))]} in
-      pt) one small_pt $small_bytes read_small_dir "$work/pt/small" ;;
-      nopt) one small_nopt $small_bytes read_small_dir "$work/nopt/small" ;;
-      tier) one small_tier $small_bytes read_small_list "$small_blocks" ;;
-    esac
+  for kind in big small; do
+    bytes=$big_bytes
+    [ "$kind" = small ] && bytes=$small_bytes
+    # The order turns each round: the first read after a drop tends to pay for the drop's writeback.
+    for i in 0 1 2; do
+      m=${methods[$(((i + r) % 3))]}
+      [ "${WARM:-0}" = 1 ] || drop
+      results[${kind}_$m]+="$(mbps "$bytes" "$(seconds read_one "$kind" "$m")") "
+    done
   done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
