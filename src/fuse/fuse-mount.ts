@@ -4,7 +4,8 @@
  * cachefs's kernel options: read-only at the kernel (`ro`: writes
  * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
- * page cache kept across opens while size and mtime are unchanged (auto_cache).
+ * page cache kept across opens while size and mtime are unchanged (auto_cache), and,
+ * unless turned off, FUSE passthrough of files cached whole (`passthrough.ts`).
  */
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
