@@ -14,6 +14,7 @@ import { FuseRequests } from '../src/fuse/requests.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import type { StatFs } from '../src/vfs/filesystem.js';
+import type { BackingFiles } from '../src/vfs/passthrough.js';
 import type { Cancellation, DirEntryOut, DirPlusEntryOut, NodeAttr, NodeEntry, OpenedDir, OpenedFile, ReadReply } from '../src/vfs/vfs.js';
 
 const E = constants.errno;
@@ -44,9 +45,15 @@ class RecordingFilesystem implements FuseFilesystem {
     this.calls.push(`getattr ${nodeId}`);
     return fileAttr(nodeId);
   }
+  /** What opens are answered with, once passthrough is on. */
+  backingId?: number;
+  passthrough?: BackingFiles;
   async open(nodeId: number): Promise<OpenedFile> {
     this.calls.push(`open ${nodeId}`);
-    return { fh: 7, keepCache: false };
+    return { fh: 7, keepCache: false, backingId: this.backingId };
+  }
+  usePassthrough(backings: BackingFiles): void {
+    this.passthrough = backings;
   }
   read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
     this.calls.push(`read ${fh} ${offset} ${size}`);
@@ -84,7 +91,7 @@ class RecordingFilesystem implements FuseFilesystem {
   }
 }
 
-function harness() {
+function harness(backings?: BackingFiles) {
   const fs = new RecordingFilesystem();
   const replies: Reply[] = [];
   const write = (unique: number, parts: Buffer[]): void => {
@@ -93,18 +100,19 @@ function harness() {
   };
   const requests = new FuseRequests(write, 60_000, createLogger('silent'));
   const metrics = new Metrics(false);
-  const ops = new FuseOps(fs, requests, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20 }, metrics, createLogger('silent'));
+  const ops = new FuseOps(fs, requests, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20, backings }, metrics, createLogger('silent'));
   let unique = 0;
   const send = (opcode: number, nodeid: number, body: Buffer): number => {
     const header: RequestHeader = { len: IN_HEADER + body.length, opcode, unique: (unique += 2), nodeid, uid: 0, gid: 0, pid: 1 };
     ops.request(header, body);
     return header.unique;
   };
-  const init = (major = 7, minor = 40, flags = 0xffffffff): Reply => {
+  const init = (major = 7, minor = 40, flags = 0xffffffff, flags2 = 0): Reply => {
     const body = Buffer.alloc(64);
     body.writeUInt32LE(major, 0);
     body.writeUInt32LE(minor, 4);
     body.writeUInt32LE(flags, 12);
+    body.writeUInt32LE(flags2, 16);
     const u = send(Op.INIT, 0, body);
     return replies.find((r) => r.unique === u)!;
   };
@@ -138,6 +146,36 @@ describe('FUSE ops', () => {
     expect(older.body.readUInt32LE(12)).toBe(1); // ASYNC_READ: the only flag offered and wanted
 
     expect(harness().init(7, 40, 0).body.readUInt32LE(12)).toBe(0); // nothing the kernel did not offer
+  });
+
+  it('agrees to passthrough only when wanted and offered (flags2, with INIT_EXT), with a stack depth of 1, and answers an open with its backing id', async () => {
+    const backings = { open: () => 5, close: () => undefined };
+    const PASSTHROUGH = 1 << 5; // bit 37 of the 64-bit flags
+    const INIT_EXT = 1 << 30;
+    const h = harness(backings);
+    const out = h.init(7, 40, 0xffffffff, PASSTHROUGH).body;
+    expect(out.readUInt32LE(12) & INIT_EXT).not.toBe(0);
+    expect(out.readUInt32LE(32)).toBe(PASSTHROUGH); // flags2
+    expect(out.readUInt32LE(36)).toBe(1); // max_stack_depth
+    expect(h.fs.passthrough).toBe(backings);
+    h.fs.backingId = 5;
+    const u = h.send(Op.OPEN, 2, Buffer.alloc(8));
+    await settle();
+    const open = h.replyTo(u)[0]!.body;
+    expect(open.readUInt32LE(8)).toBe(1 << 7); // FOPEN_PASSTHROUGH
+    expect(open.readInt32LE(12)).toBe(5);
+
+    for (const [h2, flags, flags2] of [
+      [harness(), 0xffffffff, PASSTHROUGH], // not wanted (--no-passthrough)
+      [harness(backings), 0xffffffff, 0], // not offered
+      [harness(backings), (0xffffffff & ~INIT_EXT) >>> 0, PASSTHROUGH], // flags2 not valid without INIT_EXT
+    ] as const) {
+      const body = h2.init(7, 40, flags, flags2).body;
+      expect(body.readUInt32LE(12) & INIT_EXT).toBe(0);
+      expect(body.readUInt32LE(32)).toBe(0);
+      expect(body.readUInt32LE(36)).toBe(0);
+      expect(h2.fs.passthrough).toBeUndefined();
+    }
   });
 
   it('tells a kernel of a newer major its own version and serves nothing until a 7.x INIT; refuses an older major or a minor below 7.15 with EPROTO', async () => {

@@ -32,6 +32,12 @@ export interface BlockFile {
   sum: string;
 }
 
+/** A checked block file's descriptor, open until `release()`. */
+export interface HeldBlockFile {
+  fd: number;
+  release(): void;
+}
+
 /** Scratch buffers for checking whole files, kept for the next check. */
 const KEPT_SCRATCH = 2;
 /** Checked files whose verdict is remembered after their fd is closed (about 100 bytes each). */
@@ -79,6 +85,26 @@ export class BlockFiles {
     } finally {
       this.release(id, entry);
     }
+  }
+
+  /**
+   * The kept fd of a block file, checked as a read's would be and held open until
+   * `release()`: for handing the file to someone who reads it themselves (the kernel, for
+   * FUSE passthrough). A file written to since its check is dropped and refused.
+   */
+  async hold(file: BlockFile): Promise<HeldBlockFile> {
+    const entry = await this.acquire(file);
+    let released = false;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.release(file.id, entry);
+    };
+    if (fstatSync(entry.fd, { bigint: true }).ctimeNs !== entry.ctimeNs) {
+      release();
+      throw new BlockFileChangedError();
+    }
+    return { fd: entry.fd, release };
   }
 
   /** Forgets a block's fd (the file was found damaged or replaced). */

@@ -9,7 +9,7 @@
  */
 import type { BlockRef } from '../block/block.js';
 import { CachefsError } from '../errors.js';
-import { BlockFiles } from './block-files.js';
+import { BlockFiles, type HeldBlockFile } from './block-files.js';
 import type { ReadThrough } from './read-through.js';
 
 /** Where a read's bytes came from: the cache, or the fetch from the UFS it joined. */
@@ -42,6 +42,22 @@ export class CachedBlocks {
         if (attempt > 0) throw new CachefsError('CORRUPT_BLOCK', `block ${ref.index} of ${ref.object.key} is damaged in the cache again after a refetch: ${why}`, { cause: err });
         await this.readThrough.discard(ref, path, why);
       }
+    }
+  }
+
+  /**
+   * The block's file, checked and held open until `release()`, when the block is cached;
+   * undefined otherwise. A damaged file is dropped (the next read fetches the block again).
+   */
+  async hold(ref: BlockRef): Promise<HeldBlockFile | undefined> {
+    const stored = this.readThrough.cached(ref);
+    if (!stored) return undefined;
+    try {
+      return await this.files.hold({ id: ref.id, path: stored.path, length: ref.length, sum: stored.sum });
+    } catch (err) {
+      this.files.invalidate(ref.id);
+      await this.readThrough.discard(ref, stored.path, (err as Error).message);
+      return undefined;
     }
   }
 

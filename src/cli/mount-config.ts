@@ -37,6 +37,8 @@ export interface MountFlags extends ClusterSecurityFlags {
   metaCacheSize: string;
   allowOther?: boolean;
   nonempty?: boolean;
+  /** false with --no-passthrough. */
+  passthrough?: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -100,6 +102,8 @@ export interface MountConfig {
   allowOther: boolean;
   /** Mount over a directory that has files in it. */
   nonempty: boolean;
+  /** Ask the kernel for FUSE passthrough: opens of files cached whole in one local file are read by the kernel from it. */
+  passthrough: boolean;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -161,6 +165,7 @@ export function parseMountConfig(mountpoint: string | undefined, flags: MountFla
     metaCacheBytes: parseSize(flags.metaCacheSize, '--meta-cache-size', { min: 1024 * 1024 }),
     allowOther: !!flags.allowOther,
     nonempty: !!flags.nonempty,
+    passthrough: flags.passthrough !== false,
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
     pidFile: flags.pidFile ? path.resolve(flags.pidFile) : undefined,

@@ -54,6 +54,7 @@ export function registerMountCommand(program: Command): void {
     .option('--meta-ttl <duration>', 'how long cachefs trusts listed metadata before asking the store again', MOUNT_DEFAULTS.metaTtl)
     .option('--meta-cache-size <size>', 'memory for metadata: cached entries and listings (evicted least recently used) and the nodes readdirplus hands the kernel', MOUNT_DEFAULTS.metaCacheSize)
     .option('--nonempty', 'mount even if the mount point has files in it (hidden while mounted)')
+    .option('--no-passthrough', 'read every file through cachefs: never let the kernel read cached files itself (FUSE passthrough, kernel 6.9+, as root)')
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to a file (default: stderr in the foreground, <cache-dir>/cachefs.log when detached)')

@@ -79,6 +79,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       opTimeoutMs: OP_TIMEOUT_MS,
       alsoMountedAt: [path.join(MountAnchor.dirFor(mountpoint), 'mount')],
       source: config.source,
+      passthrough: config.passthrough,
     });
     mounted = true;
     closers.push(async () => {

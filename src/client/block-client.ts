@@ -6,6 +6,7 @@
  * block reads as `BlockRead.signal`.
  */
 import { blockCount, blockRef, blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
+import type { HeldBlockFile } from '../cache/block-files.js';
 import type { AccessPattern, BlockRead, BlockSource, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
@@ -103,6 +104,18 @@ export class BlockClient {
       return (r.view ? this.source.viewNow?.(req) : undefined) ?? this.source.readNow?.(req) ?? this.source.read(req);
     }
     return settleAll(reads.map((req) => this.source.read(req)));
+  }
+
+  /**
+   * A checked local file holding exactly the open object's bytes, open until `release()`,
+   * when the source has one now: an object of one block whose block is cached in a local
+   * tier (a co-located worker's pinned for the open file until it is released). Undefined
+   * otherwise (larger objects are kept as several block files).
+   */
+  localFile(file: OpenObject): Promise<HeldBlockFile | undefined> | undefined {
+    const { object } = file;
+    if (!this.source.localFile || object.size === 0 || object.size > this.blockSize) return undefined;
+    return this.source.localFile(blockRef(object, this.blockSize, 0), file);
   }
 
   release(handle: ReadHandle): void {

@@ -5,6 +5,7 @@
  * returns under the path that served them.
  */
 import type { BlockRef } from '../block/block.js';
+import type { HeldBlockFile } from '../cache/block-files.js';
 
 /** How the reader is moving through the file: random readers get no readahead and small cold reads go straight to the UFS. */
 export type AccessPattern = 'sequential' | 'random';
@@ -59,6 +60,13 @@ export interface BlockSource {
    * in memory too, where that helps, held for `handle` as its reads would hold it); never throws.
    */
   prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void;
+  /**
+   * A local file holding exactly the block's bytes, checked, open until `release()`, when
+   * this source has one now (the block cached in a local tier); undefined otherwise. What
+   * keeps the file in its tier (a worker's pin) is held for `handle` until its release.
+   * The file is not read here: it is handed to the kernel (FUSE passthrough).
+   */
+  localFile?(ref: BlockRef, handle: ReadHandle): Promise<HeldBlockFile | undefined>;
   /** The file handle is gone: let go of what it held (pins). */
   release?(handle: ReadHandle): void;
   close(): Promise<void>;

@@ -10,7 +10,7 @@
 import { existsSync } from 'node:fs';
 import type { BlockRef } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
-import { BlockFiles } from '../cache/block-files.js';
+import { BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
 import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
 import { isBusy, isFinal, wholeBlock, type ReadPolicy } from '../cache/read-policy.js';
 import type { UfsReader } from '../cache/ufs-reader.js';
@@ -175,6 +175,19 @@ export class ClusterSource implements BlockSource {
     this.bytes[block.from].inc(view.length);
     if (wholeBlock(req)) this.memory.consumed(req.ref.id, view.length);
     return view;
+  }
+
+  /** The block's file when its owner is this mount's own worker or a co-located one whose files are visible here (pinned for `handle`). */
+  async localFile(ref: BlockRef, handle: ReadHandle): Promise<HeldBlockFile | undefined> {
+    const owner = this.config.membership.candidates(ref.id)[0];
+    if (!owner) return undefined;
+    if (this.isLocal(owner)) return this.config.local!.source.localFile?.(ref, handle);
+    try {
+      return await this.near(owner)?.localFile(ref, handle.id);
+    } catch (err) {
+      this.failed(owner, asCachefsError(err));
+      return undefined;
+    }
   }
 
   release(handle: ReadHandle): void {

@@ -17,7 +17,7 @@ import { waitFor } from '../lib/shared-work.js';
 import type { ClusterSecret } from '../net/auth.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { BlockChecksumError, BlockFileChangedError, BlockFileSizeError, type BlockFile, type BlockFiles } from '../cache/block-files.js';
+import { BlockChecksumError, BlockFileChangedError, BlockFileSizeError, type BlockFile, type BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
 
@@ -87,6 +87,24 @@ export class ColocatedWorker {
   async pinAhead(ref: BlockRef, session: number | undefined): Promise<void> {
     if (this.streamOnly) return;
     await this.openFor(session, ref);
+  }
+
+  /**
+   * The block's file, checked and open until `release()`, pinned for the session (file
+   * handle) until that is released: to hand to the kernel (FUSE passthrough). The worker
+   * reads the block through first if it must. Undefined when it has no file for it, or
+   * its files are not visible here.
+   */
+  async localFile(ref: BlockRef, session: number): Promise<HeldBlockFile | undefined> {
+    if (this.streamOnly) return undefined;
+    const file = await this.openFor(session, ref);
+    if (!file) return undefined;
+    try {
+      return await this.files.hold(file);
+    } catch (err) {
+      this.streamFrom(err, ref, file.path);
+      return undefined;
+    }
   }
 
   /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */

@@ -8,6 +8,7 @@
  * released and no reader waits for them.
  */
 import type { BlockRef } from '../block/block.js';
+import type { HeldBlockFile } from '../cache/block-files.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { PrefetchRuns } from '../cache/prefetch-runs.js';
 import type { EnsuredBlock } from '../cache/read-through.js';
@@ -59,6 +60,11 @@ export class EmbeddedSource implements BlockSource {
     const readThrough = this.blocks.readThrough;
     if (readThrough.cached(ref) || readThrough.isFetching(ref)) return;
     this.prefetches.add(ref, handle?.signal);
+  }
+
+  /** The block's file when it is cached: nothing holds it in the tier, the kernel keeps its own reference to what it was given. */
+  localFile(ref: BlockRef): Promise<HeldBlockFile | undefined> {
+    return this.blocks.hold(ref);
   }
 
   /** A small random read of a cold block: its range from the UFS now, the whole block in the background. */

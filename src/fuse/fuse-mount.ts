@@ -4,7 +4,8 @@
  * cachefs's kernel options: read-only at the kernel (`ro`: writes
  * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
- * page cache kept across opens while size and mtime are unchanged (auto_cache).
+ * page cache kept across opens while size and mtime are unchanged (auto_cache), and,
+ * unless turned off, FUSE passthrough of files cached whole (`passthrough.ts`).
  */
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -12,6 +13,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { isMountpoint } from '../sys/mountpoint.js';
 import { FuseOps, type FuseFilesystem } from './ops.js';
+import { DeviceBackingFiles } from './passthrough.js';
 import { FuseSession } from './session.js';
 
 /** How often the serving process checks that its mount still exists (it may be unmounted lazily from outside). */
@@ -29,6 +31,8 @@ export interface FuseMountOptions {
   alsoMountedAt?: readonly string[];
   /** What /proc/mounts shows as the mount's source. */
   source: string;
+  /** Ask the kernel for FUSE passthrough (`--no-passthrough` does not). */
+  passthrough: boolean;
 }
 
 /** Regular-file nodes offered to the session for waking its device read. */
@@ -59,7 +63,8 @@ export class FuseMount {
 
   static async mount(mountpoint: string, fs: FuseFilesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
     const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source }, log);
-    session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
+    const backings = options.passthrough ? await passthroughBackings(session.device, log) : undefined;
+    session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     return new FuseMount(session, mountpoint);
   }
 
@@ -68,6 +73,16 @@ export class FuseMount {
     clearInterval(this.watch);
     await this.session.close();
     if (await isMountpoint(this.mountpoint)) throw new CachefsError('IO', `cannot unmount ${this.mountpoint}`);
+  }
+}
+
+/** The connection's backing files for passthrough; none (said once) where libc's ioctl cannot be reached. */
+async function passthroughBackings(device: number, log: Logger): Promise<DeviceBackingFiles | undefined> {
+  try {
+    return await DeviceBackingFiles.load(device, log);
+  } catch (err) {
+    log.warn({ err: (err as Error).message }, 'FUSE passthrough is off for this mount: files are read through cachefs');
+    return undefined;
   }
 }
 

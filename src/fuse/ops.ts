@@ -16,6 +16,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StatFs } from '../vfs/filesystem.js';
 import { childPath } from '../vfs/nodes.js';
+import type { BackingFiles } from '../vfs/passthrough.js';
 import { MAX_READ, type Cancellation, type DirEntryOut, type DirPlusEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
 import {
@@ -27,6 +28,7 @@ import {
   FUSE_KERNEL_MINOR,
   FUSE_KERNEL_VERSION,
   InitFlag,
+  InitFlag2,
   initOut,
   InSize,
   MIN_KERNEL_MINOR,
@@ -41,6 +43,7 @@ import {
   UNKNOWN_INO,
   WRITE_OPS,
 } from './protocol.js';
+import { PASSTHROUGH_STACK_DEPTH } from './passthrough.js';
 import type { FuseRequest, FuseRequests } from './requests.js';
 import { MAX_WRITE, type SessionHandler } from './session.js';
 
@@ -69,6 +72,8 @@ export interface FuseFilesystem {
   statfs(): StatFs;
   access(nodeId: number, mask: number): Promise<void>;
   refuseWrite(nodeId: number): never;
+  /** The kernel agreed to passthrough: opens may be answered with backing files registered in `backings`. */
+  usePassthrough?(backings: BackingFiles): void;
   /** Node ids of regular files the kernel holds, at most `max`. */
   heldFiles(max: number): number[];
   /** For messages: the path of a node, and of an open file or directory. */
@@ -83,6 +88,8 @@ export interface FuseOpsOptions {
   maxReadahead: number;
   /** `major:minor` of the connection, whose bdi's readahead is raised at INIT. */
   deviceId?: string;
+  /** The connection's registry of backing files, when passthrough is wanted (negotiated at INIT). */
+  backings?: BackingFiles;
 }
 
 /** An op of the table: its name, the smallest body a request of it may have, and its handler. */
@@ -104,7 +111,7 @@ export class FuseOps implements SessionHandler {
     [Op.FORGET, { name: 'forget', minBody: InSize.FORGET, noReply: true, handle: (o, h, b) => o.fs.forget(h.nodeid, u64(b, 0)) }],
     [Op.BATCH_FORGET, { name: 'batch_forget', minBody: InSize.BATCH_FORGET, noReply: true, handle: (o, _h, b) => o.batchForget(b) }],
     [Op.GETATTR, { name: 'getattr', minBody: InSize.GETATTR, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.getattr(h.nodeid), (a) => [attrOut(a, o.options.attrTimeoutSec)]) }],
-    [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r), (f) => [openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0)]) }],
+    [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r), (f) => [openFileOut(f)]) }],
     [Op.READ, { name: 'read', minBody: InSize.READ, handle: (o, _h, b, r) => o.read(r, u64(b, 0), u64(b, 8), b.readUInt32LE(16)) }],
     [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
     [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
@@ -172,8 +179,17 @@ export class FuseOps implements SessionHandler {
   private init(body: Buffer, req: FuseRequest): void {
     const major = body.readUInt32LE(0);
     const minor = body.readUInt32LE(4);
-    const reply = (kernelMinor: number, flags: number): Buffer =>
-      initOut(kernelMinor, { maxReadahead: this.options.maxReadahead, flags, maxBackground: 64, congestionThreshold: 48, maxWrite: MAX_WRITE, maxPages: MAX_READ / 4096 });
+    const reply = (kernelMinor: number, flags: number, flags2 = 0): Buffer =>
+      initOut(kernelMinor, {
+        maxReadahead: this.options.maxReadahead,
+        flags,
+        maxBackground: 64,
+        congestionThreshold: 48,
+        maxWrite: MAX_WRITE,
+        maxPages: MAX_READ / 4096,
+        flags2,
+        maxStackDepth: flags2 & InitFlag2.PASSTHROUGH ? PASSTHROUGH_STACK_DEPTH : 0,
+      });
     if (major > FUSE_KERNEL_VERSION) {
       this.log.info({ major, minor }, `the kernel speaks FUSE ${major}.${minor}: offered ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR}`);
       return this.requests.reply(req, 0, reply(FUSE_KERNEL_MINOR, 0));
@@ -184,8 +200,17 @@ export class FuseOps implements SessionHandler {
       return this.requests.reply(req, -E.EPROTO);
     }
     const kernelFlags = body.readUInt32LE(12);
-    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), WANTED_FLAGS & kernelFlags));
+    const kernelFlags2 = kernelFlags & InitFlag.INIT_EXT && body.length >= InSize.INIT_EXT ? body.readUInt32LE(16) : 0;
+    const passthrough = this.options.backings !== undefined && (kernelFlags2 & InitFlag2.PASSTHROUGH) !== 0;
+    const flags = (WANTED_FLAGS & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0);
+    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), flags, passthrough ? InitFlag2.PASSTHROUGH : 0));
     this.state = 'ready';
+    if (passthrough) {
+      this.fs.usePassthrough?.(this.options.backings!);
+      this.log.info('FUSE passthrough on: opens of files cached whole in one local file are read by the kernel from that file');
+    } else if (this.options.backings) {
+      this.log.warn({ major, minor }, 'FUSE passthrough is off for this mount: the kernel does not offer it (before 6.9, or built without CONFIG_FUSE_PASSTHROUGH); files are read through cachefs');
+    }
     // The kernel caps a FUSE mount's readahead at the system default (128 KiB) whatever
     // max_readahead says; as root it can be raised per connection.
     const device = this.options.deviceId;
@@ -314,6 +339,12 @@ export class FuseOps implements SessionHandler {
     else this.log.debug({ op: req.op, path: where(), errno: name }, 'FUSE op answered with an error');
     return -errno;
   }
+}
+
+/** An open file's reply: passing through to its backing file, or read through us with the page cache kept or not. */
+function openFileOut(f: OpenedFile): Buffer {
+  if (f.backingId !== undefined) return openOut(f.fh, OpenFlag.PASSTHROUGH, f.backingId);
+  return openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0);
 }
 
 /** As many entries as fit `size` bytes of fuse_dirent. */

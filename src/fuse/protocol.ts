@@ -1,7 +1,8 @@
 /**
  * The FUSE kernel protocol (linux/fuse.h, 7.31) as far as a read-only filesystem
  * needs it: op codes, init flags, and the layouts of the requests read from
- * /dev/fuse and the replies written to it. Little-endian, as the kernel's.
+ * /dev/fuse and the replies written to it. Little-endian, as the kernel's. Passthrough
+ * (7.40) is negotiated by its init flag alone: its fields sit in what 7.31 pads.
  */
 import type { NodeAttr } from '../vfs/vfs.js';
 
@@ -81,10 +82,21 @@ export const InitFlag = {
   DO_READDIRPLUS: 1 << 13,
   PARALLEL_DIROPS: 1 << 18,
   MAX_PAGES: 1 << 22,
+  /** flags2 is read and answered (7.36): the flags past bit 31 are there. */
+  INIT_EXT: 1 << 30,
 } as const;
 
-/** FOPEN_*: KEEP_CACHE keeps a file's pages (a directory's cached listing) across this open; CACHE_DIR lets the kernel cache a listing (protocol 7.28). */
-export const OpenFlag = { KEEP_CACHE: 1 << 1, CACHE_DIR: 1 << 3 } as const;
+/** Init flags of flags2 (bit 32 + n of the kernel's 64-bit flags). */
+export const InitFlag2 = {
+  /** FUSE_PASSTHROUGH (bit 37, 7.40): opens may be answered with a backing file the kernel reads itself. */
+  PASSTHROUGH: 1 << 5,
+} as const;
+
+/**
+ * FOPEN_*: KEEP_CACHE keeps a file's pages (a directory's cached listing) across this open; CACHE_DIR lets the kernel cache a listing (protocol 7.28);
+ * PASSTHROUGH has the kernel read the open from the backing file whose id the reply carries (7.40).
+ */
+export const OpenFlag = { KEEP_CACHE: 1 << 1, CACHE_DIR: 1 << 3, PASSTHROUGH: 1 << 7 } as const;
 
 export const IN_HEADER = 40;
 export const OUT_HEADER = 16;
@@ -92,6 +104,7 @@ export const OUT_HEADER = 16;
 /** Request body sizes (the kernel's structs, as of 7.9 on): a request shorter than its op's is refused. */
 export const InSize = {
   INIT: 16, // major, minor, max_readahead, flags (more from 7.36 on)
+  INIT_EXT: 20, // flags2 too
   FORGET: 8,
   GETATTR: 16,
   OPEN: 8,
@@ -191,10 +204,12 @@ export function attrOut(attr: NodeAttr, attrSec: number): Buffer {
   return b;
 }
 
-export function openOut(fh: number, openFlags: number): Buffer {
+/** fuse_open_out; `backingId` (7.40, padding before) names the backing file of a PASSTHROUGH open. */
+export function openOut(fh: number, openFlags: number, backingId = 0): Buffer {
   const b = Buffer.alloc(16);
   putU64(b, 0, fh);
   b.writeUInt32LE(openFlags, 8);
+  b.writeInt32LE(backingId, 12);
   return b;
 }
 
@@ -205,6 +220,10 @@ export interface InitOut {
   congestionThreshold: number;
   maxWrite: number;
   maxPages: number;
+  /** Flags past bit 31 (with INIT_EXT in `flags`). */
+  flags2?: number;
+  /** How deep the backing files of passthrough may be stacked (0: no passthrough). */
+  maxStackDepth?: number;
 }
 
 /** fuse_init_out as a kernel of `minor` reads it: 24 bytes before 7.23, 64 from then on. */
@@ -220,6 +239,8 @@ export function initOut(minor: number, o: InitOut): Buffer {
   if (b.length > 24) {
     b.writeUInt32LE(1, 24); // time_gran: nanoseconds
     b.writeUInt16LE(o.maxPages, 28);
+    b.writeUInt32LE(o.flags2 ?? 0, 32);
+    b.writeUInt32LE(o.maxStackDepth ?? 0, 36);
   }
   return b;
 }

@@ -126,6 +126,11 @@ export class FuseSession {
     return session;
   }
 
+  /** The /dev/fuse descriptor, for ioctls on the connection (passthrough.ts). */
+  get device(): number {
+    return this.fd;
+  }
+
   start(handler: SessionHandler, wake?: WakeTargets): void {
     this.handler = handler;
     if (wake) this.wakeTargets = wake;

@@ -46,6 +46,8 @@ export class Metrics {
   readonly fuseRequestsInFlight = this.sampled('cachefs_fuse_requests_in_flight', 'FUSE requests read from the kernel and not yet answered');
   readonly vfsReadsWaiting = this.sampled('cachefs_vfs_reads_waiting', 'Reads of open files whose block reads have not ended (answered or not)');
   readonly vfsOpenFiles = this.sampled('cachefs_vfs_open_files', 'Files the kernel holds open on the mount');
+  readonly passthroughOpens = this.counter('cachefs_fuse_passthrough_opens_total', "Opens answered with FUSE passthrough: the kernel reads those files' cached bytes itself, and no read of them reaches cachefs (nor its byte counters)");
+  readonly passthroughOpen = this.sampled('cachefs_fuse_passthrough_open', 'Backing files registered with the kernel for passthrough now (one per file open through it, however many opens share it)');
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });

@@ -28,6 +28,7 @@ import type { Attr } from './entry.js';
 import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
 import { childPath, Nodes, type Node } from './nodes.js';
+import { PassthroughOpens, type BackingFiles } from './passthrough.js';
 
 /** The largest read served in one call (the kernel is told so at INIT): 256 pages. */
 export const MAX_READ = 1024 * 1024;
@@ -71,6 +72,8 @@ export interface OpenedFile {
   fh: number;
   /** The kernel may keep the file's pages from before this open. */
   keepCache: boolean;
+  /** The kernel reads this open from a backing file registered with it (passthrough.ts), not through cachefs. */
+  backingId?: number;
 }
 
 export interface OpenedDir {
@@ -165,12 +168,15 @@ export class Vfs {
   private readonly maxCachedListing: number;
   /** Nodes readdirplus may make; past them it gives names only (the kernel looks them up when it needs them). */
   private readonly maxPlusNodes: number;
+  /** Which opens the kernel reads itself, from a backing file. */
+  private readonly passthrough: PassthroughOpens;
 
   constructor(config: VfsConfig) {
     this.fs = config.fs;
     this.client = config.client;
     this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
     this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
+    this.passthrough = new PassthroughOpens(config.client, config.metrics);
     config.metrics.vfsNodes.sampledBy(() => this.nodes.size);
     config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
     config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
@@ -214,11 +220,28 @@ export class Vfs {
     const object = await this.fs.open(node.path, flags);
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
-    this.files.set(fh, new FileHandle(fh, node.path, object, this.client.newReadahead()));
+    const file = new FileHandle(fh, node.path, object, this.client.newReadahead());
+    let backingId: number | undefined;
+    try {
+      const passing = this.passthrough.open(file, nodeId);
+      backingId = passing instanceof Promise ? await passing : passing;
+      throwIfCancelled(cancel);
+    } catch (err) {
+      this.passthrough.release(fh);
+      file.close();
+      this.client.release(file);
+      throw err;
+    }
+    this.files.set(fh, file);
     // auto_cache: the pages are still right while the file is as it was when last opened.
     const keepCache = node.version !== undefined && node.version === node.openedVersion;
     node.openedVersion = node.version;
-    return { fh, keepCache };
+    return { fh, keepCache, backingId };
+  }
+
+  /** FUSE passthrough was negotiated with the kernel: opens of files held whole in one local file may pass through. */
+  usePassthrough(backings: BackingFiles): void {
+    this.passthrough.enable(backings);
   }
 
   /**
@@ -286,6 +309,7 @@ export class Vfs {
     const file = this.files.get(fh);
     if (!file) return;
     this.files.delete(fh);
+    this.passthrough.release(fh);
     file.close();
     this.client.release(file);
   }
