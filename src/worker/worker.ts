@@ -48,6 +48,8 @@ export interface WorkerConfig {
   domainSocketPath: string;
   /** The group that may use the socket and read block files (short-circuit readers); the worker's own when absent. */
   group?: number;
+  /** Pass co-located clients block file descriptors (default); off: paths and the stream only. */
+  passDescriptors?: boolean;
   /** The block size of the cache group: the only one the block service serves. */
   blockSize: number;
   /** Who the block service admits: holders of the cluster secret, or anyone ('insecure'). */
@@ -107,7 +109,7 @@ export class Worker {
         dataset: new DatasetRoutes(blocks, config.blockSize),
       });
       try {
-        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group }, blocks, deps.metrics, deps.log);
+        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group, passDescriptors: config.passDescriptors }, blocks, deps.metrics, deps.log);
       } catch (err) {
         await service.close();
         throw err;
