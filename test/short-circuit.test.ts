@@ -1,6 +1,7 @@
 /**
  * Short-circuit reads between a mount and a worker on the same node: uuid and
- * hostname locality, the domain socket stream when block files are not visible,
+ * hostname locality, the domain socket stream when block files are not visible (and
+ * the worker passes no descriptors: short-circuit-fd.test.ts has those),
  * pins held by open files, and crashes on either side.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -128,8 +129,8 @@ describe('short-circuit locality', () => {
     expectServedBy(mm, 'remote', F.length);
   });
 
-  it('block files invisible to the client: bytes come over the domain socket, correct', async () => {
-    const w = await worker();
+  it('block files invisible to the client, from a worker that passes no descriptors: bytes come over the domain socket, correct', async () => {
+    const w = await worker({ args: ['--pass-descriptors', 'off'] });
     const mnt = await mkdtemp(path.join(work, 'ns-mnt-'));
     const port = await freePort();
     // The mount and its reader live in their own mount namespace where the worker's tier dir is hidden.
