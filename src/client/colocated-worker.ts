@@ -34,6 +34,8 @@ export class ColocatedWorker {
   /** Pins asked of the worker and not yet answered, per session. */
   private readonly pinning = new Map<number, Map<string, Promise<BlockFile | undefined>>>();
   private streamOnly = false;
+  /** Whether reading by path because the worker passes no descriptors was logged. */
+  private toldNoDescriptors = false;
   /** Sessions holding each block whose descriptor was passed to us: it is closed when the last lets go. */
   private readonly holders = new Map<string, number>();
   private readonly fdBytes;
@@ -194,6 +196,10 @@ export class ColocatedWorker {
   private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<BlockFile | undefined>>): Promise<BlockFile | undefined> {
     const { fd, path, sum } = await this.socket.open(ref);
     if (!sum || (fd === undefined && !path)) return undefined;
+    if (path && !this.toldNoDescriptors) {
+      this.toldNoDescriptors = true;
+      this.log.info({ worker: this.workerId, why: this.socket.noDescriptorsBecause }, 'the co-located worker passes no block file descriptors: reading its block files by path');
+    }
     if (this.pinning.get(key) !== inFlight) {
       // The session was released while the worker answered: nothing will release this pin.
       this.socket.close(ref.id).catch(() => undefined);
