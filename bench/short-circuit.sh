@@ -26,7 +26,7 @@ nspid=
 # The hidden-tier mounts live in a mount namespace of their own: unmounted from inside it.
 cleanup() {
   if [ -n "$nspid" ]; then
-    for m in "$work/nsfd" "$work/nsds"; do nsenter -m -t "$nspid" node bin/cachefs umount "$m" 2>/dev/null || true; done
+    for m in "$work/nsfd" "$work/nsds"; do nsenter -m -t "$nspid" node "$PWD/bin/cachefs" umount "$m" 2>/dev/null || true; done
     kill "$nspid" 2>/dev/null || true
   fi
   cleanup_bench "$work/sc" "$work/scp" "$work/remote" "$work/bind"
@@ -102,5 +102,5 @@ printf '\nratios: descriptor(hidden)/path %s (target >= 0.95)   descriptor(hidde
   "$(ratio "$m_fdh" "$m_path")" "$(ratio "$m_fdh" "$m_remote")" "$(ratio "$m_fd" "$m_path")"
 printf 'ratios: short_circuit(descriptor)/bindfs %s (target >= 0.8)   domain_socket/remote %s\n' \
   "$(ratio "$m_fd" "$m_bind")" "$(ratio "$m_ds" "$m_remote")"
-nsenter -m -t "$nspid" node bin/cachefs umount "$work/nsfd"; nsenter -m -t "$nspid" node bin/cachefs umount "$work/nsds"
+in_ns "node bin/cachefs umount $work/nsfd && node bin/cachefs umount $work/nsds"
 node bin/cachefs umount "$work/sc"; node bin/cachefs umount "$work/scp"; node bin/cachefs umount "$work/remote"; fusermount -u "$work/bind"
