@@ -10,9 +10,9 @@
  *
  * Who may read it: only the process's user — dirs 0700, block files 0600 — since
  * co-located mounts get the worker's block files as passed descriptors and need no
- * permission on them; with a `group` (a worker's --domain-socket-group: short-circuit
- * readers by path) the dirs are 0750 and the files 0640 of that group. Whatever modes an
- * existing dir had.
+ * permission on them; with a `group` (a worker's --domain-socket-group, when it passes
+ * no descriptors: short-circuit readers by path) the dirs are 0750 and the files 0640 of
+ * that group. Whatever modes an existing dir had.
  */
 import { closeSync, constants, fchmodSync, fchownSync, close, ftruncate, open as openFd, write } from 'node:fs';
 import { promisify } from 'node:util';

@@ -46,7 +46,7 @@ export interface WorkerConfig {
   hostname: string;
   /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
-  /** The group that may use the socket and read block files (short-circuit readers); the worker's own when absent. */
+  /** The group that may use the socket (and, with passDescriptors off, read block files by path); the worker's own when absent. */
   group?: number;
   /** Pass co-located clients block file descriptors (default); off: paths and the stream only. */
   passDescriptors?: boolean;
@@ -84,7 +84,8 @@ export class Worker {
   }
 
   static async start(config: WorkerConfig, deps: WorkerDeps): Promise<Worker> {
-    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.group }, deps.metrics, deps.log);
+    // Block files are readable by the socket's group only where clients need their paths: a worker that passes descriptors keeps them its own (0700/0600).
+    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.passDescriptors === false ? config.group : undefined }, deps.metrics, deps.log);
     await store.open();
     const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
     let service: BlockService;

@@ -2,8 +2,9 @@
  * The worker's Unix socket, tried as a local attacker would (finding 4): the socket is
  * 0660 in a 0750 dir of --domain-socket-group, so another user cannot connect; a caller
  * that cannot answer the challenge with the cluster secret gets nothing, not even a
- * path; the block files whose paths `open` hands out are 0640 in 0750 dirs of the same
- * group; one connection cannot pin the tier full (the rest are served unpinned); and a
+ * path; the block files are 0600 in 0700 dirs of the worker's own (mounts get their
+ * descriptors), or, where it hands out paths (--pass-descriptors off), 0640 in 0750 dirs
+ * of the same group; one connection cannot pin the tier full (the rest are served unpinned); and a
  * descriptor channel gets descriptors (read-only ones) only once an authenticated
  * connection claims it, and nothing but the challenge otherwise.
  */
@@ -30,8 +31,11 @@ const body = (i: number): Buffer => Buffer.from(`object ${i}\n`);
 let s3: S3TestServer;
 let master: ServiceProcess;
 let worker: ServiceProcess & { tierDir: string };
+/** A worker that passes no descriptors: its mounts read block files by path. */
+let pathWorker: ServiceProcess & { tierDir: string };
 let work: string;
 let socketPath: string;
+let pathSocketPath: string;
 const etags: string[] = [];
 
 beforeAll(async () => {
@@ -44,6 +48,9 @@ beforeAll(async () => {
   worker = await startWorker({ master: master.address, socketDir, blockSize: '1MiB', args: ['--domain-socket-group', String(GROUP)] });
   const [name] = await readdir(socketDir);
   socketPath = path.join(socketDir, name!);
+  const pathSocketDir = path.join(work, 'run', 'paths');
+  pathWorker = await startWorker({ master: master.address, cacheGroup: 'paths', socketDir: pathSocketDir, blockSize: '1MiB', args: ['--domain-socket-group', String(GROUP), '--pass-descriptors', 'off'] });
+  pathSocketPath = path.join(pathSocketDir, (await readdir(pathSocketDir))[0]!);
 }, 120_000);
 
 afterAll(async () => {
@@ -53,8 +60,8 @@ afterAll(async () => {
 });
 
 /** A raw connection to the worker's socket: its challenge, and requests answered in order. */
-async function connect(): Promise<{ challenge: string; call(req: SocketRequest): Promise<SocketAnswer>; closed: Promise<void>; socket: Socket }> {
-  const socket = createConnection(socketPath);
+async function connect(to = socketPath): Promise<{ challenge: string; call(req: SocketRequest): Promise<SocketAnswer>; closed: Promise<void>; socket: Socket }> {
+  const socket = createConnection(to);
   const waiting = new Map<number, (a: SocketAnswer) => void>();
   let gotChallenge!: (c: string) => void;
   const challenge = new Promise<string>((r) => (gotChallenge = r));
@@ -111,18 +118,32 @@ describe('the worker socket', () => {
     await e.closed;
   });
 
-  it('hands out paths of 0640 block files in 0750 dirs of the group, which another user cannot read', async () => {
+  it('passing descriptors, keeps its block files 0600 in 0700 dirs: not even the group reads them', async () => {
     const c = await connect();
+    expect(await c.call({ seq: 1, op: 'hello', proof: ClusterSecret.fromFile(CLUSTER_TOKEN_FILE).proof(c.challenge) })).toMatchObject({ ok: true });
+    // Asked without `fd`, it answers the path (for root's mounts whose koffi cannot load).
+    const file = (await c.call({ seq: 2, op: 'open', block: block(0) })).path!;
+    expect(file.startsWith(worker.tierDir)).toBe(true);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+    expect((await stat(path.dirname(file))).mode & 0o777).toBe(0o700);
+    expect((await stat(path.join(worker.tierDir, 'blocks'))).mode & 0o777).toBe(0o700);
+    const r = await sh(`setpriv --reuid=65534 --regid=${GROUP} --clear-groups cat ${file} 2>&1; echo "exit=$?"`);
+    expect(r.stdout).toMatch(/Permission denied/);
+    c.socket.destroy();
+  });
+
+  it('with --pass-descriptors off, hands out paths of 0640 block files in 0750 dirs of the group, which another user cannot read', async () => {
+    const c = await connect(pathSocketPath);
     expect(await c.call({ seq: 1, op: 'hello', proof: ClusterSecret.fromFile(CLUSTER_TOKEN_FILE).proof(c.challenge) })).toMatchObject({ ok: true });
     const opened = await c.call({ seq: 2, op: 'open', block: block(0) });
     expect(opened).toMatchObject({ ok: true, length: body(0).length });
     const file = opened.path!;
-    expect(file.startsWith(worker.tierDir)).toBe(true);
+    expect(file.startsWith(pathWorker.tierDir)).toBe(true);
     const st = await stat(file);
     expect(st.mode & 0o777).toBe(0o640);
     expect(st.gid).toBe(GROUP);
     expect((await stat(path.dirname(file))).mode & 0o777).toBe(0o750);
-    expect((await stat(path.join(worker.tierDir, 'blocks'))).mode & 0o777).toBe(0o750);
+    expect((await stat(path.join(pathWorker.tierDir, 'blocks'))).mode & 0o777).toBe(0o750);
     const r = await sh(`setpriv --reuid=65534 --regid=65534 --clear-groups cat ${file} 2>&1; echo "exit=$?"`);
     expect(r.stdout).toMatch(/Permission denied/);
     expect(createHash('sha256').update(body(0)).digest('hex')).toBe((await sh(`sha256sum ${file} | cut -d' ' -f1`)).stdout.trim());
