@@ -10,6 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -65,7 +66,7 @@ afterAll(async () => {
 });
 
 /** A worker's socket service in this process, over a store of its own. */
-async function worker(passDescriptors = true): Promise<{ store: TieredStore; metrics: Metrics; socketPath: string }> {
+async function worker(passDescriptors = true): Promise<{ store: TieredStore; metrics: Metrics; socketPath: string; service: DomainSocketService }> {
   const dir = await mkdtemp(path.join(work, 'worker-'));
   const metrics = new Metrics(false);
   const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'tier'), quotaBytes: 256 * MiB }], high: 0.9, low: 0.7 }, metrics, silentLogger);
@@ -74,7 +75,7 @@ async function worker(passDescriptors = true): Promise<{ store: TieredStore; met
   const ufs = new LocalUfs(parseUfsUri(`file://${ufsRoot}`));
   const service = await DomainSocketService.start({ path: path.join(dir, 'sock', 'worker.sock'), auth: SECRET, passDescriptors }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
   opened.push(service);
-  return { store, metrics, socketPath: service.path };
+  return { store, metrics, socketPath: service.path, service };
 }
 
 function colocated(socketPath: string): { near: ColocatedWorker; metrics: Metrics; files: BlockFiles } {
@@ -115,6 +116,27 @@ describe('ColocatedWorker', () => {
     near.release(1);
     expect(files.adoptedCount).toBe(0);
     await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'the pin to go' });
+  });
+
+  it('closes the descriptors it holds when the connection drops (the worker has unpinned them)', async () => {
+    const w = await worker();
+    const { near, files } = colocated(w.socketPath);
+    await readBlock(near, 0, 1);
+    await readBlock(near, 1, 1);
+    expect(files.adoptedCount).toBe(2);
+    const fdsOf = () => readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).includes(path.dirname(w.store.lookup(ref(0).id)!.path).split('/blocks/')[0]!);
+      } catch {
+        return false;
+      }
+    }).length;
+    const held = fdsOf();
+    // The worker's own kept descriptors of the same files are in this process too, and stay: only ours go.
+    await w.service.close();
+    await waitFor(() => files.adoptedCount === 0, { timeoutMs: 3000, what: 'the passed descriptors to be closed' });
+    expect(fdsOf()).toBe(held - 2);
+    expect(w.store.pinnedCount).toBe(0);
   });
 
   it('reads block files by path from a worker that passes no descriptors', async () => {
