@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Read paths from a worker on the same node, in one run, on one 256 MiB file cached
-# on the worker, page cache dropped before each read:
-#   short_circuit - the mount reads the worker's block files itself
-#   domain_socket - the mount cannot see the tier dir (own mount namespace): bytes over the Unix socket
-#   remote        - --short-circuit off: HTTP over loopback
-#   block files   - dd of the block files directly (the disk's figure)
-#   bindfs        - a bindfs (C FUSE passthrough) mount of the tier dir
-# Prints MB/s medians of RUNS runs (default 5), min-max, and the ratios
-# (targets: short-circuit >= 1.5 x remote, >= 0.8 x bindfs).
+# Read paths from a worker on the same node, in one run, on one 256 MiB file cached on the
+# worker, page cache dropped before each read, the rows taken in turn in each round:
+#   short_circuit (descriptor)   - the worker passes the mount its block files' descriptors (the default)
+#   ... tier hidden              - the same from a mount that cannot see the tier dirs (own mount namespace)
+#   short_circuit (path)         - a worker with --pass-descriptors off: the mount opens its block files by path
+#   domain_socket                - that worker, the tier hidden: bytes over the Unix socket
+#   remote                       - --short-circuit off: HTTP over loopback
+#   block files                  - dd of the block files directly (the disk's figure)
+#   bindfs                       - a bindfs (C FUSE passthrough) mount of the tier dir
+# Two workers on their own tiers, one per cache group: `bench` passes descriptors, `bench-path`
+# does not. Prints MB/s medians of RUNS runs (default 5), min-max, the ratios (targets:
+# descriptor (tier hidden) >= 0.95 x path and >= 1.5 x remote; short-circuit >= 0.8 x bindfs),
+# and the load average before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib/common.sh
@@ -18,48 +22,85 @@ RUNS=${RUNS:-5}
 SIZE_MIB=${SIZE_MIB:-256}
 work=$(mktemp -d /tmp/cachefs-bench-sc.XXXXXX)
 pids=()
-trap 'cleanup_bench "$work/sc" "$work/remote" "$work/bind"' EXIT
-mkdir -p "$work/data" "$work/s3" "$work/sc" "$work/remote" "$work/ds" "$work/bind"
+nspid=
+# The hidden-tier mounts live in a mount namespace of their own: unmounted from inside it.
+cleanup() {
+  if [ -n "$nspid" ]; then
+    for m in "$work/nsfd" "$work/nsds"; do nsenter -m -t "$nspid" node "$PWD/bin/cachefs" umount "$m" 2>/dev/null || true; done
+    kill "$nspid" 2>/dev/null || true
+  fi
+  cleanup_bench "$work/sc" "$work/scp" "$work/remote" "$work/bind"
+}
+trap cleanup EXIT
+mkdir -p "$work/data" "$work/s3" "$work/sc" "$work/scp" "$work/remote" "$work/nsfd" "$work/nsds" "$work/bind"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$work/data/file.bin"
 want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 start_bench_cluster "$work/data/file.bin"
 master="127.0.0.1:$mport"
-node bin/cachefs mount "$work/sc" --master "$master" --cache-group bench --no-sharing --cache-dir "$work/c1" --log-level warn
-node bin/cachefs mount "$work/remote" --master "$master" --cache-group bench --no-sharing --short-circuit off --cache-dir "$work/c2" --log-level warn
-got=$(sha256sum < "$work/sc/bench/file.bin" | cut -d' ' -f1)   # also caches every block on the worker
-[ "$got" = "$want" ] || { echo "bench: wrong bytes by short-circuit" >&2; exit 1; }
+# The second worker: block files by path only.
+tier2="$work/tier2"
+node bin/cachefs worker --master "$master" --cache-group bench-path --id bench-worker-path --host 127.0.0.1 --port "$(free_port)" \
+  --tier "SSD:$tier2:4GiB" --state-dir "$work/wstate2" --domain-socket-dir "$work/sock2" --pass-descriptors off --log-level info >>"$work/worker2.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do ls "$work/sock2" 2>/dev/null | grep -q . && break; sleep 0.1; done
+sleep 2.5 # mounts refresh the worker list every 2 s
+
+mount_args() { echo --master "$master" --cache-group "$1" --no-sharing --cache-dir "$work/c-$2" --log-level warn; }
+node bin/cachefs mount "$work/sc" $(mount_args bench sc)
+node bin/cachefs mount "$work/scp" $(mount_args bench-path scp)
+node bin/cachefs mount "$work/remote" $(mount_args bench remote) --short-circuit off
+for m in sc scp; do   # also caches every block on both workers
+  got=$(sha256sum < "$work/$m/bench/file.bin" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || { echo "bench: wrong bytes through $m" >&2; exit 1; }
+done
 bindfs "$tier" "$work/bind"
 blocks=$(find "$tier/blocks" -type f | sort)
 bind_blocks=$(echo "$blocks" | sed "s#^$tier#$work/bind#")
 
-# The domain-socket client: its own mount namespace with the tier dir hidden, reading RUNS times.
-ds_script='
-  set -e
-  mount -t tmpfs tmpfs "$TIER"
-  node bin/cachefs mount "$MNT" --master "$MASTER" --cache-group bench --no-sharing --cache-dir "$CACHE" --log-level warn
-  . bench/lib/common.sh
-  got=$(sha256sum < "$MNT/bench/file.bin" | cut -d" " -f1); [ "$got" = "$WANT" ] || { echo "bench: wrong bytes by domain socket" >&2; exit 1; }
-  for i in $(seq "$RUNS"); do drop_caches; read_mbps "$MNT/bench/file.bin"; done
-  node bin/cachefs umount "$MNT"'
-mapfile -t ds < <(TIER="$tier" MNT="$work/ds" MASTER="$master" CACHE="$work/c3" WANT="$want" RUNS="$RUNS" unshare -m --propagation private bash -c "$ds_script")
+# The hidden-tier mounts: a mount namespace with both tier dirs under a tmpfs, held open by a sleeper.
+unshare -m --propagation private bash -c '
+  mount -t tmpfs tmpfs "$1" && mount -t tmpfs tmpfs "$2" && exec sleep infinity' _ "$tier" "$tier2" &
+nspid=$!
+for _ in $(seq 50); do [ "$(readlink /proc/$nspid/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && break; sleep 0.1; done
+sleep 0.5
+in_ns() { nsenter -m -t "$nspid" bash -c "cd $PWD && . bench/lib/common.sh && $1"; }
+in_ns "node bin/cachefs mount $work/nsfd $(mount_args bench nsfd)"
+in_ns "node bin/cachefs mount $work/nsds $(mount_args bench-path nsds)"
+for m in nsfd nsds; do
+  got=$(in_ns "sha256sum < $work/$m/bench/file.bin" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || { echo "bench: wrong bytes through $m (tier hidden)" >&2; exit 1; }
+done
 
-sc=(); remote=(); direct=(); bind=()
+fd=(); fdh=(); path=(); ds=(); remote=(); direct=(); bind=()
 for run in $(seq "$RUNS"); do
-  drop_caches; sc+=("$(read_mbps "$work/sc/bench/file.bin")")
+  drop_caches; fd+=("$(read_mbps "$work/sc/bench/file.bin")")
+  drop_caches; fdh+=("$(in_ns "read_mbps $work/nsfd/bench/file.bin")")
+  drop_caches; path+=("$(read_mbps "$work/scp/bench/file.bin")")
+  drop_caches; ds+=("$(in_ns "read_mbps $work/nsds/bench/file.bin")")
   drop_caches; remote+=("$(read_mbps "$work/remote/bench/file.bin")")
   drop_caches; direct+=("$(read_mbps $blocks)")
   drop_caches; bind+=("$(read_mbps $bind_blocks)")
 done
-node bin/cachefs umount "$work/sc"; node bin/cachefs umount "$work/remote"; fusermount -u "$work/bind"
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+passed=$(curl -s "http://127.0.0.1:$wport/metrics" | awk '/^cachefs_worker_passed_descriptors_total/ {print $2}')
 
-m_sc=$(median "${sc[@]}"); m_ds=$(median "${ds[@]}"); m_remote=$(median "${remote[@]}"); m_direct=$(median "${direct[@]}"); m_bind=$(median "${bind[@]}")
-printf '\n%s MiB file cached on a co-located worker, %s runs, MB/s (median, min-max)\n' "$SIZE_MIB" "$RUNS"
-printf '%-36s %8s  %s\n' "short_circuit" "$m_sc" "$(minmax "${sc[@]}")"
-printf '%-36s %8s  %s\n' "domain_socket" "$m_ds" "$(minmax "${ds[@]}")"
+m_fd=$(median "${fd[@]}"); m_fdh=$(median "${fdh[@]}"); m_path=$(median "${path[@]}"); m_ds=$(median "${ds[@]}")
+m_remote=$(median "${remote[@]}"); m_direct=$(median "${direct[@]}"); m_bind=$(median "${bind[@]}")
+printf '\n%s MiB file cached on a co-located worker, %s runs, MB/s (median, min-max); load average %s before, %s after\n' "$SIZE_MIB" "$RUNS" "$load_before" "$load_after"
+printf '%-36s %8s  %s\n' "short_circuit (descriptor)" "$m_fd" "$(minmax "${fd[@]}")"
+printf '%-36s %8s  %s\n' "short_circuit (descriptor, hidden)" "$m_fdh" "$(minmax "${fdh[@]}")"
+printf '%-36s %8s  %s\n' "short_circuit (path)" "$m_path" "$(minmax "${path[@]}")"
+printf '%-36s %8s  %s\n' "domain_socket (hidden, no descr.)" "$m_ds" "$(minmax "${ds[@]}")"
 printf '%-36s %8s  %s\n' "remote (HTTP, loopback)" "$m_remote" "$(minmax "${remote[@]}")"
 printf '%-36s %8s  %s\n' "block files read directly" "$m_direct" "$(minmax "${direct[@]}")"
 printf '%-36s %8s  %s\n' "bindfs of the tier dir" "$m_bind" "$(minmax "${bind[@]}")"
-printf '\nratios: short_circuit/remote %s (target >= 1.5)   short_circuit/bindfs %s (target >= 0.8)   domain_socket/remote %s\n' \
-  "$(ratio "$m_sc" "$m_remote")" "$(ratio "$m_sc" "$m_bind")" "$(ratio "$m_ds" "$m_remote")"
+printf '(descriptors the first worker passed: %s)\n' "$passed"
+printf '\nratios: descriptor(hidden)/path %s (target >= 0.95)   descriptor(hidden)/remote %s (target >= 1.5)   descriptor/path %s\n' \
+  "$(ratio "$m_fdh" "$m_path")" "$(ratio "$m_fdh" "$m_remote")" "$(ratio "$m_fd" "$m_path")"
+printf 'ratios: short_circuit(descriptor)/bindfs %s (target >= 0.8)   domain_socket/remote %s\n' \
+  "$(ratio "$m_fd" "$m_bind")" "$(ratio "$m_ds" "$m_remote")"
+in_ns "node bin/cachefs umount $work/nsfd && node bin/cachefs umount $work/nsds"
+node bin/cachefs umount "$work/sc"; node bin/cachefs umount "$work/scp"; node bin/cachefs umount "$work/remote"; fusermount -u "$work/bind"

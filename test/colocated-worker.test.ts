@@ -2,12 +2,15 @@
  * `ColocatedWorker`, a client's reads from a worker on its node, against a real
  * worker `DomainSocketService` over a read-through store in a temp dir: blocks are
  * pinned per file handle (at most 16, the most recently opened) and read from their
- * files; releasing a handle unpins its blocks; when the block files are not visible
- * here (the worker's tier dir is in another mount namespace) the bytes come over the
- * socket instead, while a damaged block file fails the read.
+ * files through the descriptors the worker passes; releasing a handle unpins its blocks
+ * and closes their descriptors; a damaged block file is never served; when the block
+ * files are not visible here (the worker's tier dir is in another mount namespace) the
+ * passed descriptors read them all the same, and a worker that passes none streams the
+ * bytes over the socket instead.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -63,24 +66,27 @@ afterAll(async () => {
 });
 
 /** A worker's socket service in this process, over a store of its own. */
-async function worker(): Promise<{ store: TieredStore; metrics: Metrics; socketPath: string }> {
+async function worker(passDescriptors = true): Promise<{ store: TieredStore; metrics: Metrics; socketPath: string; service: DomainSocketService }> {
   const dir = await mkdtemp(path.join(work, 'worker-'));
   const metrics = new Metrics(false);
   const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: path.join(dir, 'tier'), quotaBytes: 256 * MiB }], high: 0.9, low: 0.7 }, metrics, silentLogger);
   await store.open();
   opened.push(store);
   const ufs = new LocalUfs(parseUfsUri(`file://${ufsRoot}`));
-  const service = await DomainSocketService.start({ path: path.join(dir, 'sock', 'worker.sock'), auth: SECRET }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
+  const service = await DomainSocketService.start({ path: path.join(dir, 'sock', 'worker.sock'), auth: SECRET, passDescriptors }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
   opened.push(service);
-  return { store, metrics, socketPath: service.path };
+  return { store, metrics, socketPath: service.path, service };
 }
 
-function colocated(socketPath: string): { near: ColocatedWorker; metrics: Metrics } {
+function colocated(socketPath: string): { near: ColocatedWorker; metrics: Metrics; files: BlockFiles } {
   const metrics = new Metrics(false);
-  const near = new ColocatedWorker('w', socketPath, new BlockFiles(), READ_POLICY.pinsPerHandle, silentLogger, metrics, SECRET);
+  const files = new BlockFiles();
+  const near = new ColocatedWorker('w', socketPath, files, READ_POLICY.pinsPerHandle, silentLogger, metrics, SECRET);
   opened.push(near);
-  return { near, metrics };
+  return { near, metrics, files };
 }
+
+const readBy = (metrics: Metrics, path: string, via?: string): Promise<number> => registryValue(metrics.registry, 'cachefs_client_read_bytes_total', via ? { path, via } : { path });
 
 /** Reads the whole block for `handle` and checks its bytes. */
 async function readBlock(near: ColocatedWorker, index: number, handle: number): Promise<void> {
@@ -91,17 +97,56 @@ async function readBlock(near: ColocatedWorker, index: number, handle: number): 
 }
 
 describe('ColocatedWorker', () => {
-  it('reads a block from its file, pinned once for the handle however often it reads it', async () => {
+  it('reads a block through the descriptor the worker passed, pinned once for the handle however often it reads it', async () => {
     const w = await worker();
-    const { near, metrics } = colocated(w.socketPath);
+    const { near, metrics, files } = colocated(w.socketPath);
     await readBlock(near, 0, 1);
     await readBlock(near, 0, 1);
-    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBe(2 * MiB);
-    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(0);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(2 * MiB);
+    expect(await readBy(metrics, 'short_circuit', 'path')).toBe(0);
+    expect(await readBy(metrics, 'domain_socket')).toBe(0);
     expect(await registryValue(w.metrics.registry, 'cachefs_worker_requests_total', { path: 'short_circuit', status: 'open' })).toBe(1);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_passed_descriptors_total')).toBe(1);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_socket_pins')).toBe(1);
+    expect(files.adoptedCount).toBe(1);
     expect(w.store.pinnedCount).toBe(1);
     expect(w.store.isPinned(ref(0).id)).toBe(true);
     expect(near.streamsOverSocket).toBe(false);
+    // Released: the pin and the descriptor go.
+    near.release(1);
+    expect(files.adoptedCount).toBe(0);
+    await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'the pin to go' });
+  });
+
+  it('closes the descriptors it holds when the connection drops (the worker has unpinned them)', async () => {
+    const w = await worker();
+    const { near, files } = colocated(w.socketPath);
+    await readBlock(near, 0, 1);
+    await readBlock(near, 1, 1);
+    expect(files.adoptedCount).toBe(2);
+    const fdsOf = () => readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).includes(path.dirname(w.store.lookup(ref(0).id)!.path).split('/blocks/')[0]!);
+      } catch {
+        return false;
+      }
+    }).length;
+    const held = fdsOf();
+    // The worker's own kept descriptors of the same files are in this process too, and stay: only ours go.
+    await w.service.close();
+    await waitFor(() => files.adoptedCount === 0, { timeoutMs: 3000, what: 'the passed descriptors to be closed' });
+    expect(fdsOf()).toBe(held - 2);
+    expect(w.store.pinnedCount).toBe(0);
+  });
+
+  it('reads block files by path from a worker that passes no descriptors', async () => {
+    const w = await worker(false);
+    const { near, metrics, files } = colocated(w.socketPath);
+    await readBlock(near, 0, 1);
+    expect(await readBy(metrics, 'short_circuit', 'path')).toBe(MiB);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(0);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_passed_descriptors_total')).toBe(0);
+    expect(files.adoptedCount).toBe(0);
   });
 
   it('pins at most 16 blocks per handle, its most recently opened, and still reads the others', async () => {
@@ -136,21 +181,35 @@ describe('ColocatedWorker', () => {
     await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'handle 2 to let go of its blocks' });
   });
 
-  it('never serves a damaged block file: reads that block over the socket, where the worker drops and refetches it', async () => {
+  it('never serves a damaged block file: a held descriptor reads that block over the socket, where the worker drops and refetches it', async () => {
     const w = await worker();
     const { near, metrics } = colocated(w.socketPath);
     await readBlock(near, 3, 1);
-    near.release(1);
     await truncate(w.store.lookup(ref(3).id)!.path, 1000);
     const r = ref(3);
     const dest = Buffer.alloc(r.length);
-    expect(await near.read({ ref: r, offset: 0, length: r.length, dest, destOffset: 0, pattern: 'random', handle: { id: 2, signal: new AbortController().signal } })).toBe(r.length);
+    expect(await near.read({ ref: r, offset: 0, length: r.length, dest, destOffset: 0, pattern: 'random', handle: { id: 1, signal: new AbortController().signal } })).toBe(r.length);
     expect(dest.equals(body.subarray(r.offset, r.offset + r.length))).toBe(true);
-    expect(await registryValue(metrics.registry, 'cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBe(r.length);
+    expect(await readBy(metrics, 'domain_socket')).toBe(r.length);
     expect(await registryValue(metrics.registry, 'cachefs_cache_corrupt_blocks_total')).toBe(1);
     // Only that read went over the socket: the block files are still read in place.
     expect(near.streamsOverSocket).toBe(false);
     await waitFor(() => w.store.lookup(ref(3).id)?.length === r.length, { timeoutMs: 3000, what: 'the worker to store the block again' });
+    // The next open gets the new file's descriptor.
+    await readBlock(near, 3, 2);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(2 * r.length);
+  });
+
+  it('the worker checks a block file before it passes its descriptor: a damaged one is dropped and fetched again', async () => {
+    const w = await worker();
+    const { near, metrics } = colocated(w.socketPath);
+    await readBlock(near, 4, 1);
+    near.release(1);
+    await truncate(w.store.lookup(ref(4).id)!.path, 1000);
+    await readBlock(near, 4, 2);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(2 * MiB);
+    expect(await readBy(metrics, 'domain_socket')).toBe(0);
+    expect(await registryValue(w.metrics.registry, 'cachefs_cache_corrupt_blocks_total')).toBe(1);
   });
 });
 
@@ -173,7 +232,7 @@ describe('ColocatedWorker with block files it cannot see', () => {
    * A worker process in a mount namespace of its own, its tier dir on a tmpfs there: the
    * paths it answers do not exist in ours (ENOENT); its socket dir is shared with us.
    */
-  async function hiddenWorker(): Promise<string> {
+  async function hiddenWorker(passDescriptors = true): Promise<string> {
     const dir = await mkdtemp(path.join(work, 'hidden-'));
     const tier = path.join(dir, 'tier');
     const socketPath = path.join(dir, 'sock', 'worker.sock');
@@ -195,10 +254,10 @@ describe('ColocatedWorker with block files it cannot see', () => {
       const store = new TieredStore({ tiers: [{ medium: 'SSD', dir: tier, quotaBytes: 256 * 1024 * 1024 }], high: 0.9, low: 0.7 }, metrics, silentLogger);
       await store.open();
       const ufs = new LocalUfs(parseUfsUri('file://' + ufsRoot));
-      const service = await DomainSocketService.start({ path: socketPath, auth: ClusterSecret.of(process.env.CACHEFS_TEST_SOCKET_SECRET) }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
+      const service = await DomainSocketService.start({ path: socketPath, auth: ClusterSecret.of(process.env.CACHEFS_TEST_SOCKET_SECRET), passDescriptors: process.argv[4] === 'on' }, new CachedBlocks(new ReadThrough(store, new UfsReader(async () => ufs, metrics), metrics, silentLogger)), metrics, silentLogger);
       process.once('SIGTERM', () => void service.close().then(() => store.close()).then(() => process.exit(0)));
       process.stdout.write('ready\\n');`;
-    const c = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs tmpfs "$0" && exec "$@"', tier, process.execPath, '--input-type=module', '-e', script, tier, socketPath, ufsRoot], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CACHEFS_TEST_SOCKET_SECRET: SECRET_TEXT } });
+    const c = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs tmpfs "$0" && exec "$@"', tier, process.execPath, '--input-type=module', '-e', script, tier, socketPath, ufsRoot, passDescriptors ? 'on' : 'off'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CACHEFS_TEST_SOCKET_SECRET: SECRET_TEXT } });
     child = c;
     let out = '';
     c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -213,8 +272,17 @@ describe('ColocatedWorker with block files it cannot see', () => {
     return socketPath;
   }
 
-  it('streams the bytes over the socket from then on (ENOENT)', async () => {
+  it('reads them through the descriptors the worker passes', async () => {
     const { near, metrics } = colocated(await hiddenWorker());
+    await readBlock(near, 0, 1);
+    await readBlock(near, 1, 1);
+    expect(near.streamsOverSocket).toBe(false);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(2 * MiB);
+    expect(await readBy(metrics, 'domain_socket')).toBe(0);
+  });
+
+  it('from a worker that passes no descriptors: streams the bytes over the socket from then on (ENOENT)', async () => {
+    const { near, metrics } = colocated(await hiddenWorker(false));
     await readBlock(near, 0, 1);
     expect(near.streamsOverSocket).toBe(true);
     await readBlock(near, 1, 1);

@@ -18,6 +18,12 @@
  * is opened anew, only if one of those changed. Reading a whole file before serving its
  * first bytes made a warm sequential read after a walk of many small files (which closes
  * the large file's fds) 2.5 times slower.
+ *
+ * Descriptors can also come from elsewhere already checked: a co-located worker passes its
+ * block file's (client/colocated-worker.ts). Such an adopted fd is the only way to the
+ * file (its path may not be visible here), so it is never closed to stay under the limit,
+ * only when its owner drops it; and it is lent out the same way (`lend`) to the worker's
+ * socket service, which passes the checked fd on.
  */
 import { close, closeSync, fstatSync, open, read, constants } from 'node:fs';
 import { blockSum } from '../block/checksum.js';
@@ -58,6 +64,8 @@ interface OpenBlock {
 
 export class BlockFiles {
   private readonly open = new Map<string, OpenBlock>();
+  /** Descriptors handed to us already open and checked, by block id; closed only by `drop`. */
+  private readonly adopted = new Map<string, OpenBlock>();
   private readonly opening = new Map<string, Promise<OpenBlock>>();
   private readonly scratch: Buffer[] = [];
   /** Block id -> the identity and checksum of its file when it was last found right (LRU order). */
@@ -107,8 +115,53 @@ export class BlockFiles {
     return { fd: entry.fd, release };
   }
 
+  /**
+   * Calls `use` with the open, checked descriptor of the block file, which stays open (and
+   * is never closed under it) until `use` returns: e.g. a `sendmsg` that passes it on, after
+   * which the receiver holds its own. `use` must not keep it.
+   */
+  async lend<T>(file: BlockFile, use: (fd: number) => T): Promise<T> {
+    const held = await this.hold(file);
+    try {
+      return use(held.fd);
+    } finally {
+      held.release();
+    }
+  }
+
+  /**
+   * Takes over `fd`, a descriptor of the block's file that its sender opened and checked:
+   * reads of `file` use it until `drop`. A block already adopted keeps its first
+   * descriptor and `fd` is closed (both are the block's bytes).
+   */
+  adopt(file: BlockFile, fd: number): void {
+    if (this.adopted.has(file.id)) return closeQuietly(fd);
+    let st;
+    try {
+      st = fstatSync(fd, { bigint: true });
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    this.adopted.set(file.id, { fd, size: Number(st.size), ctimeNs: st.ctimeNs, identity: `${st.dev}:${st.ino}:${st.ctimeNs}`, refs: 0, retired: false });
+  }
+
+  /** Closes an adopted descriptor (at once, or when the reads on it end). */
+  drop(id: string): void {
+    const entry = this.adopted.get(id);
+    if (!entry) return;
+    this.adopted.delete(id);
+    retire(entry);
+  }
+
+  /** Adopted descriptors open now. */
+  get adoptedCount(): number {
+    return this.adopted.size;
+  }
+
   /** Forgets a block's fd (the file was found damaged or replaced). */
   invalidate(id: string): void {
+    this.drop(id);
     this.checkedFiles.delete(id);
     const entry = this.open.get(id);
     if (!entry) return;
@@ -117,11 +170,18 @@ export class BlockFiles {
   }
 
   closeAll(): void {
-    for (const id of [...this.open.keys()]) this.invalidate(id);
+    for (const id of [...this.open.keys(), ...this.adopted.keys()]) this.invalidate(id);
   }
 
   private async acquire(file: BlockFile): Promise<OpenBlock> {
     const { id } = file;
+    const passed = this.adopted.get(id);
+    if (passed) {
+      passed.refs++;
+      return passed;
+    }
+    // A block known only by its passed descriptor, dropped since the read began.
+    if (file.path === '') throw new BlockFileDroppedError();
     const cached = this.open.get(id);
     if (cached) {
       this.open.delete(id); // re-insert: most recently used last
@@ -179,7 +239,7 @@ export class BlockFiles {
 
   private release(id: string, entry: OpenBlock): void {
     entry.refs--;
-    if (entry.refs === 0 && (entry.retired || this.open.get(id) !== entry)) retire(entry);
+    if (entry.refs === 0 && (entry.retired || (this.open.get(id) !== entry && this.adopted.get(id) !== entry))) retire(entry);
   }
 
   private trim(): void {
@@ -197,6 +257,13 @@ export class BlockFiles {
 export class BlockFileSizeError extends Error {
   constructor(readonly actual: number, readonly expected: number) {
     super(`block file has ${actual} bytes, expected ${expected}`);
+  }
+}
+
+/** A block read through a passed descriptor that was dropped (its pin let go) before the read got to it. */
+export class BlockFileDroppedError extends Error {
+  constructor() {
+    super('the block file\'s passed descriptor was closed before the read');
   }
 }
 

@@ -61,6 +61,27 @@ export class CachedBlocks {
     }
   }
 
+  /**
+   * Makes sure the block is cached and calls `use` with the open descriptor of its file,
+   * checked (length and checksum), for as long as `use` runs; a damaged file is dropped and
+   * the block fetched again, once. Undefined when the block could not be stored.
+   */
+  async lendFile<T>(ref: BlockRef, use: (fd: number, sum: string) => T, signal?: AbortSignal): Promise<{ value: T } | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const { stored } = await this.readThrough.ensure(ref, signal);
+      if (!stored) return undefined;
+      const { path, sum } = stored;
+      try {
+        return { value: await this.files.lend({ id: ref.id, path, length: ref.length, sum }, (fd) => use(fd, sum)) };
+      } catch (err) {
+        this.files.invalidate(ref.id);
+        const why = (err as Error).message;
+        if (attempt > 0) throw new CachefsError('CORRUPT_BLOCK', `block ${ref.index} of ${ref.object.key} is damaged in the cache again after a refetch: ${why}`, { cause: err });
+        await this.readThrough.discard(ref, path, why);
+      }
+    }
+  }
+
   close(): void {
     this.files.closeAll();
   }

@@ -8,9 +8,11 @@
  * past the page cache, except on MEM tiers. Knows nothing about pins or watermarks:
  * `TieredStore` does.
  *
- * Who may read it: the tier's dirs are 0750 and its block files 0640, owned by the
- * process's user and `group` (a worker's --domain-socket-group: its short-circuit
- * readers), whatever modes an existing dir had.
+ * Who may read it: only the process's user — dirs 0700, block files 0600 — since
+ * co-located mounts get the worker's block files as passed descriptors and need no
+ * permission on them; with a `group` (a worker's --domain-socket-group, when it passes
+ * no descriptors: short-circuit readers by path) the dirs are 0750 and the files 0640 of
+ * that group. Whatever modes an existing dir had.
  */
 import { closeSync, constants, fchmodSync, fchownSync, close, ftruncate, open as openFd, write } from 'node:fs';
 import { promisify } from 'node:util';
@@ -24,9 +26,9 @@ import type { Logger } from '../log.js';
 
 export type Medium = 'MEM' | 'SSD' | 'HDD';
 
-/** Modes of the tier's dirs and block files: the owner writes, the readers' group reads, nobody else. */
-const DIR_MODE = 0o750;
-const FILE_MODE = 0o640;
+/** Modes of the tier's dirs and block files: the owner writes, the readers' group (if any) reads, nobody else. */
+const GROUP_MODES = { dir: 0o750, file: 0o640 };
+const OWNER_MODES = { dir: 0o700, file: 0o600 };
 /** Largest single write of a block through the page cache. */
 const BUFFERED_WRITE_MAX = 512 * 1024;
 
@@ -76,6 +78,8 @@ export class Tier {
    * tiers, whose files are memory.
    */
   private directWrites: boolean;
+  private readonly dirMode: number;
+  private readonly fileMode: number;
 
   constructor(
     config: TierConfig,
@@ -84,6 +88,7 @@ export class Tier {
     private readonly group?: number,
   ) {
     this.medium = config.medium;
+    ({ dir: this.dirMode, file: this.fileMode } = group === undefined ? OWNER_MODES : GROUP_MODES);
     this.directWrites = config.medium !== 'MEM';
     this.dir = path.resolve(config.dir);
     this.quotaBytes = config.quotaBytes;
@@ -102,9 +107,9 @@ export class Tier {
   /** Creates the directories, drops leftovers of interrupted writes and indexes the blocks on disk (oldest first). */
   async open(): Promise<void> {
     try {
-      await mkdir(this.blocksDir, { recursive: true, mode: DIR_MODE });
+      await mkdir(this.blocksDir, { recursive: true, mode: this.dirMode });
       // Not the tier dir itself: it may be a shared one (a hostPath, /dev/shm); blocks/ is ours.
-      await this.own(this.blocksDir, DIR_MODE);
+      await this.own(this.blocksDir, this.dirMode);
       await rm(this.tmpDir, { recursive: true, force: true });
       await mkdir(this.tmpDir, { mode: 0o700 });
       const probe = path.join(this.tmpDir, `.probe-${process.pid}`);
@@ -122,7 +127,7 @@ export class Tier {
       let names: string[];
       try {
         names = await readdir(shardDir);
-        await this.own(shardDir, DIR_MODE);
+        await this.own(shardDir, this.dirMode);
       } catch {
         continue;
       }
@@ -144,7 +149,7 @@ export class Tier {
           await unlink(file);
           continue;
         }
-        if ((st.mode & 0o777) !== FILE_MODE || (this.group !== undefined && st.gid !== this.group)) await this.own(file, FILE_MODE);
+        if ((st.mode & 0o777) !== this.fileMode || (this.group !== undefined && st.gid !== this.group)) await this.own(file, this.fileMode);
         found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
       }
     }
@@ -234,8 +239,8 @@ export class Tier {
       await rename(tmp, target);
     } catch (err) {
       if ((err as { code?: string }).code !== 'ENOENT') throw err;
-      await mkdir(path.dirname(target), { recursive: true, mode: DIR_MODE });
-      await this.own(path.dirname(target), DIR_MODE);
+      await mkdir(path.dirname(target), { recursive: true, mode: this.dirMode });
+      await this.own(path.dirname(target), this.dirMode);
       await rename(tmp, target);
     }
     const old = this.blockOf(id);
@@ -299,10 +304,10 @@ export class Tier {
    * trip through the thread pool each: a load of small blocks writes thousands a second).
    */
   private async create(tmp: string, flags: number): Promise<number> {
-    const fd = await fdOpen(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | flags, FILE_MODE);
+    const fd = await fdOpen(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | flags, this.fileMode);
     try {
       if (this.group !== undefined) fchownSync(fd, process.getuid?.() ?? 0, this.group);
-      fchmodSync(fd, FILE_MODE);
+      fchmodSync(fd, this.fileMode);
     } catch (err) {
       closeSync(fd);
       throw err;

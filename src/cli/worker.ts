@@ -37,6 +37,7 @@ interface WorkerFlags extends ClusterSecurityFlags {
   stateDir: string;
   domainSocketDir: string;
   domainSocketGroup?: string;
+  passDescriptors: string;
   locality: string;
   logLevel: string;
   logFile?: string;
@@ -58,7 +59,8 @@ export function registerWorkerCommand(program: Command): void {
     .option('--hostname <name>', 'hostname for locality', os.hostname())
     .option('--id <id>', 'worker id, unique in the cluster (default: <hostname>-<port>)')
     .option('--domain-socket-dir <dir>', "Unix socket dir for co-located clients (a shared hostPath); 'none' disables", '/run/cachefs')
-    .option('--domain-socket-group <group>', 'group (name or id) that may use the socket and read block files: the short-circuit readers, e.g. a Kubernetes fsGroup (default: the worker\'s own group)')
+    .option('--domain-socket-group <group>', 'group (name or id) that may use the socket, e.g. a Kubernetes fsGroup, and, with --pass-descriptors off, read block files by path (default: the worker\'s own group)')
+    .option('--pass-descriptors <on|off>', 'pass co-located mounts the open descriptors of block files, whose tier dirs and files are then 0700/0600 (off: 0750/0640 of --domain-socket-group, mounts read them by path, or over the socket)', 'on')
     .option('--locality <mode>', 'how clients know they are co-located: uuid (socket file <dir>/<uuid>, visible only where the dir is shared) or hostname (<dir>/worker.sock, same --hostname)', 'uuid')
     .option('--state-dir <dir>', 'where the worker keeps the last mount table it saw and its registration credential', '/var/lib/cachefs/worker')
     .option('--log-level <level>', 'log level', 'info')
@@ -76,6 +78,7 @@ export function registerWorkerCommand(program: Command): void {
         const id = parseWorkerId(flags.id ?? `${flags.hostname}-${port}`, '--id');
         const domainSocketPath = socketPathFor(flags.domainSocketDir, flags.locality);
         const group = flags.domainSocketGroup === undefined ? undefined : parseGroup(flags.domainSocketGroup, '--domain-socket-group');
+        if (flags.passDescriptors !== 'on' && flags.passDescriptors !== 'off') throw new CachefsError('INVALID_ARGUMENT', `invalid --pass-descriptors '${flags.passDescriptors}': expected on or off`);
         const log = createLogger(flags.logLevel, flags.logFile);
         warnIfInsecure(security, log, `anyone who reaches port ${port} can read blocks of every source in the mount table`);
         const metrics = new Metrics();
@@ -95,6 +98,7 @@ export function registerWorkerCommand(program: Command): void {
             hostname: flags.hostname,
             domainSocketPath,
             group,
+            passDescriptors: flags.passDescriptors === 'on',
             blockSize,
             auth: security.auth,
             tls: security.serverTls,

@@ -64,7 +64,7 @@ export class ClusterSource implements BlockSource {
     this.memory = new MemoryBlocks(clusterMemoryBytes, this.buffers);
     this.background = new BackgroundQueue(clusterPrefetches);
     const c = config.metrics.clientReadBytes;
-    this.bytes = { remote: c.labels('remote'), ufs: c.labels('ufs'), domain_socket: c.labels('domain_socket') };
+    this.bytes = { remote: c.labels({ path: 'remote' }), ufs: c.labels({ path: 'ufs' }), domain_socket: c.labels({ path: 'domain_socket' }) };
     // Co-location is decided (and explained in the log) at start and whenever the worker set changes, not at a first read.
     const decide = (workers: readonly WorkerRecord[]): void => {
       for (const w of workers) if (!this.isLocal(w)) this.near(w);

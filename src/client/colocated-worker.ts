@@ -1,23 +1,29 @@
 /**
- * Reading from a worker on the same node. Short-circuit: the worker pins the block
- * and answers its file path, and we read the file ourselves with positioned reads
- * through a kept fd — no copy through the worker. The pin is held per open file
- * handle (session) and released when the handle is released. If the block files
- * are not visible in our mount namespace, the bytes come over the socket instead
- * (domain socket stream), decided once per worker.
+ * Reading from a worker on the same node. Short-circuit: the worker pins the block and
+ * passes us its file's open descriptor, checked (HDFS-347: pass the capability, not the
+ * path), and we read it ourselves with positioned reads — no copy through the worker, and
+ * no need to see or be allowed into the worker's tier dirs. The pin and the descriptor are
+ * held per open file handle (session) and let go when the handle is released, when the
+ * handle moves past the block, or when the connection drops (the worker unpins then).
+ *
+ * Fallbacks, in order: where the worker passes no descriptors (koffi cannot load, or it
+ * runs with --pass-descriptors off) it answers the file's path, which we open through a
+ * kept fd; if the block files are not visible in our mount namespace, the bytes come over
+ * the socket instead (domain socket stream), decided once per worker.
  *
  * A handle pins at most `pinsPerHandle` blocks (the read policy's), its most recently opened
  * ones: a long sequential read of a file larger than the tier must not pin the
  * whole tier. An unpinned block stays readable through its open fd (an evicted
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
+import { closeSync } from 'node:fs';
 import type { BlockRef } from '../block/block.js';
 import type { HeldBlock } from '../cache/memory-blocks.js';
 import { waitFor } from '../lib/shared-work.js';
 import type { ClusterSecret } from '../net/auth.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import { BlockChecksumError, BlockFileChangedError, BlockFileSizeError, type BlockFile, type BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
+import { BlockChecksumError, BlockFileChangedError, BlockFileDroppedError, BlockFileSizeError, type BlockFile, type BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
 
@@ -28,7 +34,12 @@ export class ColocatedWorker {
   /** Pins asked of the worker and not yet answered, per session. */
   private readonly pinning = new Map<number, Map<string, Promise<BlockFile | undefined>>>();
   private streamOnly = false;
-  private readonly scBytes;
+  /** Whether reading by path because the worker passes no descriptors was logged. */
+  private toldNoDescriptors = false;
+  /** Sessions holding each block whose descriptor was passed to us: it is closed when the last lets go. */
+  private readonly holders = new Map<string, number>();
+  private readonly fdBytes;
+  private readonly pathBytes;
   private readonly dsBytes;
   private readonly corrupt;
   /** Block files found damaged, so that each is counted and logged once. */
@@ -45,9 +56,13 @@ export class ColocatedWorker {
     secret?: ClusterSecret,
   ) {
     this.socket = new WorkerSocket(socketPath, secret);
-    this.scBytes = metrics.clientReadBytes.labels('short_circuit');
-    this.dsBytes = metrics.clientReadBytes.labels('domain_socket');
+    // The worker unpinned everything with the connection: the descriptors it passed go too.
+    this.socket.onLost(() => this.forgetPins());
+    this.fdBytes = metrics.clientReadBytes.labels({ path: 'short_circuit', via: 'descriptor' });
+    this.pathBytes = metrics.clientReadBytes.labels({ path: 'short_circuit', via: 'path' });
+    this.dsBytes = metrics.clientReadBytes.labels({ path: 'domain_socket' });
     this.corrupt = metrics.cacheCorrupt;
+    metrics.clientPassedDescriptors.sampledBy(() => files.adoptedCount);
   }
 
   async read(req: BlockRead): Promise<number> {
@@ -57,10 +72,11 @@ export class ColocatedWorker {
     if (file) {
       try {
         const n = await this.files.read(file, req.dest, req.destOffset, req.length, req.offset);
-        this.scBytes.inc(n);
+        (file.path === '' ? this.fdBytes : this.pathBytes).inc(n);
         return n;
       } catch (err) {
-        this.streamFrom(err, ref, file.path);
+        // Its passed descriptor was let go while this read waited: this read takes the bytes over the socket.
+        if (!(err instanceof BlockFileDroppedError)) this.streamFrom(err, ref, file.path);
       }
     }
     const data = await this.socket.read(ref, req.offset, req.length, req.signal);
@@ -102,14 +118,15 @@ export class ColocatedWorker {
     try {
       return await this.files.hold(file);
     } catch (err) {
-      this.streamFrom(err, ref, file.path);
+      // A passed descriptor let go meanwhile: this open reads the ordinary way.
+      if (!(err instanceof BlockFileDroppedError)) this.streamFrom(err, ref, file.path);
       return undefined;
     }
   }
 
   /** Makes sure the block is cached on the worker (pinned only for as long as that takes). */
   async warm(ref: BlockRef): Promise<void> {
-    const { path } = await this.socket.open(ref);
+    const { path } = await this.socket.open(ref, { descriptor: false });
     if (path) await this.socket.close(ref.id);
   }
 
@@ -119,19 +136,21 @@ export class ColocatedWorker {
    * visible here are streamed from now on; anything else is the read's failure.
    */
   private streamFrom(err: unknown, ref: BlockRef, path: string): void {
-    this.files.invalidate(ref.id);
+    // A passed descriptor stays with its holders until they let go (it is the only way to the file).
+    if (path !== '') this.files.invalidate(ref.id);
     if (err instanceof BlockChecksumError || err instanceof BlockFileSizeError || err instanceof BlockFileChangedError) {
       this.unpinEverywhere(ref.id);
       // Reads of the block under way together find the same file damaged: counted once.
-      if (this.damaged.has(path)) return;
+      const name = path || `descriptor of ${ref.id}`;
+      if (this.damaged.has(name)) return;
       if (this.damaged.size >= 1024) this.damaged.clear();
-      this.damaged.add(path);
+      this.damaged.add(name);
       this.corrupt.inc();
-      this.log.warn({ worker: this.workerId, path, block: ref.id, err: err.message }, 'damaged block file of the co-located worker: reading it over its socket');
+      this.log.warn({ worker: this.workerId, path: name, block: ref.id, err: err.message }, 'damaged block file of the co-located worker: reading it over its socket');
       return;
     }
     const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM') throw err;
+    if (path === '' || (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EPERM')) throw err;
     this.streamOnly = true;
     this.log.info({ worker: this.workerId, path }, 'block files of the co-located worker are not visible here: streaming over its socket');
   }
@@ -139,7 +158,8 @@ export class ColocatedWorker {
   /** Lets go of every handle's pin of a block whose file is gone or damaged: the next read asks the worker afresh. */
   private unpinEverywhere(id: string): void {
     for (const blocks of this.pinned.values()) {
-      if (blocks.delete(id)) this.socket.close(id).catch(() => undefined);
+      const file = blocks.get(id);
+      if (file && blocks.delete(id)) this.letGo(file);
     }
   }
 
@@ -149,7 +169,28 @@ export class ColocatedWorker {
     const blocks = this.pinned.get(session);
     if (!blocks) return;
     this.pinned.delete(session);
-    for (const id of blocks.keys()) this.socket.close(id).catch(() => undefined);
+    for (const file of blocks.values()) this.letGo(file);
+  }
+
+  /** One session's pin of a block let go: at the worker, and its passed descriptor once no session holds it. */
+  private letGo(file: BlockFile): void {
+    this.socket.close(file.id).catch(() => undefined);
+    if (file.path === '') this.unhold(file.id);
+  }
+
+  private unhold(id: string): void {
+    const n = (this.holders.get(id) ?? 0) - 1;
+    if (n > 0) return void this.holders.set(id, n);
+    this.holders.delete(id);
+    this.files.drop(id);
+  }
+
+  /** The connection dropped: the worker holds no pins of ours now, and the descriptors it passed are closed. */
+  private forgetPins(): void {
+    this.pinned.clear();
+    this.pinning.clear();
+    for (const id of this.holders.keys()) this.files.drop(id);
+    this.holders.clear();
   }
 
   /** The block file's path, pinned for the session; undefined when the worker could not store the block. Asks the worker once however many reads want it. */
@@ -172,28 +213,42 @@ export class ColocatedWorker {
   }
 
   private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<BlockFile | undefined>>): Promise<BlockFile | undefined> {
-    const { path, sum } = await this.socket.open(ref);
-    if (!path || !sum) return undefined;
-    const file: BlockFile = { id: ref.id, path, length: ref.length, sum };
+    const { fd, path, sum } = await this.socket.open(ref);
+    if (!sum || (fd === undefined && !path)) return undefined;
+    if (path && !this.toldNoDescriptors) {
+      this.toldNoDescriptors = true;
+      this.log.info({ worker: this.workerId, why: this.socket.noDescriptorsBecause }, 'the co-located worker passes no block file descriptors: reading its block files by path');
+    }
     if (this.pinning.get(key) !== inFlight) {
       // The session was released while the worker answered: nothing will release this pin.
       this.socket.close(ref.id).catch(() => undefined);
-      return file;
+      if (fd === undefined) return { id: ref.id, path: path!, length: ref.length, sum };
+      // Nor hold this descriptor: the read that waited for it takes the bytes over the socket.
+      closeSync(fd);
+      return undefined;
+    }
+    // A passed descriptor is the file's only way in: its BlockFile has no path.
+    const file: BlockFile = { id: ref.id, path: fd === undefined ? path! : '', length: ref.length, sum };
+    if (fd !== undefined) {
+      this.files.adopt(file, fd);
+      this.holders.set(ref.id, (this.holders.get(ref.id) ?? 0) + 1);
     }
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
+    const before = blocks.get(ref.id);
     blocks.set(ref.id, file);
+    // The session re-opened a block it held (its answer raced another): one pin, one hold of it is enough.
+    if (before) this.letGo(before);
     if (blocks.size > this.pinsPerHandle) {
-      const [oldest] = blocks.keys();
-      blocks.delete(oldest!);
-      this.socket.close(oldest!).catch(() => undefined);
+      const [oldest, file] = blocks.entries().next().value!;
+      blocks.delete(oldest);
+      this.letGo(file);
     }
     return file;
   }
 
   close(): void {
-    this.pinned.clear();
-    this.pinning.clear();
+    this.forgetPins();
     this.socket.destroy();
   }
 }

@@ -41,7 +41,7 @@ export class EmbeddedSource implements BlockSource {
       runBlocks(policy, blockSize),
       (ref) => Boolean(readThrough.cached(ref)) || readThrough.isFetching(ref),
     );
-    this.bytes = { cache: metrics.clientReadBytes.labels('cache'), ufs: metrics.clientReadBytes.labels('ufs') };
+    this.bytes = { cache: metrics.clientReadBytes.labels({ path: 'cache' }), ufs: metrics.clientReadBytes.labels({ path: 'ufs' }) };
   }
 
   async read(req: BlockRead): Promise<number> {

@@ -2,8 +2,8 @@
  * The Prometheus metrics of one cachefs process, in a registry of its own (so
  * several components can live in one test process). Served on `/metrics` by
  * `metrics-server.ts`. Bytes read by the client are labelled by the path that
- * served them: `cache` (embedded cache), `short_circuit`, `domain_socket`,
- * `remote`, `ufs`.
+ * served them: `cache` (embedded cache), `short_circuit` (with `via="descriptor"` or
+ * `via="path"`), `domain_socket`, `remote`, `ufs`.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -11,7 +11,9 @@ export type ReadPath = 'cache' | 'short_circuit' | 'domain_socket' | 'remote' | 
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly clientReadBytes = this.counter('cachefs_client_read_bytes_total', 'Bytes returned to readers, by the path that served them', ['path']);
+  /** `via` on short-circuit bytes: `descriptor` (the worker passed the block file's descriptor) or `path` (read by its path). */
+  readonly clientReadBytes = this.counter('cachefs_client_read_bytes_total', 'Bytes returned to readers, by the path that served them (and, for short_circuit, how the block file was reached)', ['path', 'via']);
+  readonly clientPassedDescriptors = this.sampled('cachefs_client_passed_descriptors', "Block file descriptors co-located workers passed to this mount, open now");
   readonly cacheHits = this.counter('cachefs_cache_hits_total', 'Block reads served from the cache');
   readonly cacheMisses = this.counter('cachefs_cache_misses_total', 'Block reads that had to fetch the block from the UFS');
   readonly cacheEvictions = this.counter('cachefs_cache_evictions_total', 'Blocks evicted from the cache');
@@ -41,6 +43,8 @@ export class Metrics {
   readonly vfsNodes = this.sampled('cachefs_vfs_nodes', 'Node ids the kernel holds');
   readonly skippedNames = this.counter('cachefs_skipped_names_total', 'Object names that cannot be POSIX names and were left out of listings');
   readonly workerServedBytes = this.counter('cachefs_worker_served_bytes_total', 'Block bytes a worker handed to clients, by path', ['path']);
+  readonly workerPassedDescriptors = this.counter('cachefs_worker_passed_descriptors_total', 'Block file descriptors a worker passed to co-located clients');
+  readonly workerSocketPins = this.sampled('cachefs_worker_socket_pins', 'Pins held by the connections of co-located clients');
   readonly workerRequests = this.counter('cachefs_worker_requests_total', 'Block requests a worker answered, by path and status', ['path', 'status']);
   readonly recoveries = this.counter('cachefs_mount_recoveries_total', 'Times the FUSE serving process was replaced after dying');
   readonly fuseRequestsInFlight = this.sampled('cachefs_fuse_requests_in_flight', 'FUSE requests read from the kernel and not yet answered');

@@ -14,8 +14,11 @@
  *
  *   worker: {challenge}                       client: {seq: 0, op: 'hello', proof}
  *
- *   {seq, op: 'open',  block}                 → {seq, ok, path, sum, length}   pins the block
- *                                               (no path: it could not be stored; use read)
+ *   {seq, op: 'attach', token}                → {seq, ok}   the descriptor channel named `token` is this connection's
+ *   {seq, op: 'open',  block, fd?}            → {seq, ok, path, sum, length}   pins the block
+ *                                               or, asked with `fd` on an attached connection,
+ *                                               {seq, ok, fd: true, sum, length}: its descriptor
+ *                                               (no path, no fd: it could not be stored; use read)
  *   {seq, op: 'close', id}                    → {seq, ok}                 unpins it
  *   {seq, op: 'read',  block, offset, length} → {seq, ok, bytes} + bytes
  *   any failure                               → {seq, ok: false, code, message}
@@ -23,6 +26,18 @@
  * `block` is `{mount, key, etag, size, bs, index}`; the worker derives the block id
  * from it (as the HTTP service does), so no path ever comes from a client. Pins are
  * owned by the connection: when it closes, the worker unpins everything it opened.
+ *
+ * **Descriptors** (HDFS's short-circuit: pass the capability, not the path) travel on a
+ * second connection of the client's, its descriptor channel, which libuv never reads on the
+ * client's side (sys/fd-passing.ts). The client makes it and sends, as its first and only
+ * message, `{seq: 0, op: 'attach', token}` with a random token of its own, then asks
+ * `attach` with the same token on its authenticated connection; the worker pairs the two (a
+ * channel nobody claims within ATTACH_TIMEOUT_MS is closed) once the channel's challenge has
+ * gone out, and answers. From then on, for each `open` it answers with a descriptor, the
+ * worker first sends on the channel a record of FD_RECORD bytes — the request's `seq`, uint32
+ * BE — carrying the open block file's read-only descriptor (`SCM_RIGHTS`), then the answer on
+ * the connection. So when the client reads that answer, the record is already in its
+ * channel: it reads the channel (after the challenge, once) without waiting, in order.
  */
 import { blockRef, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, type BlockRef } from '../block/block.js';
 import { CachefsError } from '../errors.js';
@@ -43,7 +58,8 @@ export interface SocketChallenge {
 
 export type SocketRequest =
   | { seq: number; op: 'hello'; proof: string }
-  | { seq: number; op: 'open'; block: WireBlock }
+  | { seq: number; op: 'attach'; token: string }
+  | { seq: number; op: 'open'; block: WireBlock; fd?: boolean }
   | { seq: number; op: 'close'; id: string }
   | { seq: number; op: 'read'; block: WireBlock; offset: number; length: number };
 
@@ -54,12 +70,18 @@ export interface SocketAnswer {
   /** The block file's checksum, with `path`: the client checks the file against it before reading it. */
   sum?: string;
   length?: number;
+  /** The block file's descriptor was passed on the connection's descriptor channel (FD_RECORD). */
+  fd?: boolean;
   bytes?: number;
   code?: string;
   message?: string;
 }
 
 const MAX_HEADER = 64 * 1024;
+/** Bytes of a descriptor record on the descriptor channel: the answer's seq, uint32 BE. */
+export const FD_RECORD = 4;
+/** How long a descriptor channel waits to be claimed by its connection, and `attach` for its channel. */
+export const ATTACH_TIMEOUT_MS = 2000;
 
 export function toWire(ref: BlockRef): WireBlock {
   return { mount: ref.object.mount, key: ref.object.key, etag: ref.object.etag, size: ref.object.size, bs: ref.blockSize, index: ref.index };

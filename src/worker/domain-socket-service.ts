@@ -1,17 +1,24 @@
 /**
- * The worker's Unix-domain-socket service for co-located clients: short-circuit
- * (`open` pins a cached block and answers its file path, the client reads the file
- * itself) and the domain socket stream (`read` sends the bytes over the socket,
- * for clients that cannot see the tier dirs). Protocol in `socket-protocol.ts`.
+ * The worker's Unix-domain-socket service for co-located clients: short-circuit (`open`
+ * pins a cached block and passes the client its open, checked file descriptor — or, for a
+ * client that cannot take descriptors, answers its file path — and the client reads the
+ * file itself) and the domain socket stream (`read` sends the bytes over the socket, the
+ * last resort). Protocol, and how descriptors travel, in `socket-protocol.ts`.
  *
  * Who may use it: the socket's dir is made 0750 and the socket 0660, owned by the
  * worker's user and `group` (--domain-socket-group, e.g. a Kubernetes fsGroup), so only
  * root and that group reach it; and every connection must first answer the worker's
- * challenge with the cluster secret (socket-protocol.ts). One connection holds at most
- * `MAX_PINS_PER_CONNECTION` pins: past that, opens answer no path and the client reads
- * those blocks over the socket. A stale socket left by a dead worker is replaced; one a
- * live process still answers on is refused. Stale uuid-named sockets of other dead
- * workers in the same dir are swept at start.
+ * challenge with the cluster secret (socket-protocol.ts), or be a descriptor channel that
+ * an authenticated connection claims within ATTACH_TIMEOUT_MS. One connection holds at most
+ * `MAX_PINS_PER_CONNECTION` pins: past that, opens answer neither descriptor nor path and
+ * the client reads those blocks over the socket. A stale socket left by a dead worker is
+ * replaced; one a live process still answers on is refused. Stale uuid-named sockets of
+ * other dead workers in the same dir are swept at start.
+ *
+ * Descriptors are sent with a non-blocking `sendmsg` on the event loop (sys/fd-passing.ts),
+ * on a channel libuv has nothing left to write to (its challenge went out before it was
+ * paired); a record the channel has no room for (a client that does not read it) is not
+ * waited for: that open answers the path instead.
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, readdir, unlink } from 'node:fs/promises';
@@ -22,7 +29,8 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { UNAUTHENTICATED_MESSAGE, type ClusterAuth } from '../net/auth.js';
-import { encodeFrame, FrameReader, fromWire, type SocketAnswer, type SocketChallenge, type SocketRequest } from '../net/socket-protocol.js';
+import { ATTACH_TIMEOUT_MS, encodeFrame, FD_RECORD, FrameReader, fromWire, type SocketAnswer, type SocketChallenge, type SocketRequest } from '../net/socket-protocol.js';
+import { EAGAIN, loadFdPassing, type FdPassing } from '../sys/fd-passing.js';
 
 /** Blocks one connection may hold pinned at once: a mount's open files, 16 pins each (READ_POLICY.pinsPerHandle), for 16 of them. */
 export const MAX_PINS_PER_CONNECTION = 256;
@@ -33,17 +41,44 @@ export interface DomainSocketOptions {
   auth: ClusterAuth;
   /** The group that may use the socket (and read block files); the worker's own group when absent. */
   group?: number;
+  /** Pass block file descriptors to clients that ask (the default); off: paths and the stream only. */
+  passDescriptors?: boolean;
+}
+
+/** A descriptor channel that arrived, waiting for its connection's `attach`. */
+interface WaitingChannel {
+  socket: Socket;
+  /** Settles once the channel's challenge is written: nothing of libuv's is queued on it after. */
+  flushed: Promise<void>;
+  timer: NodeJS.Timeout;
 }
 
 export class DomainSocketService {
   private readonly connections = new Set<Socket>();
+  /** Descriptor channels by token, until their connection claims them. */
+  private readonly channels = new Map<string, WaitingChannel>();
+  /** Connections' `attach` waiting for their channel, by token. */
+  private readonly claims = new Map<string, (channel: WaitingChannel) => void>();
   /** Bytes handed out by short-circuit opens (the clients read them themselves). */
   shortCircuitBytes = 0;
+  /** Pins held by connections now. */
+  private pinsHeld = 0;
 
-  private constructor(private readonly server: Server, readonly path: string) {}
+  private constructor(
+    private readonly server: Server,
+    readonly path: string,
+    private readonly fds: FdPassing | undefined,
+  ) {}
 
   static async start(options: DomainSocketOptions, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
     const { path: socketPath, group } = options;
+    let fds: FdPassing | undefined;
+    if (options.passDescriptors !== false) {
+      fds = await loadFdPassing().catch((err: unknown) => {
+        log.warn({ err: (err as Error).message }, 'cannot pass block file descriptors: co-located clients read block files by path or over the socket');
+        return undefined;
+      });
+    }
     await prepareSocketPath(socketPath, group);
     await sweepStaleSockets(path.dirname(socketPath), log);
     let service: DomainSocketService | undefined;
@@ -59,7 +94,9 @@ export class DomainSocketService {
       server.close();
       throw new CachefsError('INVALID_ARGUMENT', `cannot give the domain socket ${socketPath} to group ${group}: ${(err as Error).message}`, { cause: err });
     }
-    service = new DomainSocketService(server, socketPath);
+    service = new DomainSocketService(server, socketPath, fds);
+    const started = service;
+    metrics.workerSocketPins.sampledBy(() => started.pinsHeld);
     return service;
   }
 
@@ -68,14 +105,33 @@ export class DomainSocketService {
     const pins = new Map<string, number>();
     const gone = new AbortController();
     const readThrough = blocks.readThrough;
+    /** This connection's descriptor channel, once paired: its socket and descriptor. */
+    let channel: { socket: Socket; fd: number } | undefined;
     const answer = (a: SocketAnswer | SocketChallenge, payload?: Buffer): void => {
       if (!socket.destroyed) for (const part of encodeFrame(a, payload)) socket.write(part);
     };
+    const unpin = (id: string): void => {
+      const n = pins.get(id);
+      if (n === undefined) return;
+      readThrough.store.unpin(id);
+      this.pinsHeld--;
+      if (n <= 1) pins.delete(id);
+      else pins.set(id, n - 1);
+    };
     const challenge = randomBytes(32).toString('hex');
+    let flushed!: () => void;
+    const challenged = new Promise<void>((resolve) => (flushed = resolve));
     let trusted = false;
-    answer({ challenge });
+    /** A descriptor channel: it sends nothing after its `attach`. */
+    let isChannel = false;
+    if (!socket.destroyed) for (const [i, part] of encodeFrame({ challenge }).entries()) socket.write(part, i === 0 ? undefined : () => flushed());
     const handle = async (req: SocketRequest): Promise<void> => {
+      if (isChannel) return void socket.destroy();
       if (!trusted) {
+        if (req.op === 'attach' && this.fds && typeof req.token === 'string' && req.token.length >= 32 && !this.channels.has(req.token)) {
+          isChannel = true;
+          return this.waitForClaim(req.token, socket, challenged);
+        }
         if (req.op !== 'hello' || (auth !== 'insecure' && !auth.acceptsProof(challenge, req.proof))) {
           metrics.workerRequests.inc({ path: 'domain_socket', status: 'UNAUTHENTICATED' });
           answer({ seq: req.seq, ok: false, code: 'UNAUTHENTICATED', message: UNAUTHENTICATED_MESSAGE });
@@ -88,13 +144,25 @@ export class DomainSocketService {
         return answer({ seq: req.seq, ok: true });
       }
       if (req.op === 'hello') throw new CachefsError('INVALID_ARGUMENT', 'hello sent twice on one connection');
-      if (req.op === 'close') {
-        const n = pins.get(req.id);
-        if (n !== undefined) {
-          readThrough.store.unpin(req.id);
-          if (n <= 1) pins.delete(req.id);
-          else pins.set(req.id, n - 1);
+      if (req.op === 'attach') {
+        if (!this.fds) throw new CachefsError('INVALID_ARGUMENT', 'this worker does not pass descriptors');
+        if (channel) throw new CachefsError('INVALID_ARGUMENT', 'a second descriptor channel on one connection');
+        const waiting = await this.claim(req.token);
+        await waiting.flushed;
+        const fd = socketFd(waiting.socket);
+        if (fd === undefined || waiting.socket.destroyed || socket.destroyed) {
+          waiting.socket.destroy();
+          throw new CachefsError('IO', 'the descriptor channel closed before it was paired');
         }
+        channel = { socket: waiting.socket, fd };
+        // The channel lives and dies with its connection.
+        waiting.socket.once('close', () => {
+          if (channel?.socket === waiting.socket) channel = undefined;
+        });
+        return answer({ seq: req.seq, ok: true });
+      }
+      if (req.op === 'close') {
+        unpin(req.id);
         metrics.workerRequests.inc({ path: 'short_circuit', status: 'close' });
         return answer({ seq: req.seq, ok: true });
       }
@@ -108,16 +176,62 @@ export class DomainSocketService {
         metrics.workerRequests.inc({ path: 'domain_socket', status: 'ok' });
         return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
       }
-      const ensured = await readThrough.ensure(ref, gone.signal);
-      // Every tier full of pinned blocks, or this connection holding its share of pins:
-      // nothing to hand out; the client reads the bytes with `read`.
-      if (!ensured.stored || (!pins.has(ref.id) && pins.size >= MAX_PINS_PER_CONNECTION)) return answer({ seq: req.seq, ok: true, length: ref.length });
+      // This connection holding its share of pins: nothing to hand out; the client reads the bytes with `read`.
+      if (!pins.has(ref.id) && pins.size >= MAX_PINS_PER_CONNECTION) {
+        await readThrough.ensure(ref, gone.signal);
+        return answer({ seq: req.seq, ok: true, length: ref.length });
+      }
+      // Pinned before it is cached or opened: no eviction comes between the block's store and its open.
       readThrough.store.pin(ref.id);
+      this.pinsHeld++;
       pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
+      let opened: { value: boolean } | undefined;
+      try {
+        const fds = req.fd && channel ? this.fds : undefined;
+        const via = channel;
+        opened = fds && via
+          ? await blocks.lendFile(
+              ref,
+              (fd, sum) => {
+                // The record first, then the answer, in one turn of the loop: the client finds the record when it reads the answer.
+                const record = Buffer.alloc(FD_RECORD);
+                record.writeUInt32BE(req.seq);
+                if (via.socket.destroyed || socket.destroyed) return false;
+                const sent = fds.send(via.fd, record, fd);
+                if (sent !== FD_RECORD) {
+                  // No room (a client that does not read its channel): this one answers the path. Anything else (a torn
+                  // record, a dead channel): no more descriptors on it.
+                  if (sent !== -EAGAIN) via.socket.destroy();
+                  log.debug({ block: ref.id, errno: -sent }, 'could not pass a block file descriptor: answering its path');
+                  return false;
+                }
+                metrics.workerPassedDescriptors.inc();
+                answer({ seq: req.seq, ok: true, fd: true, sum, length: ref.length });
+                return true;
+              },
+              gone.signal,
+            )
+          : undefined;
+        if (!opened?.value) {
+          const ensured = await readThrough.ensure(ref, gone.signal);
+          if (!ensured.stored) opened = undefined;
+          else {
+            answer({ seq: req.seq, ok: true, path: ensured.stored.path, sum: ensured.stored.sum, length: ref.length });
+            opened = { value: true };
+          }
+        }
+      } catch (err) {
+        unpin(ref.id);
+        throw err;
+      }
+      // Every tier full of pinned blocks: nothing to hand out; the client reads the bytes with `read`.
+      if (!opened) {
+        unpin(ref.id);
+        return answer({ seq: req.seq, ok: true, length: ref.length });
+      }
       this.shortCircuitBytes += ref.length;
       metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
       metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
-      return answer({ seq: req.seq, ok: true, path: ensured.stored.path, sum: ensured.stored.sum, length: ref.length });
     };
     const reader = new FrameReader<SocketRequest>(
       () => 0,
@@ -140,12 +254,64 @@ export class DomainSocketService {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       this.connections.delete(socket);
+      channel?.socket.destroy();
+      channel = undefined;
       // The fetches this client waited for go on only for others that wait for them.
       gone.abort();
       // A client that went away (closed, crashed, killed) leaves no pins behind.
       for (const [id, n] of pins) for (let i = 0; i < n; i++) readThrough.store.unpin(id);
+      for (const n of pins.values()) this.pinsHeld -= n;
       pins.clear();
     });
+  }
+
+  /**
+   * A descriptor channel's first message named `token`: it waits (reading nothing more; any
+   * further byte closes it) for the connection that claims it, for ATTACH_TIMEOUT_MS.
+   */
+  private waitForClaim(token: string, socket: Socket, flushed: Promise<void>): void {
+    const timer = setTimeout(() => {
+      this.channels.delete(token);
+      socket.destroy();
+    }, ATTACH_TIMEOUT_MS);
+    const waiting: WaitingChannel = { socket, flushed, timer };
+    socket.once('close', () => {
+      clearTimeout(timer);
+      if (this.channels.get(token) === waiting) this.channels.delete(token);
+    });
+    const claim = this.claims.get(token);
+    if (claim) {
+      clearTimeout(timer);
+      return claim(waiting);
+    }
+    this.channels.set(token, waiting);
+  }
+
+  /** The channel named `token`, once it is there (within ATTACH_TIMEOUT_MS). */
+  private claim(token: string): Promise<WaitingChannel> {
+    if (typeof token !== 'string' || token.length < 32) return Promise.reject(new CachefsError('INVALID_ARGUMENT', 'attach needs a token of at least 32 characters'));
+    const waiting = this.takeChannel(token);
+    if (waiting) return Promise.resolve(waiting);
+    if (this.claims.has(token)) return Promise.reject(new CachefsError('CONFLICT', 'that descriptor channel is claimed already'));
+    return new Promise<WaitingChannel>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.claims.delete(token);
+        reject(new CachefsError('TIMEOUT', `no descriptor channel named by the token came in ${ATTACH_TIMEOUT_MS} ms`));
+      }, ATTACH_TIMEOUT_MS);
+      this.claims.set(token, (channel) => {
+        clearTimeout(timer);
+        this.claims.delete(token);
+        resolve(channel);
+      });
+    });
+  }
+
+  private takeChannel(token: string): WaitingChannel | undefined {
+    const waiting = this.channels.get(token);
+    if (!waiting) return undefined;
+    this.channels.delete(token);
+    clearTimeout(waiting.timer);
+    return waiting;
   }
 
   async close(): Promise<void> {
@@ -153,6 +319,13 @@ export class DomainSocketService {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await unlink(this.path).catch(() => undefined);
   }
+}
+
+/** The descriptor of a libuv socket (its handle's, which Node does not document but has on every Unix). */
+function socketFd(socket: Socket): number | undefined {
+  const handle: unknown = (socket as unknown as { _handle?: unknown })._handle;
+  const fd = handle && typeof handle === 'object' && 'fd' in handle ? (handle as { fd: unknown }).fd : undefined;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
 
 /**

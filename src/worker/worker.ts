@@ -46,8 +46,10 @@ export interface WorkerConfig {
   hostname: string;
   /** Unix socket for co-located clients (short-circuit and stream); '' for none. */
   domainSocketPath: string;
-  /** The group that may use the socket and read block files (short-circuit readers); the worker's own when absent. */
+  /** The group that may use the socket (and, with passDescriptors off, read block files by path); the worker's own when absent. */
   group?: number;
+  /** Pass co-located clients block file descriptors (default); off: paths and the stream only. */
+  passDescriptors?: boolean;
   /** The block size of the cache group: the only one the block service serves. */
   blockSize: number;
   /** Who the block service admits: holders of the cluster secret, or anyone ('insecure'). */
@@ -82,7 +84,8 @@ export class Worker {
   }
 
   static async start(config: WorkerConfig, deps: WorkerDeps): Promise<Worker> {
-    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.group }, deps.metrics, deps.log);
+    // Block files are readable by the socket's group only where clients need their paths: a worker that passes descriptors keeps them its own (0700/0600).
+    const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.passDescriptors === false ? config.group : undefined }, deps.metrics, deps.log);
     await store.open();
     const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
     let service: BlockService;
@@ -107,7 +110,7 @@ export class Worker {
         dataset: new DatasetRoutes(blocks, config.blockSize),
       });
       try {
-        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group }, blocks, deps.metrics, deps.log);
+        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group, passDescriptors: config.passDescriptors }, blocks, deps.metrics, deps.log);
       } catch (err) {
         await service.close();
         throw err;

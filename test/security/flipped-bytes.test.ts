@@ -1,8 +1,9 @@
 /**
  * Verified bytes: a byte flipped in a cached block file (same length, so a length check
  * cannot see it) is never served. The embedded cache, a worker's tier read over the
- * network, and a short-circuit read each find the file's checksum wrong before serving
- * a byte of it, drop the block (counted), fetch it again, and answer the right bytes.
+ * network, a worker passing a block file's descriptor and a short-circuit read by path each
+ * find the file's checksum wrong before serving (or passing) a byte of it, drop the block
+ * (counted), fetch it again, and answer the right bytes.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readdir, rm, mkdtemp } from 'node:fs/promises';
@@ -10,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BLOCK_FILE, dropPageCache, mountCachefs, sha256Of, stopAllMounts } from '../support/cachefs.js';
+import { expectServedBy } from '../support/metrics.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from '../support/cluster.js';
 import { waitFor } from '../support/processes.js';
 import { startS3Server, type S3TestServer } from '../support/s3-server.js';
@@ -66,17 +68,17 @@ async function flipByte(file: string): Promise<void> {
   }
 }
 
-async function worker() {
+async function worker(args: string[] = []) {
   const cacheGroup = `flip${++group}`;
   const socketDir = await mkdtemp(path.join(work, 'sock-'));
-  const w = await startWorker({ master: master.address, cacheGroup, socketDir, blockSize: '1MiB' });
+  const w = await startWorker({ master: master.address, cacheGroup, socketDir, blockSize: '1MiB', args });
   workers.push(w);
   return Object.assign(w, { cacheGroup });
 }
 
 /** A worker that has cached the file (read once by another mount), with a byte of one of its block files flipped since. */
-async function workerWithAFlippedBlock() {
-  const w = await worker();
+async function workerWithAFlippedBlock(args: string[] = []) {
+  const w = await worker(args);
   const warm = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
   expect(await sha256Of(path.join(warm.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
   await warm.stop();
@@ -111,13 +113,24 @@ describe('a byte flipped in a cached block file', () => {
     expect(wm.value('cachefs_worker_served_bytes_total', { path: 'remote' })).toBeGreaterThanOrEqual(2 * BODY.length);
   });
 
-  it('is never served by a short-circuit read: the client finds it, the worker drops and refetches it', async () => {
+  it('is never passed as a descriptor: the worker checks the file first, drops and refetches it', async () => {
     const w = await workerWithAFlippedBlock();
     const m = await mountCachefs({ args: clusterArgs(w.cacheGroup) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
     const mm = await m.metrics();
+    expect(mm.value('cachefs_cache_corrupt_blocks_total')).toBe(0);
+    expectServedBy(mm, 'short_circuit', BODY.length);
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit', via: 'path' })).toBe(0);
+    expect((await w.metrics()).value('cachefs_cache_corrupt_blocks_total')).toBe(1);
+  });
+
+  it('is never served by a short-circuit read by path: the client finds it, the worker drops and refetches it', async () => {
+    const w = await workerWithAFlippedBlock(['--pass-descriptors', 'off']);
+    const m = await mountCachefs({ args: clusterArgs(w.cacheGroup) });
+    expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
+    const mm = await m.metrics();
     expect(mm.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
-    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit' })).toBeGreaterThanOrEqual(2 * MiB);
+    expect(mm.value('cachefs_client_read_bytes_total', { path: 'short_circuit', via: 'path' })).toBeGreaterThanOrEqual(2 * MiB);
     expect(mm.value('cachefs_client_read_bytes_total', { path: 'domain_socket' })).toBeGreaterThan(0);
     expect((await w.metrics()).value('cachefs_cache_corrupt_blocks_total')).toBe(1);
   });
