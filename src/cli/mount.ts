@@ -29,6 +29,8 @@ import { addClusterSecurityOptions } from './cluster-options.js';
 import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
 import { fluidMountConfig } from './fluid-config.js';
+import type { KeptConnection } from './serve-mount.js';
+import { CachefsError } from '../errors.js';
 
 export function registerMountCommand(program: Command): void {
   const command = program
@@ -65,12 +67,14 @@ export function registerMountCommand(program: Command): void {
     .option('--s3-path-style', 'address buckets by path, not by virtual host (default when --s3-endpoint is given)')
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, oss.endpoint, cos.region, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
-    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp());
+    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp())
+    .addOption(new Option('--device-fd <fd>', "internal: the supervisor's /dev/fuse").hideHelp())
+    .addOption(new Option('--resume', 'internal: take over the connection on --device-fd from a serving process that died').hideHelp());
   addClusterSecurityOptions(command, 'mount')
     .action(
-      runAction(async (mountpoint: string | undefined, flags: MountFlags & { supervised?: boolean; fluidConfig?: string }) => {
+      runAction(async (mountpoint: string | undefined, flags: MountFlags & ServingFlags) => {
         const config = flags.fluidConfig ? fluidMountConfig(flags.fluidConfig, mountpoint, flags) : parseMountConfig(mountpoint, flags);
-        if (flags.supervised) return serve(config);
+        if (flags.supervised) return serve(config, keptConnection(flags));
         if (!config.foreground) {
           if (config.logFile) await detach(config.logFile);
           else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
@@ -79,6 +83,21 @@ export function registerMountCommand(program: Command): void {
         return supervise(config);
       }),
     );
+}
+
+interface ServingFlags {
+  supervised?: boolean;
+  fluidConfig?: string;
+  deviceFd?: string;
+  resume?: boolean;
+}
+
+/** The supervisor's descriptor, as its serving process is told of it (`serving-channel.ts`). */
+function keptConnection(flags: ServingFlags): KeptConnection | undefined {
+  if (flags.deviceFd === undefined) return undefined;
+  const deviceFd = Number(flags.deviceFd);
+  if (!Number.isInteger(deviceFd) || deviceFd < 3) throw new CachefsError('INVALID_ARGUMENT', `--device-fd '${flags.deviceFd}': expected a descriptor number of 3 or more`);
+  return { deviceFd, resume: flags.resume === true };
 }
 
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
@@ -149,7 +168,7 @@ function servingCommand(): ServingCommand {
 }
 
 /** The serving process: mounts, tells the supervisor, serves until signalled or unmounted from outside. */
-async function serve(config: MountConfig): Promise<void> {
+async function serve(config: MountConfig, kept: KeptConnection | undefined): Promise<void> {
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'serving' });
   // Listening before mounting: a stop while mounting unmounts right after, instead of killing us mid-mount.
   const signalled = untilSignalled();
@@ -159,7 +178,7 @@ async function serve(config: MountConfig): Promise<void> {
     // Loaded here, not at the top: the supervisor never needs the filesystem, the backends or their SDKs.
     const { serveMount } = await import('./serve-mount.js');
     const metricsPort = config.metricsPort === undefined ? undefined : 0;
-    mount = await serveMount({ ...config, metricsPort, metricsHost: '127.0.0.1', pidFile: undefined }, log);
+    mount = await serveMount({ ...config, metricsPort, metricsHost: '127.0.0.1', pidFile: undefined }, log, kept);
   } catch (err) {
     await tellSupervisor({ kind: 'failed', exitCode: exitCodeOf(err), message: oneLine(err) });
     throw err;

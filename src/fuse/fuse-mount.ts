@@ -5,13 +5,15 @@
  * fail with EROFS before reaching us), reads of up to 1 MiB and a readahead of
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
  * page cache kept across opens while size and mtime are unchanged (auto_cache).
+ * On the supervisor's descriptor the mount may also be taken over from a serving
+ * process that died (`resume`), without mounting again.
  */
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { isMountpoint } from '../sys/mountpoint.js';
-import { FuseOps, type FuseFilesystem } from './ops.js';
+import { FuseOps, type FuseFilesystem, type Negotiated } from './ops.js';
 import { FuseSession } from './session.js';
 
 /** How often the serving process checks that its mount still exists (it may be unmounted lazily from outside). */
@@ -29,6 +31,12 @@ export interface FuseMountOptions {
   alsoMountedAt?: readonly string[];
   /** What /proc/mounts shows as the mount's source. */
   source: string;
+  /** The supervisor's open /dev/fuse: it keeps a copy, so the connection outlives this process. */
+  deviceFd?: number;
+  /** Take over the connection of `deviceFd`, mounted and negotiated so by a serving process that died. */
+  resume?: Negotiated;
+  /** Told what INIT settled, for a later serving process that takes the connection over. */
+  onInit?(negotiated: Negotiated): void;
 }
 
 /** Regular-file nodes offered to the session for waking its device read. */
@@ -58,8 +66,11 @@ export class FuseMount {
   }
 
   static async mount(mountpoint: string, fs: FuseFilesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
-    const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source }, log);
-    session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
+    const sessionOptions = { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source, deviceFd: options.deviceFd };
+    const session =
+      options.resume && options.deviceFd !== undefined ? await FuseSession.resume(options.deviceFd, mountpoint, sessionOptions, log) : await FuseSession.mount(mountpoint, sessionOptions, log);
+    const ops = new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, resumed: options.resume }, metrics, log);
+    session.start(ops, { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     return new FuseMount(session, mountpoint);
   }
 

@@ -38,6 +38,7 @@ import {
   type RequestHeader,
   statfsOut,
   u64,
+  uniqueAt,
   UNKNOWN_INO,
   WRITE_OPS,
 } from './protocol.js';
@@ -83,6 +84,23 @@ export interface FuseOpsOptions {
   maxReadahead: number;
   /** `major:minor` of the connection, whose bdi's readahead is raised at INIT. */
   deviceId?: string;
+  /** The connection was negotiated with a serving process before this one, which died: served at once, INIT does not come again. */
+  resumed?: Negotiated;
+  /** Told what INIT settled, once it is answered: a serving process taking over the connection needs it. */
+  onInit?(negotiated: Negotiated): void;
+}
+
+/** What INIT settled with the kernel: the protocol minor and the flags answered. */
+export interface Negotiated {
+  minor: number;
+  flags: number;
+}
+
+/** Narrows a parsed record of `Negotiated`; undefined if it is not one. */
+export function asNegotiated(value: unknown): Negotiated | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { minor, flags } = value as Record<string, unknown>;
+  return typeof minor === 'number' && typeof flags === 'number' ? { minor, flags } : undefined;
 }
 
 /** An op of the table: its name, the smallest body a request of it may have, and its handler. */
@@ -113,7 +131,7 @@ export class FuseOps implements SessionHandler {
     [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
-    [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(u64(b, 0)) }],
+    [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(uniqueAt(b, 0)) }],
     // The kernel's answer to the NOTIFY_RETRIEVE that wakes the device read when the session ends.
     [Op.NOTIFY_REPLY, { name: 'notify_reply', minBody: 0, noReply: true, handle: () => undefined }],
     [Op.DESTROY, { name: 'destroy', minBody: 0, handle: (o, _h, _b, r) => o.destroy(r) }],
@@ -131,6 +149,7 @@ export class FuseOps implements SessionHandler {
     private readonly log: Logger,
   ) {
     metrics.fuseRequestsInFlight.sampledBy(() => requests.inFlight);
+    if (options.resumed) this.state = 'ready';
   }
 
   request(h: RequestHeader, body: Buffer): void {
@@ -184,8 +203,10 @@ export class FuseOps implements SessionHandler {
       return this.requests.reply(req, -E.EPROTO);
     }
     const kernelFlags = body.readUInt32LE(12);
-    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), WANTED_FLAGS & kernelFlags));
+    const negotiated = { minor: Math.min(minor, FUSE_KERNEL_MINOR), flags: WANTED_FLAGS & kernelFlags };
+    this.requests.reply(req, 0, reply(negotiated.minor, negotiated.flags));
     this.state = 'ready';
+    this.options.onInit?.(negotiated);
     // The kernel caps a FUSE mount's readahead at the system default (128 KiB) whatever
     // max_readahead says; as root it can be raised per connection.
     const device = this.options.deviceId;

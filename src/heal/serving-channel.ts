@@ -5,7 +5,19 @@
  * (`failed`, with the exit code and the one-line message it also prints); nothing
  * else crosses it. Stopping goes the other way as a plain SIGTERM, so an operator
  * can stop a serving process the same way.
+ *
+ * The supervisor's open /dev/fuse is the serving process's descriptor `DEVICE_FD`
+ * (`--device-fd`); `--resume` tells it that the connection on it is mounted and
+ * negotiated already, by a serving process that died.
  */
+
+/** Where a serving process finds the supervisor's /dev/fuse: after stdio (0-2) and the IPC channel (3). */
+export const DEVICE_FD = 4;
+
+/** The arguments that tell a serving process of the supervisor's descriptor, and whether to take its connection over. */
+export function deviceArgs(resume: boolean): string[] {
+  return ['--device-fd', String(DEVICE_FD), ...(resume ? ['--resume'] : [])];
+}
 
 export type ServingMessage = { kind: 'ready'; metricsPort?: number } | { kind: 'failed'; exitCode: number; message: string };
 
