@@ -36,7 +36,7 @@ import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
-import { IN_HEADER, Op, readHeader, resendNotice, retrieveNothing, type RequestHeader } from './protocol.js';
+import { IN_HEADER, Op, readHeader, RESENT, resendNotice, retrieveNothing, type RequestHeader } from './protocol.js';
 import { FuseRequests } from './requests.js';
 import { deviceReadMode, pollDevice, type DevicePoller } from './device-poll.js';
 
@@ -216,6 +216,7 @@ export class FuseSession {
       if (header.opcode !== Op.NOTIFY_REPLY) this.requests.replyNow(header.unique, -E.EIO);
       return;
     }
+    if (header.unique >= RESENT) this.log.info({ opcode: header.opcode, nodeid: header.nodeid }, 'serving a request the dead serving process left unanswered');
     try {
       this.handler!.request(header, chunk.subarray(IN_HEADER, header.len));
     } catch (err) {
