@@ -70,7 +70,12 @@ times=()
 printf 'crash  held_ms  fresh_ms  failed_reads\n'
 for run in $(seq "$RUNS"); do
   sleep "$GAP"
-  serving=$(pgrep -P "$supervisor" -f -- '--supervised')
+  # The serving process is the child holding the kernel journal open (a standby holds none).
+  serving=
+  for p in $(pgrep -P "$supervisor" -f -- '--supervised'); do
+    ls -l "/proc/$p/fd" 2>/dev/null | grep -q 'kernel-journal$' && serving=$p
+  done
+  [ -n "$serving" ] || { echo "bench: no serving process" >&2; exit 1; }
   read -r held_ms ms errs < <(timeout 120 node -e "$probe" "$serving" "$work/mnt/file.bin" "$want")
   held_times+=("$held_ms")
   times+=("$ms")

@@ -13,13 +13,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { readMountTable, topMountAt } from '../src/sys/mountinfo.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
-import { mountCachefs, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
@@ -126,29 +126,9 @@ async function goodReadAfter(reader: Reader, since: number, timeoutMs = 20_000):
   return found!;
 }
 
-/** The serving process of a supervisor: its child started with `--supervised`. */
-async function servingPid(supervisorPid: number, not?: number): Promise<number> {
-  let found: number | undefined;
-  await waitFor(
-    async () => {
-      for (const name of await readdir('/proc')) {
-        if (!/^\d+$/.test(name) || Number(name) === not) continue;
-        const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
-        if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== supervisorPid) continue;
-        if ((await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).split('\0').includes('--supervised')) {
-          found = Number(name);
-          return true;
-        }
-      }
-      return false;
-    },
-    { timeoutMs: 15_000, intervalMs: 20, what: `the serving process of supervisor ${supervisorPid}` },
-  );
-  return found!;
-}
 
 async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
-  const pid = await servingPid(mount.process.pid!);
+  const pid = await servingPidOf(mount.process.pid!);
   const at = Date.now();
   process.kill(pid, 'SIGKILL');
   return { pid, at };
@@ -217,7 +197,7 @@ describe('a serving process killed with SIGKILL is replaced on the same kernel c
     expect(listings.at(-1)!.ls).toEqual(['mid.bin']);
     expect(await connectionOf(mnt.mountpoint)).toBe(connection);
     expect(await fuseConnections()).toContain(connection.split(':')[1]);
-    expect(await servingPid(mnt.process.pid!, killed.pid)).not.toBe(killed.pid);
+    expect(await servingPidOf(mnt.process.pid!, killed.pid)).not.toBe(killed.pid);
     expect(supervisorLog(mnt, 'mount recovered').map((l) => l.keptConnection)).toEqual([true]);
     expect((await mnt.metrics()).value('cachefs_mount_recoveries_total')).toBe(1);
   });

@@ -17,7 +17,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -25,7 +25,7 @@ import { promisify } from 'node:util';
 import { servingNodeFlags } from '../src/cli/mount.js';
 import { MountAnchor } from '../src/heal/mount-anchor.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
-import { cachefs, mountCachefs, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { cachefs, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { scrapeMetrics } from './support/metrics.js';
 import { freePort, isAlive, isMounted, mountPoints, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -139,32 +139,10 @@ async function goodReadAfter(reader: Reader, since: number, timeoutMs = 15_000):
   return found!;
 }
 
-/** The serving process of a supervisor: its child started with `--supervised`. */
-async function servingPid(supervisorPid: number): Promise<number> {
-  let found: number | undefined;
-  await waitFor(
-    async () => {
-      for (const name of await readdir('/proc')) {
-        if (!/^\d+$/.test(name)) continue;
-        const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
-        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-        if (ppid !== supervisorPid) continue;
-        const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
-        if (cmdline.split('\0').includes('--supervised')) {
-          found = Number(name);
-          return true;
-        }
-      }
-      return false;
-    },
-    { timeoutMs: 10_000, intervalMs: 20, what: `the serving process of supervisor ${supervisorPid}` },
-  );
-  return found!;
-}
 
 /** Kills the serving process with SIGKILL; resolves to the kill time. */
 async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
-  const pid = await servingPid(mount.process.pid!);
+  const pid = await servingPidOf(mount.process.pid!);
   const at = Date.now();
   process.kill(pid, 'SIGKILL');
   return { pid, at };
@@ -265,7 +243,7 @@ describe('a killed serving process is replaced', () => {
     const metrics = await mnt.metrics();
     expect(metrics.value('cachefs_mount_recoveries_total')).toBe(1);
     expect(metrics.value('cachefs_mount_serving_up')).toBe(1);
-    expect(await servingPid(mnt.process.pid!)).not.toBe(killed.pid);
+    expect(await servingPidOf(mnt.process.pid!)).not.toBe(killed.pid);
     expect(isAlive(mnt.process.pid!)).toBe(true);
   });
 
@@ -352,7 +330,7 @@ describe('crash loops and stopping', () => {
     await goodReadAfter(reader, killed.at);
     await reader.stop();
     const supervisor = mnt.process.pid!;
-    const serving = await servingPid(supervisor);
+    const serving = await servingPidOf(supervisor);
     const exited = new Promise((resolve) => mnt.process.once('exit', (code, signal) => resolve({ code, signal })));
     process.kill(supervisor, 'SIGTERM');
     expect(await exited).toEqual({ code: 0, signal: null });
@@ -366,7 +344,7 @@ describe('crash loops and stopping', () => {
     const mnt = await mountShared();
     const anchor = path.join(MountAnchor.dirFor(mnt.mountpoint), 'mount');
     await waitFor(() => isMounted(anchor), { timeoutMs: 5000, what: 'the anchor' });
-    const serving = await servingPid(mnt.process.pid!);
+    const serving = await servingPidOf(mnt.process.pid!);
     const exited = new Promise((resolve) => mnt.process.once('exit', resolve));
     process.kill(mnt.process.pid!, 'SIGKILL');
     await exited;
@@ -381,7 +359,7 @@ describe('crash loops and stopping', () => {
     const first = await mountShared();
     const anchor = path.join(MountAnchor.dirFor(first.mountpoint), 'mount');
     await waitFor(() => isMounted(anchor), { timeoutMs: 5000, what: 'the anchor' });
-    const serving = await servingPid(first.process.pid!);
+    const serving = await servingPidOf(first.process.pid!);
     const exited = new Promise((resolve) => first.process.once('exit', resolve));
     process.kill(first.process.pid!, 'SIGKILL');
     process.kill(serving, 'SIGKILL');
@@ -403,7 +381,7 @@ describe('crash loops and stopping', () => {
     try {
       expect(r.code, r.stderr).toBe(0);
       expect(await isMounted(mountpoint)).toBe(true);
-      const serving = await servingPid(supervisor);
+      const serving = await servingPidOf(supervisor);
       const cmdline = (await readFile(`/proc/${supervisor}/cmdline`, 'utf8')).split('\0');
       expect(cmdline).not.toContain('--supervised');
       expect(cmdline).not.toContain('--max-semi-space-size=4');
@@ -418,7 +396,7 @@ describe('crash loops and stopping', () => {
       await reader.stop();
       const metrics = await scrapeMetrics(`http://127.0.0.1:${metricsPort}/metrics`);
       expect(metrics.value('cachefs_mount_recoveries_total')).toBe(1);
-      const replacement = await servingPid(supervisor);
+      const replacement = await servingPidOf(supervisor);
       const u = await cachefs(['umount', mountpoint]);
       expect(u.code, u.stderr).toBe(0);
       await waitFor(() => !isAlive(supervisor) && !isAlive(replacement), { timeoutMs: 10_000, what: 'both processes to exit' });
@@ -449,7 +427,7 @@ describe('the embedded cache across a crash', () => {
     expect(before.value('cachefs_cache_misses_total')).toBeGreaterThanOrEqual(4);
     const killed = await killServing(mnt);
     await waitFor(async () => (await mnt.metrics()).value('cachefs_mount_recoveries_total') === 1, { timeoutMs: 10_000, intervalMs: 50, what: 'the recovery' });
-    expect(await servingPid(mnt.process.pid!)).not.toBe(killed.pid);
+    expect(await servingPidOf(mnt.process.pid!)).not.toBe(killed.pid);
     s3.clearRequestLog();
     expect(await sha256Of(file)).toBe(sha(DATA));
     const after = await mnt.metrics(); // the new serving process's counters

@@ -21,8 +21,8 @@ import { DEVICE_READS } from '../fuse/session.js';
 import { MountSupervisor, ServingStartError, type ServingCommand } from '../heal/supervisor.js';
 import { SupervisorMetrics, SupervisorMetricsServer } from '../heal/supervisor-metrics.js';
 import { MountAnchor } from '../heal/mount-anchor.js';
-import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../heal/serving-channel.js';
-import { createLogger } from '../log.js';
+import { hasSupervisor, tellSupervisor, toldToTakeOver, whenSupervisorGone } from '../heal/serving-channel.js';
+import { createLogger, type Logger } from '../log.js';
 import { READY_ENV, reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';
 import { addClusterSecurityOptions } from './cluster-options.js';
@@ -69,7 +69,8 @@ export function registerMountCommand(program: Command): void {
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
     .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp())
     .addOption(new Option('--device-fd <fd>', "internal: the supervisor's /dev/fuse").hideHelp())
-    .addOption(new Option('--resume', 'internal: take over the connection on --device-fd from a serving process that died').hideHelp());
+    .addOption(new Option('--resume', 'internal: take over the connection on --device-fd from a serving process that died').hideHelp())
+    .addOption(new Option('--standby', 'internal: wait to be told to take over the connection on --device-fd').hideHelp());
   addClusterSecurityOptions(command, 'mount')
     .action(
       runAction(async (mountpoint: string | undefined, flags: MountFlags & ServingFlags) => {
@@ -90,6 +91,7 @@ interface ServingFlags {
   fluidConfig?: string;
   deviceFd?: string;
   resume?: boolean;
+  standby?: boolean;
 }
 
 /** The supervisor's descriptor, as its serving process is told of it (`serving-channel.ts`). */
@@ -97,7 +99,21 @@ function keptConnection(flags: ServingFlags): KeptConnection | undefined {
   if (flags.deviceFd === undefined) return undefined;
   const deviceFd = Number(flags.deviceFd);
   if (!Number.isInteger(deviceFd) || deviceFd < 3) throw new CachefsError('INVALID_ARGUMENT', `--device-fd '${flags.deviceFd}': expected a descriptor number of 3 or more`);
-  return { deviceFd, resume: flags.resume === true };
+  return { deviceFd, resume: flags.resume === true, standby: flags.standby === true };
+}
+
+/**
+ * A standby loads what serving needs (the wiring, the UFS SDK) and waits to be told to take
+ * the connection over; undefined once told, 'ended' if signalled or orphaned first.
+ */
+async function standBy(config: MountConfig, signalled: Promise<void>, log: Logger): Promise<'ended' | undefined> {
+  const told = toldToTakeOver();
+  await import('./serve-mount.js');
+  const { loadUfsBackend } = await import('../ufs/open-ufs.js');
+  for (const scheme of new Set([config.ufs?.scheme, ...(config.namespace ?? []).map((n) => n.uri.scheme)])) if (scheme) await loadUfsBackend(scheme);
+  log.debug('standing by to take over the connection');
+  const orphaned = new Promise<void>((resolve) => whenSupervisorGone(resolve));
+  return Promise.race([told.then(() => undefined), signalled.then(() => 'ended' as const), orphaned.then(() => 'ended' as const)]);
 }
 
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
@@ -172,6 +188,11 @@ async function serve(config: MountConfig, kept: KeptConnection | undefined): Pro
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'serving' });
   // Listening before mounting: a stop while mounting unmounts right after, instead of killing us mid-mount.
   const signalled = untilSignalled();
+  if (kept?.standby) {
+    if ((await standBy(config, signalled, log)) === 'ended') exitAfterFlush(log, 0);
+    kept = { ...kept, resume: true, standby: false };
+    log.info('the standby takes the connection over');
+  }
   whenSupervisorGone(() => log.warn('the supervisor is gone: serving on without one'));
   let mount;
   try {

@@ -45,6 +45,8 @@ export interface RunningMount {
 export interface KeptConnection {
   deviceFd: number;
   resume: boolean;
+  /** Started ahead of need: waits to be told to take over (`cli/mount.ts`); never reaches `serveMount` so. */
+  standby?: boolean;
 }
 
 export async function serveMount(config: MountConfig, log: Logger, kept?: KeptConnection): Promise<RunningMount> {

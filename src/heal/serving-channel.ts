@@ -8,15 +8,33 @@
  *
  * The supervisor's open /dev/fuse is the serving process's descriptor `DEVICE_FD`
  * (`--device-fd`); `--resume` tells it that the connection on it is mounted and
- * negotiated already, by a serving process that died.
+ * negotiated already, by a serving process that died. A **standby** (`--standby`) is a
+ * serving process started ahead of need: it loads its code and waits; the one message
+ * the supervisor sends, `take-over`, makes it take the connection over as `--resume`
+ * would. Until then it holds nothing, and SIGTERM ends it.
  */
 
 /** Where a serving process finds the supervisor's /dev/fuse: after stdio (0-2) and the IPC channel (3). */
 export const DEVICE_FD = 4;
 
 /** The arguments that tell a serving process of the supervisor's descriptor, and whether to take its connection over. */
-export function deviceArgs(resume: boolean): string[] {
-  return ['--device-fd', String(DEVICE_FD), ...(resume ? ['--resume'] : [])];
+export function deviceArgs(mode: 'mount' | 'resume' | 'standby'): string[] {
+  return ['--device-fd', String(DEVICE_FD), ...(mode === 'mount' ? [] : [`--${mode}`])];
+}
+
+/** What the supervisor sends: only `take-over`, to a standby. */
+export const TAKE_OVER = { kind: 'take-over' } as const;
+
+/** Resolves when the supervisor tells this standby to take the connection over. */
+export function toldToTakeOver(): Promise<void> {
+  return new Promise((resolve) => {
+    const onMessage = (message: unknown): void => {
+      if (typeof message !== 'object' || message === null || (message as { kind?: unknown }).kind !== TAKE_OVER.kind) return;
+      process.off('message', onMessage);
+      resolve();
+    };
+    process.on('message', onMessage);
+  });
 }
 
 export type ServingMessage = { kind: 'ready'; metricsPort?: number } | { kind: 'failed'; exitCode: number; message: string };

@@ -11,7 +11,11 @@
  * the runtime dir, and has the kernel send again the requests the dead one read and
  * never answered (NOTIFY_RESEND, `fuse/session.ts`). Meanwhile the kernel holds every
  * request: descriptors and working directories held across the crash go on working,
- * and a reader caught mid-read gets its bytes late. The first restart after a stable
+ * and a reader caught mid-read gets its bytes late. The replacement is a **standby**,
+ * started once the serving process serves, that has loaded its code and waits
+ * (`serving-channel.ts`): taking over costs no process start and no module loading,
+ * which dominate a cold start (about 1 s here, more on a loaded machine); it costs the
+ * memory of one idle Node process. The first restart after a stable
  * period is immediate, each further one in a row waits twice as long, capped; it
  * never gives up, and logs every attempt.
  *
@@ -42,7 +46,7 @@ import { repairBinds } from './bind-repair.js';
 import { MountAnchor } from './mount-anchor.js';
 import { lazyUnmount } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
-import { asServingMessage, deviceArgs, DEVICE_FD } from './serving-channel.js';
+import { asServingMessage, deviceArgs, DEVICE_FD, TAKE_OVER } from './serving-channel.js';
 import type { SupervisorMetrics } from './supervisor-metrics.js';
 
 /** How to start a serving process: it reports on its IPC channel (`serving-channel.ts`). */
@@ -107,6 +111,8 @@ export class MountSupervisor {
   private connection?: string;
   /** A serving process could not take the connection over: the next one mounts anew. */
   private resumeFailed = false;
+  /** The next serving process, waiting to be told to take the connection over. */
+  private standby?: ServingProcess;
   private end!: (why: SupervisionEnd) => void;
   /** Resolves when supervision ends; the serving process is gone by then. */
   readonly ended: Promise<SupervisionEnd> = new Promise((resolve) => (this.end = resolve));
@@ -124,7 +130,7 @@ export class MountSupervisor {
   /** Starts the first serving process; resolves once it has mounted, throws `ServingStartError` if it could not. */
   async start(): Promise<void> {
     this.openDevice();
-    const proc = this.spawn(false);
+    const proc = this.spawn('mount');
     try {
       await proc.ready;
     } catch (err) {
@@ -144,6 +150,7 @@ export class MountSupervisor {
   private async shutDown(): Promise<void> {
     const { log } = this.options;
     clearTimeout(this.retryTimer);
+    await this.dropStandby();
     const proc = this.current;
     if (proc?.alive) {
       proc.kill('SIGTERM');
@@ -164,18 +171,41 @@ export class MountSupervisor {
   }
 
   private async finish(why: SupervisionEnd): Promise<void> {
+    await this.dropStandby();
     this.closeDevice();
     await this.anchor?.release().catch((err: unknown) => this.options.log.error({ err: (err as Error).message }, 'cannot release the anchor'));
     this.anchor = undefined;
     this.end(why);
   }
 
-  /** Starts a serving process on the kept descriptor; `resume`: to take its connection over. */
-  private spawn(resume: boolean): ServingProcess {
-    const proc = new ServingProcess(this.options.command, this.deviceFd, resume);
+  /** Starts a serving process on the kept descriptor: to mount it, or to take its connection over. */
+  private spawn(mode: 'mount' | 'resume'): ServingProcess {
+    const proc = new ServingProcess(this.options.command, this.deviceFd, mode);
     this.current = proc;
-    this.options.log.debug({ servingPid: proc.pid, resume }, 'started a serving process');
+    this.options.log.debug({ servingPid: proc.pid, mode }, 'started a serving process');
     return proc;
+  }
+
+  /** Starts a standby for the kept connection, unless there is one. */
+  private prepareStandby(): void {
+    if (this.deviceFd === undefined || !this.connection || this.stopping || this.standby?.alive) return;
+    const standby = new ServingProcess(this.options.command, this.deviceFd, 'standby');
+    this.standby = standby;
+    this.options.log.debug({ standbyPid: standby.pid }, 'started a standby serving process');
+    void standby.exited.then((exit) => {
+      if (this.standby !== standby) return;
+      this.standby = undefined;
+      if (!this.stopping) this.options.log.warn({ standbyPid: standby.pid, code: exit.code, signal: exit.signal }, 'the standby serving process ended: the next replacement starts cold');
+    });
+  }
+
+  /** Ends the standby (it holds nothing but its copy of the descriptor). */
+  private async dropStandby(): Promise<void> {
+    const standby = this.standby;
+    this.standby = undefined;
+    if (!standby?.alive) return;
+    standby.kill('SIGTERM');
+    await standby.exited;
   }
 
   private openDevice(): void {
@@ -215,6 +245,7 @@ export class MountSupervisor {
     if (!this.anchor && this.options.anchor !== false) this.anchor = await MountAnchor.create(this.options.mountpoint, this.options.log);
     this.options.metrics.servingUp.set(1);
     void proc.exited.then((exit) => this.onExit(proc, exit));
+    this.prepareStandby();
   }
 
   private onExit(proc: ServingProcess, exit: Exit): void {
@@ -260,9 +291,10 @@ export class MountSupervisor {
       }
     }
     // The dead mount must go before a new one can be made on the same directory.
+    if (whyNot) await this.dropStandby();
     if (whyNot) await this.detachDeadMount().catch((err: unknown) => log.error({ attempt, err: (err as Error).message }, 'cannot detach the dead mount'));
     if (this.stopping) return;
-    const proc = this.spawn(!whyNot);
+    const proc = !whyNot && this.standby?.alive ? this.takeOverByStandby(this.standby) : this.spawn(whyNot ? 'mount' : 'resume');
     const timeoutMs = this.options.restartTimeoutMs ?? 60_000;
     const timer = setTimeout(() => {
       log.error({ attempt, servingPid: proc.pid, timeoutMs }, 'serving process did not mount in time: killing it');
@@ -274,9 +306,11 @@ export class MountSupervisor {
       await proc.exited;
       if (this.current === proc) this.current = undefined;
       if (this.stopping) return;
-      if (proc.resume) this.resumeFailed = true;
       log.error({ attempt, servingPid: proc.pid, resume: proc.resume, code: (err as ServingStartError).exitCode, reason: (err as Error).message }, 'serving process could not mount');
-      this.scheduleRestart();
+      if (!proc.resume) return this.scheduleRestart();
+      // Not a crash loop: the connection could not be taken over. Mounting anew is tried at once.
+      this.resumeFailed = true;
+      this.retryTimer = setTimeout(() => void this.restart(), 0);
       return;
     } finally {
       clearTimeout(timer);
@@ -286,6 +320,14 @@ export class MountSupervisor {
     log.info({ attempt, servingPid: proc.pid, downMs: Date.now() - this.diedAt, keptConnection: proc.resume }, 'mount recovered');
     await this.adopt(proc);
     if (!proc.resume) await this.repairBinds();
+  }
+
+  private takeOverByStandby(standby: ServingProcess): ServingProcess {
+    this.standby = undefined;
+    this.current = standby;
+    standby.takeOver();
+    this.options.log.debug({ servingPid: standby.pid }, 'told the standby to take the connection over');
+    return standby;
   }
 
   /** Detaches the mount at the mount point while it is one of a dead connection (there may be several stacked). */
@@ -324,7 +366,7 @@ class ServingProcess {
   /** `major:minor` of the connection it serves, once mounted. */
   device?: string;
   private failure?: { exitCode: number; message: string };
-  /** Started to take over the connection of one that died. */
+  /** Started to take over the connection of one that died (a standby, once told to). */
   readonly resume: boolean;
   /** Resolves once the process is gone and its IPC channel closed. */
   readonly exited: Promise<Exit>;
@@ -332,9 +374,9 @@ class ServingProcess {
   readonly ready: Promise<void>;
 
   /** `deviceFd`: the supervisor's /dev/fuse, handed over as the child's DEVICE_FD. */
-  constructor(command: ServingCommand, deviceFd: number | undefined, resume: boolean) {
-    this.resume = resume && deviceFd !== undefined;
-    const args = deviceFd === undefined ? command.args : [...command.args, ...deviceArgs(this.resume)];
+  constructor(command: ServingCommand, deviceFd: number | undefined, mode: 'mount' | 'resume' | 'standby') {
+    this.resume = mode !== 'mount' && deviceFd !== undefined;
+    const args = deviceFd === undefined ? command.args : [...command.args, ...deviceArgs(mode)];
     const stdio: (number | 'ignore' | 'inherit' | 'ipc')[] = ['ignore', 'inherit', 'inherit', 'ipc'];
     if (deviceFd !== undefined) stdio[DEVICE_FD] = deviceFd;
     this.child = spawn(command.file, args, {
@@ -373,6 +415,13 @@ class ServingProcess {
 
   kill(signal: NodeJS.Signals): void {
     if (this.alive) this.child.kill(signal);
+  }
+
+  /** Tells a standby to take the connection over; one that cannot hear it is killed (and so replaced). */
+  takeOver(): void {
+    this.child.send(TAKE_OVER, (err) => {
+      if (err) this.kill('SIGKILL');
+    });
   }
 
   private startError(exit: Exit): ServingStartError {
