@@ -6,6 +6,8 @@
  * /sys/fs/fuse/connections) stays the same, and a read the dead process had taken
  * from the kernel and not answered is sent again (NOTIFY_RESEND) and answered by the
  * replacement. Where the connection cannot be taken over, the supervisor mounts anew.
+ * `cachefs mount` of a new build on the live mount point hands the connection over the
+ * same way (an upgrade), and is refused when the FUSE options would change.
  *
  * Readers hold their files open with O_DIRECT, so that every read goes to the
  * serving process rather than to the page cache.
@@ -13,14 +15,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { readMountTable, topMountAt } from '../src/sys/mountinfo.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
-import { mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
-import { runCommand, waitFor } from './support/processes.js';
+import { cachefs, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { isAlive, runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
 const MiB = 1024 * 1024;
@@ -270,6 +272,40 @@ describe('a serving process killed with SIGKILL is replaced on the same kernel c
     expect(supervisorLog(mnt, 'cannot keep the kernel connection: mounting anew')).toHaveLength(1);
     expect(supervisorLog(mnt, 'mount recovered').map((l) => l.keptConnection)).toEqual([false]);
     expect(await connectionOf(mnt.mountpoint)).not.toBe(connection);
+    const reader = startReader(path.join(mnt.mountpoint, 'data.bin'), mnt.mountpoint);
+    await goodReadAfter(reader, 0);
+  });
+});
+
+describe('an upgrade: cachefs mount on a live mount point hands the kept connection to the new build', () => {
+  const mountArgs = (mnt: TestMount, extra: string[]): string[] => ['mount', mnt.mountpoint, '--ufs', 's3://keep', '--s3-endpoint', s3.endpoint, '--block-size', '1MiB', '--foreground', '--cache-dir', mnt.cacheDir, ...extra];
+
+  it('under readers: no failed read, the same connection, and the new command line serves', async () => {
+    const mnt = await mount();
+    const connection = await connectionOf(mnt.mountpoint);
+    const all = Array.from({ length: 4 }, (_, i) => startReader(path.join(mnt.mountpoint, 'data.bin'), mnt.mountpoint, { start: i * 2 * MiB, intervalMs: 5 }));
+    for (const r of all) await goodReadAfter(r, 0);
+    const old = await servingPidOf(mnt.process.pid!);
+    const r = await cachefs(mountArgs(mnt, ['--readahead', '16MiB']), env);
+    expect(r.code, r.stderr).toBe(0);
+    const upgradedAt = Date.now();
+    const now = await servingPidOf(mnt.process.pid!, old);
+    expect((await readFile(`/proc/${now}/cmdline`, 'utf8')).split('\0')).toContain('16MiB');
+    await waitFor(() => !isAlive(old), { timeoutMs: 10_000, what: 'the old serving process to end' });
+    for (const reader of all) await goodReadAfter(reader, upgradedAt);
+    for (const reader of all) expect(reads(reader).filter((x) => x.err), `failed reads of reader ${reader.pid}`).toEqual([]);
+    expect(await connectionOf(mnt.mountpoint)).toBe(connection);
+    expect(supervisorLog(mnt, 'upgrade: the new build serves the mount')).toHaveLength(1);
+    expect((await mnt.metrics()).value('cachefs_mount_recoveries_total')).toBe(0);
+  });
+
+  it('is refused when the FUSE options would change, and the mount serves on', async () => {
+    const mnt = await mount();
+    const serving = await servingPidOf(mnt.process.pid!);
+    const r = await cachefs(mountArgs(mnt, ['--allow-other']), env);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/cannot upgrade the mount at .*: the FUSE options would change \(mounted with .*allow_other=false.*, asked for .*allow_other=true/);
+    expect(await servingPidOf(mnt.process.pid!)).toBe(serving);
     const reader = startReader(path.join(mnt.mountpoint, 'data.bin'), mnt.mountpoint);
     await goodReadAfter(reader, 0);
   });

@@ -20,6 +20,8 @@ import { Command, Option } from 'commander';
 import { DEVICE_READS } from '../fuse/session.js';
 import { MountSupervisor, ServingStartError, type ServingCommand } from '../heal/supervisor.js';
 import { SupervisorMetrics, SupervisorMetricsServer } from '../heal/supervisor-metrics.js';
+import { askUpgrade, SupervisorSocket } from '../heal/supervisor-socket.js';
+import { controlDirFor } from '../worker/control-socket.js';
 import { MountAnchor } from '../heal/mount-anchor.js';
 import { hasSupervisor, tellSupervisor, toldToTakeOver, whenSupervisorGone } from '../heal/serving-channel.js';
 import { createLogger, type Logger } from '../log.js';
@@ -112,21 +114,41 @@ async function standBy(config: MountConfig, signalled: Promise<void>, log: Logge
   const { loadUfsBackend } = await import('../ufs/open-ufs.js');
   for (const scheme of new Set([config.ufs?.scheme, ...(config.namespace ?? []).map((n) => n.uri.scheme)])) if (scheme) await loadUfsBackend(scheme);
   log.debug('standing by to take over the connection');
+  await tellSupervisor({ kind: 'standing-by' });
   const orphaned = new Promise<void>((resolve) => whenSupervisorGone(resolve));
   return Promise.race([told.then(() => undefined), signalled.then(() => 'ended' as const), orphaned.then(() => 'ended' as const)]);
+}
+
+/** What the kernel mount is made with, which an upgrade must leave as it is: the source, allow_other, the owner. */
+function fuseOptionsOf(config: MountConfig): string {
+  return `source=${config.source},allow_other=${config.allowOther},user_id=${process.getuid?.() ?? 0},group_id=${process.getgid?.() ?? 0}`;
 }
 
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
 async function supervise(config: MountConfig): Promise<void> {
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'supervisor' });
+  const runtimeDir = controlDirFor(config.mountpoint);
+  // A supervisor already runs this mount: this build takes its connection over (an upgrade).
+  const upgraded = await askUpgrade(runtimeDir, { kind: 'upgrade', command: servingCommand(), fuseOptions: fuseOptionsOf(config) });
+  if (upgraded) {
+    if (!upgraded.ok) throw new CachefsError(upgraded.code, `cannot upgrade the mount at ${config.mountpoint}: ${upgraded.message}`);
+    log.info({ mountpoint: config.mountpoint, servingPid: upgraded.servingPid }, 'upgraded: the running supervisor serves the mount with this build');
+    reportReady();
+    exitAfterFlush(log, 0);
+  }
   const metrics = new SupervisorMetrics();
-  const supervisor = new MountSupervisor({ mountpoint: config.mountpoint, command: servingCommand(), log, metrics });
+  const supervisor = new MountSupervisor({ mountpoint: config.mountpoint, command: servingCommand(), log, metrics, fuseOptions: fuseOptionsOf(config) });
   const stop = (): void => void supervisor.stop();
   for (const s of SIGNALS) process.on(s, stop);
   let server: SupervisorMetricsServer | undefined;
+  let control: SupervisorSocket | undefined;
   try {
     if (config.metricsPort !== undefined) server = await SupervisorMetricsServer.start(metrics, supervisor, config.metricsPort, config.metricsHost);
     await supervisor.start();
+    control = await SupervisorSocket.listen(runtimeDir, (request) => supervisor.upgrade(request), log).catch((err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'no supervisor socket: a new build cannot take this mount over');
+      return undefined;
+    });
   } catch (err) {
     reportFailure(exitCodeOf(err), oneLine(err));
     await supervisor.stop();
@@ -140,6 +162,7 @@ async function supervise(config: MountConfig): Promise<void> {
   log.info({ mountpoint: config.mountpoint, servingPid: supervisor.serving()?.pid, metricsPort: server?.port }, 'supervising the mount');
   const why = await supervisor.ended;
   log.info({ mountpoint: config.mountpoint, why }, 'supervision ended');
+  await control?.close();
   await server?.close();
   if (config.pidFile) rmSync(config.pidFile, { force: true });
   exitAfterFlush(log, 0);
@@ -204,8 +227,15 @@ async function serve(config: MountConfig, kept: KeptConnection | undefined): Pro
     await tellSupervisor({ kind: 'failed', exitCode: exitCodeOf(err), message: oneLine(err) });
     throw err;
   }
+  const handOver = kept ? new Promise<void>((resolve) => process.once('SIGUSR2', resolve)) : new Promise<void>(() => undefined);
   await tellSupervisor({ kind: 'ready', metricsPort: mount.metricsPort });
-  const why = await Promise.race([signalled.then(() => 'signal'), mount.gone.then(() => 'unmounted from outside')]);
+  const why = await Promise.race([signalled.then(() => 'signal'), mount.gone.then(() => 'unmounted from outside'), handOver.then(() => 'upgrade')]);
+  if (why === 'upgrade') {
+    // The supervisor hands the connection to a serving process of a new build: the mount and the runtime dir stay.
+    log.info({ mountpoint: mount.mountpoint }, 'draining: the connection goes to a serving process of a new build');
+    await mount.drain();
+    exitAfterFlush(log, HANDED_OVER_EXIT);
+  }
   log.info({ mountpoint: mount.mountpoint, why }, 'unmounting');
   await mount.close();
   // A supervisor that was killed could not release its anchor of this mount.
@@ -214,6 +244,8 @@ async function serve(config: MountConfig, kept: KeptConnection | undefined): Pro
 }
 
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+/** A serving process that handed its connection on exits so (EX_TEMPFAIL): not 0, which would end supervision. */
+const HANDED_OVER_EXIT = 75;
 
 /** Resolves on SIGTERM, SIGINT or SIGHUP. */
 function untilSignalled(): Promise<void> {

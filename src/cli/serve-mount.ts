@@ -31,6 +31,8 @@ import { openBackend } from './mount-backends.js';
 import type { MountConfig } from './mount-config.js';
 
 const OP_TIMEOUT_MS = 60_000;
+/** How long a drain waits for the requests read to be answered; the rest go to the next process. */
+const DRAIN_TIMEOUT_MS = 10_000;
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -39,6 +41,8 @@ export interface RunningMount {
   readonly gone: Promise<void>;
   /** Unmounts and releases everything; safe to call twice. */
   close(): Promise<void>;
+  /** Stops serving, the mount left for the next serving process on the supervisor's descriptor (an upgrade); the process then exits. */
+  drain(): Promise<void>;
 }
 
 /** The supervisor's /dev/fuse, and whether to take over the connection on it (mounted by a serving process that died). */
@@ -109,7 +113,7 @@ export async function serveMount(config: MountConfig, log: Logger, kept?: KeptCo
       await fuse.unmount();
     });
     log.info({ mountpoint, source: config.source, cacheDir: config.cacheDir, metricsPort }, 'mounted');
-    return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll };
+    return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll, drain: () => fuse.drain(DRAIN_TIMEOUT_MS) };
   } catch (err) {
     await closeAll();
     throw err;

@@ -74,6 +74,12 @@ export class FuseMount {
     return new FuseMount(session, mountpoint);
   }
 
+  /** Stops serving without unmounting, for the next serving process on the same connection (an upgrade). */
+  async drain(timeoutMs: number): Promise<void> {
+    clearInterval(this.watch);
+    await this.session.drain(timeoutMs);
+  }
+
   /** Unmounts (lazily, so open files do not keep a dying mount); nothing to do if already gone. */
   async unmount(): Promise<void> {
     clearInterval(this.watch);

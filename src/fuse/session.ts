@@ -238,6 +238,18 @@ export class FuseSession {
     }
   }
 
+  /**
+   * Hands the connection on (an upgrade): reads no more requests, and waits at most
+   * `timeoutMs` for those read to be answered. The mount stays; requests still unanswered
+   * when this process ends are sent again to the next one (NOTIFY_RESEND).
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    await this.stopReading();
+    const until = Date.now() + timeoutMs;
+    while (this.requests.inFlight > 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 10));
+    if (this.requests.inFlight > 0) this.log.warn({ inFlight: this.requests.inFlight, timeoutMs }, 'handing the connection on with requests unanswered: the next serving process gets them again');
+  }
+
   /** Stops reading the device: the reads waiting in the kernel are woken, and the requests they bring are the last ones served. */
   private async stopReading(): Promise<void> {
     this.stopping = true;

@@ -2,8 +2,8 @@
  * The channel between the mount supervisor and its serving process: Node's IPC
  * channel (fd 3 of the child). The serving process says once whether it mounted
  * (`ready`, with the port of its own metrics endpoint) or why it could not
- * (`failed`, with the exit code and the one-line message it also prints); nothing
- * else crosses it. Stopping goes the other way as a plain SIGTERM, so an operator
+ * (`failed`, with the exit code and the one-line message it also prints); a standby
+ * says `standing-by` once it has loaded what it needs. Stopping goes the other way as a plain SIGTERM, so an operator
  * can stop a serving process the same way.
  *
  * The supervisor's open /dev/fuse is the serving process's descriptor `DEVICE_FD`
@@ -37,7 +37,7 @@ export function toldToTakeOver(): Promise<void> {
   });
 }
 
-export type ServingMessage = { kind: 'ready'; metricsPort?: number } | { kind: 'failed'; exitCode: number; message: string };
+export type ServingMessage = { kind: 'ready'; metricsPort?: number } | { kind: 'failed'; exitCode: number; message: string } | { kind: 'standing-by' };
 
 /** Narrows what arrived on the IPC channel; anything else is ignored. */
 export function asServingMessage(value: unknown): ServingMessage | undefined {
@@ -45,6 +45,7 @@ export function asServingMessage(value: unknown): ServingMessage | undefined {
   const v = value as Record<string, unknown>;
   if (v.kind === 'ready') return { kind: 'ready', metricsPort: typeof v.metricsPort === 'number' ? v.metricsPort : undefined };
   if (v.kind === 'failed' && typeof v.exitCode === 'number' && typeof v.message === 'string') return { kind: 'failed', exitCode: v.exitCode, message: v.message };
+  if (v.kind === 'standing-by') return { kind: 'standing-by' };
   return undefined;
 }
 

@@ -48,6 +48,7 @@ import { lazyUnmount } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
 import { asServingMessage, deviceArgs, DEVICE_FD, TAKE_OVER } from './serving-channel.js';
 import type { SupervisorMetrics } from './supervisor-metrics.js';
+import type { UpgradeAnswer, UpgradeRequest } from './supervisor-socket.js';
 
 /** How to start a serving process: it reports on its IPC channel (`serving-channel.ts`). */
 export interface ServingCommand {
@@ -78,6 +79,8 @@ export interface SupervisorOptions {
   stopTimeoutMs?: number;
   /** Keep an anchor bind (`mount-anchor.ts`) so that binds of the mount point itself heal; default true (root only). */
   anchor?: boolean;
+  /** What the kernel mount is made with (source, allow_other, owner): an upgrade that would change it is refused. */
+  fuseOptions?: string;
 }
 
 /** Why supervision ended: `stop()`, or the serving process ended the mount on purpose. */
@@ -113,12 +116,53 @@ export class MountSupervisor {
   private resumeFailed = false;
   /** The next serving process, waiting to be told to take the connection over. */
   private standby?: ServingProcess;
+  /** What serving processes are started with: the mount's command line, or an upgrade's. */
+  private command: ServingCommand;
+  /** An upgrade under way: the serving process draining, and where the answer goes. */
+  private handOver?: { from: ServingProcess; previous: ServingCommand; done: (answer: UpgradeAnswer) => void };
   private end!: (why: SupervisionEnd) => void;
   /** Resolves when supervision ends; the serving process is gone by then. */
   readonly ended: Promise<SupervisionEnd> = new Promise((resolve) => (this.end = resolve));
 
   constructor(private readonly options: SupervisorOptions) {
     this.backoff = options.backoff ?? DEFAULT_BACKOFF;
+    this.command = options.command;
+  }
+
+  /**
+   * Upgrade: hands the kept connection to a serving process of `request.command` (a new
+   * build) — its standby is started, the serving process drains (SIGUSR2: it stops reading
+   * the device, answers what it read, and exits without unmounting), and the standby takes
+   * over. Refused when the FUSE options would change, or while the mount is not served on a
+   * kept connection. Resolves once the new process serves, or with why not.
+   */
+  async upgrade(request: UpgradeRequest): Promise<UpgradeAnswer> {
+    if (request.fuseOptions !== (this.options.fuseOptions ?? '')) {
+      return { ok: false, code: 'CONFLICT', message: `the FUSE options would change (mounted with ${this.options.fuseOptions}, asked for ${request.fuseOptions}): unmount, then mount` };
+    }
+    const from = this.current;
+    if (this.stopping || this.handOver || !from?.alive || from.readyAt === undefined || this.deviceFd === undefined || !this.connection) {
+      return { ok: false, code: 'CONFLICT', message: `${this.options.mountpoint} is not served on a kept connection right now (recovering, stopping or upgrading): try again` };
+    }
+    const done = new Promise<UpgradeAnswer>((resolve) => (this.handOver = { from, previous: this.command, done: resolve }));
+    this.command = request.command;
+    await this.dropStandby();
+    this.prepareStandby();
+    // The old process serves on until the new build has loaded: the pause is only the take-over.
+    await this.standby?.standingBy;
+    // Stopped meanwhile: the hand-over was answered already.
+    if (this.stopping) return done;
+    this.options.log.info({ servingPid: from.pid, standbyPid: this.standby?.pid }, 'upgrade: the serving process drains and hands the connection to one of the new build');
+    from.kill('SIGUSR2');
+    return done;
+  }
+
+  private endHandOver(answer: UpgradeAnswer): void {
+    const handOver = this.handOver;
+    this.handOver = undefined;
+    if (!handOver) return;
+    if (!answer.ok) this.command = handOver.previous;
+    handOver.done(answer);
   }
 
   /** The serving process now, if one is mounted. */
@@ -150,6 +194,7 @@ export class MountSupervisor {
   private async shutDown(): Promise<void> {
     const { log } = this.options;
     clearTimeout(this.retryTimer);
+    this.endHandOver({ ok: false, code: 'INTERRUPTED', message: 'the supervisor is stopping' });
     await this.dropStandby();
     const proc = this.current;
     if (proc?.alive) {
@@ -180,7 +225,7 @@ export class MountSupervisor {
 
   /** Starts a serving process on the kept descriptor: to mount it, or to take its connection over. */
   private spawn(mode: 'mount' | 'resume'): ServingProcess {
-    const proc = new ServingProcess(this.options.command, this.deviceFd, mode);
+    const proc = new ServingProcess(this.command, this.deviceFd, mode);
     this.current = proc;
     this.options.log.debug({ servingPid: proc.pid, mode }, 'started a serving process');
     return proc;
@@ -189,7 +234,7 @@ export class MountSupervisor {
   /** Starts a standby for the kept connection, unless there is one. */
   private prepareStandby(): void {
     if (this.deviceFd === undefined || !this.connection || this.stopping || this.standby?.alive) return;
-    const standby = new ServingProcess(this.options.command, this.deviceFd, 'standby');
+    const standby = new ServingProcess(this.command, this.deviceFd, 'standby');
     this.standby = standby;
     this.options.log.debug({ standbyPid: standby.pid }, 'started a standby serving process');
     void standby.exited.then((exit) => {
@@ -253,6 +298,12 @@ export class MountSupervisor {
     metrics.servingUp.set(0);
     if (this.current === proc) this.current = undefined;
     if (this.stopping) return;
+    if (this.handOver?.from === proc) {
+      log.info({ servingPid: proc.pid, code: exit.code, signal: exit.signal }, 'upgrade: the serving process drained: handing the connection over');
+      this.diedAt = Date.now();
+      void this.restart(true);
+      return;
+    }
     if (exit.code === 0) {
       log.info({ servingPid: proc.pid }, 'serving process ended the mount on purpose: supervision ends');
       void this.finish('unmounted');
@@ -274,7 +325,8 @@ export class MountSupervisor {
     this.retryTimer = setTimeout(() => void this.restart(), delayMs);
   }
 
-  private async restart(): Promise<void> {
+  /** Starts the next serving process; `upgrade`: after a hand-over's drain, not a crash. */
+  private async restart(upgrade = false): Promise<void> {
     const { log, metrics } = this.options;
     const attempt = this.streak;
     if (this.stopping) return;
@@ -307,6 +359,7 @@ export class MountSupervisor {
       if (this.current === proc) this.current = undefined;
       if (this.stopping) return;
       log.error({ attempt, servingPid: proc.pid, resume: proc.resume, code: (err as ServingStartError).exitCode, reason: (err as Error).message }, 'serving process could not mount');
+      if (upgrade) this.endHandOver({ ok: false, code: 'IO', message: `the serving process of the new build could not take over: ${(err as Error).message}; the mount goes on with the old build` });
       if (!proc.resume) return this.scheduleRestart();
       // Not a crash loop: the connection could not be taken over. Mounting anew is tried at once.
       this.resumeFailed = true;
@@ -316,8 +369,13 @@ export class MountSupervisor {
       clearTimeout(timer);
     }
     if (this.stopping) return; // shutDown() stops it: it is `current`
-    metrics.recoveries.inc();
-    log.info({ attempt, servingPid: proc.pid, downMs: Date.now() - this.diedAt, keptConnection: proc.resume }, 'mount recovered');
+    if (upgrade) {
+      log.info({ servingPid: proc.pid, downMs: Date.now() - this.diedAt }, 'upgrade: the new build serves the mount');
+      this.endHandOver({ ok: true, servingPid: proc.pid });
+    } else {
+      metrics.recoveries.inc();
+      log.info({ attempt, servingPid: proc.pid, downMs: Date.now() - this.diedAt, keptConnection: proc.resume }, 'mount recovered');
+    }
     await this.adopt(proc);
     if (!proc.resume) await this.repairBinds();
   }
@@ -372,6 +430,9 @@ class ServingProcess {
   readonly exited: Promise<Exit>;
   /** Resolves when it reports that it mounted; rejects with ServingStartError if it fails or ends first. */
   readonly ready: Promise<void>;
+  /** A standby: resolves once it has loaded what it needs (or has ended). */
+  readonly standingBy: Promise<void>;
+  private onStandingBy!: () => void;
 
   /** `deviceFd`: the supervisor's /dev/fuse, handed over as the child's DEVICE_FD. */
   constructor(command: ServingCommand, deviceFd: number | undefined, mode: 'mount' | 'resume' | 'standby') {
@@ -389,10 +450,13 @@ class ServingProcess {
       this.child.once('close', (code, signal) => resolve({ code, signal }));
       this.child.once('error', () => resolve({ code: this.child.exitCode ?? 127, signal: null }));
     });
+    this.standingBy = new Promise((resolve) => (this.onStandingBy = resolve));
+    void this.exited.then(() => this.onStandingBy());
     this.ready = new Promise((resolve, reject) => {
       this.child.on('message', (raw) => {
         const message = asServingMessage(raw);
-        if (message?.kind === 'ready') {
+        if (message?.kind === 'standing-by') this.onStandingBy();
+        else if (message?.kind === 'ready') {
           this.readyAt = Date.now();
           this.metricsPort = message.metricsPort;
           resolve();
