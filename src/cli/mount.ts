@@ -12,7 +12,12 @@
  *   dies (`heal/supervisor.ts`);
  * - with the hidden `--supervised`, the process is the **serving process**: it
  *   mounts and answers FUSE requests, its metrics on a private port of 127.0.0.1
- *   that the supervisor merges into its own.
+ *   that the supervisor merges into its own. On the supervisor's /dev/fuse
+ *   (`--device-fd`) it may instead take over the connection of one that died
+ *   (`--resume`), or wait to be told to (`--standby`).
+ *
+ * A `--foreground` mount whose mount point a supervisor serves already asks that
+ * supervisor to hand the mount to this build instead (an upgrade, `heal/supervisor-socket.ts`).
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
