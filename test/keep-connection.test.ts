@@ -6,7 +6,7 @@
  * /sys/fs/fuse/connections) stays the same, and a read the dead process had taken
  * from the kernel and not answered is sent again (NOTIFY_RESEND) and answered by the
  * replacement. Where the connection cannot be taken over, the supervisor mounts anew.
- * `cachefs mount` of a new build on the live mount point hands the connection over the
+ * `cachefs mount --upgrade` of a new build on the live mount point hands the connection over the
  * same way (an upgrade), and is refused when the FUSE options would change.
  *
  * Readers hold their files open with O_DIRECT, so that every read goes to the
@@ -277,8 +277,8 @@ describe('a serving process killed with SIGKILL is replaced on the same kernel c
   });
 });
 
-describe('an upgrade: cachefs mount on a live mount point hands the kept connection to the new build', () => {
-  const mountArgs = (mnt: TestMount, extra: string[]): string[] => ['mount', mnt.mountpoint, '--ufs', 's3://keep', '--s3-endpoint', s3.endpoint, '--block-size', '1MiB', '--foreground', '--cache-dir', mnt.cacheDir, ...extra];
+describe('an upgrade: cachefs mount --upgrade on a live mount point hands the kept connection to the new build', () => {
+  const mountArgs = (mnt: TestMount, extra: string[]): string[] => ['mount', mnt.mountpoint, '--ufs', 's3://keep', '--s3-endpoint', s3.endpoint, '--block-size', '1MiB', '--foreground', '--upgrade', '--cache-dir', mnt.cacheDir, ...extra];
 
   it('under readers: no failed read, the same connection, and the new command line serves', async () => {
     const mnt = await mount();

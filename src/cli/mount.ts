@@ -16,8 +16,8 @@
  *   (`--device-fd`) it may instead take over the connection of one that died
  *   (`--resume`), or wait to be told to (`--standby`).
  *
- * A `--foreground` mount whose mount point a supervisor serves already asks that
- * supervisor to hand the mount to this build instead (an upgrade, `heal/supervisor-socket.ts`).
+ * With `--upgrade`, a mount whose mount point a supervisor serves already asks that
+ * supervisor to hand the mount to this build instead (`heal/supervisor-socket.ts`).
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -63,6 +63,7 @@ export function registerMountCommand(program: Command): void {
     .option('--meta-ttl <duration>', 'how long cachefs trusts listed metadata before asking the store again', MOUNT_DEFAULTS.metaTtl)
     .option('--meta-cache-size <size>', 'memory for metadata: cached entries and listings (evicted least recently used) and the nodes readdirplus hands the kernel', MOUNT_DEFAULTS.metaCacheSize)
     .option('--nonempty', 'mount even if the mount point has files in it (hidden while mounted)')
+    .option('--upgrade', 'if a cachefs supervisor serves the mount point, hand the mount to this build without unmounting (refused if the source or --allow-other would change)')
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to a file (default: stderr in the foreground, <cache-dir>/cachefs.log when detached)')
@@ -88,7 +89,7 @@ export function registerMountCommand(program: Command): void {
           else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
           return;
         }
-        return supervise(config);
+        return supervise(config, flags.upgrade === true);
       }),
     );
 }
@@ -99,6 +100,7 @@ interface ServingFlags {
   deviceFd?: string;
   resume?: boolean;
   standby?: boolean;
+  upgrade?: boolean;
 }
 
 /** The supervisor's descriptor, as its serving process is told of it (`serving-channel.ts`). */
@@ -130,11 +132,11 @@ function fuseOptionsOf(config: MountConfig): string {
 }
 
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
-async function supervise(config: MountConfig): Promise<void> {
+async function supervise(config: MountConfig, upgrade: boolean): Promise<void> {
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'supervisor' });
   const runtimeDir = controlDirFor(config.mountpoint);
-  // A supervisor already runs this mount: this build takes its connection over (an upgrade).
-  const upgraded = await askUpgrade(runtimeDir, { kind: 'upgrade', command: servingCommand(), fuseOptions: fuseOptionsOf(config) });
+  // --upgrade, and a supervisor runs this mount already: this build takes its connection over.
+  const upgraded = upgrade ? await askUpgrade(runtimeDir, { kind: 'upgrade', command: servingCommand(), fuseOptions: fuseOptionsOf(config) }) : undefined;
   if (upgraded) {
     if (!upgraded.ok) throw new CachefsError(upgraded.code, `cannot upgrade the mount at ${config.mountpoint}: ${upgraded.message}`);
     log.info({ mountpoint: config.mountpoint, servingPid: upgraded.servingPid }, 'upgraded: the running supervisor serves the mount with this build');

@@ -33,8 +33,8 @@
  *    Bidirectional on the FUSE side, HostToContainer on the application side) heal
  *    through them, but descriptors held across the crash stay dead.
  *
- * An upgrade (`upgrade`, asked over `supervisor-socket.ts` by `cachefs mount` of a new
- * build) hands the connection over the same way, without a crash: a standby of the new
+ * An upgrade (`upgrade`, asked over `supervisor-socket.ts` by `cachefs mount --upgrade`
+ * of a new build) hands the connection over the same way, without a crash: a standby of the new
  * command line, the serving process drained (SIGUSR2), the standby told to take over.
  *
  * A serving process that exits with code 0 ended the mount on purpose (`cachefs
