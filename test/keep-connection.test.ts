@@ -21,7 +21,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { readMountTable, topMountAt } from '../src/sys/mountinfo.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
-import { cachefs, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { cachefs, killServing, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { isAlive, runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
@@ -126,14 +126,6 @@ async function goodReadAfter(reader: Reader, since: number, timeoutMs = 20_000):
     { timeoutMs, intervalMs: 20, what: `a good read by reader ${reader.pid} (${reader.stderr().trim()})` },
   );
   return found!;
-}
-
-
-async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
-  const pid = await servingPidOf(mount.process.pid!);
-  const at = Date.now();
-  process.kill(pid, 'SIGKILL');
-  return { pid, at };
 }
 
 /** The kernel connection at the mount point: its device, which is its number in /sys/fs/fuse/connections. */

@@ -25,7 +25,7 @@ import { promisify } from 'node:util';
 import { servingNodeFlags } from '../src/cli/mount.js';
 import { MountAnchor } from '../src/heal/mount-anchor.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
-import { cachefs, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { cachefs, killServing, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
 import { scrapeMetrics } from './support/metrics.js';
 import { freePort, isAlive, isMounted, mountPoints, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -137,15 +137,6 @@ async function goodReadAfter(reader: Reader, since: number, timeoutMs = 15_000):
     { timeoutMs, intervalMs: 20, what: `a good read through the mount by reader ${reader.pid} (${reader.stderr().trim()})` },
   );
   return found!;
-}
-
-
-/** Kills the serving process with SIGKILL; resolves to the kill time. */
-async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
-  const pid = await servingPidOf(mount.process.pid!);
-  const at = Date.now();
-  process.kill(pid, 'SIGKILL');
-  return { pid, at };
 }
 
 /** A fresh mount point in the shared directory, mounted through a supervisor (`--foreground`). */

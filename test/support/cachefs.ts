@@ -166,6 +166,14 @@ export async function servingPidOf(supervisorPid: number, not?: number, timeoutM
   return found!;
 }
 
+/** Kills the serving process of a supervised mount with SIGKILL; resolves to its pid and the kill time. */
+export async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
+  const pid = await servingPidOf(mount.process.pid!);
+  const at = Date.now();
+  process.kill(pid, 'SIGKILL');
+  return { pid, at };
+}
+
 /** Direct children of a process, from /proc (by PID, never by name). */
 async function childrenOf(pid: number): Promise<number[]> {
   const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
