@@ -34,13 +34,25 @@ async function supervising(m: TestMount): Promise<void> {
   }, { timeoutMs: 30_000 });
 }
 
+/**
+ * The children of a supervisor once both are there: the serving process and its standby, which
+ * also holds the connection's descriptor (killed with the rest, the connection dies).
+ */
+async function servingAndStandby(mount: TestMount): Promise<number[]> {
+  let pids: number[] = [];
+  await waitFor(async () => {
+    pids = (await sh(`pgrep -P ${mount.process.pid} -f -- --supervised`)).stdout.trim().split('\n').map(Number).filter((pid) => pid > 0);
+    return pids.length >= 2;
+  }, { timeoutMs: 15_000, what: 'the serving process and its standby' });
+  return pids;
+}
+
 describe('restart-safe mounts', () => {
   it('clears a dead cachefs mount left by a SIGKILLed supervisor and serving process, and mounts again', async () => {
     const mnt = path.join(work, 'mnt-dead');
     await mkdir(mnt);
     const first = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt });
-    const serving = (await sh(`pgrep -P ${first.process.pid}`)).stdout.trim().split('\n').map(Number).filter((pid) => pid > 0);
-    expect(serving.length).toBeGreaterThan(0);
+    const serving = await servingAndStandby(first);
     // Both at once, like an OOM kill of the container: nobody is left to clean up.
     first.process.kill('SIGKILL');
     for (const pid of serving) process.kill(pid, 'SIGKILL');
@@ -68,7 +80,7 @@ describe('restart-safe mounts', () => {
     const mnt = path.join(work, 'mnt-cached');
     await mkdir(mnt);
     const first = await mountCachefs({ ufs: `file://${src}`, mountpoint: mnt, args: ['--attr-timeout', '3600'] });
-    const serving = (await sh(`pgrep -P ${first.process.pid}`)).stdout.trim().split('\n').map(Number).filter((pid) => pid > 0);
+    const serving = await servingAndStandby(first);
     await sh(`stat ${mnt}`); // the root's attributes now held for an hour
     first.process.kill('SIGKILL');
     // pgrep may also have seen a short-lived child (mount(8)) that is gone by now.

@@ -12,7 +12,12 @@
  *   dies (`heal/supervisor.ts`);
  * - with the hidden `--supervised`, the process is the **serving process**: it
  *   mounts and answers FUSE requests, its metrics on a private port of 127.0.0.1
- *   that the supervisor merges into its own.
+ *   that the supervisor merges into its own. On the supervisor's /dev/fuse
+ *   (`--device-fd`) it may instead take over the connection of one that died
+ *   (`--resume`), or wait to be told to (`--standby`).
+ *
+ * With `--upgrade`, a mount whose mount point a supervisor serves already asks that
+ * supervisor to hand the mount to this build instead (`heal/supervisor-socket.ts`).
  */
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -20,15 +25,19 @@ import { Command, Option } from 'commander';
 import { DEVICE_READS } from '../fuse/session.js';
 import { MountSupervisor, ServingStartError, type ServingCommand } from '../heal/supervisor.js';
 import { SupervisorMetrics, SupervisorMetricsServer } from '../heal/supervisor-metrics.js';
+import { askUpgrade, SupervisorSocket } from '../heal/supervisor-socket.js';
+import { controlDirFor } from '../worker/control-socket.js';
 import { MountAnchor } from '../heal/mount-anchor.js';
-import { hasSupervisor, tellSupervisor, whenSupervisorGone } from '../heal/serving-channel.js';
-import { createLogger } from '../log.js';
+import { hasSupervisor, tellSupervisor, toldToTakeOver, whenSupervisorGone } from '../heal/serving-channel.js';
+import { createLogger, type Logger } from '../log.js';
 import { READY_ENV, reportFailure, reportReady, detach } from './daemon.js';
 import { exitCodeOf, oneLine, runAction } from './exit.js';
 import { addClusterSecurityOptions } from './cluster-options.js';
 import { MOUNT_DEFAULTS, parseMountConfig, type MountConfig, type MountFlags } from './mount-config.js';
 import { collect } from './options.js';
 import { fluidMountConfig } from './fluid-config.js';
+import type { KeptConnection } from './serve-mount.js';
+import { CachefsError } from '../errors.js';
 
 export function registerMountCommand(program: Command): void {
   const command = program
@@ -55,6 +64,7 @@ export function registerMountCommand(program: Command): void {
     .option('--meta-cache-size <size>', 'memory for metadata: cached entries and listings (evicted least recently used) and the nodes readdirplus hands the kernel', MOUNT_DEFAULTS.metaCacheSize)
     .option('--nonempty', 'mount even if the mount point has files in it (hidden while mounted)')
     .option('--no-passthrough', 'read every file through cachefs: never let the kernel read cached files itself (FUSE passthrough, kernel 6.9+, as root)')
+    .option('--upgrade', 'if a cachefs supervisor serves the mount point, hand the mount to this build without unmounting (refused if the source or --allow-other would change)')
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))
     .option('--log-file <file>', 'log to a file (default: stderr in the foreground, <cache-dir>/cachefs.log when detached)')
@@ -66,33 +76,87 @@ export function registerMountCommand(program: Command): void {
     .option('--s3-path-style', 'address buckets by path, not by virtual host (default when --s3-endpoint is given)')
     .option('--option <key=value>', 'UFS option, repeatable: s3.endpoint, oss.endpoint, cos.region, ...', collect, [])
     .option('--option-from-file <key=path>', 'UFS option read from a file (e.g. a secret), repeatable', collect, [])
-    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp());
+    .addOption(new Option('--supervised', 'internal: be the serving process of a supervisor').hideHelp())
+    .addOption(new Option('--device-fd <fd>', "internal: the supervisor's /dev/fuse").hideHelp())
+    .addOption(new Option('--resume', 'internal: take over the connection on --device-fd from a serving process that died').hideHelp())
+    .addOption(new Option('--standby', 'internal: wait to be told to take over the connection on --device-fd').hideHelp());
   addClusterSecurityOptions(command, 'mount')
     .action(
-      runAction(async (mountpoint: string | undefined, flags: MountFlags & { supervised?: boolean; fluidConfig?: string }) => {
+      runAction(async (mountpoint: string | undefined, flags: MountFlags & ServingFlags) => {
         const config = flags.fluidConfig ? fluidMountConfig(flags.fluidConfig, mountpoint, flags) : parseMountConfig(mountpoint, flags);
-        if (flags.supervised) return serve(config);
+        if (flags.supervised) return serve(config, keptConnection(flags));
         if (!config.foreground) {
           if (config.logFile) await detach(config.logFile);
           else await detach(path.join(config.cacheDir, 'cachefs.log'), `log file in the cache dir (is --cache-dir ${config.cacheDir} writable?)`);
           return;
         }
-        return supervise(config);
+        return supervise(config, flags.upgrade === true);
       }),
     );
 }
 
+interface ServingFlags {
+  supervised?: boolean;
+  fluidConfig?: string;
+  deviceFd?: string;
+  resume?: boolean;
+  standby?: boolean;
+  upgrade?: boolean;
+}
+
+/** The supervisor's descriptor, as its serving process is told of it (`serving-channel.ts`). */
+function keptConnection(flags: ServingFlags): KeptConnection | undefined {
+  if (flags.deviceFd === undefined) return undefined;
+  const deviceFd = Number(flags.deviceFd);
+  if (!Number.isInteger(deviceFd) || deviceFd < 3) throw new CachefsError('INVALID_ARGUMENT', `--device-fd '${flags.deviceFd}': expected a descriptor number of 3 or more`);
+  return { deviceFd, resume: flags.resume === true, standby: flags.standby === true };
+}
+
+/**
+ * A standby loads what serving needs (the wiring, the UFS SDK) and waits to be told to take
+ * the connection over; undefined once told, 'ended' if signalled or orphaned first.
+ */
+async function standBy(config: MountConfig, signalled: Promise<void>, log: Logger): Promise<'ended' | undefined> {
+  const told = toldToTakeOver();
+  await import('./serve-mount.js');
+  const { loadUfsBackend } = await import('../ufs/open-ufs.js');
+  for (const scheme of new Set([config.ufs?.scheme, ...(config.namespace ?? []).map((n) => n.uri.scheme)])) if (scheme) await loadUfsBackend(scheme);
+  log.debug('standing by to take over the connection');
+  await tellSupervisor({ kind: 'standing-by' });
+  const orphaned = new Promise<void>((resolve) => whenSupervisorGone(resolve));
+  return Promise.race([told.then(() => undefined), signalled.then(() => 'ended' as const), orphaned.then(() => 'ended' as const)]);
+}
+
+/** What the kernel mount is made with, which an upgrade must leave as it is: the source, allow_other, the owner. */
+function fuseOptionsOf(config: MountConfig): string {
+  return `source=${config.source},allow_other=${config.allowOther},user_id=${process.getuid?.() ?? 0},group_id=${process.getgid?.() ?? 0}`;
+}
+
 /** The supervisor: runs serving processes until SIGTERM/SIGINT/SIGHUP or the mount is ended on purpose. */
-async function supervise(config: MountConfig): Promise<void> {
+async function supervise(config: MountConfig, upgrade: boolean): Promise<void> {
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'supervisor' });
+  const runtimeDir = controlDirFor(config.mountpoint);
+  // --upgrade, and a supervisor runs this mount already: this build takes its connection over.
+  const upgraded = upgrade ? await askUpgrade(runtimeDir, { kind: 'upgrade', command: servingCommand(), fuseOptions: fuseOptionsOf(config) }) : undefined;
+  if (upgraded) {
+    if (!upgraded.ok) throw new CachefsError(upgraded.code, `cannot upgrade the mount at ${config.mountpoint}: ${upgraded.message}`);
+    log.info({ mountpoint: config.mountpoint, servingPid: upgraded.servingPid }, 'upgraded: the running supervisor serves the mount with this build');
+    reportReady();
+    exitAfterFlush(log, 0);
+  }
   const metrics = new SupervisorMetrics();
-  const supervisor = new MountSupervisor({ mountpoint: config.mountpoint, command: servingCommand(), log, metrics });
+  const supervisor = new MountSupervisor({ mountpoint: config.mountpoint, command: servingCommand(), log, metrics, fuseOptions: fuseOptionsOf(config) });
   const stop = (): void => void supervisor.stop();
   for (const s of SIGNALS) process.on(s, stop);
   let server: SupervisorMetricsServer | undefined;
+  let control: SupervisorSocket | undefined;
   try {
     if (config.metricsPort !== undefined) server = await SupervisorMetricsServer.start(metrics, supervisor, config.metricsPort, config.metricsHost);
     await supervisor.start();
+    control = await SupervisorSocket.listen(runtimeDir, (request) => supervisor.upgrade(request), log).catch((err: unknown) => {
+      log.warn({ err: (err as Error).message }, 'no supervisor socket: a new build cannot take this mount over');
+      return undefined;
+    });
   } catch (err) {
     reportFailure(exitCodeOf(err), oneLine(err));
     await supervisor.stop();
@@ -106,6 +170,7 @@ async function supervise(config: MountConfig): Promise<void> {
   log.info({ mountpoint: config.mountpoint, servingPid: supervisor.serving()?.pid, metricsPort: server?.port }, 'supervising the mount');
   const why = await supervisor.ended;
   log.info({ mountpoint: config.mountpoint, why }, 'supervision ended');
+  await control?.close();
   await server?.close();
   if (config.pidFile) rmSync(config.pidFile, { force: true });
   exitAfterFlush(log, 0);
@@ -150,23 +215,35 @@ function servingCommand(): ServingCommand {
 }
 
 /** The serving process: mounts, tells the supervisor, serves until signalled or unmounted from outside. */
-async function serve(config: MountConfig): Promise<void> {
+async function serve(config: MountConfig, kept: KeptConnection | undefined): Promise<void> {
   const log = createLogger(config.logLevel, config.logFile).child({ role: 'serving' });
   // Listening before mounting: a stop while mounting unmounts right after, instead of killing us mid-mount.
   const signalled = untilSignalled();
+  if (kept?.standby) {
+    if ((await standBy(config, signalled, log)) === 'ended') exitAfterFlush(log, 0);
+    kept = { ...kept, resume: true, standby: false };
+    log.info('the standby takes the connection over');
+  }
   whenSupervisorGone(() => log.warn('the supervisor is gone: serving on without one'));
   let mount;
   try {
     // Loaded here, not at the top: the supervisor never needs the filesystem, the backends or their SDKs.
     const { serveMount } = await import('./serve-mount.js');
     const metricsPort = config.metricsPort === undefined ? undefined : 0;
-    mount = await serveMount({ ...config, metricsPort, metricsHost: '127.0.0.1', pidFile: undefined }, log);
+    mount = await serveMount({ ...config, metricsPort, metricsHost: '127.0.0.1', pidFile: undefined }, log, kept);
   } catch (err) {
     await tellSupervisor({ kind: 'failed', exitCode: exitCodeOf(err), message: oneLine(err) });
     throw err;
   }
+  const handOver = kept ? new Promise<void>((resolve) => process.once('SIGUSR2', resolve)) : new Promise<void>(() => undefined);
   await tellSupervisor({ kind: 'ready', metricsPort: mount.metricsPort });
-  const why = await Promise.race([signalled.then(() => 'signal'), mount.gone.then(() => 'unmounted from outside')]);
+  const why = await Promise.race([signalled.then(() => 'signal'), mount.gone.then(() => 'unmounted from outside'), handOver.then(() => 'upgrade')]);
+  if (why === 'upgrade') {
+    // The supervisor hands the connection to a serving process of a new build: the mount and the runtime dir stay.
+    log.info({ mountpoint: mount.mountpoint }, 'draining: the connection goes to a serving process of a new build');
+    await mount.drain();
+    exitAfterFlush(log, HANDED_OVER_EXIT);
+  }
   log.info({ mountpoint: mount.mountpoint, why }, 'unmounting');
   await mount.close();
   // A supervisor that was killed could not release its anchor of this mount.
@@ -175,6 +252,8 @@ async function serve(config: MountConfig): Promise<void> {
 }
 
 const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
+/** A serving process that handed its connection on exits so (EX_TEMPFAIL): not 0, which would end supervision. */
+const HANDED_OVER_EXIT = 75;
 
 /** Resolves on SIGTERM, SIGINT or SIGHUP. */
 function untilSignalled(): Promise<void> {

@@ -3,8 +3,18 @@
  * Filesystem (the tree) → Vfs (nodes, handles, reads) → FUSE. Everything that can fail (URI, credentials, bucket, master,
  * cache dir, mount point, metrics port) is checked before the kernel mount is
  * made, so a failure leaves nothing mounted.
+ *
+ * On the supervisor's descriptor, the mount's runtime dir (`controlDirFor`) holds what
+ * a serving process taking the connection over needs: what INIT settled
+ * (`fuse-init.json`) and the journal of the nodes and handles the kernel holds
+ * (`kernel-journal`). Taking over (`resume`) skips the mount point's checks: a stat
+ * of it would wait for this very process to answer.
  */
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmod, mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import { CachefsError } from '../errors.js';
+import { asNegotiated, type Negotiated } from '../fuse/ops.js';
 import { BlockClient } from '../client/block-client.js';
 import { FuseMount } from '../fuse/fuse-mount.js';
 import { MountAnchor } from '../heal/mount-anchor.js';
@@ -14,12 +24,15 @@ import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
 import { Filesystem } from '../vfs/filesystem.js';
 import { Vfs } from '../vfs/vfs.js';
-import { ControlSocket } from '../worker/control-socket.js';
+import { KernelJournal, type HeldState } from '../vfs/kernel-journal.js';
+import { ControlSocket, controlDirFor } from '../worker/control-socket.js';
 import { DatasetRoutes } from '../worker/dataset-routes.js';
 import { openBackend } from './mount-backends.js';
 import type { MountConfig } from './mount-config.js';
 
 const OP_TIMEOUT_MS = 60_000;
+/** How long a drain waits for the requests read to be answered; the rest go to the next process. */
+const DRAIN_TIMEOUT_MS = 10_000;
 
 export interface RunningMount {
   readonly mountpoint: string;
@@ -28,9 +41,19 @@ export interface RunningMount {
   readonly gone: Promise<void>;
   /** Unmounts and releases everything; safe to call twice. */
   close(): Promise<void>;
+  /** Stops serving, the mount left for the next serving process on the supervisor's descriptor (an upgrade); the process then exits. */
+  drain(): Promise<void>;
 }
 
-export async function serveMount(config: MountConfig, log: Logger): Promise<RunningMount> {
+/** The supervisor's /dev/fuse, and whether to take over the connection on it (mounted by a serving process that died). */
+export interface KeptConnection {
+  deviceFd: number;
+  resume: boolean;
+  /** Started ahead of need: waits to be told to take over (`cli/mount.ts`); never reaches `serveMount` so. */
+  standby?: boolean;
+}
+
+export async function serveMount(config: MountConfig, log: Logger, kept?: KeptConnection): Promise<RunningMount> {
   const closers: (() => Promise<void>)[] = [];
   const closeAll = async (): Promise<void> => {
     for (const close of closers.splice(0).reverse()) {
@@ -39,7 +62,8 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
   };
   try {
     const metrics = new Metrics();
-    const mountpoint = await checkMountpoint(config.mountpoint, { nonempty: config.nonempty, log });
+    const mountpoint = kept?.resume ? config.mountpoint : await checkMountpoint(config.mountpoint, { nonempty: config.nonempty, log });
+    const handover = kept && (await Handover.open(mountpoint, kept.resume));
     const backend = await openBackend(config, metrics, log);
     closers.push(...backend.closers);
     if (backend.blocks) {
@@ -70,7 +94,7 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       metricsPort = server.port;
       closers.push(() => server.close());
     }
-    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes });
+    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, journal: handover && { file: handover.journalFile, held: handover.held } });
     const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,
@@ -80,6 +104,9 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       alsoMountedAt: [path.join(MountAnchor.dirFor(mountpoint), 'mount')],
       source: config.source,
       passthrough: config.passthrough,
+      deviceFd: kept?.deviceFd,
+      resume: handover?.negotiated,
+      onInit: handover && ((negotiated) => handover.initSettled(negotiated)),
     });
     mounted = true;
     closers.push(async () => {
@@ -87,9 +114,49 @@ export async function serveMount(config: MountConfig, log: Logger): Promise<Runn
       await fuse.unmount();
     });
     log.info({ mountpoint, source: config.source, cacheDir: config.cacheDir, metricsPort }, 'mounted');
-    return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll };
+    return { mountpoint, metricsPort, gone: fuse.whenGone(), close: closeAll, drain: () => fuse.drain(DRAIN_TIMEOUT_MS) };
   } catch (err) {
     await closeAll();
     throw err;
+  }
+}
+
+/** The files of the runtime dir by which one serving process hands the kernel connection to the next. */
+class Handover {
+  private constructor(
+    private readonly initFile: string,
+    readonly journalFile: string,
+    /** When taking over: what INIT settled, and what the kernel holds. */
+    readonly negotiated?: Negotiated,
+    readonly held?: HeldState,
+  ) {}
+
+  /** The runtime dir's hand-over files; `resume`: read what the dead serving process left, else clear it. */
+  static async open(mountpoint: string, resume: boolean): Promise<Handover> {
+    const dir = controlDirFor(mountpoint);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+    const initFile = path.join(dir, 'fuse-init.json');
+    const journalFile = path.join(dir, 'kernel-journal');
+    if (!resume) {
+      // A crash before INIT is answered must leave nothing that a replacement could take for it.
+      rmSync(initFile, { force: true });
+      return new Handover(initFile, journalFile);
+    }
+    let negotiated: Negotiated | undefined;
+    try {
+      negotiated = asNegotiated(JSON.parse(readFileSync(initFile, 'utf8')));
+    } catch (err) {
+      throw new CachefsError('NOT_FOUND', `cannot take over the FUSE connection of ${mountpoint}: ${initFile}: ${(err as Error).message}`, { cause: err });
+    }
+    if (!negotiated) throw new CachefsError('IO', `cannot take over the FUSE connection of ${mountpoint}: ${initFile} holds no minor and flags`);
+    return new Handover(initFile, journalFile, negotiated, KernelJournal.read(journalFile));
+  }
+
+  /** Written once INIT is answered: only then can the connection be taken over. */
+  initSettled(negotiated: Negotiated): void {
+    const tmp = `${this.initFile}.new`;
+    writeFileSync(tmp, `${JSON.stringify(negotiated)}\n`, { mode: 0o600 });
+    renameSync(tmp, this.initFile);
   }
 }

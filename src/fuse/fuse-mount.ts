@@ -6,13 +6,15 @@
  * `maxReadahead` so sequential reads keep several large requests in flight, and the
  * page cache kept across opens while size and mtime are unchanged (auto_cache), and,
  * unless turned off, FUSE passthrough of files cached whole (`passthrough.ts`).
+ * On the supervisor's descriptor the mount may also be taken over from a serving
+ * process that died (`resume`), without mounting again.
  */
 import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { isMountpoint } from '../sys/mountpoint.js';
-import { FuseOps, type FuseFilesystem } from './ops.js';
+import { FuseOps, type FuseFilesystem, type Negotiated } from './ops.js';
 import { DeviceBackingFiles } from './passthrough.js';
 import { FuseSession } from './session.js';
 
@@ -33,6 +35,12 @@ export interface FuseMountOptions {
   source: string;
   /** Ask the kernel for FUSE passthrough (`--no-passthrough` does not). */
   passthrough: boolean;
+  /** The supervisor's open /dev/fuse: it keeps a copy, so the connection outlives this process. */
+  deviceFd?: number;
+  /** Take over the connection of `deviceFd`, mounted and negotiated so by a serving process that died. */
+  resume?: Negotiated;
+  /** Told what INIT settled, for a later serving process that takes the connection over. */
+  onInit?(negotiated: Negotiated): void;
 }
 
 /** Regular-file nodes offered to the session for waking its device read. */
@@ -62,10 +70,19 @@ export class FuseMount {
   }
 
   static async mount(mountpoint: string, fs: FuseFilesystem, metrics: Metrics, log: Logger, options: FuseMountOptions): Promise<FuseMount> {
-    const session = await FuseSession.mount(mountpoint, { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source }, log);
+    const sessionOptions = { allowOther: options.allowOther, opTimeoutMs: options.opTimeoutMs, source: options.source, deviceFd: options.deviceFd };
+    const session =
+      options.resume && options.deviceFd !== undefined ? await FuseSession.resume(options.deviceFd, mountpoint, sessionOptions, log) : await FuseSession.mount(mountpoint, sessionOptions, log);
     const backings = options.passthrough ? await passthroughBackings(session.device, log) : undefined;
-    session.start(new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings }, metrics, log), { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
+    const ops = new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings, resumed: options.resume }, metrics, log);
+    session.start(ops, { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     return new FuseMount(session, mountpoint);
+  }
+
+  /** Stops serving without unmounting, for the next serving process on the same connection (an upgrade). */
+  async drain(timeoutMs: number): Promise<void> {
+    clearInterval(this.watch);
+    await this.session.drain(timeoutMs);
   }
 
   /** Unmounts (lazily, so open files do not keep a dying mount); nothing to do if already gone. */

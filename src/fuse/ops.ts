@@ -40,6 +40,7 @@ import {
   type RequestHeader,
   statfsOut,
   u64,
+  uniqueAt,
   UNKNOWN_INO,
   WRITE_OPS,
 } from './protocol.js';
@@ -90,6 +91,24 @@ export interface FuseOpsOptions {
   deviceId?: string;
   /** The connection's registry of backing files, when passthrough is wanted (negotiated at INIT). */
   backings?: BackingFiles;
+  /** The connection was negotiated with a serving process before this one, which died: served at once, INIT does not come again. */
+  resumed?: Negotiated;
+  /** Told what INIT settled, once it is answered: a serving process taking over the connection needs it. */
+  onInit?(negotiated: Negotiated): void;
+}
+
+/** What INIT settled with the kernel: the protocol minor and the flags answered (`flags2`: the high 32 bits, with INIT_EXT). */
+export interface Negotiated {
+  minor: number;
+  flags: number;
+  flags2: number;
+}
+
+/** Narrows a parsed record of `Negotiated`; undefined if it is not one. */
+export function asNegotiated(value: unknown): Negotiated | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { minor, flags, flags2 = 0 } = value as Record<string, unknown>;
+  return typeof minor === 'number' && typeof flags === 'number' && typeof flags2 === 'number' ? { minor, flags, flags2 } : undefined;
 }
 
 /** An op of the table: its name, the smallest body a request of it may have, and its handler. */
@@ -120,7 +139,7 @@ export class FuseOps implements SessionHandler {
     [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
-    [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(u64(b, 0)) }],
+    [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(uniqueAt(b, 0)) }],
     // The kernel's answer to the NOTIFY_RETRIEVE that wakes the device read when the session ends.
     [Op.NOTIFY_REPLY, { name: 'notify_reply', minBody: 0, noReply: true, handle: () => undefined }],
     [Op.DESTROY, { name: 'destroy', minBody: 0, handle: (o, _h, _b, r) => o.destroy(r) }],
@@ -138,6 +157,10 @@ export class FuseOps implements SessionHandler {
     private readonly log: Logger,
   ) {
     metrics.fuseRequestsInFlight.sampledBy(() => requests.inFlight);
+    if (!options.resumed) return;
+    this.state = 'ready';
+    // Backing ids the dead process registered stay with the kernel's opens of them; new opens get their own.
+    if (options.backings && options.resumed.flags2 & InitFlag2.PASSTHROUGH) fs.usePassthrough?.(options.backings);
   }
 
   request(h: RequestHeader, body: Buffer): void {
@@ -202,9 +225,14 @@ export class FuseOps implements SessionHandler {
     const kernelFlags = body.readUInt32LE(12);
     const kernelFlags2 = kernelFlags & InitFlag.INIT_EXT && body.length >= InSize.INIT_EXT ? body.readUInt32LE(16) : 0;
     const passthrough = this.options.backings !== undefined && (kernelFlags2 & InitFlag2.PASSTHROUGH) !== 0;
-    const flags = (WANTED_FLAGS & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0);
-    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), flags, passthrough ? InitFlag2.PASSTHROUGH : 0));
+    const negotiated: Negotiated = {
+      minor: Math.min(minor, FUSE_KERNEL_MINOR),
+      flags: (WANTED_FLAGS & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0),
+      flags2: passthrough ? InitFlag2.PASSTHROUGH : 0,
+    };
+    this.requests.reply(req, 0, reply(negotiated.minor, negotiated.flags, negotiated.flags2));
     this.state = 'ready';
+    this.options.onInit?.(negotiated);
     if (passthrough) {
       this.fs.usePassthrough?.(this.options.backings!);
       this.log.info('FUSE passthrough on: opens of files cached whole in one local file are read by the kernel from that file');

@@ -138,8 +138,28 @@ export interface RequestHeader {
   pid: number;
 }
 
+/**
+ * FUSE_UNIQUE_RESEND (bit 63 of a unique): the kernel marks each request it queues again
+ * after a NOTIFY_RESEND, and matches the reply by the marked unique. Bit 63 does not fit a
+ * number, so it is carried as this bit instead (the kernel's uniques count up from 0 in
+ * steps of 2 and stay far below it).
+ */
+export const RESENT = 2 ** 52;
+
+/** A unique at `at` (a header's, or an INTERRUPT's target), bit 63 carried as RESENT. */
+export function uniqueAt(b: Buffer, at: number): number {
+  const hi = b.readUInt32LE(at + 4);
+  return b.readUInt32LE(at) + (hi & 0x7fff_ffff) * HI + (hi & 0x8000_0000 ? RESENT : 0);
+}
+
+function putUnique(b: Buffer, at: number, unique: number): void {
+  const resent = unique >= RESENT;
+  putU64(b, at, resent ? unique - RESENT : unique);
+  if (resent) b.writeUInt32LE((b.readUInt32LE(at + 4) | 0x8000_0000) >>> 0, at + 4);
+}
+
 export function readHeader(b: Buffer): RequestHeader {
-  return { len: b.readUInt32LE(0), opcode: b.readUInt32LE(4), unique: u64(b, 8), nodeid: u64(b, 16), uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) };
+  return { len: b.readUInt32LE(0), opcode: b.readUInt32LE(4), unique: uniqueAt(b, 8), nodeid: u64(b, 16), uid: b.readUInt32LE(24), gid: b.readUInt32LE(28), pid: b.readUInt32LE(32) };
 }
 
 /** A NUL-terminated name at `at` of a request body. */
@@ -152,7 +172,7 @@ export function outHeader(unique: number, error: number, bodyLength: number): Bu
   const h = Buffer.allocUnsafe(OUT_HEADER);
   h.writeUInt32LE(OUT_HEADER + bodyLength, 0);
   h.writeInt32LE(error, 4);
-  putU64(h, 8, unique);
+  putUnique(h, 8, unique);
   return h;
 }
 
@@ -258,6 +278,21 @@ export function retrieveNothing(nodeid: number): Buffer {
   b.writeUInt32LE(b.length, 0);
   b.writeInt32LE(FUSE_NOTIFY_RETRIEVE, 4); // a notification: its code in the error field, unique 0
   putU64(b, OUT_HEADER + 8, nodeid); // notify_unique, offset and size 0
+  return b;
+}
+
+const FUSE_NOTIFY_RESEND = 7;
+
+/**
+ * A NOTIFY_RESEND (kernel 6.9 on): the kernel moves every request that a server of this
+ * connection read and did not answer back to its queue, marked RESENT, to be read again.
+ * This is how a serving process that takes over the connection of a dead one serves the
+ * requests that died with it. Kernels without it refuse it with EINVAL.
+ */
+export function resendNotice(): Buffer {
+  const b = Buffer.alloc(OUT_HEADER);
+  b.writeUInt32LE(b.length, 0);
+  b.writeInt32LE(FUSE_NOTIFY_RESEND, 4); // a notification: its code in the error field, unique 0
   return b;
 }
 

@@ -23,6 +23,12 @@
  * our demand and reads no more: a NOTIFY_RETRIEVE of a node the kernel holds, which
  * the kernel answers with a request; failing that (no regular file held, on recent
  * kernels), a statfs through a path that still reaches the mount.
+ *
+ * The device may come from the mount supervisor, which keeps a copy (`heal/supervisor.ts`):
+ * the kernel connection then outlives this process, and a serving process started on the
+ * same descriptor after it died takes the connection over (`resume`): no mount, no INIT,
+ * and a NOTIFY_RESEND first, so that the requests the dead process had read and not
+ * answered come again.
  */
 import { closeSync, openSync, read, statfs, writeSync, writevSync } from 'node:fs';
 import { constants } from 'node:os';
@@ -30,7 +36,7 @@ import { CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { readMountTable, topMountAt } from '../sys/mountinfo.js';
-import { IN_HEADER, Op, readHeader, retrieveNothing, type RequestHeader } from './protocol.js';
+import { IN_HEADER, Op, readHeader, RESENT, resendNotice, retrieveNothing, type RequestHeader } from './protocol.js';
 import { FuseRequests } from './requests.js';
 import { deviceReadMode, pollDevice, type DevicePoller } from './device-poll.js';
 
@@ -59,6 +65,8 @@ export interface SessionMountOptions {
   opTimeoutMs: number;
   /** What /proc/mounts shows as the mount's source (the UFS URI, or master=HOST:PORT). */
   source: string;
+  /** An open /dev/fuse to mount (the supervisor's, which keeps a copy); else one is opened here. */
+  deviceFd?: number;
 }
 
 /** What can wake the device read when the session ends. */
@@ -89,6 +97,8 @@ export class FuseSession {
   readonly ended = new Promise<void>((resolve) => (this.endResolve = resolve));
   /** `major:minor` of the connection (its bdi is named so). */
   deviceId?: string;
+  /** Taken over from a serving process that died: the kernel is asked to send its unanswered requests again at start. */
+  private resumed = false;
 
   private constructor(
     private readonly fd: number,
@@ -105,7 +115,7 @@ export class FuseSession {
   static async mount(mountpoint: string, options: SessionMountOptions, log: Logger): Promise<FuseSession> {
     let fd: number;
     try {
-      fd = openSync('/dev/fuse', 'r+');
+      fd = options.deviceFd ?? openSync('/dev/fuse', 'r+');
     } catch (err) {
       throw new CachefsError('IO', `cannot mount ${mountpoint}: cannot open /dev/fuse: ${(err as Error).message}`, { cause: err });
     }
@@ -131,7 +141,19 @@ export class FuseSession {
     return this.fd;
   }
 
+  /**
+   * Takes over the connection of `fd`, mounted at `mountpoint` and negotiated by a serving
+   * process that died; `start()` then asks the kernel for that process's unanswered requests.
+   */
+  static async resume(fd: number, mountpoint: string, options: SessionMountOptions, log: Logger): Promise<FuseSession> {
+    const session = new FuseSession(fd, mountpoint, options, log);
+    session.resumed = true;
+    session.deviceId = topMountAt(await readMountTable(), mountpoint)?.device;
+    return session;
+  }
+
   start(handler: SessionHandler, wake?: WakeTargets): void {
+    if (this.resumed) this.resend();
     this.handler = handler;
     if (wake) this.wakeTargets = wake;
     process.on('exit', this.wakeAtExit);
@@ -142,6 +164,19 @@ export class FuseSession {
     this.log.debug({ deviceRead: this.poller ? 'poll' : 'pool' }, 'reading /dev/fuse');
     if (this.poller) return;
     for (let i = 0; i < DEVICE_READS; i++) this.readInto(Buffer.allocUnsafeSlow(DEVICE_READ));
+  }
+
+  /** NOTIFY_RESEND, before the first read: afterwards it would send again what this process has read itself. */
+  private resend(): void {
+    try {
+      writeSync(this.fd, resendNotice());
+      this.log.info('took over the FUSE connection: asked the kernel to send the unanswered requests again');
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENODEV') throw new CachefsError('IO', `cannot take over the FUSE connection of ${this.mountpoint}: it is gone`, { cause: err });
+      // EINVAL: a kernel before 6.9. Requests the dead process had read wait until their callers are killed.
+      this.log.warn({ err: (err as Error).message }, 'the kernel cannot send unanswered requests again (NOTIFY_RESEND): their callers wait until killed');
+    }
   }
 
   private pollEnded(err?: NodeJS.ErrnoException): void {
@@ -186,6 +221,7 @@ export class FuseSession {
       if (header.opcode !== Op.NOTIFY_REPLY) this.requests.replyNow(header.unique, -E.EIO);
       return;
     }
+    if (header.unique >= RESENT) this.log.info({ opcode: header.opcode, nodeid: header.nodeid }, 'serving a request the dead serving process left unanswered');
     try {
       this.handler!.request(header, chunk.subarray(IN_HEADER, header.len));
     } catch (err) {
@@ -205,6 +241,18 @@ export class FuseSession {
       // ENOENT: the kernel no longer waits for this request (interrupted); ENODEV: the connection is gone.
       if (code !== 'ENOENT' && code !== 'ENODEV') this.log.warn({ unique, err: (err as Error).message }, 'cannot write a FUSE reply');
     }
+  }
+
+  /**
+   * Hands the connection on (an upgrade): reads no more requests, and waits at most
+   * `timeoutMs` for those read to be answered. The mount stays; requests still unanswered
+   * when this process ends are sent again to the next one (NOTIFY_RESEND).
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    await this.stopReading();
+    const until = Date.now() + timeoutMs;
+    while (this.requests.inFlight > 0 && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 10));
+    if (this.requests.inFlight > 0) this.log.warn({ inFlight: this.requests.inFlight, timeoutMs }, 'handing the connection on with requests unanswered: the next serving process gets them again');
   }
 
   /** Stops reading the device: the reads waiting in the kernel are woken, and the requests they bring are the last ones served. */

@@ -3,12 +3,16 @@
  * from each lookup it is answered, counts how often, and forgets that many later;
  * a node lives here while the kernel holds it. Node id 1 is the root. A path keeps
  * its node id while it is held, so a name looked up again is the same inode.
+ *
+ * Nodes restored from a dead serving process's journal (`kernel-journal.ts`) have an
+ * unknown lookup count: the kernel's first FORGET of one (it sends its whole count
+ * when it drops an inode) drops it.
  */
 
 export interface Node {
   readonly id: number;
   readonly path: string;
-  /** Lookups answered and not yet forgotten by the kernel. */
+  /** Lookups answered and not yet forgotten by the kernel; Infinity when not known (restored). */
   lookups: number;
   /** The version as last told to the kernel, and as it was when the file was last opened. */
   version?: Version;
@@ -30,10 +34,17 @@ export interface Version {
 
 export const ROOT_ID = 1;
 
+/** Told of every node made and dropped (the journal of what the kernel holds). */
+export interface NodesObserver {
+  made(id: number, path: string): void;
+  dropped(id: number): void;
+}
+
 export class Nodes {
   private readonly byId = new Map<number, Node>();
   private readonly byPath = new Map<string, Node>();
   private nextId = ROOT_ID + 1;
+  observer?: NodesObserver;
 
   constructor() {
     const root = newNode(ROOT_ID, '/');
@@ -57,9 +68,24 @@ export class Nodes {
       node = newNode(this.nextId++, path);
       this.byId.set(node.id, node);
       this.byPath.set(path, node);
+      this.observer?.made(node.id, path);
     }
     node.lookups += 1;
     return node;
+  }
+
+  /** A node the kernel held from a serving process before this one; ids made later start past `nextId`. */
+  restore(id: number, path: string, nextId: number): void {
+    const node = newNode(id, path);
+    node.lookups = Infinity;
+    this.byId.set(id, node);
+    this.byPath.set(path, node);
+    this.nextId = Math.max(this.nextId, nextId);
+  }
+
+  /** Every node but the root, with its path. */
+  *entries(): Generator<[number, string]> {
+    for (const node of this.byId.values()) if (node.id !== ROOT_ID) yield [node.id, node.path];
   }
 
   /** Up to `max` node ids of regular files the kernel holds. */
@@ -81,9 +107,10 @@ export class Nodes {
     const node = this.byId.get(id);
     if (!node || id === ROOT_ID) return;
     node.lookups -= count;
-    if (node.lookups > 0) return;
+    if (node.lookups > 0 && node.lookups !== Infinity) return;
     this.byId.delete(id);
     if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
+    this.observer?.dropped(id);
   }
 }
 

@@ -13,6 +13,11 @@
  * open (its names, modes, sizes and mtimes): a walk of a tree already listed asks
  * for no readdir.
  *
+ * With a journal (`kernel-journal.ts`), every node and handle the kernel is given is
+ * written down, so that a serving process taking over the connection after a crash
+ * starts from them: its node ids stand, and a handle the kernel still holds is opened
+ * again, by its path, at its first use.
+ *
  * Every call that can wait takes the request's `Cancellation`. Reads pass it down
  * to the block reads; an op that was cancelled while it waited leaves nothing
  * behind (no node counted, no handle made), since its answer no longer reaches the
@@ -27,6 +32,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { Attr } from './entry.js';
 import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
+import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
 import { childPath, Nodes, type Node } from './nodes.js';
 import { PassthroughOpens, type BackingFiles } from './passthrough.js';
 
@@ -113,6 +119,8 @@ export interface VfsConfig {
   maxCachedListing?: number;
   /** The budget of metadata (--meta-cache-size), bytes: a quarter of it bounds the nodes readdirplus makes. */
   metaBudgetBytes: number;
+  /** Where the nodes and handles the kernel holds are written down; `held`: what a serving process before this one left there, to start from. */
+  journal?: { file: string; held?: HeldState };
 }
 
 /** What a released file's work is aborted with: one object for all (an AbortController's default reason, a DOMException, cost ~50 us to make per release here). */
@@ -170,6 +178,11 @@ export class Vfs {
   private readonly maxPlusNodes: number;
   /** Which opens the kernel reads itself, from a backing file. */
   private readonly passthrough: PassthroughOpens;
+  private readonly journal?: KernelJournal;
+  /** Handles the kernel holds from a serving process before this one, not used since. */
+  private readonly restored = new Map<number, { kind: HandleKind; path: string }>();
+  /** Restored handles being opened again. */
+  private readonly reopening = new Map<number, Promise<void>>();
 
   constructor(config: VfsConfig) {
     this.fs = config.fs;
@@ -177,6 +190,18 @@ export class Vfs {
     this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
     this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
     this.passthrough = new PassthroughOpens(config.client, config.metrics);
+    if (config.journal) {
+      const { file, held } = config.journal;
+      if (held) {
+        for (const [id, path] of held.nodes) this.nodes.restore(id, path, held.nextNode);
+        for (const [fh, handle] of held.handles) this.restored.set(fh, handle);
+        this.nextHandle = held.nextHandle;
+      }
+      const live = { nodes: () => this.nodes.entries(), handles: () => this.liveHandles() };
+      this.journal = held ? KernelJournal.resume(file, live) : KernelJournal.fresh(file, live);
+      const journal = this.journal;
+      this.nodes.observer = { made: (id, path) => journal.nodeMade(id, path), dropped: (id) => journal.nodeDropped(id) };
+    }
     config.metrics.vfsNodes.sampledBy(() => this.nodes.size);
     config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
     config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
@@ -233,6 +258,7 @@ export class Vfs {
       throw err;
     }
     this.files.set(fh, file);
+    this.journal?.opened(fh, 'file', node.path);
     // auto_cache: the pages are still right while the file is as it was when last opened.
     const keepCache = node.version !== undefined && node.version === node.openedVersion;
     node.openedVersion = node.version;
@@ -252,7 +278,21 @@ export class Vfs {
    */
   read(fh: number, offset: number, size: number, cancel: Cancellation, reply: ReadReply): void {
     const file = this.files.get(fh);
-    if (!file) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
+    if (!file) {
+      const reopened = this.reopen(fh, 'file');
+      if (!reopened) throw new CachefsError('BAD_HANDLE', `no open file handle ${fh}`);
+      reopened.then(
+        () => {
+          try {
+            this.read(fh, offset, size, cancel, reply);
+          } catch (err) {
+            reply.error(err);
+          }
+        },
+        (err: unknown) => reply.error(err),
+      );
+      return;
+    }
     if (file.waiting >= MAX_READS_WAITING) file.queue.push(() => this.startRead(file, offset, size, cancel, reply));
     else this.startRead(file, offset, size, cancel, reply);
   }
@@ -307,9 +347,10 @@ export class Vfs {
 
   release(fh: number): void {
     const file = this.files.get(fh);
-    if (!file) return;
+    if (!file) return this.releaseRestored(fh);
     this.files.delete(fh);
     this.passthrough.release(fh);
+    this.journal?.released(fh);
     file.close();
     this.client.release(file);
   }
@@ -327,6 +368,7 @@ export class Vfs {
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
     this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages });
+    this.journal?.opened(fh, 'dir', node.path);
     const complete = pages.complete;
     if (!complete) {
       node.openedListing = undefined;
@@ -341,6 +383,8 @@ export class Vfs {
 
   /** The entries of an open directory from `offset` on (an offset is the index of the next entry); a promise when they must be listed first. */
   readdir(fh: number, offset: number): Iterable<DirEntryOut> | Promise<Iterable<DirEntryOut>> {
+    const reopened = this.dirs.has(fh) ? undefined : this.reopen(fh, 'dir');
+    if (reopened) return reopened.then(() => this.readdir(fh, offset));
     const dir = this.dir(fh);
     const children = dir.pages.from(offset);
     return children instanceof Promise ? children.then((c) => this.entriesFrom(dir, offset, c)) : this.entriesFrom(dir, offset, children);
@@ -352,6 +396,8 @@ export class Vfs {
    * the kernel holds each node it is given so.
    */
   readdirplus(fh: number, offset: number): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
+    const reopened = this.dirs.has(fh) ? undefined : this.reopen(fh, 'dir');
+    if (reopened) return reopened.then(() => this.readdirplus(fh, offset));
     const dir = this.dir(fh);
     const children = dir.pages.from(offset);
     return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
@@ -391,8 +437,9 @@ export class Vfs {
 
   releasedir(fh: number): void {
     const dir = this.dirs.get(fh);
-    if (!dir) return;
+    if (!dir) return this.releaseRestored(fh);
     this.dirs.delete(fh);
+    this.journal?.released(fh);
     dir.pages.close();
     // Read to its end: whether the kernel may cache it whole next time is known now.
     const node = this.nodes.get(this.nodes.idOf(dir.path) ?? 0);
@@ -401,6 +448,44 @@ export class Vfs {
 
   statfs(): StatFs {
     return this.fs.statfs();
+  }
+
+  /**
+   * Opens a handle restored from the journal again, by its path, under its old number; undefined
+   * when `fh` is no restored handle of that kind. Reads of it made meanwhile share the one opening.
+   */
+  private reopen(fh: number, kind: HandleKind): Promise<void> | undefined {
+    const pending = this.reopening.get(fh);
+    if (pending) return pending;
+    const handle = this.restored.get(fh);
+    if (handle?.kind !== kind) return undefined;
+    const opening = (kind === 'file' ? this.reopenFile(fh, handle.path) : this.reopenDir(fh, handle.path)).finally(() => this.reopening.delete(fh));
+    this.reopening.set(fh, opening);
+    return opening;
+  }
+
+  private async reopenFile(fh: number, path: string): Promise<void> {
+    const object = await this.fs.open(path, 0);
+    // Released while it was being opened: the kernel holds it no more.
+    if (!this.restored.delete(fh)) return;
+    this.files.set(fh, new FileHandle(fh, path, object, this.client.newReadahead()));
+  }
+
+  private async reopenDir(fh: number, path: string): Promise<void> {
+    const { dir, listing } = await this.fs.openDir(path);
+    const pages = listing ? DirPages.whole([...listing.children].map(([name, entry]) => ({ name, entry }))) : await DirPages.open(this.fs.streamListing(dir.key));
+    if (!this.restored.delete(fh)) return pages.close();
+    this.dirs.set(fh, { path, self: this.fs.attrOf(dir), pages });
+  }
+
+  private releaseRestored(fh: number): void {
+    if (this.restored.delete(fh)) this.journal?.released(fh);
+  }
+
+  private *liveHandles(): Generator<[number, HandleKind, string]> {
+    for (const [fh, file] of this.files) yield [fh, 'file', file.path];
+    for (const [fh, dir] of this.dirs) yield [fh, 'dir', dir.path];
+    for (const [fh, handle] of this.restored) yield [fh, handle.kind, handle.path];
   }
 
   async access(nodeId: number, mask: number): Promise<void> {

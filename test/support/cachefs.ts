@@ -6,7 +6,7 @@
  * `sh()` (an async child process).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -138,6 +138,40 @@ export async function sha256Of(file: string): Promise<string> {
   const r = await runCommand('sha256sum', ['--', file], { timeoutMs: 120_000 });
   if (r.code !== 0) throw new Error(`sha256sum ${file} failed: ${r.stderr}`);
   return r.stdout.split(' ')[0]!;
+}
+
+/**
+ * The serving process of a supervisor (other than `not`): its child that holds the journal of
+ * the kernel's nodes open. A standby (a child waiting to take over) holds none; nor does any
+ * child while the mount is being recovered, so this waits.
+ */
+export async function servingPidOf(supervisorPid: number, not?: number, timeoutMs = 15_000): Promise<number> {
+  let found: number | undefined;
+  await waitFor(
+    async () => {
+      for (const pid of await childrenOf(supervisorPid)) {
+        if (pid === not) continue;
+        const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+        for (const fd of fds) {
+          if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')).endsWith('/kernel-journal')) {
+            found = pid;
+            return true;
+          }
+        }
+      }
+      return false;
+    },
+    { timeoutMs, intervalMs: 20, what: `the serving process of supervisor ${supervisorPid}` },
+  );
+  return found!;
+}
+
+/** Kills the serving process of a supervised mount with SIGKILL; resolves to its pid and the kill time. */
+export async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
+  const pid = await servingPidOf(mount.process.pid!);
+  const at = Date.now();
+  process.kill(pid, 'SIGKILL');
+  return { pid, at };
 }
 
 /** Direct children of a process, from /proc (by PID, never by name). */
