@@ -102,3 +102,30 @@ describe('objects', () => {
     expect(Buffer.from(await out.Body!.transformToByteArray())).toEqual(body.subarray(100, 200));
   });
 });
+
+describe('a distant store (shapeResponses)', () => {
+  it('delays every request by the time to first byte and paces each connection to its bandwidth', async () => {
+    const body = Buffer.alloc(4 * 1024 * 1024, 7);
+    await s3.putObject('mixed', 'paced.bin', body);
+    const timed = async (run: () => Promise<unknown>): Promise<number> => {
+      const t0 = performance.now();
+      await run();
+      return performance.now() - t0;
+    };
+    const get = async (): Promise<void> => {
+      const out = await client.send(new GetObjectCommand({ Bucket: 'mixed', Key: 'paced.bin' }));
+      // equals, not toEqual: vitest's deep comparison of 4 MiB takes a minute.
+      expect(Buffer.from(await out.Body!.transformToByteArray()).equals(body)).toBe(true);
+    };
+    const list = () => client.send(new ListObjectsV2Command({ Bucket: 'mixed', MaxKeys: 5 }));
+    s3.shapeResponses({ firstByteMs: 60, connectionBytesPerSecond: 10e6 });
+    try {
+      expect(await timed(list)).toBeGreaterThanOrEqual(60);
+      // 4 MiB at 10 MB/s: 420 ms after the first byte.
+      expect(await timed(get)).toBeGreaterThanOrEqual(60 + 400);
+    } finally {
+      s3.shapeResponses(undefined);
+    }
+    expect(() => s3.shapeResponses({ firstByteMs: -1 })).toThrow(/firstByteMs >= 0/);
+  });
+});

@@ -6,6 +6,10 @@
 // it prints the requests received since the last SIGUSR2 (or the end of the uploads) as
 // one line, `REQUESTS {"GET 4MiB":256,"LIST":3,...}` (method and ranged-GET size; LIST for a
 // ListObjectsV2), and forgets them.
+// Once the uploads are in, it answers like a distant store if asked to (the uploads go at
+// full speed): S3_FIRST_BYTE_MS (default 0) delays every request (GET, HEAD, listing)
+// before it is handled, and S3_CONNECTION_MBPS (default: no cap) paces each connection's
+// response bytes to that many MB/s (10^6 bytes), by timers, without busy work.
 // Usage: node s3-server.mjs BUCKET [FILE | --tree ROOT]...
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -29,6 +33,11 @@ function* objects() {
 }
 await server.putObjects(bucket, objects(), { concurrency: 32 });
 server.clearRequestLog();
+const firstByteMs = Number(process.env.S3_FIRST_BYTE_MS || 0);
+const mbps = process.env.S3_CONNECTION_MBPS ? Number(process.env.S3_CONNECTION_MBPS) : undefined;
+if (firstByteMs > 0 || mbps !== undefined) {
+  server.shapeResponses({ firstByteMs, connectionBytesPerSecond: mbps === undefined ? undefined : mbps * 1e6 });
+}
 // The request log is folded into counts every second: a long benchmark's log would
 // otherwise grow the server's heap, and its garbage collection, as the run goes on.
 let counts = {};

@@ -19,7 +19,9 @@
  *
  * It records requests so that a test can count what reached the object store,
  * and injects faults: a store that hangs (`stallObjectReads`, `stallListings`), which accepts a
- * GET of an object and never answers it.
+ * GET of an object and never answers it. It can also behave like a distant store
+ * (`shapeResponses`): every request waits a time to first byte, and each connection's
+ * response bytes are paced to a bandwidth, by timers (the server spends no CPU waiting).
  */
 import type { Dirent } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
@@ -39,6 +41,14 @@ import {
 export interface StartS3ServerOptions {
   /** Buckets created before the server answers its first request. */
   buckets?: readonly string[];
+}
+
+/** How a distant store answers: see `S3TestServer.shapeResponses`. */
+export interface ResponseShape {
+  /** Every request (GET, HEAD, listing, PUT) waits this long before it is handled. */
+  firstByteMs: number;
+  /** Response bytes per second on one connection; undefined: as fast as the server goes. */
+  connectionBytesPerSecond?: number;
 }
 
 /** One request as the server saw it, for tests that count object store traffic. */
@@ -91,6 +101,13 @@ export interface S3TestServer {
    * listings it held (the client sees them reset, and may ask again).
    */
   stallListings(match: ((query: URLSearchParams) => boolean) | undefined): void;
+  /**
+   * From now on, requests wait `firstByteMs` before they are handled, and each connection's
+   * response bodies go out at no more than `connectionBytesPerSecond` (one S3 connection
+   * carries ~100 MB/s): a write past the pace tells the writer to wait for 'drain', which
+   * comes on a timer. `undefined` answers as fast as it can again.
+   */
+  shapeResponses(shape: ResponseShape | undefined): void;
   /** GETs stalled so far, and how many of their connections the client still holds open. */
   stalledReads(): { total: number; open: number };
   /** Stops the server (dropping open connections) and deletes `directory`. */
@@ -176,7 +193,18 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
   /** The stalled ones that are listings. */
   const stalledLists = new Set<ServerResponse>();
 
+  let shape: ResponseShape | undefined;
   const server: Server = createServer((req, res) => {
+    if (shape === undefined) {
+      handle(req, res);
+      return;
+    }
+    if (shape.connectionBytesPerSecond !== undefined) pace(res, shape.connectionBytesPerSecond);
+    if (shape.firstByteMs > 0) setTimeout(() => handle(req, res), shape.firstByteMs);
+    else handle(req, res);
+  });
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    if (res.destroyed) return;
     const target = parseTarget(req);
     log.push({ ...target, method: req.method ?? '', range: req.headers.range });
     if (req.method === 'GET' && (target.key !== '' ? stall?.(target.key) : target.bucket !== '' && stallList?.(target.query))) {
@@ -206,7 +234,7 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
         res.end(`list failed: ${err instanceof Error ? err.message : String(err)}`);
       },
     );
-  });
+  };
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => {
@@ -273,6 +301,12 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
       for (const res of stalledLists) res.destroy();
       stalledLists.clear();
     },
+    shapeResponses(next) {
+      if (next !== undefined && !(next.firstByteMs >= 0 && (next.connectionBytesPerSecond ?? 1) > 0)) {
+        throw new Error(`shapeResponses: expected firstByteMs >= 0 and connectionBytesPerSecond > 0, got ${JSON.stringify(next)}`);
+      }
+      shape = next;
+    },
     stalledReads: () => ({ total: stalledTotal, open: stalledOpen.size }),
     async close() {
       if (closed) return;
@@ -285,6 +319,55 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
       await rm(directory, { recursive: true, force: true });
     },
   };
+}
+
+/** How far ahead of its pace a response may run before it waits on a timer: 4 ms is 400 KB at 100 MB/s. */
+const PACE_SLACK_MS = 4;
+/** When each connection may send its next byte, at the pace of its bandwidth. */
+const connectionDue = new WeakMap<object, number>();
+
+/**
+ * Paces the body of `res` to `bytesPerSecond` on its connection: each write moves the
+ * response's due time on by the chunk's share of a second; a write that leaves it more
+ * than PACE_SLACK_MS ahead of the clock returns false, and 'drain' comes when the time is
+ * due (the socket's own 'drain' is held back until then), so a piped body (s3rver's)
+ * waits on a timer. A response that fell behind (the process was not scheduled) catches
+ * up: bytes sent never exceed the pace from the response's start. Requests on one
+ * keep-alive connection come one after another, so a response starts no earlier than the
+ * previous one's due time: the pace is the connection's; an idle one gains no credit.
+ */
+function pace(res: ServerResponse, bytesPerSecond: number): void {
+  const socket = res.socket;
+  if (socket === null) return;
+  const write = res.write.bind(res) as (chunk: unknown, ...rest: unknown[]) => boolean;
+  const emit = res.emit.bind(res) as (event: string | symbol, ...args: unknown[]) => boolean;
+  let due: number | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const ahead = (): number => (due ?? 0) - performance.now();
+  const wakeWhenDue = (): void => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (!res.writableNeedDrain) res.emit('drain');
+    }, ahead() - PACE_SLACK_MS / 2);
+  };
+  res.once('close', () => clearTimeout(timer));
+  res.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
+    const ok = write(chunk, ...rest);
+    const bytes = typeof chunk === 'string' ? Buffer.byteLength(chunk) : (chunk as Uint8Array).byteLength;
+    due ??= Math.max(connectionDue.get(socket) ?? 0, performance.now());
+    due += (bytes * 1000) / bytesPerSecond;
+    connectionDue.set(socket, due);
+    if (ahead() <= PACE_SLACK_MS) return ok;
+    wakeWhenDue();
+    return false;
+  }) as ServerResponse['write'];
+  res.emit = ((event: string | symbol, ...args: unknown[]): boolean => {
+    if (event === 'drain' && ahead() > PACE_SLACK_MS) {
+      wakeWhenDue();
+      return false;
+    }
+    return emit(event, ...args);
+  }) as ServerResponse['emit'];
 }
 
 interface RequestTarget {
