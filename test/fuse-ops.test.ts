@@ -31,6 +31,7 @@ class RecordingFilesystem implements FuseFilesystem {
   readonly calls: string[] = [];
   readonly forgotten: [number, number][] = [];
   readonly reads: { cancel: Cancellation; reply: ReadReply; fill(byte: number): void }[] = [];
+  adaptiveReaddirplus = false;
 
   async lookup(parentId: number, name: string): Promise<NodeEntry> {
     this.calls.push(`lookup ${parentId} ${name}`);
@@ -138,6 +139,18 @@ describe('FUSE ops', () => {
     expect(older.body.readUInt32LE(12)).toBe(1); // ASYNC_READ: the only flag offered and wanted
 
     expect(harness().init(7, 40, 0).body.readUInt32LE(12)).toBe(0); // nothing the kernel did not offer
+  });
+
+  it('asks for readdirplus always, and adaptive (READDIRPLUS_AUTO) only when the filesystem wants it', () => {
+    const DO_READDIRPLUS = 1 << 13;
+    const READDIRPLUS_AUTO = 1 << 14;
+    const always = harness().init(7, 31).body.readUInt32LE(12);
+    expect(always & DO_READDIRPLUS).not.toBe(0);
+    expect(always & READDIRPLUS_AUTO).toBe(0);
+    const h = harness();
+    h.fs.adaptiveReaddirplus = true;
+    const adaptive = h.init(7, 31).body.readUInt32LE(12);
+    expect(adaptive & (DO_READDIRPLUS | READDIRPLUS_AUTO)).toBe(DO_READDIRPLUS | READDIRPLUS_AUTO);
   });
 
   it('tells a kernel of a newer major its own version and serves nothing until a 7.x INIT; refuses an older major or a minor below 7.15 with EPROTO', async () => {

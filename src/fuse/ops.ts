@@ -46,11 +46,8 @@ import { MAX_WRITE, type SessionHandler } from './session.js';
 
 const E = constants.errno;
 /**
- * The init flags asked for, each only when the kernel offers it. READDIRPLUS always, not
- * READDIRPLUS_AUTO: with AUTO the kernel asks for attributes only at a listing's start and
- * after the entries it got were looked at, and `find` (gnulib's fts) reads up to 100,000
- * entries of a directory before it stats any, so a find of 20,000 files still sent 19,799
- * LOOKUPs.
+ * The init flags asked for, each only when the kernel offers it. READDIRPLUS always;
+ * READDIRPLUS_AUTO only when the filesystem says so (`adaptiveReaddirplus`).
  */
 const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS;
 
@@ -69,6 +66,11 @@ export interface FuseFilesystem {
   statfs(): StatFs;
   access(nodeId: number, mask: number): Promise<void>;
   refuseWrite(nodeId: number): never;
+  /**
+   * Whether the kernel should ask for readdirplus only where it looks entries up
+   * (READDIRPLUS_AUTO) rather than always: when listings give no attributes for free.
+   */
+  readonly adaptiveReaddirplus: boolean;
   /** Node ids of regular files the kernel holds, at most `max`. */
   heldFiles(max: number): number[];
   /** For messages: the path of a node, and of an open file or directory. */
@@ -184,7 +186,8 @@ export class FuseOps implements SessionHandler {
       return this.requests.reply(req, -E.EPROTO);
     }
     const kernelFlags = body.readUInt32LE(12);
-    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), WANTED_FLAGS & kernelFlags));
+    const wanted = WANTED_FLAGS | (this.fs.adaptiveReaddirplus ? InitFlag.READDIRPLUS_AUTO : 0);
+    this.requests.reply(req, 0, reply(Math.min(minor, FUSE_KERNEL_MINOR), wanted & kernelFlags));
     this.state = 'ready';
     // The kernel caps a FUSE mount's readahead at the system default (128 KiB) whatever
     // max_readahead says; as root it can be raised per connection.
