@@ -1,7 +1,9 @@
 /**
  * A local folder as UFS (`file:///srv/data`): for datasets on a mounted disk or NFS,
  * and the simplest backend to reason about. The ETag is derived from inode, size
- * and mtime, so a rewritten file gets new block ids like a rewritten object.
+ * and mtime, so a rewritten file gets new block ids like a rewritten object. Asked
+ * for names alone (`UfsListOptions.names`), a listing gives regular files as the
+ * directory stream names them, without a stat each (`ls -f` of a million files).
  *
  * Only regular files under the folder are served. Symlinks are followed while
  * they stay inside it (resolved paths are checked against the folder's own
