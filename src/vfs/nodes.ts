@@ -15,6 +15,8 @@ export interface Node {
   openedVersion?: Version;
   /** A directory's listing as it was when last opened (its fingerprint), when it was one page. */
   openedListing?: string;
+  /** How many children a directory's last listing had, when it was read to its end. */
+  listedCount?: number;
   /** Last told to the kernel as a regular file. */
   file?: boolean;
 }
@@ -87,7 +89,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, file: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

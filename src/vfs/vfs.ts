@@ -47,14 +47,8 @@ const MAX_READS_WAITING = 8;
 const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
 /** Heap bytes a node takes (measured: 257 for a 24-character path, its ETag shared with the cached entry), rounded up. */
 const NODE_BYTES = 300;
-/**
- * The largest listing the kernel is let cache (FOPEN_CACHE_DIR), in bytes of its dirents:
- * one page. The kernel (6.18 here) keeps a cached listing in the directory's page cache,
- * and when those pages are reclaimed while a listing spans several, `ls -f` came back
- * short with no error: 0 of 1,000 entries, 2,999 of 5,000, 12,001 of 100,000 (and 9,999
- * of a million in a benchmark) while `drop_caches` ran; a listing of one page, never.
- */
-const MAX_CACHED_LISTING_BYTES = 4096;
+/** Listings longer than this are not cached by the kernel (FOPEN_CACHE_DIR): a million entries would sit in its page cache. */
+const DEFAULT_MAX_CACHED_LISTING = 100_000;
 /**
  * Children a readdirplus answer is made from (those listed by name alone are stat'ed for
  * it): more than the kernel's buffer holds (32 KiB here, ~200 entries of short names).
@@ -117,6 +111,8 @@ export interface VfsConfig {
   fs: Filesystem;
   client: BlockClient;
   metrics: Metrics;
+  /** The largest listing (entries) the kernel is let cache whole; default 100,000. */
+  maxCachedListing?: number;
   /** The budget of metadata (--meta-cache-size), bytes: a quarter of it bounds the nodes readdirplus makes. */
   metaBudgetBytes: number;
 }
@@ -171,12 +167,14 @@ export class Vfs {
   private readsWaiting = 0;
   private readonly fs: Filesystem;
   private readonly client: BlockClient;
+  private readonly maxCachedListing: number;
   /** Nodes readdirplus may make; past them it gives names only (the kernel looks them up when it needs them). */
   private readonly maxPlusNodes: number;
 
   constructor(config: VfsConfig) {
     this.fs = config.fs;
     this.client = config.client;
+    this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
     this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
     config.metrics.vfsNodes.sampledBy(() => this.nodes.size);
     config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
@@ -311,8 +309,8 @@ export class Vfs {
   /**
    * Opens a directory: its listing's first page is read now (or it is cached whole), and
    * readdir pages through the listing from there. A listing that ended within its first
-   * page and fits one page of the kernel's cache may be cached by the kernel, and is
-   * compared with the one it may have kept; a longer one is not cached by the kernel.
+   * page is compared with the one the kernel may have cached; a longer one is cached by
+   * the kernel only while it is within the size kept whole.
    */
   async opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir> {
     const node = this.node(nodeId);
@@ -322,10 +320,11 @@ export class Vfs {
     const fh = this.nextHandle++;
     this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages });
     const complete = pages.complete;
-    if (!complete || !fitsOnePage(complete)) {
+    if (!complete) {
       node.openedListing = undefined;
-      return { fh, keepCache: false, cacheDir: false };
+      return { fh, keepCache: false, cacheDir: node.listedCount === undefined || node.listedCount <= this.maxCachedListing };
     }
+    node.listedCount = complete.length;
     const fingerprint = listingFingerprint(complete);
     const keepCache = fingerprint === node.openedListing;
     node.openedListing = fingerprint;
@@ -401,6 +400,9 @@ export class Vfs {
     if (!dir) return;
     this.dirs.delete(fh);
     dir.pages.close();
+    // Read to its end: whether the kernel may cache it whole next time is known now.
+    const node = this.nodes.get(this.nodes.idOf(dir.path) ?? 0);
+    if (node && dir.pages.ended) node.listedCount = dir.pages.known;
   }
 
   statfs(): StatFs {
@@ -440,17 +442,6 @@ function cancelled(): CachefsError {
 
 function throwIfCancelled(cancel: Cancellation): void {
   if (cancel.aborted) throw cancelled();
-}
-
-/** Whether the listing's dirents (`.` and `..` too, as the kernel caches them) fit MAX_CACHED_LISTING_BYTES. */
-function fitsOnePage(children: readonly Child[]): boolean {
-  const dirent = (nameBytes: number): number => (24 + nameBytes + 7) & ~7;
-  let bytes = dirent(1) + dirent(2);
-  for (const { name } of children) {
-    bytes += dirent(Buffer.byteLength(name));
-    if (bytes > MAX_CACHED_LISTING_BYTES) return false;
-  }
-  return true;
 }
 
 /** What a listing shows: a digest of its entries' names, kinds, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
