@@ -17,6 +17,7 @@
 #   META=256MiB    --meta-cache-size of the mounts
 #   SYSTEMS="bindfs cachefs s3 worker"   what to measure (all by default)
 #   LOGDIR=DIR     where the mounts' logs go (default: the run's work dir, removed at the end)
+# Each figure is also logged (stderr, with the load average) as it is measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib/common.sh
@@ -34,7 +35,7 @@ TREE=${TREE:-$work/tree}
 BLOCK_DIR=${BLOCK_DIR:-$work/tier}
 mkdir -p "$work/m/cachefs" "$work/m/bindfs" "$work/m/s3" "$work/s3tree"
 trap 'cleanup_bench "$work/m/cachefs" "$work/m/bindfs" "$work/m/s3"' EXIT
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+log() { printf '[%s] %s (load %s)\n' "$(date +%T)" "$*" "$(cut -d' ' -f1-3 /proc/loadavg)" >&2; }
 
 # make_files DIR COUNT: COUNT files f0000000... in DIR, of 0-12 bytes (unless DIR has them).
 make_files() {
@@ -77,11 +78,13 @@ umount_fs() { local m="$work/m/$1"; umount "$m" 2>/dev/null || umount -l "$m"; f
 measure() {
   local s=$1 dir="$work/m/$1/$2" n=$3 first ls_cold ls_warm find_cold find_warm rss
   mount_fs "$s"; drop_caches
-  first=$(first_entry "$dir")
+  first=$(first_entry "$dir"); log "$s: first entry $first s"
   umount_fs "$s"; mount_fs "$s"; drop_caches
-  ls_cold=$(seconds count_ls "$dir" "$n"); ls_warm=$(seconds count_ls "$dir" "$n")
+  ls_cold=$(seconds count_ls "$dir" "$n"); log "$s: ls -f cold $ls_cold s"
+  ls_warm=$(seconds count_ls "$dir" "$n"); log "$s: ls -f warm $ls_warm s"
   umount_fs "$s"; mount_fs "$s"; drop_caches
-  find_cold=$(seconds count_find "$dir" "$n"); find_warm=$(seconds count_find "$dir" "$n")
+  find_cold=$(seconds count_find "$dir" "$n"); log "$s: find cold $find_cold s"
+  find_warm=$(seconds count_find "$dir" "$n"); log "$s: find warm $find_warm s"
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$serving/status")
   umount_fs "$s"
   printf '%-8s %9s %12s %8s %8s %10s %10s %9s\n' "$s" "$n" "$first" "$ls_cold" "$ls_warm" "$find_cold" "$find_warm" "$rss"

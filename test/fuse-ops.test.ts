@@ -32,6 +32,7 @@ class RecordingFilesystem implements FuseFilesystem {
   readonly calls: string[] = [];
   readonly forgotten: [number, number][] = [];
   readonly reads: { cancel: Cancellation; reply: ReadReply; fill(byte: number): void }[] = [];
+  adaptiveReaddirplus = false;
 
   async lookup(parentId: number, name: string): Promise<NodeEntry> {
     this.calls.push(`lookup ${parentId} ${name}`);
@@ -176,6 +177,18 @@ describe('FUSE ops', () => {
       expect(body.readUInt32LE(36)).toBe(0);
       expect(h2.fs.passthrough).toBeUndefined();
     }
+  });
+
+  it('asks for readdirplus always, and adaptive (READDIRPLUS_AUTO) only when the filesystem wants it', () => {
+    const DO_READDIRPLUS = 1 << 13;
+    const READDIRPLUS_AUTO = 1 << 14;
+    const always = harness().init(7, 31).body.readUInt32LE(12);
+    expect(always & DO_READDIRPLUS).not.toBe(0);
+    expect(always & READDIRPLUS_AUTO).toBe(0);
+    const h = harness();
+    h.fs.adaptiveReaddirplus = true;
+    const adaptive = h.init(7, 31).body.readUInt32LE(12);
+    expect(adaptive & (DO_READDIRPLUS | READDIRPLUS_AUTO)).toBe(DO_READDIRPLUS | READDIRPLUS_AUTO);
   });
 
   it('tells a kernel of a newer major its own version and serves nothing until a 7.x INIT; refuses an older major or a minor below 7.15 with EPROTO', async () => {

@@ -76,6 +76,39 @@ describe('listings of an object store', () => {
   }, 120_000);
 });
 
+describe('listings of a folder', () => {
+  let folder: string;
+  const sizes = (n: number): string[] => Array.from({ length: n }, (_, i) => `${i % 97} f${String(i).padStart(5, '0')}`);
+
+  beforeAll(async () => {
+    folder = path.join(work, 'folder', 'big');
+    await mkdir(folder, { recursive: true });
+    await Promise.all(Array.from({ length: BIG }, (_, i) => writeFile(path.join(folder, `f${String(i).padStart(5, '0')}`), body(i))));
+  }, 120_000);
+
+  it('answers ls -f with plain readdirs and no stat of a file, and find -printf %s with every size, its files stat\'ed at most once each', async () => {
+    const m = await mountCachefs({ ufs: `file://${path.dirname(folder)}` });
+    try {
+      const at0 = await m.metrics();
+      const names = await sh(`ls -f ${m.mountpoint}/big | grep -c '^f'`);
+      expect(names.stdout.trim()).toBe(String(BIG));
+      const at1 = await m.metrics();
+      const delta = (a: typeof at0, b: typeof at0, name: string, op: string): number => b.value(name, { op }) - a.value(name, { op });
+      // Adaptive readdirplus: the kernel asks for attributes at the listing's start only (the
+      // first page's files are stat'ed for it, and the directory looked up), then plain entries.
+      expect(delta(at0, at1, 'cachefs_ufs_requests_total', 'stat')).toBeLessThanOrEqual(1000 + 1);
+      expect(delta(at0, at1, 'cachefs_fuse_ops_total', 'readdir')).toBeGreaterThanOrEqual(1);
+      expect(delta(at0, at1, 'cachefs_fuse_ops_total', 'readdirplus')).toBeLessThanOrEqual(1);
+      const r = await sh(`find ${m.mountpoint}/big -type f -printf '%s %f\\n' | sort -k2`);
+      expect(r.stdout.trim().split('\n')).toEqual(sizes(BIG));
+      const at2 = await m.metrics();
+      expect(delta(at0, at2, 'cachefs_ufs_requests_total', 'stat')).toBeLessThanOrEqual(BIG + 1);
+    } finally {
+      await m.stop();
+    }
+  }, 120_000);
+});
+
 describe('a tree larger than the metadata budget', () => {
   const DIRS = 20;
   const FILES = 400;

@@ -261,10 +261,12 @@ describe.each(SOURCE_KINDS.map((kind) => ({ kind, scheme: SCHEMES[kind] })))('co
     expect(await sha256Of(file)).toBe(sha(again));
     const metrics = await m.metrics();
     expect(metrics.value('cachefs_ufs_read_bytes_total')).toBe(3 * changed.length);
-    // The changed object's size and mtime change the listing: the kernel lets its copy go.
+    // The changed object's size and mtime change an object store's listing: the kernel lets
+    // its copy go. A folder's listing gives names alone (its files are stat'ed when looked
+    // up), and the kernel's copy, names and kinds, is still right: it may keep it.
     const kept = await readdirs();
     expect(await names()).toEqual(['.', '..', 'v.bin']);
-    expect(await readdirs()).toBeGreaterThan(kept);
+    if (kind !== 'file') expect(await readdirs()).toBeGreaterThan(kept);
     // A new object: the next listing shows it.
     await source.put('mutable/w.bin', Buffer.from('w\n'));
     await sleep(400);

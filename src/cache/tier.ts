@@ -45,6 +45,8 @@ const INDEX_FILE = 'index';
 const ID_LENGTH = 40;
 const NAME_LENGTH = ID_LENGTH + 1 + 16;
 const SPACE = 0x20;
+/** A block file's name as the index lists it (`block/block.ts`'s id, `block/checksum.ts`'s sum), checked in one pass. */
+const BLOCK_FILE_NAME = /^[0-9a-f]{40}\.[0-9a-f]{16}$/;
 
 export interface TierConfig {
   medium: Medium;
@@ -118,70 +120,86 @@ export class Tier {
     } catch (err) {
       throw new CachefsError('INVALID_ARGUMENT', `cache dir '${this.dir}' is not writable: ${(err as Error).message}`, { cause: err });
     }
-    const indexed = await this.readIndex();
+    // Every block file's name, by shard dir, read in parallel (the thread pool's readdirs);
+    // names outside their shard's dir are leftovers.
+    const onDisk = new Set<string>();
+    const leftovers: string[] = [];
+    await Promise.all(
+      (await readdir(this.blocksDir)).map(async (shard) => {
+        const shardDir = path.join(this.blocksDir, shard);
+        let names: string[];
+        try {
+          names = await readdir(shardDir);
+          await this.own(shardDir, this.dirMode);
+        } catch {
+          return;
+        }
+        for (const name of names) {
+          if (name.length === NAME_LENGTH && name.startsWith(shard)) onDisk.add(name);
+          else leftovers.push(path.join(shardDir, name));
+        }
+      }),
+    );
+    // The index's blocks found on disk, in its order (least recently used first): a block
+    // file's name it wrote, its length known, checked when it was written.
+    const indexed = await this.readIndex((name, length) => {
+      if (onDisk.delete(name)) this.add(name.slice(0, ID_LENGTH), length, name.slice(ID_LENGTH + 1));
+    });
+    const fromIndex = this.index.size;
+    // Block files it does not list (stored after it was written) come after, by their times.
     const found: { id: string; sum: string; size: number; atime: number }[] = [];
-    /** Names of block files on disk that the index lists. */
-    const listed = new Set<string>();
-    for (const shard of await readdir(this.blocksDir)) {
-      const shardDir = path.join(this.blocksDir, shard);
-      let names: string[];
-      try {
-        names = await readdir(shardDir);
-        await this.own(shardDir, this.dirMode);
-      } catch {
+    for (const name of onDisk) {
+      const file = path.join(this.blocksDir, name.slice(0, 2), name);
+      // Anything else (a block file without its checksum, of an older cachefs) goes.
+      const [id = '', sum = '', ...rest] = name.split('.');
+      if (!isBlockId(id) || !isBlockSum(sum) || rest.length > 0) {
+        leftovers.push(file);
         continue;
       }
-      for (const name of names) {
-        // Listed in the index: a block file's name it wrote; its length is known, and it was checked when it was written.
-        if (indexed.has(name)) {
-          listed.add(name);
-          continue;
-        }
-        const file = path.join(shardDir, name);
-        // Anything else (a block file without its checksum, of an older cachefs) goes.
-        const [id = '', sum = '', ...rest] = name.split('.');
-        if (!isBlockId(id) || !isBlockSum(sum) || rest.length > 0 || id.slice(0, 2) !== shard) {
-          await rm(file, { recursive: true, force: true });
-          continue;
-        }
-        const st = await stat(file);
-        if (st.size === 0) {
-          await unlink(file);
-          continue;
-        }
-        if ((st.mode & 0o777) !== this.fileMode || (this.group !== undefined && st.gid !== this.group)) await this.own(file, this.fileMode);
-        found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
+      const st = await stat(file);
+      if (st.size === 0) {
+        await unlink(file);
+        continue;
       }
+      if ((st.mode & 0o777) !== this.fileMode || (this.group !== undefined && st.gid !== this.group)) await this.own(file, this.fileMode);
+      found.push({ id, sum, size: st.size, atime: Math.max(st.atimeMs, st.mtimeMs) });
     }
-    // The index's order is the least recently used first; blocks it did not list came after it was written.
-    for (const [name, size] of indexed) if (listed.has(name)) this.add(name.slice(0, ID_LENGTH), size, name.slice(ID_LENGTH + 1));
+    for (const file of leftovers) await rm(file, { recursive: true, force: true });
     found.sort((a, b) => a.atime - b.atime);
     for (const f of found) this.add(f.id, f.size, f.sum);
     // Written now too, so that a crash later leaves an index that lacks only the blocks stored after it.
-    if (found.length > 0 || listed.size !== indexed.size) await this.writeIndex();
+    if (found.length > 0 || fromIndex !== indexed) await this.writeIndex();
   }
 
   /**
-   * The index as last written (`<dir>/index`: one `<id>.<sum> <length>` line per block,
-   * least recently used first), by file name; empty when there is none or it is unreadable.
-   * It spares a restart a stat of every block file (a million took minutes here); a stale
-   * one is harmless: only names found on disk are taken from it, and the others are stat'ed.
+   * Reads the index as last written (`<dir>/index`: one `<id>.<sum> <length>` line per
+   * block, least recently used first), calling `each` with every well-formed line's block
+   * file name and length in order; answers how many there were (none when there is no
+   * index or it is unreadable). It spares a restart a stat of every block file (a million
+   * took minutes here); a stale one is harmless: only names found on disk are taken from
+   * it, and the others are stat'ed.
    */
-  private async readIndex(): Promise<Map<string, number>> {
-    const indexed = new Map<string, number>();
+  private async readIndex(each: (name: string, length: number) => void): Promise<number> {
     let text: string;
     try {
       text = await readFile(path.join(this.dir, INDEX_FILE), 'latin1');
     } catch {
-      return indexed;
+      return 0;
     }
-    for (const line of text.split('\n')) {
-      const name = line.slice(0, NAME_LENGTH);
-      const length = Number(line.slice(NAME_LENGTH + 1));
+    let count = 0;
+    for (let at = 0; at < text.length; ) {
+      let end = text.indexOf('\n', at);
+      if (end < 0) end = text.length;
+      const name = text.slice(at, at + NAME_LENGTH);
+      const length = Number(text.slice(at + NAME_LENGTH + 1, end));
       // Only well-formed names: a listed name is taken for a block file's without more checks.
-      if (line.charCodeAt(NAME_LENGTH) === SPACE && Number.isSafeInteger(length) && length > 0 && isBlockId(name.slice(0, ID_LENGTH)) && isBlockSum(name.slice(ID_LENGTH + 1))) indexed.set(name, length);
+      if (text.charCodeAt(at + NAME_LENGTH) === SPACE && Number.isSafeInteger(length) && length > 0 && BLOCK_FILE_NAME.test(name)) {
+        count += 1;
+        each(name, length);
+      }
+      at = end + 1;
     }
-    return indexed;
+    return count;
   }
 
   /** Writes the index of the blocks held now (at open and at close), through a temporary file renamed into place. */

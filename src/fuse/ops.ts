@@ -50,11 +50,8 @@ import { MAX_WRITE, type SessionHandler } from './session.js';
 
 const E = constants.errno;
 /**
- * The init flags asked for, each only when the kernel offers it. READDIRPLUS always, not
- * READDIRPLUS_AUTO: with AUTO the kernel asks for attributes only at a listing's start and
- * after the entries it got were looked at, and `find` (gnulib's fts) reads up to 100,000
- * entries of a directory before it stats any, so a find of 20,000 files still sent 19,799
- * LOOKUPs.
+ * The init flags asked for, each only when the kernel offers it. READDIRPLUS always;
+ * READDIRPLUS_AUTO only when the filesystem says so (`adaptiveReaddirplus`).
  */
 const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS;
 
@@ -75,6 +72,11 @@ export interface FuseFilesystem {
   refuseWrite(nodeId: number): never;
   /** The kernel agreed to passthrough: opens may be answered with backing files registered in `backings`. */
   usePassthrough?(backings: BackingFiles): void;
+  /**
+   * Whether the kernel should ask for readdirplus only where it looks entries up
+   * (READDIRPLUS_AUTO) rather than always: when listings give no attributes for free.
+   */
+  readonly adaptiveReaddirplus: boolean;
   /** Node ids of regular files the kernel holds, at most `max`. */
   heldFiles(max: number): number[];
   /** For messages: the path of a node, and of an open file or directory. */
@@ -227,7 +229,7 @@ export class FuseOps implements SessionHandler {
     const passthrough = this.options.backings !== undefined && (kernelFlags2 & InitFlag2.PASSTHROUGH) !== 0;
     const negotiated: Negotiated = {
       minor: Math.min(minor, FUSE_KERNEL_MINOR),
-      flags: (WANTED_FLAGS & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0),
+      flags: ((WANTED_FLAGS | (this.fs.adaptiveReaddirplus ? InitFlag.READDIRPLUS_AUTO : 0)) & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0),
       flags2: passthrough ? InitFlag2.PASSTHROUGH : 0,
     };
     this.requests.reply(req, 0, reply(negotiated.minor, negotiated.flags, negotiated.flags2));

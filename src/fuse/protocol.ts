@@ -80,6 +80,8 @@ export const InitFlag = {
   AUTO_INVAL_DATA: 1 << 12,
   /** readdirplus: entries come with their attributes, so a walk that stats them sends no lookup each. */
   DO_READDIRPLUS: 1 << 13,
+  /** readdirplus only at a listing's start and after the kernel looked entries up; plain readdir otherwise. */
+  READDIRPLUS_AUTO: 1 << 14,
   PARALLEL_DIROPS: 1 << 18,
   MAX_PAGES: 1 << 22,
   /** flags2 is read and answered (7.36): the flags past bit 31 are there. */

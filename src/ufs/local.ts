@@ -1,7 +1,9 @@
 /**
  * A local folder as UFS (`file:///srv/data`): for datasets on a mounted disk or NFS,
  * and the simplest backend to reason about. The ETag is derived from inode, size
- * and mtime, so a rewritten file gets new block ids like a rewritten object.
+ * and mtime, so a rewritten file gets new block ids like a rewritten object. Asked
+ * for names alone (`UfsListOptions.names`), a listing gives regular files as the
+ * directory stream names them, without a stat each (`ls -f` of a million files).
  *
  * Only regular files under the folder are served. Symlinks are followed while
  * they stay inside it (resolved paths are checked against the folder's own
@@ -11,7 +13,7 @@
  * /proc/self/fd — so a swap of the path after a check changes nothing.
  */
 import { constants, type BigIntStats, type Dir, type Stats } from 'node:fs';
-import { open, opendir, readdir, readlink, realpath, stat } from 'node:fs/promises';
+import { lstat, open, opendir, readdir, readlink, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
@@ -23,6 +25,8 @@ const DEFAULT_PAGE = 1000;
 const WALK_TTL_MS = 60_000;
 const MAX_WALKS = 64;
 const READ_FLAGS = constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY;
+/** How long a folder found inside the root is taken to be, for the stats of the files in it. */
+const INSIDE_TTL_MS = 1000;
 
 /**
  * A listing under way: the folder's directory stream, read as far as `position` entries.
@@ -40,6 +44,8 @@ interface DirWalk {
 
 export class LocalUfs implements Ufs {
   readonly displayUri: string;
+  /** A folder's stream gives names and types; a file's size and times cost a stat each. */
+  readonly listsByName = true;
   private readonly root: string;
   /**
    * Listings under way by their token's id, so that the next page continues the folder's
@@ -50,6 +56,8 @@ export class LocalUfs implements Ufs {
   private nextWalk = 1;
   /** The root with its symlinks resolved, once it exists. */
   private realRoot: string | undefined;
+  /** The last folder whose files were stat'ed, and whether it is inside the root (`folderInside`). */
+  private lastFolder: { dir: string; until: number; inside: Promise<boolean> } | undefined;
 
   constructor(uri: UfsUri) {
     this.displayUri = uri.text;
@@ -81,6 +89,11 @@ export class LocalUfs implements Ufs {
     if (key === '' || key.endsWith('/')) return null;
     try {
       const file = this.resolve(key);
+      // A file that is no symlink is inside where its folder is: a walk's stats of a folder's
+      // files resolve the folder once, not each file's path (a second trip to the thread pool each).
+      const own = await lstat(file, { bigint: true });
+      if (own.isFile()) return (await this.folderInside(path.dirname(file))) ? toObject(key, own) : null;
+      if (!own.isSymbolicLink()) return null;
       const st = await stat(file, { bigint: true });
       return st.isFile() && (await this.staysInside(file)) ? toObject(key, st) : null;
     } catch (err) {
@@ -94,37 +107,42 @@ export class LocalUfs implements Ufs {
     const walk = await this.walkFrom(prefix, options.token);
     if (!walk) return { objects: [], prefixes: [] };
     const dir = this.resolve(prefix);
+    /** Names to stat: of the stream's regular files too unless the caller takes names alone, and of everything of another type. */
+    const toStat: string[] = [];
     const names: string[] = [];
+    const prefixes: string[] = [];
+    let listed = 0;
     let ended = false;
     try {
-      while (names.length < max) {
+      while (listed < max) {
         const e = await walk.dir.read();
         if (!e) {
           ended = true;
           break;
         }
         walk.position += 1;
-        let isDir = e.isDirectory();
-        if (e.isSymbolicLink()) {
+        if (e.isFile() && options.names) names.push(prefix + e.name);
+        else if (e.isDirectory()) prefixes.push(`${prefix}${e.name}/`);
+        else if (!e.isSymbolicLink()) toStat.push(e.name);
+        else {
           const target = path.join(dir, e.name);
           try {
             if (!(await this.staysInside(target))) continue; // leads out of the folder: not ours to serve
-            isDir = (await stat(target)).isDirectory();
+            if ((await stat(target)).isDirectory()) prefixes.push(`${prefix}${e.name}/`);
+            else toStat.push(e.name);
           } catch {
             continue; // dangling link: nothing to serve
           }
         }
-        names.push(isDir ? `${e.name}/` : e.name);
+        listed += 1;
       }
     } catch (err) {
       await walk.dir.close().catch(() => undefined);
       throw ioError(err, prefix);
     }
     const objects: UfsObject[] = [];
-    const prefixes: string[] = [];
     await Promise.all(
-      names.map(async (name) => {
-        if (name.endsWith('/')) return;
+      toStat.map(async (name) => {
         try {
           const st = await stat(path.join(dir, name), { bigint: true });
           if (st.isFile()) objects.push(toObject(prefix + name, st));
@@ -133,14 +151,15 @@ export class LocalUfs implements Ufs {
         }
       }),
     );
-    for (const name of names) if (name.endsWith('/')) prefixes.push(prefix + name);
     objects.sort((a, b) => byteOrder(a.key, b.key));
     prefixes.sort(byteOrder);
+    names.sort(byteOrder);
+    const page: UfsListPage = options.names ? { objects, prefixes, names } : { objects, prefixes };
     if (ended) {
       await walk.dir.close().catch(() => undefined);
-      return { objects, prefixes };
+      return page;
     }
-    return { objects, prefixes, nextToken: this.keep(walk) };
+    return { ...page, nextToken: this.keep(walk) };
   }
 
   /** The listing a token continues, or a new one of the folder; undefined when the folder is not there (or leads out). */
@@ -238,6 +257,17 @@ export class LocalUfs implements Ufs {
 
   async close(): Promise<void> {
     for (const id of [...this.walks.keys()]) this.drop(id);
+  }
+
+  /**
+   * Whether the folder `dir` resolves inside the root, known for INSIDE_TTL_MS (the last
+   * folder asked). Only attributes are answered from it: a read decides on its opened
+   * descriptor, so a folder swapped for a symlink within that time leaks no bytes.
+   */
+  private folderInside(dir: string): Promise<boolean> {
+    const now = performance.now();
+    if (this.lastFolder?.dir !== dir || now > this.lastFolder.until) this.lastFolder = { dir, until: now + INSIDE_TTL_MS, inside: this.staysInside(dir) };
+    return this.lastFolder.inside;
   }
 
   /** Whether `file`, its symlinks resolved, is the folder or under it (ENOENT and ELOOP are thrown). */

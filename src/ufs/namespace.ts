@@ -72,6 +72,7 @@ export class NamespaceUfs implements Ufs {
       const synthetic = this.childrenAbove(dir);
       return {
         objects: page.objects.map((o) => ({ ...o, key: outer + o.key })),
+        ...(page.names ? { names: page.names.map((key) => outer + key) } : {}),
         prefixes: [...new Set([...page.prefixes.map((p) => outer + p), ...(options.token ? [] : synthetic)])].sort(),
         nextToken: page.nextToken,
       };

@@ -24,6 +24,12 @@ export interface UfsListPage {
   objects: UfsObject[];
   /** Common prefixes directly under the prefix, each ending in '/'. */
   prefixes: string[];
+  /**
+   * Keys of objects listed by name alone, in key order like `objects`: given only when
+   * asked (`UfsListOptions.names`) by a backend whose objects' attributes cost a request
+   * each (a folder: a stat). `stat` gives an object's attributes.
+   */
+  names?: string[];
   /** Pass back to get the next page; absent on the last page. */
   nextToken?: string;
 }
@@ -32,6 +38,8 @@ export interface UfsListOptions {
   token?: string;
   maxKeys?: number;
   signal?: AbortSignal;
+  /** The caller takes objects by name alone (`UfsListPage.names`) where attributes would cost a request each. */
+  names?: boolean;
 }
 
 export interface UfsReadOptions {
@@ -49,6 +57,8 @@ export interface UfsReadOptions {
 export interface Ufs {
   /** The URI as given, without credentials: safe for logs and messages. */
   readonly displayUri: string;
+  /** Lists objects by name alone when asked (`UfsListOptions.names`): their attributes cost a request each. */
+  readonly listsByName?: boolean;
   /** Proves the root exists and the credentials work; fails with a clear CachefsError otherwise. */
   check(signal?: AbortSignal): Promise<void>;
   /** The object stored exactly at `key`, or null. */

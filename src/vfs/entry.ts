@@ -4,10 +4,25 @@
  */
 import { createHash } from 'node:crypto';
 import type { UfsObject } from '../ufs/ufs.js';
+import type { StatBatch } from './stat-batch.js';
 
 export type Entry =
   | { kind: 'dir'; key: string; mtimeMs: number }
   | { kind: 'file'; key: string; size: number; mtimeMs: number; etag: string };
+
+/**
+ * A file a listing gave by name alone (a folder's, whose attributes cost a stat each):
+ * its attributes are asked of the store when first needed, with the other files of its
+ * page (`batch`). A plain readdir needs none of them.
+ */
+export interface ListedFile {
+  kind: 'listed';
+  key: string;
+  batch: StatBatch;
+}
+
+/** What a listing or the metadata cache knows of a child: an entry, or a file by name alone. */
+export type Known = Entry | ListedFile;
 
 export interface Attr {
   /** The object's version (its ETag) for a file, '' for a directory: a new one drops the kernel's pages at the next open. */
@@ -24,6 +39,11 @@ export interface Attr {
 
 const S_IFDIR = 0o040000;
 const S_IFREG = 0o100000;
+
+/** The file type and permissions of a child, as a plain readdir gives them. */
+export function modeOf(entry: Known): number {
+  return entry.kind === 'dir' ? S_IFDIR | 0o555 : S_IFREG | 0o444;
+}
 
 export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr {
   if (entry.kind === 'dir') {

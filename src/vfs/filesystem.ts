@@ -11,10 +11,11 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Ufs } from '../ufs/ufs.js';
 import { SingleFlight } from '../lib/single-flight.js';
-import { attrOf, fileEntry, type Attr, type Entry } from './entry.js';
+import { attrOf, fileEntry, type Attr, type Entry, type Known, type ListedFile } from './entry.js';
 import { ListingStream, NameMerge } from './listing.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
+import type { StatBatch } from './stat-batch.js';
 
 export interface FilesystemConfig {
   ufs: Ufs;
@@ -33,7 +34,8 @@ export interface FilesystemConfig {
 /** A child of a directory as listed: its name and its entry. */
 export interface Child {
   name: string;
-  entry: Entry;
+  /** A file listed by name alone gets its entry here once it is stat'ed (`settle`). */
+  entry: Known;
 }
 
 /**
@@ -50,6 +52,8 @@ export interface ListCursor {
 export interface ListedPage {
   children: Child[];
   next?: ListCursor;
+  /** Its files listed by name alone, stat'ed together when one is asked for. */
+  batch?: StatBatch;
 }
 
 export interface StatFs {
@@ -96,7 +100,10 @@ export class Filesystem {
     if (cached !== undefined) {
       this.config.metrics.metaCacheHits.inc();
       if (cached === null) throw notFound(path);
-      return cached;
+      if (cached.kind !== 'listed') return cached;
+      const entry = await this.resolve(cached, true);
+      if (!entry) throw notFound(path);
+      return entry;
     }
     this.config.metrics.metaCacheMisses.inc();
     const entry = await this.lookups.do(key, () => this.probe(key));
@@ -106,12 +113,50 @@ export class Filesystem {
 
   /** Asks the UFS what `key` is: a directory (any key below it) wins over an object of the same name. */
   private async probe(key: string): Promise<Entry | null> {
+    this.config.metrics.ufsRequests.inc({ op: 'stat' });
+    this.config.metrics.ufsRequests.inc({ op: 'list' });
     const [object, below] = await Promise.all([this.ufs.stat(key), this.ufs.list(`${key}/`, { maxKeys: 1 })]);
     let entry: Entry | null = null;
     if (below.objects.length > 0 || below.prefixes.length > 0) entry = { kind: 'dir', key, mtimeMs: below.objects[0]?.mtimeMs ?? this.mountedAt };
     else if (object) entry = fileEntry({ ...object, key });
     this.cache.set(key, entry);
     return entry;
+  }
+
+  /** The entry of a file listed by name alone: as cached since it was stat'ed, else stat'ed with its page (and the next page's `ahead`). */
+  private resolve(listed: ListedFile, ahead: boolean): Promise<Entry | null> | Entry | null {
+    const known = this.cache.entry(listed.key);
+    if (known !== undefined && known?.kind !== 'listed') return known;
+    return listed.batch.entry(listed.key, this.statListed, ahead);
+  }
+
+  /** Stats a file a listing gave by name alone, and keeps its entry (or its absence). */
+  private readonly statListed = async (key: string): Promise<Entry | null> => {
+    this.config.metrics.ufsRequests.inc({ op: 'stat' });
+    const object = await this.ufs.stat(key);
+    const entry = object && fileEntry(object);
+    this.cache.set(key, entry);
+    return entry;
+  };
+
+  /**
+   * Gives the children listed by name alone their entries (readdirplus needs them): those
+   * of one page are stat'ed together. One gone since it was listed stays as it was: the
+   * kernel gets its name only, and a lookup of it fails.
+   */
+  async settle(children: readonly Child[]): Promise<void> {
+    await Promise.all(
+      children.map(async (child) => {
+        if (child.entry.kind !== 'listed') return;
+        const entry = await this.resolve(child.entry, false);
+        if (entry) child.entry = entry;
+      }),
+    );
+  }
+
+  /** Whether listings give files by name alone (their attributes cost a request each). */
+  get listsByName(): boolean {
+    return this.ufs.listsByName === true;
   }
 
   /** The directory at `path`, and its complete listing when a fresh one is cached. */
@@ -140,15 +185,17 @@ export class Filesystem {
   private listPage(key: string, cursor: ListCursor, signal?: AbortSignal): Promise<ListedPage> {
     return this.lists.do(`${key}\0${cursor.token ?? ''}`, async (shared) => {
       const prefix = key === '' ? '' : `${key}/`;
-      const page = await this.ufs.list(prefix, { token: cursor.token, maxKeys: LIST_PAGE, signal: shared });
+      this.config.metrics.ufsRequests.inc({ op: 'list' });
+      // Names alone where attributes cost a request each: a plain readdir (`ls -f`) needs none.
+      const page = await this.ufs.list(prefix, { token: cursor.token, maxKeys: LIST_PAGE, signal: shared, names: true });
       const merged = new NameMerge(prefix, this.mountedAt, cursor.held);
-      merged.page(page.objects, page.prefixes);
+      merged.page(page.objects, page.prefixes, page.names);
       const children = page.nextToken ? merged.children : merged.end();
       if (merged.skipped.length) {
         this.config.metrics.skippedNames.inc(merged.skipped.length);
         this.config.log.warn({ directory: prefix || '/', skipped: merged.skipped.length, example: merged.skipped[0] }, 'object names that cannot be POSIX names were left out of the listing');
       }
-      return { children, next: page.nextToken ? { token: page.nextToken, held: merged.held } : undefined };
+      return { children, next: page.nextToken ? { token: page.nextToken, held: merged.held } : undefined, batch: merged.batch };
     }, signal);
   }
 

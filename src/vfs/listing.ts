@@ -12,10 +12,11 @@
  */
 import type { Metrics } from '../metrics/metrics.js';
 import type { UfsObject } from '../ufs/ufs.js';
-import { fileEntry, type Entry } from './entry.js';
+import { fileEntry, type Known } from './entry.js';
 import type { Child, ListCursor, ListedPage } from './filesystem.js';
 import { childBytes, type MetaCache } from './meta-cache.js';
 import { isPosixName } from './names.js';
+import { StatBatch } from './stat-batch.js';
 
 /** '/' : a name followed by a character below it may still have a directory of its name after it. */
 const SLASH = 0x2f;
@@ -29,6 +30,8 @@ export class NameMerge {
   readonly skipped: string[] = [];
   /** Files that a directory of the same name may still shadow, each name a prefix of the next. */
   readonly held: Child[];
+  /** The files of the last page taken that came by name alone. */
+  batch: StatBatch | undefined;
 
   constructor(
     private readonly prefix: string,
@@ -38,16 +41,23 @@ export class NameMerge {
     this.held = [...held];
   }
 
-  /** Takes one page of the store's listing. */
-  page(objects: readonly UfsObject[], prefixes: readonly string[]): void {
+  /** Takes one page of the store's listing: objects, prefixes and objects by name alone (`names`), each in key order. */
+  page(objects: readonly UfsObject[], prefixes: readonly string[], names: readonly string[] = []): void {
+    const batch = names.length > 0 ? new StatBatch([...names]) : undefined;
+    this.batch = batch;
     let o = 0;
     let p = 0;
-    while (o < objects.length || p < prefixes.length) {
+    let n = 0;
+    while (o < objects.length || p < prefixes.length || n < names.length) {
       const object = objects[o];
+      const named = names[n];
       const dir = prefixes[p];
-      if (object !== undefined && (dir === undefined || object.key < dir)) {
+      if (named !== undefined && (object === undefined || named < object.key) && (dir === undefined || named < dir)) {
+        n += 1;
+        this.file(named, { kind: 'listed', key: named, batch: batch! });
+      } else if (object !== undefined && (dir === undefined || object.key < dir)) {
         o += 1;
-        this.object(object);
+        this.file(object.key, fileEntry(object));
       } else if (dir !== undefined) {
         p += 1;
         this.directory(dir);
@@ -61,12 +71,12 @@ export class NameMerge {
     return this.children;
   }
 
-  private object(o: UfsObject): void {
-    if (o.key === this.prefix) return; // the directory's own marker object
-    const name = o.key.slice(this.prefix.length);
-    if (name.endsWith('/') || !isPosixName(name)) return void this.skipped.push(o.key);
+  private file(key: string, entry: Known): void {
+    if (key === this.prefix) return; // the directory's own marker object
+    const name = key.slice(this.prefix.length);
+    if (name.endsWith('/') || !isPosixName(name)) return void this.skipped.push(key);
     this.settleBefore(name, false);
-    this.held.push({ name, entry: fileEntry(o) });
+    this.held.push({ name, entry });
   }
 
   private directory(key: string): void {
@@ -101,8 +111,10 @@ export class ListingStream {
   /** The cursor of the page that continues the in-order reading, undefined once it ended or went out of order. */
   private expected: ListCursor | undefined = LISTING_START;
   /** The listing read so far, while it may still be kept whole. */
-  private collected: Map<string, Entry> | undefined = new Map();
+  private collected: Map<string, Known> | undefined = new Map();
   private bytes = 0;
+  /** The batch of the last page read in order: the next page's is stat'ed ahead of it. */
+  private lastBatch: StatBatch | undefined;
 
   constructor(
     private readonly key: string,
@@ -116,6 +128,10 @@ export class ListingStream {
     if (cursor === this.expected) {
       this.expected = page.next;
       this.keep(page);
+      if (page.batch) {
+        if (this.lastBatch) this.lastBatch.next = page.batch;
+        this.lastBatch = page.batch;
+      }
     }
     this.metrics.listedEntries.inc(page.children.length);
     return page;

@@ -13,29 +13,29 @@
  * objects and map slots at what a heap snapshot showed), not exact counts.
  */
 import { LRUCache } from 'lru-cache';
-import type { Entry } from './entry.js';
+import type { Known } from './entry.js';
 
 export interface Listing {
   /** Children by name, in the order the store listed them. */
-  children: Map<string, Entry>;
+  children: Map<string, Known>;
 }
 
 const MISSING = Symbol('missing');
-type Cached = Entry | typeof MISSING;
+type Cached = Known | typeof MISSING;
 
 /** Bytes of an entry object, its LRU node and map slot, beside its strings. */
 const ENTRY_OVERHEAD = 200;
 /** Bytes of a child's slot in a listing's map, beside its name and entry. */
 const CHILD_OVERHEAD = 40;
 
-/** Estimated bytes an entry holds in memory. */
-export function entryBytes(entry: Entry | null): number {
+/** Estimated bytes an entry holds in memory (a file by name alone shares its page's batch). */
+export function entryBytes(entry: Known | null): number {
   if (!entry) return ENTRY_OVERHEAD;
   return ENTRY_OVERHEAD + 2 * entry.key.length + (entry.kind === 'file' ? 2 * entry.etag.length : 0);
 }
 
 /** Estimated bytes a child of a listing holds: its name, its entry and its map slot. */
-export function childBytes(name: string, entry: Entry): number {
+export function childBytes(name: string, entry: Known): number {
   return CHILD_OVERHEAD + 2 * name.length + entryBytes(entry);
 }
 
@@ -54,8 +54,8 @@ export class MetaCache {
     this.listings = new LRUCache({ maxSize: half, sizeCalculation: (l) => Math.max(1, this.listingBytes.get(l) ?? 1), ttl, ttlAutopurge: false });
   }
 
-  /** The cached entry, `null` when known missing, `undefined` when unknown. */
-  get(key: string, parent: string, name: string): Entry | null | undefined {
+  /** The cached entry (a file by name alone too), `null` when known missing, `undefined` when unknown. */
+  get(key: string, parent: string, name: string): Known | null | undefined {
     const hit = this.entries.get(key);
     if (hit) return hit.value === MISSING ? null : hit.value;
     const listing = this.listings.get(parent);
@@ -63,7 +63,13 @@ export class MetaCache {
     return undefined;
   }
 
-  set(key: string, entry: Entry | null): void {
+  /** The entry cached for `key` itself (not from its parent's listing): `null` when known missing, `undefined` when unknown. */
+  entry(key: string): Known | null | undefined {
+    const hit = this.entries.get(key);
+    return hit && (hit.value === MISSING ? null : hit.value);
+  }
+
+  set(key: string, entry: Known | null): void {
     this.entries.set(key, { value: entry ?? MISSING });
   }
 

@@ -29,7 +29,7 @@ import type { Readahead } from '../client/readahead.js';
 import type { ObjectRef } from '../block/block.js';
 import { CachefsError, isCachefsError } from '../errors.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { Attr } from './entry.js';
+import { modeOf, type Attr } from './entry.js';
 import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
 import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
@@ -56,6 +56,11 @@ const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
 const NODE_BYTES = 300;
 /** Listings longer than this are not cached by the kernel (FOPEN_CACHE_DIR): a million entries would sit in its page cache. */
 const DEFAULT_MAX_CACHED_LISTING = 100_000;
+/**
+ * Children a readdirplus answer is made from (those listed by name alone are stat'ed for
+ * it): more than the kernel's buffer holds (32 KiB here, ~200 entries of short names).
+ */
+const PLUS_ENTRIES = 512;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -205,6 +210,17 @@ export class Vfs {
     config.metrics.vfsNodes.sampledBy(() => this.nodes.size);
     config.metrics.vfsReadsWaiting.sampledBy(() => this.readsWaiting);
     config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
+  }
+
+  /**
+   * Readdirplus adaptive (the kernel asks for it at a listing's start and after it looked
+   * entries up) where listings come by name alone: a plain readdir (`ls -f`) then costs no
+   * stat per entry, and a walk that stats its entries gets them stat'ed a page at a time
+   * (by its lookups, and by the readdirplus they bring). Where listings carry attributes
+   * (object stores), readdirplus always: they cost nothing, and the kernel needs no lookup.
+   */
+  get adaptiveReaddirplus(): boolean {
+    return this.fs.listsByName;
   }
 
   /** The path of a node, for messages; `#id` when the kernel named one not held. */
@@ -400,15 +416,23 @@ export class Vfs {
     if (reopened) return reopened.then(() => this.readdirplus(fh, offset));
     const dir = this.dir(fh);
     const children = dir.pages.from(offset);
-    return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
+    return children instanceof Promise ? children.then((c) => this.settledFrom(dir, offset, c)) : this.settledFrom(dir, offset, children);
+  }
+
+  /** The next PLUS_ENTRIES children, those listed by name alone stat'ed first (a promise then). */
+  private settledFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
+    const next: PlacedChild[] = [];
+    for (const placed of children) if (next.push(placed) >= PLUS_ENTRIES) break;
+    const listed = next.filter((p) => p.child.entry.kind === 'listed').map((p) => p.child);
+    if (listed.length === 0) return this.plusEntriesFrom(dir, offset, next);
+    return this.fs.settle(listed).then(() => this.plusEntriesFrom(dir, offset, next));
   }
 
   private *entriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirEntryOut> {
     if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1 };
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD };
     for (const { child, offset: at } of children) {
-      const attr = this.fs.attrOf(child.entry);
-      yield { name: child.name, ino: this.nodes.idOf(childPath(dir.path, child.name)), mode: attr.mode, next: at + 1 };
+      yield { name: child.name, ino: this.nodes.idOf(childPath(dir.path, child.name)), mode: modeOf(child.entry), next: at + 1 };
     }
   }
 
@@ -417,8 +441,14 @@ export class Vfs {
     if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1, take: none };
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD, take: none };
     for (const { child, offset: at } of children) {
-      const attr = this.fs.attrOf(child.entry);
       const path = childPath(dir.path, child.name);
+      const entry = child.entry;
+      // Gone since it was listed (its stat found nothing): its name only, and the kernel's lookup of it fails.
+      if (entry.kind === 'listed') {
+        yield { name: child.name, ino: this.nodes.idOf(path), mode: modeOf(entry), next: at + 1, take: none };
+        continue;
+      }
+      const attr = this.fs.attrOf(entry);
       const take = (): NodeEntry | undefined => {
         // Within the budget: a node the kernel holds can never be evicted, so readdirplus stops making new ones.
         if (this.nodes.size >= this.maxPlusNodes && this.nodes.idOf(path) === undefined) return undefined;
@@ -526,6 +556,6 @@ function throwIfCancelled(cancel: Cancellation): void {
 /** What a listing shows: a digest of its entries' names, kinds, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
 function listingFingerprint(children: readonly Child[]): string {
   const hash = createHash('sha256');
-  for (const { name, entry } of children) hash.update(`${name}\0${entry.kind}\0${entry.kind === 'file' ? entry.size : 0}\0${entry.mtimeMs}\n`);
+  for (const { name, entry } of children) hash.update(`${name}\0${entry.kind}\0${entry.kind === 'file' ? entry.size : 0}\0${entry.kind === 'listed' ? 0 : entry.mtimeMs}\n`);
   return hash.digest('base64');
 }
