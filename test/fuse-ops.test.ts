@@ -9,7 +9,7 @@ import { constants } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { CachefsError } from '../src/errors.js';
 import { FuseOps, type FuseFilesystem } from '../src/fuse/ops.js';
-import { IN_HEADER, Op, putU64, type RequestHeader } from '../src/fuse/protocol.js';
+import { IN_HEADER, InSize, Op, putU64, type RequestHeader } from '../src/fuse/protocol.js';
 import { FuseRequests } from '../src/fuse/requests.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -67,8 +67,10 @@ class RecordingFilesystem implements FuseFilesystem {
   async opendir(): Promise<OpenedDir> {
     return { fh: 9, keepCache: false, cacheDir: true };
   }
-  readdir(): Iterable<DirEntryOut> {
-    return [];
+  /** What readdir answers: entries now, or a promise of them (a page being listed). */
+  listing: Iterable<DirEntryOut> | Promise<Iterable<DirEntryOut>> = [];
+  readdir(): Iterable<DirEntryOut> | Promise<Iterable<DirEntryOut>> {
+    return this.listing;
   }
   readdirplus(): Iterable<DirPlusEntryOut> {
     return [];
@@ -177,6 +179,27 @@ describe('FUSE ops', () => {
       expect(body.readUInt32LE(36)).toBe(0);
       expect(h2.fs.passthrough).toBeUndefined();
     }
+  });
+
+  it('answers a readdir that waits for its listing with the size and handle of its own request, not of the one read into the same buffer since', async () => {
+    const h = harness();
+    h.init();
+    let listed!: (entries: DirEntryOut[]) => void;
+    h.fs.listing = new Promise((resolve) => (listed = resolve));
+    // One buffer for both requests, as the device read has it.
+    const body = Buffer.alloc(InSize.READ);
+    putU64(body, 0, 9);
+    putU64(body, 8, 2);
+    body.writeUInt32LE(4096, 16);
+    const u = h.send(Op.READDIR, 1, body);
+    body.fill(0);
+    putU64(body, 0, 7);
+    body.writeUInt32LE(3, 16); // the next request: a size no entry fits in
+    listed(Array.from({ length: 10 }, (_, i) => ({ name: `f${i}`, ino: 10 + i, mode: 0o100444, next: 3 + i })));
+    await settle();
+    const [reply] = h.replyTo(u);
+    expect(reply!.error).toBe(0);
+    expect(reply!.body.length).toBe(10 * 32); // every entry (24 bytes and its name, 8-aligned): not an empty page, which the kernel takes for the end
   });
 
   it('asks for readdirplus always, and adaptive (READDIRPLUS_AUTO) only when the filesystem wants it', () => {

@@ -134,11 +134,11 @@ export class FuseOps implements SessionHandler {
     [Op.GETATTR, { name: 'getattr', minBody: InSize.GETATTR, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.getattr(h.nodeid), (a) => [attrOut(a, o.options.attrTimeoutSec)]) }],
     [Op.OPEN, { name: 'open', minBody: InSize.OPEN, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.open(h.nodeid, b.readUInt32LE(0), r), (f) => [openFileOut(f)]) }],
     [Op.READ, { name: 'read', minBody: InSize.READ, handle: (o, _h, b, r) => o.read(r, u64(b, 0), u64(b, 8), b.readUInt32LE(16)) }],
-    [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.release(u64(b, 0)), () => []) }],
+    [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.release(fh), () => []) }],
     [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
-    [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdir(u64(b, 0), u64(b, 8)), (entries) => [direntPage(entries, b.readUInt32LE(16))]) }],
-    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.readdirplus(u64(b, 0), u64(b, 8)), (entries) => [o.direntPlusPage(entries, b.readUInt32LE(16))]) }],
-    [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.run(r, () => o.fs.handlePath(u64(b, 0)), () => o.fs.releasedir(u64(b, 0)), () => []) }],
+    [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdir(fh, offset), (entries) => [direntPage(entries, size)])) }],
+    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdirplus(fh, offset), (entries) => [o.direntPlusPage(entries, size)])) }],
+    [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.releasedir(fh), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
     [Op.INTERRUPT, { name: 'interrupt', minBody: InSize.INTERRUPT, noReply: true, handle: (o, _h, b) => o.interrupt(uniqueAt(b, 0)) }],
@@ -315,6 +315,16 @@ export class FuseOps implements SessionHandler {
   }
 
   /** Runs an op and answers it; a result that is not a promise is answered at once. */
+  /** `run` for a request on an open handle `fh`, which messages name by its path. */
+  private withHandle<T>(req: FuseRequest, fh: number, work: (fh: number) => Promise<T> | T, encode: (value: T) => Buffer[]): void {
+    this.run(req, () => this.fs.handlePath(fh), () => work(fh), encode);
+  }
+
+  /**
+   * Serves a request: `work` now, `encode` its value into the reply, `where` for messages.
+   * The request's body is the device read's buffer, which the next request overwrites:
+   * whatever `encode` and `where` need of it must be decoded before (they may run later).
+   */
   private run<T>(req: FuseRequest, where: () => string, work: () => Promise<T> | T, encode: (value: T) => Buffer[]): void {
     const done = this.count(req.op);
     const bad = (err: unknown): void => {
@@ -375,6 +385,11 @@ export class FuseOps implements SessionHandler {
 function openFileOut(f: OpenedFile): Buffer {
   if (f.backingId !== undefined) return openOut(f.fh, OpenFlag.PASSTHROUGH, f.backingId);
   return openOut(f.fh, f.keepCache ? OpenFlag.KEEP_CACHE : 0);
+}
+
+/** A READDIR or READDIRPLUS body (fuse_read_in) decoded at once: its handle, offset and the size of the answer the kernel takes. */
+function readdirOf(body: Buffer, serve: (fh: number, offset: number, size: number) => void): void {
+  serve(u64(body, 0), u64(body, 8), body.readUInt32LE(16));
 }
 
 /** As many entries as fit `size` bytes of fuse_dirent. */
