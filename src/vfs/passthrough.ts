@@ -106,6 +106,16 @@ export class PassthroughOpens {
     return this.ordinary.has(nodeId) ? this.openOrdinary(fh, nodeId) : 'look';
   }
 
+  /**
+   * An open the kernel holds from a serving process before this one (taken over): taken to
+   * be an ordinary one, so that no open of its node is passed through while it lasts (the
+   * kernel refuses a mix). Which of them passed through is not known: new opens of those
+   * nodes are refused by the kernel until the old ones are closed.
+   */
+  restored(fh: number, nodeId: number): void {
+    this.openOrdinary(fh, nodeId);
+  }
+
   private openOrdinary(fh: number, nodeId: number): undefined {
     this.ordinary.set(nodeId, (this.ordinary.get(nodeId) ?? 0) + 1);
     this.opens.set(fh, { nodeId });

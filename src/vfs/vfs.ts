@@ -199,7 +199,11 @@ export class Vfs {
       const { file, held } = config.journal;
       if (held) {
         for (const [id, path] of held.nodes) this.nodes.restore(id, path, held.nextNode);
-        for (const [fh, handle] of held.handles) this.restored.set(fh, handle);
+        for (const [fh, handle] of held.handles) {
+          this.restored.set(fh, handle);
+          const nodeId = handle.kind === 'file' ? this.nodes.idOf(handle.path) : undefined;
+          if (nodeId !== undefined) this.passthrough.restored(fh, nodeId);
+        }
         this.nextHandle = held.nextHandle;
       }
       const live = { nodes: () => this.nodes.entries(), handles: () => this.liveHandles() };
@@ -509,6 +513,7 @@ export class Vfs {
   }
 
   private releaseRestored(fh: number): void {
+    this.passthrough.release(fh);
     if (this.restored.delete(fh)) this.journal?.released(fh);
   }
 
