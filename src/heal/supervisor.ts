@@ -248,13 +248,17 @@ export class MountSupervisor {
     });
   }
 
-  /** Ends the standby (it holds nothing but its copy of the descriptor). */
-  private async dropStandby(): Promise<void> {
+  /**
+   * Ends the standby (it holds nothing but its copy of the descriptor); `wait`: until it
+   * has exited. A remount does not wait: the old connection's descriptor in the standby
+   * keeps nothing from being mounted, and the mount is down meanwhile.
+   */
+  private async dropStandby(wait = true): Promise<void> {
     const standby = this.standby;
     this.standby = undefined;
     if (!standby?.alive) return;
     standby.kill('SIGTERM');
-    await standby.exited;
+    if (wait) await standby.exited;
   }
 
   private openDevice(): void {
@@ -347,7 +351,7 @@ export class MountSupervisor {
       }
     }
     // The dead mount must go before a new one can be made on the same directory.
-    if (whyNot) await this.dropStandby();
+    if (whyNot) await this.dropStandby(false);
     if (whyNot) await this.detachDeadMount().catch((err: unknown) => log.error({ attempt, err: (err as Error).message }, 'cannot detach the dead mount'));
     if (this.stopping) return;
     const proc = !whyNot && this.standby?.alive ? this.takeOverByStandby(this.standby) : this.spawn(whyNot ? 'mount' : 'resume');
