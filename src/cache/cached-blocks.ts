@@ -26,6 +26,7 @@ export class CachedBlocks {
   constructor(readonly readThrough: ReadThrough) {
     // An fd kept on an evicted block's file would hold its disk space past the cache quota.
     readThrough.store.onRemoved((id) => this.files.invalidate(id));
+    readThrough.store.onWritten((id, identity, sum) => this.files.vouch(id, identity, sum));
   }
 
   /** Copies `length` bytes at `offset` inside the block into `dest` at `destOffset`. */
