@@ -84,7 +84,8 @@ export class BlockFiles {
   /** Files read and hashed whole so far. */
   wholeChecks = 0;
 
-  constructor(private readonly maxIdle = 256) {}
+  /** `onWholeCheck` is told of every file read and hashed whole. */
+  constructor(private readonly maxIdle = 256, private readonly onWholeCheck?: () => void) {}
 
   /** Reads `length` bytes at `position` of the block file into `dest`; returns bytes read. */
   async read(file: BlockFile, dest: Buffer, destOffset: number, length: number, position: number): Promise<number> {
@@ -230,6 +231,7 @@ export class BlockFiles {
     const verdict = `${entry.identity}:${file.sum}`;
     if (entry.size === file.length && this.checkedFiles.get(file.id) === verdict) return entry;
     this.wholeChecks++;
+    this.onWholeCheck?.();
     const buf = this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length);
     try {
       if (entry.size !== file.length) throw new BlockFileSizeError(entry.size, file.length);
