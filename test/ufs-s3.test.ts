@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachefsError } from '../src/errors.js';
-import { openUfs } from '../src/ufs/open-ufs.js';
+import { openUfs, openUfsOnUse } from '../src/ufs/open-ufs.js';
 import type { Ufs } from '../src/ufs/ufs.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -170,6 +170,25 @@ describe('S3Ufs GETs after the first', () => {
       expect(server.requestLog().map((r) => r.sdk)).toEqual([false]);
     } finally {
       await fresh.close();
+    }
+  });
+});
+
+describe('openUfsOnUse', () => {
+  it('opens the backend at its first use: its errors are that call\'s, and it reads as the backend does', async () => {
+    const bad = openUfsOnUse('s3://data/p/', { 's3.endpoint': 'not a url' });
+    expect(bad.displayUri).toBe('s3://data/p/');
+    await bad.close(); // never opened: nothing to close
+    const err = await failure(bad.stat('big.bin'));
+    expect(err).toMatchObject({ code: 'INVALID_ARGUMENT', message: "invalid s3.endpoint 'not a url': expected http(s)://host[:port]" });
+    const good = openUfsOnUse(parseUfsUri('s3://data/p/'), { 's3.endpoint': server.endpoint, 's3.region': 'us-east-1', 's3.accessKeyId': 'S3RVER', 's3.secretAccessKey': 'S3RVER' });
+    try {
+      const dest = Buffer.alloc(100);
+      expect(await good.readInto('big.bin', 50, dest)).toBe(100);
+      expect(dest.equals(BIG.subarray(50, 150))).toBe(true);
+      expect((await good.stat('big.bin'))?.size).toBe(BIG.length);
+    } finally {
+      await good.close();
     }
   });
 });
