@@ -50,9 +50,10 @@ round() {
   local s0 s1 w0 w1 t0 t1 out bytes fill c cc cw lc
   s0=$(cpu "$s3_pid")
   t0=$(date +%s.%N)
-  read -r c cc cw < <(/usr/bin/time -f 'TIME %U %S' node bench/lib/s3-ceiling.mjs "http://127.0.0.1:$s3port" bench "$1/" "$THREADS" 2>&1 |
-    awk '/CEILING/ { m = $2; n = $3 } /^TIME/ { t = $2 + $3 } END { printf "%.0f %.1f %s\n", m, t, n }')
+  out=$( { /usr/bin/time -f 'TIME %U %S' node bench/lib/s3-ceiling.mjs "http://127.0.0.1:$s3port" bench "$1/" "$THREADS"; } 2>&1)
   t1=$(date +%s.%N)
+  [[ $out == *CEILING* ]] || { echo "bench: the ceiling client failed: $out" >&2; exit 1; }
+  read -r c cc cw < <(echo "$out" | awk '/^CEILING/ { m = $2; n = $3 } /^TIME/ { t = $2 + $3 } END { printf "%.0f %.1f %s\n", m, t, n }')
   cw=$(awk -v n="$cw" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) / 1e6 }')
   s1=$(cpu "$s3_pid"); local s3c; s3c=$(since "$s0" "$s1")
   s0=$(cpu "$s3_pid"); w0=$(cpu "$worker_pid")
