@@ -144,11 +144,25 @@ describe('Vfs', () => {
     expect((await vfs.opendir(ROOT, live())).keepCache).toBe(true);
   });
 
-  it('gives readdirplus entries their listed attributes and nodes while the nodes fit a quarter of the metadata budget, and names only past that', async () => {
+  it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget; names only past that or before a stat', async () => {
     for (const n of ['c', 'd', 'e']) await writeFile(path.join(dir, n), n.repeat(3));
-    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 4 * 300 * 3, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    // The metadata cache holds every entry here; the nodes' quarter of the Vfs's budget, three.
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 1 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
     const small = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 4 * 300 * 3 });
     const held = await small.lookup(ROOT, 'd', live()); // root and d: room for one more node
+    // A folder lists its files by name alone: a readdirplus does not wait for their stats, and gives the looked-up one.
+    const cold = await small.opendir(ROOT, live());
+    expect([...(await small.readdirplus(cold.fh, 0))].map((e) => [e.name, e.take()?.attr.size ?? null])).toEqual([
+      ['.', null],
+      ['..', null],
+      ['a.bin', null],
+      ['b.txt', null],
+      ['c', null],
+      ['d', 3],
+      ['e', null],
+    ]);
+    small.releasedir(cold.fh);
+    await fs.getattr('/e'); // a lookup of one file stats the files of its page: their attributes are known from then on
     const { fh } = await small.opendir(ROOT, live());
     const entries = [...(await small.readdirplus(fh, 0))];
     const taken = entries.map((e) => [e.name, e.take()?.attr.size ?? null]);

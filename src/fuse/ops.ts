@@ -392,9 +392,9 @@ function readdirOf(body: Buffer, serve: (fh: number, offset: number, size: numbe
   serve(u64(body, 0), u64(body, 8), body.readUInt32LE(16));
 }
 
-/** As many entries as fit `size` bytes of fuse_dirent. */
+/** As many entries as fit `size` bytes of fuse_dirent (each zero-filled where it goes: a directory's readdir asks for up to 1 MiB). */
 function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
-  const out = Buffer.alloc(size);
+  const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (const e of entries) {
     const name = Buffer.from(e.name);

@@ -15,7 +15,7 @@ import { attrOf, fileEntry, type Attr, type Entry, type Known, type ListedFile }
 import { ListingStream, NameMerge } from './listing.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
-import type { StatBatch } from './stat-batch.js';
+import type { StatBatch, StatFiles } from './stat-batch.js';
 
 export interface FilesystemConfig {
   ufs: Ufs;
@@ -34,7 +34,7 @@ export interface FilesystemConfig {
 /** A child of a directory as listed: its name and its entry. */
 export interface Child {
   name: string;
-  /** A file listed by name alone gets its entry here once it is stat'ed (`settle`). */
+  /** A file listed by name alone gets its entry here once it is stat'ed (`settled`). */
   entry: Known;
 }
 
@@ -127,31 +127,33 @@ export class Filesystem {
   private resolve(listed: ListedFile, ahead: boolean): Promise<Entry | null> | Entry | null {
     const known = this.cache.entry(listed.key);
     if (known !== undefined && known?.kind !== 'listed') return known;
-    return listed.batch.entry(listed.key, this.statListed, ahead);
+    return listed.batch.entry(listed.key, this.statFiles, ahead);
   }
 
-  /** Stats a file a listing gave by name alone, and keeps its entry (or its absence). */
-  private readonly statListed = async (key: string): Promise<Entry | null> => {
-    this.config.metrics.ufsRequests.inc({ op: 'stat' });
-    const object = await this.ufs.stat(key);
-    const entry = object && fileEntry(object);
-    this.cache.set(key, entry);
-    return entry;
+  /** Stats files a listing gave by name alone (together where the store can), and keeps their entries (or their absence). */
+  private readonly statFiles: StatFiles = async (keys) => {
+    this.config.metrics.ufsRequests.inc({ op: 'stat' }, keys.length);
+    const objects = this.ufs.statFiles ? await this.ufs.statFiles(keys) : await Promise.all(keys.map((k) => this.ufs.stat(k)));
+    return objects.map((object, i) => {
+      const entry = object && fileEntry(object);
+      this.cache.set(keys[i]!, entry);
+      return entry;
+    });
   };
 
   /**
-   * Gives the children listed by name alone their entries (readdirplus needs them): those
-   * of one page are stat'ed together. One gone since it was listed stays as it was: the
-   * kernel gets its name only, and a lookup of it fails.
+   * A child's entry when it is known without asking the store: as listed, or for a file
+   * listed by name alone, as stat'ed since (a lookup of it or of a file of its page), which
+   * the child keeps from then on. Undefined while it is not: readdirplus then gives its name
+   * alone rather than wait for a stat (`ls -f` of a cold folder would wait for every inode).
    */
-  async settle(children: readonly Child[]): Promise<void> {
-    await Promise.all(
-      children.map(async (child) => {
-        if (child.entry.kind !== 'listed') return;
-        const entry = await this.resolve(child.entry, false);
-        if (entry) child.entry = entry;
-      }),
-    );
+  settled(child: Child): Entry | undefined {
+    const listed = child.entry;
+    if (listed.kind !== 'listed') return listed;
+    const known = this.cache.entry(listed.key);
+    if (!known || known.kind === 'listed') return undefined;
+    child.entry = known;
+    return known;
   }
 
   /** Whether listings give files by name alone (their attributes cost a request each). */

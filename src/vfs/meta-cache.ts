@@ -14,10 +14,22 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { Known } from './entry.js';
+import type { Child } from './filesystem.js';
 
-export interface Listing {
-  /** Children by name, in the order the store listed them. */
-  children: Map<string, Known>;
+/** A directory's complete listing: its children in the order the store listed them, found by name through an index made when first asked. */
+export class Listing {
+  /** Made at the first lookup by name: a listing only paged through (`ls -f`) never pays for it. */
+  private byName: Map<string, Known> | undefined;
+
+  constructor(readonly children: readonly Child[]) {}
+
+  get(name: string): Known | undefined {
+    if (!this.byName) {
+      this.byName = new Map();
+      for (const child of this.children) this.byName.set(child.name, child.entry);
+    }
+    return this.byName.get(name);
+  }
 }
 
 const MISSING = Symbol('missing');
@@ -59,7 +71,7 @@ export class MetaCache {
     const hit = this.entries.get(key);
     if (hit) return hit.value === MISSING ? null : hit.value;
     const listing = this.listings.get(parent);
-    if (listing) return listing.children.get(name) ?? null;
+    if (listing) return listing.get(name) ?? null;
     return undefined;
   }
 
