@@ -57,7 +57,7 @@ const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.P
 
 /** The filesystem the FUSE ops call, by node ids and handles. */
 export interface FuseFilesystem {
-  lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry>;
+  lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry>;
   forget(nodeId: number, count: number): void;
   getattr(nodeId: number): Promise<NodeAttr>;
   open(nodeId: number, flags: number, cancel: Cancellation): Promise<OpenedFile>;

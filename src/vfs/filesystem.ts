@@ -86,27 +86,33 @@ export class Filesystem {
     config.metrics.metaCacheBytes.sampledBy(() => this.cache.bytes);
   }
 
-  async getattr(path: string): Promise<Attr> {
-    return attrOf(await this.lookup(path), this.config.owner);
+  /** The attributes at `path`: at once when its entry is known (a walk's lookups mostly are), else a promise. */
+  getattr(path: string): Attr | Promise<Attr> {
+    const entry = this.lookup(path);
+    return entry instanceof Promise ? entry.then((e) => attrOf(e, this.config.owner)) : attrOf(entry, this.config.owner);
   }
 
-  async lookup(path: string): Promise<Entry> {
+  /** The entry at `path`: at once when it is cached and known, else a promise (asked of the store, or a file listed by name alone stat'ed). */
+  lookup(path: string): Entry | Promise<Entry> {
     const key = keyOfPath(path);
     if (key === '') return { kind: 'dir', key: '', mtimeMs: this.mountedAt };
     const parent = parentKey(key);
     const name = baseName(key);
-    if (!key.split('/').every(isPosixName)) throw notFound(path);
+    if (!isPosixName(name) || !parent.split('/').every((p, i) => (i === 0 && p === '') || isPosixName(p))) throw notFound(path);
     const cached = this.cache.get(key, parent, name);
     if (cached !== undefined) {
       this.config.metrics.metaCacheHits.inc();
       if (cached === null) throw notFound(path);
       if (cached.kind !== 'listed') return cached;
-      const entry = await this.resolve(cached, true);
-      if (!entry) throw notFound(path);
-      return entry;
+      return this.found(path, this.resolve(cached, true));
     }
     this.config.metrics.metaCacheMisses.inc();
-    const entry = await this.lookups.do(key, () => this.probe(key));
+    return this.found(path, this.lookups.do(key, () => this.probe(key)));
+  }
+
+  /** The entry found at `path`, NOT_FOUND when there is none. */
+  private found(path: string, entry: Entry | null | Promise<Entry | null>): Entry | Promise<Entry> {
+    if (entry instanceof Promise) return entry.then((e) => this.found(path, e));
     if (!entry) throw notFound(path);
     return entry;
   }

@@ -237,10 +237,15 @@ export class Vfs {
     return this.files.get(fh)?.path ?? this.dirs.get(fh)?.path ?? `#${fh}`;
   }
 
-  async lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry> {
+  /** A name looked up: at once when its entry is known (a walk's lookups of a page stat'ed together), else a promise. */
+  lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
     const path = childPath(parent.path, name);
-    const attr = await this.fs.getattr(path);
+    const attr = this.fs.getattr(path);
+    return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
+  }
+
+  private lookedUp(path: string, attr: Attr, cancel: Cancellation): NodeEntry {
     throwIfCancelled(cancel);
     const node = this.nodes.remember(path);
     return { nodeId: node.id, attr: this.told(node, attr) };
