@@ -110,6 +110,40 @@ describe('listings of a folder', () => {
   }, 120_000);
 });
 
+describe('lookups in a directory whose listing has not ended', () => {
+  /** More than the listing pages read at the first readdir (one, and two read ahead). */
+  const WIDE = 5_000;
+  let folder: string;
+
+  beforeAll(async () => {
+    folder = path.join(work, 'wide-folder', 'wide');
+    await mkdir(folder, { recursive: true });
+    await Promise.all(Array.from({ length: WIDE }, (_, i) => writeFile(path.join(folder, `f${String(i).padStart(5, '0')}`), body(i))));
+  }, 120_000);
+
+  it('answers them from the listing read so far, its files stat\'ed by page, not each asked of the store alone', async () => {
+    const m = await mountCachefs({ ufs: `file://${path.dirname(folder)}` });
+    try {
+      await sh(`stat ${m.mountpoint}/wide > /dev/null`);
+      const at0 = await m.metrics();
+      // As find does past 100,000 entries: stats files listed so far while the directory is still being read.
+      const script = `import os, sys
+d = sys.argv[1]
+it = os.scandir(d)
+names = [next(it).name for _ in range(20)]
+print(sum(os.stat(os.path.join(d, n)).st_size == int(n[1:]) % 97 for n in names))`;
+      const r = await sh(`python3 -c '${script}' ${m.mountpoint}/wide`);
+      expect(r.stdout.trim()).toBe('20');
+      const at1 = await m.metrics();
+      const lists = at1.value('cachefs_ufs_requests_total', { op: 'list' }) - at0.value('cachefs_ufs_requests_total', { op: 'list' });
+      // The listing's own pages (five at most); a lookup asked of the store alone costs one more each (20).
+      expect(lists).toBeLessThanOrEqual(WIDE / 1000);
+    } finally {
+      await m.stop();
+    }
+  }, 120_000);
+});
+
 describe('a tree larger than the metadata budget', () => {
   const DIRS = 20;
   const FILES = 400;

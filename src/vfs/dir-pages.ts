@@ -100,6 +100,7 @@ export class DirPages {
   close(): void {
     this.closed.abort();
     this.failed = true;
+    this.stream?.close();
   }
 
   private *walk(at: number, index: number): Generator<PlacedChild> {

@@ -110,8 +110,8 @@ export type PageReader = (cursor: ListCursor, signal?: AbortSignal) => Promise<L
 export class ListingStream {
   /** The cursor of the page that continues the in-order reading, undefined once it ended or went out of order. */
   private expected: ListCursor | undefined = LISTING_START;
-  /** The listing read so far, while it may still be kept whole. */
-  private collected: Child[] | undefined = [];
+  /** The listing read so far, while it may still be kept whole (its children answer lookups meanwhile). */
+  private collected: Listing | undefined = new Listing([]);
   private bytes = 0;
   /** The batch of the last page read in order: the next page's is stat'ed ahead of it. */
   private lastBatch: StatBatch | undefined;
@@ -141,20 +141,28 @@ export class ListingStream {
     for (const child of page.children) {
       const { name, entry } = child;
       if (this.collected) {
-        this.collected.push(child);
+        if (this.collected.children.length === 0) this.cache.setPartial(this.key, this.collected);
+        this.collected.add(child);
         this.bytes += childBytes(name, entry);
         if (this.bytes > this.cache.maxListingBytes) this.keepEach();
       } else this.keepEntry(entry);
     }
     if (page.next === undefined && this.collected) {
-      this.cache.setListing(this.key, new Listing(this.collected), this.bytes);
+      this.cache.dropPartial(this.key, this.collected);
+      this.cache.setListing(this.key, this.collected, this.bytes);
       this.collected = undefined;
     }
   }
 
+  /** The directory is released: what was read of its listing no longer answers lookups as a partial listing. */
+  close(): void {
+    if (this.collected) this.cache.dropPartial(this.key, this.collected);
+  }
+
   /** Too large to keep whole: its entries are kept one by one from now on. */
   private keepEach(): void {
-    for (const { entry } of this.collected!) this.keepEntry(entry);
+    this.cache.dropPartial(this.key, this.collected!);
+    for (const { entry } of this.collected!.children) this.keepEntry(entry);
     this.collected = undefined;
   }
 
