@@ -19,6 +19,13 @@ const env = (): NodeJS.ProcessEnv => ({ AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_
 /** Object i's bytes: sizes differ, so a size shown for the wrong entry is caught. */
 const body = (i: number): string => 'x'.repeat(i % 97);
 
+/** A folder of `count` files f00000... with object i's bytes; answers its path. */
+async function makeFolder(folder: string, count: number): Promise<string> {
+  await mkdir(folder, { recursive: true });
+  await Promise.all(Array.from({ length: count }, (_, i) => writeFile(path.join(folder, `f${String(i).padStart(5, '0')}`), body(i))));
+  return folder;
+}
+
 let s3: S3TestServer;
 let work: string;
 
@@ -81,9 +88,7 @@ describe('listings of a folder', () => {
   const sizes = (n: number): string[] => Array.from({ length: n }, (_, i) => `${i % 97} f${String(i).padStart(5, '0')}`);
 
   beforeAll(async () => {
-    folder = path.join(work, 'folder', 'big');
-    await mkdir(folder, { recursive: true });
-    await Promise.all(Array.from({ length: BIG }, (_, i) => writeFile(path.join(folder, `f${String(i).padStart(5, '0')}`), body(i))));
+    folder = await makeFolder(path.join(work, 'folder', 'big'), BIG);
   }, 120_000);
 
   it('answers ls -f with plain readdirs and no stat of a file (not even for the first readdirplus), and find -printf %s with every size, its files stat\'ed at most once each', async () => {
@@ -116,9 +121,7 @@ describe('lookups in a directory whose listing has not ended', () => {
   let folder: string;
 
   beforeAll(async () => {
-    folder = path.join(work, 'wide-folder', 'wide');
-    await mkdir(folder, { recursive: true });
-    await Promise.all(Array.from({ length: WIDE }, (_, i) => writeFile(path.join(folder, `f${String(i).padStart(5, '0')}`), body(i))));
+    folder = await makeFolder(path.join(work, 'wide-folder', 'wide'), WIDE);
   }, 120_000);
 
   it('answers them from the listing read so far, its files stat\'ed by page, not each asked of the store alone', async () => {
