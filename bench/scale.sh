@@ -6,7 +6,8 @@
 # For each of cachefs file://, bindfs and cachefs s3://: time to the first entry of the
 # directory (python's scandir, one entry), `ls -f` and `find -type f -printf '%s'` (a stat
 # of every entry), each cold (a new mount, the page cache dropped) and warm (again, same
-# mount), and the peak RSS of the serving process (VmHWM) after them.
+# mount), and, of the serving process of the mount the finds ran on, its peak RSS (VmHWM)
+# and the CPU seconds (user+system) it used over its life (a cachefs mount's start is ~1 s).
 # The worker: the time a TieredStore takes to open (index its tier dir) and the heap bytes
 # per block it then holds (bench/lib/worker-index.mjs).
 #
@@ -16,6 +17,9 @@
 #   BLOCK_DIR=DIR  use DIR as the tier dir (BLOCKS block files made there if missing)
 #   META=256MiB    --meta-cache-size of the mounts
 #   SYSTEMS="bindfs cachefs s3 worker"   what to measure (all by default)
+#   WARM=1         0: no warm repeats (a million-file find takes minutes)
+#   ROUNDS=1       rounds of the mounts' rows, each round every system in turn (the machine's
+#                  load moves: compare within a round)
 #   LOGDIR=DIR     where the mounts' logs go (default: the run's work dir, removed at the end)
 # Each figure is also logged (stderr, with the load average) as it is measured.
 set -euo pipefail
@@ -27,9 +31,11 @@ S3N=${S3N:-200000}
 BLOCKS=${BLOCKS:-1000000}
 META=${META:-256MiB}
 SYSTEMS=${SYSTEMS:-bindfs cachefs s3 worker}
-LOGDIR=${LOGDIR:-$work}
+ROUNDS=${ROUNDS:-1}
+WARM=${WARM:-1}
 measured() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 work=$(mktemp -d /tmp/cachefs-scale.XXXXXX)
+LOGDIR=${LOGDIR:-$work}
 pids=()
 TREE=${TREE:-$work/tree}
 BLOCK_DIR=${BLOCK_DIR:-$work/tier}
@@ -76,18 +82,19 @@ umount_fs() { local m="$work/m/$1"; umount "$m" 2>/dev/null || umount -l "$m"; f
 
 # measure SYSTEM DIR COUNT: one line of figures for DIR (below the mount) holding COUNT files.
 measure() {
-  local s=$1 dir="$work/m/$1/$2" n=$3 first ls_cold ls_warm find_cold find_warm rss
+  local s=$1 dir="$work/m/$1/$2" n=$3 first ls_cold ls_warm find_cold find_warm rss cpu
   mount_fs "$s"; drop_caches
   first=$(first_entry "$dir"); log "$s: first entry $first s"
   umount_fs "$s"; mount_fs "$s"; drop_caches
   ls_cold=$(seconds count_ls "$dir" "$n"); log "$s: ls -f cold $ls_cold s"
-  ls_warm=$(seconds count_ls "$dir" "$n"); log "$s: ls -f warm $ls_warm s"
+  ls_warm=-; [ "$WARM" = 0 ] || { ls_warm=$(seconds count_ls "$dir" "$n"); log "$s: ls -f warm $ls_warm s"; }
   umount_fs "$s"; mount_fs "$s"; drop_caches
   find_cold=$(seconds count_find "$dir" "$n"); log "$s: find cold $find_cold s"
-  find_warm=$(seconds count_find "$dir" "$n"); log "$s: find warm $find_warm s"
+  find_warm=-; [ "$WARM" = 0 ] || { find_warm=$(seconds count_find "$dir" "$n"); log "$s: find warm $find_warm s"; }
   rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$serving/status")
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$serving/stat")
   umount_fs "$s"
-  printf '%-8s %9s %12s %8s %8s %10s %10s %9s\n' "$s" "$n" "$first" "$ls_cold" "$ls_warm" "$find_cold" "$find_warm" "$rss"
+  printf '%-8s %9s %12s %8s %8s %10s %10s %9s %7s %5s\n' "$s" "$n" "$first" "$ls_cold" "$ls_warm" "$find_cold" "$find_warm" "$rss" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
 npm run build > /dev/null
@@ -101,10 +108,13 @@ if measured s3; then
   start_s3 --tree "$work/s3tree"
 fi
 
-printf '%-8s %9s %12s %8s %8s %10s %10s %9s\n' system entries first_entry_s ls_cold ls_warm find_cold find_warm rss_MiB
-measured bindfs && measure bindfs big "$N"
-measured cachefs && measure cachefs big "$N"
-measured s3 && measure s3 big "$S3N"
+printf '%-8s %9s %12s %8s %8s %10s %10s %9s %7s %5s\n' system entries first_entry_s ls_cold ls_warm find_cold find_warm rss_MiB cpu_s load
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  if measured bindfs; then measure bindfs big "$N"; fi
+  if measured cachefs; then measure cachefs big "$N"; fi
+  if measured s3; then measure s3 big "$S3N"; fi
+done
 
 if measured worker; then
   log "worker index: $BLOCKS block files in $BLOCK_DIR"

@@ -103,14 +103,18 @@ describe('Vfs', () => {
     expect(a.attr.size).toBe(4 * BLOCK);
     expect((await vfs.lookup(ROOT, 'a.bin', live())).nodeId).toBe(a.nodeId);
     vfs.forget(a.nodeId, 2);
-    const cancelled = new TestCancel();
-    const lost = vfs.lookup(ROOT, 'a.bin', cancelled);
-    cancelled.abort();
-    await expect(lost).rejects.toMatchObject({ code: 'INTERRUPTED' });
     const again = await vfs.lookup(ROOT, 'a.bin', live());
     expect(again.nodeId).not.toBe(a.nodeId);
-    vfs.forget(again.nodeId, 1); // the cancelled lookup counted nothing: this forgets the node
-    expect((await vfs.lookup(ROOT, 'a.bin', live())).nodeId).not.toBe(again.nodeId);
+    // A name not known yet waits for the store: cancelled meanwhile, its lookup counts nothing.
+    await writeFile(path.join(dir, 'late.bin'), 'late');
+    const cancelled = new TestCancel();
+    const lost = vfs.lookup(ROOT, 'late.bin', cancelled);
+    expect(lost).toBeInstanceOf(Promise);
+    cancelled.abort();
+    await expect(lost).rejects.toMatchObject({ code: 'INTERRUPTED' });
+    const late = await vfs.lookup(ROOT, 'late.bin', live());
+    vfs.forget(late.nodeId, 1); // the cancelled lookup counted nothing: this forgets the node
+    expect((await vfs.lookup(ROOT, 'late.bin', live())).nodeId).not.toBe(late.nodeId);
     await expect(vfs.lookup(ROOT, 'missing', live())).rejects.toMatchObject({ code: 'NOT_FOUND' });
     await expect(vfs.getattr(999)).rejects.toMatchObject({ code: 'STALE' });
   });
@@ -144,11 +148,25 @@ describe('Vfs', () => {
     expect((await vfs.opendir(ROOT, live())).keepCache).toBe(true);
   });
 
-  it('gives readdirplus entries their listed attributes and nodes while the nodes fit a quarter of the metadata budget, and names only past that', async () => {
+  it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget; names only past that or before a stat', async () => {
     for (const n of ['c', 'd', 'e']) await writeFile(path.join(dir, n), n.repeat(3));
-    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 4 * 300 * 3, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    // The metadata cache holds every entry here; the nodes' quarter of the Vfs's budget, three.
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 1 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
     const small = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 4 * 300 * 3 });
     const held = await small.lookup(ROOT, 'd', live()); // root and d: room for one more node
+    // A folder lists its files by name alone: a readdirplus does not wait for their stats, and gives the looked-up one.
+    const cold = await small.opendir(ROOT, live());
+    expect([...(await small.readdirplus(cold.fh, 0))].map((e) => [e.name, e.take()?.attr.size ?? null])).toEqual([
+      ['.', null],
+      ['..', null],
+      ['a.bin', null],
+      ['b.txt', null],
+      ['c', null],
+      ['d', 3],
+      ['e', null],
+    ]);
+    small.releasedir(cold.fh);
+    await fs.getattr('/e'); // a lookup of one file stats the files of its page: their attributes are known from then on
     const { fh } = await small.opendir(ROOT, live());
     const entries = [...(await small.readdirplus(fh, 0))];
     const taken = entries.map((e) => [e.name, e.take()?.attr.size ?? null]);

@@ -57,7 +57,7 @@ const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.P
 
 /** The filesystem the FUSE ops call, by node ids and handles. */
 export interface FuseFilesystem {
-  lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry>;
+  lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry>;
   forget(nodeId: number, count: number): void;
   getattr(nodeId: number): Promise<NodeAttr>;
   open(nodeId: number, flags: number, cancel: Cancellation): Promise<OpenedFile>;
@@ -392,9 +392,9 @@ function readdirOf(body: Buffer, serve: (fh: number, offset: number, size: numbe
   serve(u64(body, 0), u64(body, 8), body.readUInt32LE(16));
 }
 
-/** As many entries as fit `size` bytes of fuse_dirent. */
+/** As many entries as fit `size` bytes of fuse_dirent (each zero-filled where it goes: a directory's readdir asks for up to 1 MiB). */
 function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
-  const out = Buffer.alloc(size);
+  const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (const e of entries) {
     const name = Buffer.from(e.name);

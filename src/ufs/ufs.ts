@@ -63,6 +63,11 @@ export interface Ufs {
   check(signal?: AbortSignal): Promise<void>;
   /** The object stored exactly at `key`, or null. */
   stat(key: string, signal?: AbortSignal): Promise<UfsObject | null>;
+  /**
+   * The objects at `keys` (files a listing gave by name alone), null where there is none:
+   * a backend that can stat many together cheaper than one `stat` each says so by having it.
+   */
+  statFiles?(keys: readonly string[]): Promise<(UfsObject | null)[]>;
   /** One page of a delimiter ('/') listing of `prefix` ('' for the root, otherwise ending in '/'). */
   list(prefix: string, options?: UfsListOptions): Promise<UfsListPage>;
   /**

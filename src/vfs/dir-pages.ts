@@ -27,7 +27,7 @@ interface Page {
   cursor: ListCursor;
   count: number;
   /** Its children while it is in the window. */
-  children: Child[] | undefined;
+  children: readonly Child[] | undefined;
   /** Reading it again, when it is. */
   reading?: Promise<Child[]>;
 }
@@ -58,14 +58,14 @@ export class DirPages {
   }
 
   /** A listing known whole (from the metadata cache). */
-  static whole(children: Child[]): DirPages {
+  static whole(children: readonly Child[]): DirPages {
     const pages = new DirPages(undefined);
     pages.add(LISTING_START, { children });
     return pages;
   }
 
   /** The whole listing, when it is one page that ended it. */
-  get complete(): Child[] | undefined {
+  get complete(): readonly Child[] | undefined {
     return this.next === undefined && this.pages.length === 1 ? this.pages[0]!.children : undefined;
   }
 
@@ -100,6 +100,7 @@ export class DirPages {
   close(): void {
     this.closed.abort();
     this.failed = true;
+    this.stream?.close();
   }
 
   private *walk(at: number, index: number): Generator<PlacedChild> {
@@ -153,7 +154,7 @@ export class DirPages {
     return this.reading;
   }
 
-  private add(cursor: ListCursor, page: ListedPage): void {
+  private add(cursor: ListCursor, page: { children: readonly Child[]; next?: ListCursor }): void {
     const start = this.known;
     this.pages.push({ start, cursor, count: page.children.length, children: page.children });
     this.next = page.next;

@@ -38,6 +38,12 @@ export interface Attr {
 }
 
 const S_IFDIR = 0o040000;
+/**
+ * A directory's st_blksize: glibc's readdir reads a directory in buffers of its
+ * st_blksize (32 KiB to 1 MiB), and the kernel asks a FUSE readdir for as many bytes:
+ * 1 MiB lets a listing come in ~30 round trips per million names instead of ~1,000.
+ */
+const DIR_BLKSIZE = 1024 * 1024;
 const S_IFREG = 0o100000;
 
 /** The file type and permissions of a child, as a plain readdir gives them. */
@@ -47,7 +53,7 @@ export function modeOf(entry: Known): number {
 
 export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr {
   if (entry.kind === 'dir') {
-    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: 4096, ...owner };
+    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: DIR_BLKSIZE, ...owner };
   }
   return { version: entry.etag, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, ...owner };
 }

@@ -15,7 +15,7 @@ import { attrOf, fileEntry, type Attr, type Entry, type Known, type ListedFile }
 import { ListingStream, NameMerge } from './listing.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
-import type { StatBatch } from './stat-batch.js';
+import type { StatBatch, StatFiles } from './stat-batch.js';
 
 export interface FilesystemConfig {
   ufs: Ufs;
@@ -34,7 +34,7 @@ export interface FilesystemConfig {
 /** A child of a directory as listed: its name and its entry. */
 export interface Child {
   name: string;
-  /** A file listed by name alone gets its entry here once it is stat'ed (`settle`). */
+  /** A file listed by name alone gets its entry here once it is stat'ed (`settled`). */
   entry: Known;
 }
 
@@ -86,27 +86,33 @@ export class Filesystem {
     config.metrics.metaCacheBytes.sampledBy(() => this.cache.bytes);
   }
 
-  async getattr(path: string): Promise<Attr> {
-    return attrOf(await this.lookup(path), this.config.owner);
+  /** The attributes at `path`: at once when its entry is known (a walk's lookups mostly are), else a promise. */
+  getattr(path: string): Attr | Promise<Attr> {
+    const entry = this.lookup(path);
+    return entry instanceof Promise ? entry.then((e) => attrOf(e, this.config.owner)) : attrOf(entry, this.config.owner);
   }
 
-  async lookup(path: string): Promise<Entry> {
+  /** The entry at `path`: at once when it is cached and known, else a promise (asked of the store, or a file listed by name alone stat'ed). */
+  lookup(path: string): Entry | Promise<Entry> {
     const key = keyOfPath(path);
     if (key === '') return { kind: 'dir', key: '', mtimeMs: this.mountedAt };
     const parent = parentKey(key);
     const name = baseName(key);
-    if (!key.split('/').every(isPosixName)) throw notFound(path);
+    if (!isPosixName(name) || !parent.split('/').every((p, i) => (i === 0 && p === '') || isPosixName(p))) throw notFound(path);
     const cached = this.cache.get(key, parent, name);
     if (cached !== undefined) {
       this.config.metrics.metaCacheHits.inc();
       if (cached === null) throw notFound(path);
       if (cached.kind !== 'listed') return cached;
-      const entry = await this.resolve(cached, true);
-      if (!entry) throw notFound(path);
-      return entry;
+      return this.found(path, this.resolve(cached, true));
     }
     this.config.metrics.metaCacheMisses.inc();
-    const entry = await this.lookups.do(key, () => this.probe(key));
+    return this.found(path, this.lookups.do(key, () => this.probe(key)));
+  }
+
+  /** The entry found at `path`, NOT_FOUND when there is none. */
+  private found(path: string, entry: Entry | null | Promise<Entry | null>): Entry | Promise<Entry> {
+    if (entry instanceof Promise) return entry.then((e) => this.found(path, e));
     if (!entry) throw notFound(path);
     return entry;
   }
@@ -127,31 +133,33 @@ export class Filesystem {
   private resolve(listed: ListedFile, ahead: boolean): Promise<Entry | null> | Entry | null {
     const known = this.cache.entry(listed.key);
     if (known !== undefined && known?.kind !== 'listed') return known;
-    return listed.batch.entry(listed.key, this.statListed, ahead);
+    return listed.batch.entry(listed.key, this.statFiles, ahead);
   }
 
-  /** Stats a file a listing gave by name alone, and keeps its entry (or its absence). */
-  private readonly statListed = async (key: string): Promise<Entry | null> => {
-    this.config.metrics.ufsRequests.inc({ op: 'stat' });
-    const object = await this.ufs.stat(key);
-    const entry = object && fileEntry(object);
-    this.cache.set(key, entry);
-    return entry;
+  /** Stats files a listing gave by name alone (together where the store can), and keeps their entries (or their absence). */
+  private readonly statFiles: StatFiles = async (keys) => {
+    this.config.metrics.ufsRequests.inc({ op: 'stat' }, keys.length);
+    const objects = this.ufs.statFiles ? await this.ufs.statFiles(keys) : await Promise.all(keys.map((k) => this.ufs.stat(k)));
+    return objects.map((object, i) => {
+      const entry = object && fileEntry(object);
+      this.cache.set(keys[i]!, entry);
+      return entry;
+    });
   };
 
   /**
-   * Gives the children listed by name alone their entries (readdirplus needs them): those
-   * of one page are stat'ed together. One gone since it was listed stays as it was: the
-   * kernel gets its name only, and a lookup of it fails.
+   * A child's entry when it is known without asking the store: as listed, or for a file
+   * listed by name alone, as stat'ed since (a lookup of it or of a file of its page), which
+   * the child keeps from then on. Undefined while it is not: readdirplus then gives its name
+   * alone rather than wait for a stat (`ls -f` of a cold folder would wait for every inode).
    */
-  async settle(children: readonly Child[]): Promise<void> {
-    await Promise.all(
-      children.map(async (child) => {
-        if (child.entry.kind !== 'listed') return;
-        const entry = await this.resolve(child.entry, false);
-        if (entry) child.entry = entry;
-      }),
-    );
+  settled(child: Child): Entry | undefined {
+    const listed = child.entry;
+    if (listed.kind !== 'listed') return listed;
+    const known = this.cache.entry(listed.key);
+    if (!known || known.kind === 'listed') return undefined;
+    child.entry = known;
+    return known;
   }
 
   /** Whether listings give files by name alone (their attributes cost a request each). */

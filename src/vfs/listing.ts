@@ -14,7 +14,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { UfsObject } from '../ufs/ufs.js';
 import { fileEntry, type Known } from './entry.js';
 import type { Child, ListCursor, ListedPage } from './filesystem.js';
-import { childBytes, type MetaCache } from './meta-cache.js';
+import { childBytes, Listing, type MetaCache } from './meta-cache.js';
 import { isPosixName } from './names.js';
 import { StatBatch } from './stat-batch.js';
 
@@ -110,8 +110,8 @@ export type PageReader = (cursor: ListCursor, signal?: AbortSignal) => Promise<L
 export class ListingStream {
   /** The cursor of the page that continues the in-order reading, undefined once it ended or went out of order. */
   private expected: ListCursor | undefined = LISTING_START;
-  /** The listing read so far, while it may still be kept whole. */
-  private collected: Map<string, Known> | undefined = new Map();
+  /** The listing read so far, while it may still be kept whole (its children answer lookups meanwhile). */
+  private collected: Listing | undefined = new Listing([]);
   private bytes = 0;
   /** The batch of the last page read in order: the next page's is stat'ed ahead of it. */
   private lastBatch: StatBatch | undefined;
@@ -138,22 +138,37 @@ export class ListingStream {
   }
 
   private keep(page: ListedPage): void {
-    for (const { name, entry } of page.children) {
+    for (const child of page.children) {
+      const { name, entry } = child;
       if (this.collected) {
-        this.collected.set(name, entry);
+        if (this.collected.children.length === 0) this.cache.setPartial(this.key, this.collected);
+        this.collected.add(child);
         this.bytes += childBytes(name, entry);
         if (this.bytes > this.cache.maxListingBytes) this.keepEach();
-      } else this.cache.set(entry.key, entry);
+      } else this.keepEntry(entry);
     }
     if (page.next === undefined && this.collected) {
-      this.cache.setListing(this.key, { children: this.collected }, this.bytes);
+      this.cache.dropPartial(this.key, this.collected);
+      this.cache.setListing(this.key, this.collected, this.bytes);
       this.collected = undefined;
     }
   }
 
+  /** The directory is released: what was read of its listing no longer answers lookups as a partial listing. */
+  close(): void {
+    if (this.collected) this.cache.dropPartial(this.key, this.collected);
+  }
+
   /** Too large to keep whole: its entries are kept one by one from now on. */
   private keepEach(): void {
-    for (const entry of this.collected!.values()) this.cache.set(entry.key, entry);
+    this.cache.dropPartial(this.key, this.collected!);
+    for (const { entry } of this.collected!.children) this.keepEntry(entry);
     this.collected = undefined;
+  }
+
+  /** Keeps one entry, but not a file by name alone over what a stat of it found (its attributes would be asked again). */
+  private keepEntry(entry: Known): void {
+    if (entry.kind === 'listed' && this.cache.entry(entry.key)?.kind === 'file') return;
+    this.cache.set(entry.key, entry);
   }
 }

@@ -14,11 +14,39 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { Known } from './entry.js';
+import type { Child } from './filesystem.js';
 
-export interface Listing {
-  /** Children by name, in the order the store listed them. */
-  children: Map<string, Known>;
+/**
+ * A directory's listing: its children in the order the store listed them, found by name
+ * through an index made when first asked (a listing only paged through, `ls -f`, never
+ * pays for it). Complete once kept whole; while it is being read (`add`), a partial one.
+ */
+export class Listing {
+  private byName: Map<string, Known> | undefined;
+
+  constructor(private readonly list: Child[]) {}
+
+  get children(): readonly Child[] {
+    return this.list;
+  }
+
+  /** Appends a child to a listing still being read. */
+  add(child: Child): void {
+    this.list.push(child);
+    this.byName?.set(child.name, child.entry);
+  }
+
+  get(name: string): Known | undefined {
+    if (!this.byName) {
+      this.byName = new Map();
+      for (const child of this.list) this.byName.set(child.name, child.entry);
+    }
+    return this.byName.get(name);
+  }
 }
+
+/** Listings being read whose children so far answer lookups, at most this many (the latest). */
+const MAX_PARTIAL_LISTINGS = 8;
 
 const MISSING = Symbol('missing');
 type Cached = Known | typeof MISSING;
@@ -43,6 +71,12 @@ export class MetaCache {
   private readonly entries: LRUCache<string, { value: Cached }>;
   private readonly listings: LRUCache<string, Listing>;
   private readonly listingBytes = new WeakMap<Listing, number>();
+  /**
+   * Listings being read from their start and not yet kept whole, by directory key: their
+   * children so far answer lookups (find stats the first 100,000 entries of a directory
+   * before its listing has ended: each was asked of the store alone, not by its page).
+   */
+  private readonly partial = new Map<string, Listing>();
   /** The largest listing kept whole, bytes. */
   readonly maxListingBytes: number;
 
@@ -59,8 +93,23 @@ export class MetaCache {
     const hit = this.entries.get(key);
     if (hit) return hit.value === MISSING ? null : hit.value;
     const listing = this.listings.get(parent);
-    if (listing) return listing.children.get(name) ?? null;
-    return undefined;
+    if (listing) return listing.get(name) ?? null;
+    return this.partial.get(parent)?.get(name);
+  }
+
+  /** A listing being read of the directory `key`, whose children so far answer lookups until it is dropped. */
+  setPartial(key: string, listing: Listing): void {
+    this.partial.delete(key);
+    this.partial.set(key, listing);
+    for (const old of this.partial.keys()) {
+      if (this.partial.size <= MAX_PARTIAL_LISTINGS) break;
+      this.partial.delete(old);
+    }
+  }
+
+  /** The listing being read of `key` is kept whole now, or its entries one by one, or no longer read. */
+  dropPartial(key: string, listing: Listing): void {
+    if (this.partial.get(key) === listing) this.partial.delete(key);
   }
 
   /** The entry cached for `key` itself (not from its parent's listing): `null` when known missing, `undefined` when unknown. */
@@ -90,6 +139,8 @@ export class MetaCache {
     this.entries.delete(key);
     this.listings.delete(key);
     this.listings.delete(parent);
+    this.partial.delete(key);
+    this.partial.delete(parent);
   }
 
   /** Estimated bytes held. */

@@ -11,6 +11,8 @@ export function isPosixName(name: string): boolean {
 
 /** Splits a FUSE path (`/a/b`) into its UFS key (`a/b`); the root is ''. */
 export function keyOfPath(path: string): string {
+  // The kernel's paths (`/a/b`, built by childPath) take the short way: one lookup each of a walk.
+  if (path.charCodeAt(0) === 0x2f && path.charCodeAt(1) !== 0x2f && path.charCodeAt(path.length - 1) !== 0x2f) return path.slice(1);
   return path.replace(/^\/+/, '').replace(/\/+$/, '');
 }
 

@@ -56,11 +56,6 @@ const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
 const NODE_BYTES = 300;
 /** Listings longer than this are not cached by the kernel (FOPEN_CACHE_DIR): a million entries would sit in its page cache. */
 const DEFAULT_MAX_CACHED_LISTING = 100_000;
-/**
- * Children a readdirplus answer is made from (those listed by name alone are stat'ed for
- * it): more than the kernel's buffer holds (32 KiB here, ~200 entries of short names).
- */
-const PLUS_ENTRIES = 512;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -242,10 +237,15 @@ export class Vfs {
     return this.files.get(fh)?.path ?? this.dirs.get(fh)?.path ?? `#${fh}`;
   }
 
-  async lookup(parentId: number, name: string, cancel: Cancellation): Promise<NodeEntry> {
+  /** A name looked up: at once when its entry is known (a walk's lookups of a page stat'ed together), else a promise. */
+  lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
     const path = childPath(parent.path, name);
-    const attr = await this.fs.getattr(path);
+    const attr = this.fs.getattr(path);
+    return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
+  }
+
+  private lookedUp(path: string, attr: Attr, cancel: Cancellation): NodeEntry {
     throwIfCancelled(cancel);
     const node = this.nodes.remember(path);
     return { nodeId: node.id, attr: this.told(node, attr) };
@@ -384,7 +384,7 @@ export class Vfs {
   async opendir(nodeId: number, cancel: Cancellation): Promise<OpenedDir> {
     const node = this.node(nodeId);
     const { dir, listing } = await this.fs.openDir(node.path);
-    const pages = listing ? DirPages.whole([...listing.children].map(([name, entry]) => ({ name, entry }))) : await DirPages.open(this.fs.streamListing(dir.key), cancel.signal);
+    const pages = listing ? DirPages.whole(listing.children) : await DirPages.open(this.fs.streamListing(dir.key), cancel.signal);
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
     this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages });
@@ -411,25 +411,17 @@ export class Vfs {
   }
 
   /**
-   * readdirplus: the entries with their attributes from the listing. The node of an entry
-   * is counted as looked up only when `take()` is called (once its entry fits the answer):
-   * the kernel holds each node it is given so.
+   * readdirplus: the entries with their attributes as far as they are known (from the
+   * listing, or a file listed by name alone stat'ed since); the others by name alone. The
+   * node of an entry is counted as looked up only when `take()` is called (once its entry
+   * fits the answer): the kernel holds each node it is given so.
    */
   readdirplus(fh: number, offset: number): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
     const reopened = this.dirs.has(fh) ? undefined : this.reopen(fh, 'dir');
     if (reopened) return reopened.then(() => this.readdirplus(fh, offset));
     const dir = this.dir(fh);
     const children = dir.pages.from(offset);
-    return children instanceof Promise ? children.then((c) => this.settledFrom(dir, offset, c)) : this.settledFrom(dir, offset, children);
-  }
-
-  /** The next PLUS_ENTRIES children, those listed by name alone stat'ed first (a promise then). */
-  private settledFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
-    const next: PlacedChild[] = [];
-    for (const placed of children) if (next.push(placed) >= PLUS_ENTRIES) break;
-    const listed = next.filter((p) => p.child.entry.kind === 'listed').map((p) => p.child);
-    if (listed.length === 0) return this.plusEntriesFrom(dir, offset, next);
-    return this.fs.settle(listed).then(() => this.plusEntriesFrom(dir, offset, next));
+    return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
   }
 
   private *entriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirEntryOut> {
@@ -446,10 +438,10 @@ export class Vfs {
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD, take: none };
     for (const { child, offset: at } of children) {
       const path = childPath(dir.path, child.name);
-      const entry = child.entry;
-      // Gone since it was listed (its stat found nothing): its name only, and the kernel's lookup of it fails.
-      if (entry.kind === 'listed') {
-        yield { name: child.name, ino: this.nodes.idOf(path), mode: modeOf(entry), next: at + 1, take: none };
+      const entry = this.fs.settled(child);
+      // Not stat'ed yet (or gone since it was listed): its name only, and the kernel looks it up when it needs it.
+      if (!entry) {
+        yield { name: child.name, ino: this.nodes.idOf(path), mode: modeOf(child.entry), next: at + 1, take: none };
         continue;
       }
       const attr = this.fs.attrOf(entry);
@@ -507,7 +499,7 @@ export class Vfs {
 
   private async reopenDir(fh: number, path: string): Promise<void> {
     const { dir, listing } = await this.fs.openDir(path);
-    const pages = listing ? DirPages.whole([...listing.children].map(([name, entry]) => ({ name, entry }))) : await DirPages.open(this.fs.streamListing(dir.key));
+    const pages = listing ? DirPages.whole(listing.children) : await DirPages.open(this.fs.streamListing(dir.key));
     if (!this.restored.delete(fh)) return pages.close();
     this.dirs.set(fh, { path, self: this.fs.attrOf(dir), pages });
   }

@@ -93,4 +93,12 @@ describe('file:// sources', () => {
     expect(await ufs.readInto('sub/inside-link', 0, dest, { etag: st!.etag })).toBe(DATA.length);
     expect(dest.equals(DATA)).toBe(true);
   });
+
+  it('stat the files of a listing page together as stat does each: a FIFO, a link out and a gone file are none, a link inside is its target', async () => {
+    const keys = ['data.bin', 'escape', 'gone', 'pipe', 'sub/inside-link', 'sub/out-dir/secret.txt'];
+    const together = await ufs.statFiles(keys);
+    const alone = await Promise.all(keys.map((k) => ufs.stat(k)));
+    expect(together).toEqual(alone);
+    expect(together.map((o) => o?.size ?? null)).toEqual([DATA.length, null, null, null, DATA.length, null]);
+  });
 });
