@@ -19,14 +19,19 @@
  * first bytes made a warm sequential read after a walk of many small files (which closes
  * the large file's fds) 2.5 times slower.
  *
+ * A file longer than 16 MiB (a whole-object file, cache/whole-objects.ts) is hashed in parts
+ * of that size rather than read into one buffer. A file this process has just written from
+ * checked bytes, under the checksum of exactly those bytes, is taken as checked without
+ * being read back (`vouch`).
+ *
  * Descriptors can also come from elsewhere already checked: a co-located worker passes its
  * block file's (client/colocated-worker.ts). Such an adopted fd is the only way to the
  * file (its path may not be visible here), so it is never closed to stay under the limit,
  * only when its owner drops it; and it is lent out the same way (`lend`) to the worker's
  * socket service, which passes the checked fd on.
  */
-import { close, closeSync, fstatSync, open, read, constants } from 'node:fs';
-import { blockSum } from '../block/checksum.js';
+import { close, closeSync, fstatSync, open, read, statSync, constants } from 'node:fs';
+import { blockSum, RunningSum } from '../block/checksum.js';
 
 /** A block file to read, and what it must hold. */
 export interface BlockFile {
@@ -46,6 +51,11 @@ export interface HeldBlockFile {
 
 /** Scratch buffers for checking whole files, kept for the next check. */
 const KEPT_SCRATCH = 2;
+/**
+ * Files longer than this (whole-object files, up to an object's size) are read and hashed
+ * this many bytes at a time rather than into one buffer of their length.
+ */
+const CHECK_PART = 16 * 1024 * 1024;
 /** Checked files whose verdict is remembered after their fd is closed (about 100 bytes each). */
 const REMEMBERED_CHECKS = 65_536;
 
@@ -210,16 +220,11 @@ export class BlockFiles {
     const verdict = `${entry.identity}:${file.sum}`;
     if (entry.size === file.length && this.checkedFiles.get(file.id) === verdict) return entry;
     this.wholeChecks++;
-    const buf = this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length);
+    const parts = file.length > CHECK_PART;
+    const buf = parts ? Buffer.allocUnsafeSlow(CHECK_PART) : (this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length));
     try {
       if (entry.size !== file.length) throw new BlockFileSizeError(entry.size, file.length);
-      const bytes = buf.length >= file.length ? buf.subarray(0, file.length) : Buffer.allocUnsafeSlow(file.length);
-      for (let done = 0; done < bytes.length; ) {
-        const n = await readFd(entry.fd, bytes, done, bytes.length - done, done);
-        if (n === 0) throw new BlockFileSizeError(done, file.length);
-        done += n;
-      }
-      const sum = blockSum(bytes);
+      const sum = parts ? await sumInParts(entry.fd, file.length, buf) : blockSum(await readWhole(entry.fd, buf, file.length));
       if (sum !== file.sum) throw new BlockChecksumError(sum, file.sum);
       this.remember(file.id, verdict);
       return entry;
@@ -227,8 +232,20 @@ export class BlockFiles {
       retire(entry);
       throw err;
     } finally {
-      if (this.scratch.length < KEPT_SCRATCH) this.scratch.push(buf);
+      if (!parts && this.scratch.length < KEPT_SCRATCH) this.scratch.push(buf);
     }
+  }
+
+  /**
+   * Takes the file at `file.path` for checked without reading it: this process has just
+   * written it from checked bytes and made `file.sum` of exactly those bytes (a whole-object
+   * file, cache/whole-objects.ts). Its device, inode and ctime now are what must hold for
+   * that to stand, as for a file checked by reading.
+   */
+  vouch(file: BlockFile): void {
+    const st = statSync(file.path, { bigint: true });
+    if (Number(st.size) !== file.length) throw new BlockFileSizeError(Number(st.size), file.length);
+    this.remember(file.id, `${st.dev}:${st.ino}:${st.ctimeNs}:${file.sum}`);
   }
 
   private remember(id: string, verdict: string): void {
@@ -320,6 +337,28 @@ function openBlock(path: string): Promise<OpenBlock> {
       }
     }
   });
+}
+
+/** `length` bytes of the file at `position`, read into `buf` (a new buffer if it is shorter); the file's `size` for the error of a short one. */
+async function readWhole(fd: number, buf: Buffer, length: number, position = 0, size = length): Promise<Buffer> {
+  const bytes = buf.length >= length ? buf.subarray(0, length) : Buffer.allocUnsafeSlow(length);
+  for (let done = 0; done < length; ) {
+    const n = await readFd(fd, bytes, done, length - done, position + done);
+    if (n === 0) throw new BlockFileSizeError(position + done, size);
+    done += n;
+  }
+  return bytes;
+}
+
+/** The checksum of the file's first `length` bytes, read `buf.length` at a time. */
+async function sumInParts(fd: number, length: number, buf: Buffer): Promise<string> {
+  const sum = new RunningSum();
+  for (let at = 0; at < length; ) {
+    const part = await readWhole(fd, buf, Math.min(buf.length, length - at), at, length);
+    at += part.length;
+    sum.update(part);
+  }
+  return sum.digest();
 }
 
 function readFd(fd: number, dest: Buffer, offset: number, length: number, position: number): Promise<number> {

@@ -11,6 +11,7 @@ import type { BlockRef } from '../block/block.js';
 import { CachefsError } from '../errors.js';
 import { BlockFiles, type HeldBlockFile } from './block-files.js';
 import type { ReadThrough } from './read-through.js';
+import type { TierBlock } from './tier.js';
 
 /** Where a read's bytes came from: the cache, or the fetch from the UFS it joined. */
 export type ServedFrom = 'cache' | 'ufs';
@@ -59,6 +60,11 @@ export class CachedBlocks {
       await this.readThrough.discard(ref, stored.path, (err as Error).message);
       return undefined;
     }
+  }
+
+  /** Takes the block's file, just written by this process from checked bytes with checksum `stored.sum`, for checked (BlockFiles.vouch). */
+  vouch(ref: BlockRef, stored: TierBlock): void {
+    this.files.vouch({ id: ref.id, path: stored.path, length: ref.length, sum: stored.sum });
   }
 
   /**

@@ -4,7 +4,7 @@
  * socket, network) and fall back to the UFS. Each source counts the bytes it
  * returns under the path that served them.
  */
-import type { BlockRef } from '../block/block.js';
+import type { BlockRef, ObjectRef } from '../block/block.js';
 import type { HeldBlockFile } from '../cache/block-files.js';
 
 /** How the reader is moving through the file: random readers get no readahead and small cold reads go straight to the UFS. */
@@ -67,6 +67,11 @@ export interface BlockSource {
    * The file is not read here: it is handed to the kernel (FUSE passthrough).
    */
   localFile?(ref: BlockRef, handle: ReadHandle): Promise<HeldBlockFile | undefined>;
+  /**
+   * The same for an object larger than one block: a local file holding exactly all its
+   * bytes (its whole-object file, cache/whole-objects.ts), when this source has one now.
+   */
+  wholeFile?(object: ObjectRef, handle: ReadHandle): Promise<HeldBlockFile | undefined>;
   /** The file handle is gone: let go of what it held (pins). */
   release?(handle: ReadHandle): void;
   close(): Promise<void>;

@@ -8,7 +8,7 @@
  * policy's `wholeBlock`, cache/read-policy.ts).
  */
 import { existsSync } from 'node:fs';
-import type { BlockRef } from '../block/block.js';
+import type { BlockRef, ObjectRef } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import { BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
 import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
@@ -188,6 +188,11 @@ export class ClusterSource implements BlockSource {
       this.failed(owner, asCachefsError(err));
       return undefined;
     }
+  }
+
+  /** The object's whole-object file, when this mount's own worker (sharing) has one. */
+  async wholeFile(object: ObjectRef, handle: ReadHandle): Promise<HeldBlockFile | undefined> {
+    return this.config.local?.source.wholeFile?.(object, handle);
   }
 
   release(handle: ReadHandle): void {

@@ -5,13 +5,15 @@
  * `CachedBlocks`, a small random read of a cold block by a ranged GET while the block
  * is filled in the background. Prefetches of consecutive blocks go out as one UFS read
  * per run (prefetch-runs.ts), and stop when the file handle that asked for them is
- * released and no reader waits for them.
+ * released and no reader waits for them. Objects larger than a block are kept whole too,
+ * once all their blocks are cached, for opens that pass through (cache/whole-objects.ts).
  */
-import type { BlockRef } from '../block/block.js';
+import type { BlockRef, ObjectRef } from '../block/block.js';
 import type { HeldBlockFile } from '../cache/block-files.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { PrefetchRuns } from '../cache/prefetch-runs.js';
 import type { EnsuredBlock } from '../cache/read-through.js';
+import { WholeObjects } from '../cache/whole-objects.js';
 import { rangedMiss, runBlocks, type ReadPolicy } from '../cache/read-policy.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -20,6 +22,7 @@ import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
 export class EmbeddedSource implements BlockSource {
   private readonly prefetches: PrefetchRuns<EnsuredBlock>;
   private readonly bytes;
+  private readonly wholes: WholeObjects;
 
   constructor(
     private readonly blocks: CachedBlocks,
@@ -41,6 +44,7 @@ export class EmbeddedSource implements BlockSource {
       runBlocks(policy, blockSize),
       (ref) => Boolean(readThrough.cached(ref)) || readThrough.isFetching(ref),
     );
+    this.wholes = new WholeObjects(blocks, blockSize, metrics, log);
     this.bytes = { cache: metrics.clientReadBytes.labels({ path: 'cache' }), ufs: metrics.clientReadBytes.labels({ path: 'ufs' }) };
   }
 
@@ -67,6 +71,11 @@ export class EmbeddedSource implements BlockSource {
     return this.blocks.hold(ref);
   }
 
+  /** The object's whole-object file when the tier has one (assembled once all its blocks are cached); held the same way. */
+  wholeFile(object: ObjectRef): Promise<HeldBlockFile | undefined> {
+    return this.wholes.hold(object);
+  }
+
   /** A small random read of a cold block: its range from the UFS now, the whole block in the background. */
   private async readRange(req: BlockRead): Promise<number> {
     const dest = req.dest.subarray(req.destOffset, req.destOffset + req.length);
@@ -78,6 +87,7 @@ export class EmbeddedSource implements BlockSource {
 
   async close(): Promise<void> {
     await this.blocks.readThrough.drain();
+    await this.wholes.close();
     this.blocks.close();
   }
 }

@@ -18,6 +18,7 @@ export class Metrics {
   readonly cacheMisses = this.counter('cachefs_cache_misses_total', 'Block reads that had to fetch the block from the UFS');
   readonly cacheEvictions = this.counter('cachefs_cache_evictions_total', 'Blocks evicted from the cache');
   readonly cacheCorrupt = this.counter('cachefs_cache_corrupt_blocks_total', 'Cached block files found damaged and dropped');
+  readonly cacheWholeObjects = this.counter('cachefs_cache_whole_objects_total', 'Whole-object files assembled from the cached blocks of objects larger than a block (for FUSE passthrough)');
   readonly cacheUsedBytes = this.gauge('cachefs_cache_used_bytes', 'Bytes of blocks in the cache', ['tier']);
   readonly cacheCapacityBytes = this.gauge('cachefs_cache_capacity_bytes', 'Quota of the cache', ['tier']);
   readonly cacheBlocks = this.gauge('cachefs_cache_blocks', 'Blocks in the cache', ['tier']);

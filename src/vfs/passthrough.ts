@@ -1,8 +1,8 @@
 /**
  * Which opens pass through (FUSE passthrough): an open is answered with a backing file,
  * which the kernel then reads itself — no read of that open reaches cachefs — when the
- * file's whole content is one checked local file (`BlockClient.localFile`: an object of
- * one block, cached). Registering the file with the kernel is `BackingFiles`' (fuse/ does
+ * file's whole content is one checked local file (`BlockClient.localFile`: the cached
+ * block of an object of one block, or a larger object's whole-object file). Registering the file with the kernel is `BackingFiles`' (fuse/ does
  * it with ioctls on /dev/fuse); this module owns the decision and the bookkeeping.
  *
  * The kernel allows one backing file per inode at a time, and no mix: while a file is
