@@ -134,6 +134,7 @@ describe('FUSE passthrough of objects larger than a block', () => {
       expect(r.out().trim().split('\n')[1]).toBe(sha(held));
       await waitFor(async () => (await m.metrics()).value('cachefs_vfs_open_files') === 0, { timeoutMs: 5000, what: 'the reader to close' });
       expect((await m.metrics()).value(BACKINGS)).toBe(0);
+      expect((await m.metrics()).value('cachefs_fuse_passthrough_kept')).toBe(0); // not kept: its file is gone
       // The quota holds: the evicted file's space is given back once nothing holds it.
       expect((await m.metrics()).value('cachefs_cache_used_bytes')).toBeLessThanOrEqual(8 * MiB);
       await waitFor(async () => (await deletedFds(await servingPidOf(m.process.pid!))) === 0, { timeoutMs: 5000, what: 'no descriptor of a deleted file' });

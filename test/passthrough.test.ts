@@ -20,6 +20,7 @@ const KiB = 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const OPENS = 'cachefs_fuse_passthrough_opens_total';
 const BACKINGS = 'cachefs_fuse_passthrough_open';
+const KEPT = 'cachefs_fuse_passthrough_kept';
 
 const small = randomBytes(300 * KiB);
 const many = Array.from({ length: 4 }, () => randomBytes(64 * KiB));
@@ -142,6 +143,8 @@ describe('FUSE passthrough', () => {
       const after = await m.metrics();
       expect(after.value(OPENS)).toBe(5000);
       expect(after.value(BACKINGS)).toBe(0);
+      // One kept for each file's next open (each registered once: the other opens took it).
+      expect(after.value(KEPT)).toBe(many.length);
       expect(after.value('cachefs_vfs_open_files')).toBe(0);
     } finally {
       await m.stop();
@@ -168,9 +171,34 @@ describe('FUSE passthrough', () => {
       reader.stdin!.end('go\n');
       await waitFor(() => out.trim().split('\n').length === 2, { timeoutMs: 10_000, what: "the reader's checksum" });
       expect(out.trim().split('\n')[1]).toBe(sha(fillers[0]!));
-      expect((await m.metrics()).value(BACKINGS)).toBe(0);
+      await waitFor(async () => (await m.metrics()).value('cachefs_vfs_open_files') === 0, { timeoutMs: 5000, what: 'the reader to close' });
+      const after = await m.metrics();
+      expect(after.value(BACKINGS)).toBe(0);
+      // Its file evicted, the backing is given back at the release, not kept (it would hold the file's disk space).
+      expect(after.value(KEPT)).toBe(0);
     } finally {
       reader?.kill('SIGKILL');
+      await m.stop();
+    }
+  });
+
+  it('keeps a released backing registered for the next open, and gives it back when the cache evicts its file', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/fill', args: mountArgs('--cache-size', '2MiB'), env });
+    try {
+      await cache(m, '0.bin', 1);
+      const file = path.join(m.mountpoint, '0.bin');
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+      expect((await m.metrics()).value(KEPT)).toBe(1);
+      await dropPageCache(file);
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+      const kept = await m.metrics();
+      expect(kept.value(OPENS)).toBe(3);
+      expect(kept.value(KEPT)).toBe(1);
+      for (let i = 1; i < fillers.length; i++) expect(await sha256Of(path.join(m.mountpoint, `${i}.bin`))).toBe(sha(fillers[i]!));
+      expect((await m.metrics()).value('cachefs_cache_evictions_total')).toBeGreaterThan(0);
+      await waitFor(async () => (await m.metrics()).value(KEPT) === 0, { timeoutMs: 10_000, what: "the kept backing given back with 0.bin's evicted block" });
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+    } finally {
       await m.stop();
     }
   });

@@ -43,24 +43,40 @@ export class WholeObjects {
 
   constructor(
     private readonly blocks: CachedBlocks,
-    private readonly blockSize: number,
     private readonly metrics: Metrics,
     private readonly log: Logger,
   ) {
     blocks.readThrough.onStored((ref) => {
-      if (this.wanted && ref.blockSize === this.blockSize && ref.object.size > this.blockSize) this.assembleIfWhole(ref.object);
+      if (this.wanted && ref.object.size > ref.blockSize) this.assembleIfWhole(ref.object, ref.blockSize);
     });
   }
 
   /**
    * The object's whole file, checked and held open until `release()`, when the tier has it;
-   * undefined otherwise, and then it is assembled in the background if every block is cached.
+   * undefined otherwise, and then it is assembled in the background if every block of
+   * `blockSize` is cached.
    */
-  async hold(object: ObjectRef): Promise<HeldBlockFile | undefined> {
+  async hold(object: ObjectRef, blockSize: number): Promise<HeldBlockFile | undefined> {
     this.wanted = true;
     const held = await this.blocks.hold(wholeRef(object));
-    if (!held) this.assembleIfWhole(object);
+    if (!held) this.assembleIfWhole(object, blockSize);
     return held;
+  }
+
+  /**
+   * Calls `use` with the whole file's checked descriptor and checksum, open while `use` runs
+   * (a worker passing it to a co-located mount), when the tier has it; undefined otherwise
+   * (then assembled as by `hold`). Never fetches anything.
+   */
+  async lend<T>(object: ObjectRef, blockSize: number, use: (fd: number, sum: string) => T): Promise<{ value: T } | undefined> {
+    const held = await this.hold(object, blockSize);
+    if (!held) return undefined;
+    try {
+      const stored = this.blocks.readThrough.cached(wholeRef(object));
+      return stored && { value: use(held.fd, stored.sum) };
+    } finally {
+      held.release();
+    }
   }
 
   /** Stops the assemblies under way (their partial files are removed) and waits for them. */
@@ -69,15 +85,15 @@ export class WholeObjects {
     await Promise.all(this.assembling.values());
   }
 
-  private assembleIfWhole(object: ObjectRef): void {
+  private assembleIfWhole(object: ObjectRef, blockSize: number): void {
     const whole = wholeRef(object);
     const store = this.blocks.readThrough.store;
     if (this.closed || this.assembling.has(whole.id) || store.heldOf([whole.id]).length > 0) return;
     // The file and the blocks it is made of must fit side by side, the blocks pinned meanwhile.
     if (object.size > Math.max(...store.tiers.map((t) => t.quotaBytes)) / 2) return;
-    const refs = Array.from({ length: blockCount(object.size, this.blockSize) }, (_, i) => blockRef(object, this.blockSize, i));
+    const refs = Array.from({ length: blockCount(object.size, blockSize) }, (_, i) => blockRef(object, blockSize, i));
     if (store.heldOf(refs.map((r) => r.id)).length < refs.length) return;
-    const run = this.assemble(whole, refs)
+    const run = this.assemble(whole, refs, blockSize)
       .catch((err: unknown) => {
         if (!this.closed) this.log.warn({ key: object.key, err: (err as Error).message }, 'could not assemble the whole-object file: opens of it are read through cachefs');
       })
@@ -85,12 +101,12 @@ export class WholeObjects {
     this.assembling.set(whole.id, run);
   }
 
-  private async assemble(whole: BlockRef, refs: BlockRef[]): Promise<void> {
+  private async assemble(whole: BlockRef, refs: BlockRef[], blockSize: number): Promise<void> {
     const { readThrough } = this.blocks;
     const store = readThrough.store;
     for (const ref of refs) store.pin(ref.id);
     try {
-      const buf = Buffer.allocUnsafeSlow(this.blockSize);
+      const buf = Buffer.allocUnsafeSlow(blockSize);
       const stored = await store.putParts(whole.id, whole.length, async (append) => {
         const sum = new RunningSum();
         for (const ref of refs) {

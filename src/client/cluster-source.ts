@@ -21,7 +21,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { ClusterSecret } from '../net/auth.js';
 import type { PoolOptions } from '../net/body-connection.js';
 import { BackgroundQueue } from './background.js';
-import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import type { BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
 import { ColocatedWorker } from './colocated-worker.js';
 import type { Membership } from './membership.js';
 import { RemoteWorker } from './remote-worker.js';
@@ -191,8 +191,13 @@ export class ClusterSource implements BlockSource {
   }
 
   /** The object's whole-object file, when this mount's own worker (sharing) has one. */
-  async wholeFile(object: ObjectRef, handle: ReadHandle): Promise<HeldBlockFile | undefined> {
+  async wholeFile(object: ObjectRef, handle: ReadHandle): Promise<LocalFile | undefined> {
     return this.config.local?.source.wholeFile?.(object, handle);
+  }
+
+  /** Removals from this mount's own worker's store; a co-located worker's files carry no `storeId`. */
+  onLocalFileRemoved(listener: (storeId: string) => void): void {
+    this.config.local?.source.onLocalFileRemoved?.(listener);
   }
 
   release(handle: ReadHandle): void {
