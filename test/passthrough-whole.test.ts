@@ -4,7 +4,8 @@
  * whole-object file in its tier and answers opens of the object with it. Proves the bytes
  * (and that no read reached cachefs), the file's eviction while an open has it, a version
  * change, no backing ids or descriptors left over after thousands of opens, and that a
- * restart trusts a whole file only once it has checked it.
+ * restart trusts a whole file only once it has checked it. (A co-located worker's whole-object
+ * file: test/passthrough.test.ts, beside its block files.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';

@@ -28,6 +28,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { HeldBlockFile } from './block-files.js';
 import type { CachedBlocks } from './cached-blocks.js';
+import type { StoredBlock } from './tiered-store.js';
 
 /** The whole object as one block: the id its whole-object file is stored under. */
 export function wholeRef(object: ObjectRef): BlockRef {
@@ -61,6 +62,14 @@ export class WholeObjects {
     const held = await this.blocks.hold(wholeRef(object));
     if (!held) this.assembleIfWhole(object, blockSize);
     return held;
+  }
+
+  /** The whole file where the store holds it, checked (as `hold`, which it calls), for its path. */
+  async checked(object: ObjectRef, blockSize: number): Promise<StoredBlock | undefined> {
+    const held = await this.hold(object, blockSize);
+    if (!held) return undefined;
+    held.release();
+    return this.blocks.readThrough.cached(wholeRef(object));
   }
 
   /**
@@ -111,7 +120,7 @@ export class WholeObjects {
         const sum = new RunningSum();
         for (const ref of refs) {
           if (this.closed) throw new CachefsError('INTERRUPTED', 'the cache is closing');
-          // Pinned, a block can still be dropped as damaged: then it is not fetched again for this.
+          // Pinned, a block is not evicted; one dropped meanwhile (found damaged) ends this, one found damaged by this read is fetched again by it (the object's version, as any read's).
           if (!readThrough.cached(ref)) throw new CachefsError('IO', `block ${ref.index} of ${ref.object.key} left the cache`);
           const bytes = buf.subarray(0, ref.length);
           const { bytes: n } = await this.blocks.read(ref, 0, ref.length, bytes, 0);
