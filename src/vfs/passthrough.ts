@@ -2,8 +2,9 @@
  * Which opens pass through (FUSE passthrough): an open is answered with a backing file,
  * which the kernel then reads itself — no read of that open reaches cachefs — when the
  * file's whole content is one checked local file (`BlockClient.localFile`: the cached
- * block of an object of one block, or a larger object's whole-object file). Registering the file with the kernel is `BackingFiles`' (fuse/ does
- * it with ioctls on /dev/fuse); this module owns the decision and the bookkeeping.
+ * block of an object of one block, or a larger object's whole-object file). Registering
+ * the file with the kernel is `BackingFiles`' (fuse/ does it with ioctls on /dev/fuse);
+ * this module owns the decision and the bookkeeping.
  *
  * The kernel allows one backing file per inode at a time, and no mix: while a file is
  * open through passthrough, every open of it must pass through with the same backing
@@ -195,7 +196,7 @@ export class PassthroughOpens {
     if (backing.opens > 0) return;
     this.byNode.delete(nodeId);
     if (backing.storeId === undefined || backing.gone) return this.close(backing);
-    // Another backing of the same version (the object's node was forgotten and made anew meanwhile) goes.
+    // One kept per object: another kept backing of it (its node was forgotten and made anew meanwhile) goes.
     const before = this.kept.get(backing.key);
     if (before) this.close(before);
     this.kept.set(backing.key, backing);
