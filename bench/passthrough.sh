@@ -2,16 +2,18 @@
 # Warm reads with FUSE passthrough, in one run: the same cached bytes read
 #   passthrough    - an embedded mount (the kernel reads the block file itself)
 #   no-passthrough - the same with --no-passthrough (every byte through /dev/fuse)
-#   tier           - cat of the block files in the tier directly (the ceiling)
-# for one SIZE_MIB file (one block: --block-size 256MiB) and for FILES files of 128 KiB
-# read by 4 processes, page cache dropped before each read (WARM=1: kept), ROUNDS rounds
-# (default 5), the order turning each round.
+#   tier           - cat of the same bytes in the tier directly (the ceiling): the big
+#                    file's whole-object file, the small files' block files
+# for one SIZE_MIB file (default 1024: 256 blocks of 4 MiB, passed through from its
+# whole-object file) and for FILES files of 128 KiB read in a shuffled order by 4
+# processes (a data loader's epoch), page cache dropped before each read (WARM=1: kept),
+# ROUNDS rounds (default 5), the order turning each round.
 # Prints each round's MB/s and the medians. Root only (drops the page cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache)" >&2; exit 1; }
 ROUNDS=${ROUNDS:-5}
-SIZE_MIB=${SIZE_MIB:-200}
+SIZE_MIB=${SIZE_MIB:-1024}
 FILES=${FILES:-2000}
 work=$(mktemp -d /tmp/cachefs-bench-pt.XXXXXX)
 cleanup() {
@@ -26,7 +28,7 @@ for i in $(seq 1 "$FILES"); do head -c 131072 /dev/urandom > "$work/data/small/f
 
 mount_one() { # dir cache-dir extra-flags...
   local dir=$1 cache=$2; shift 2
-  node bin/cachefs mount "$dir" --ufs "file://$work/data" --cache-dir "$cache" --block-size 256MiB --cache-size 4GiB --log-level warn "$@"
+  node bin/cachefs mount "$dir" --ufs "file://$work/data" --cache-dir "$cache" --cache-size 8GiB --log-level warn "$@"
 }
 PORT=${PORT:-19791}
 mount_one "$work/pt" "$work/c-pt" --metrics-port "$PORT" --metrics-host 127.0.0.1
@@ -45,14 +47,24 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 [ "$(wc -l < "$small_blocks")" -eq "$FILES" ] || { echo "bench: expected $FILES small block files in $tier" >&2; exit 1; }
-big_block=$(find "$tier/blocks" -type f -size +1024k | head -1)
+shuf --random-source=<(yes) "$small_blocks" > "$small_blocks.shuffled"
+(cd "$work/data/small" && ls) | shuf --random-source=<(yes) > "$work/small-names"
+# One epoch more, as a loader's second: the first opens of cached files register their backings.
+for m in pt nopt; do (cd "$work/$m/small" && xargs -a "$work/small-names" -P4 -n 100 cat > /dev/null); done
+# The big file's whole-object file, assembled in the background once its last block is in.
+for _ in $(seq 1 120); do
+  big_block=$(find "$tier/blocks" -type f -size "$((SIZE_MIB * 1024))k" | head -1)
+  [ -n "$big_block" ] && break
+  sleep 1
+done
+[ -n "$big_block" ] || { echo "bench: no whole-object file of big.bin in $tier" >&2; exit 1; }
 
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@"; t1=$(date +%s.%N); echo "$t1 - $t0" | bc -l; }
 mbps() { echo "scale=0; $1 / 1000000 / $2" | bc -l; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 read_big() { cat "$1" > /dev/null; }
-read_small_dir() { find "$1" -type f -print0 | xargs -0 -P4 -n 100 cat > /dev/null; }
-read_small_list() { tr '\n' '\0' < "$1" | xargs -0 -P4 -n 100 cat > /dev/null; }
+read_small_dir() { (cd "$1" && xargs -a "$work/small-names" -P4 -n 100 cat > /dev/null); }
+read_small_list() { xargs -a "$1" -P4 -n 100 cat > /dev/null; }
 
 big_bytes=$((SIZE_MIB * 1024 * 1024))
 small_bytes=$((FILES * 131072))
@@ -65,7 +77,7 @@ read_one() { # kind method
     big/tier) read_big "$big_block" ;;
     small/pt) read_small_dir "$work/pt/small" ;;
     small/nopt) read_small_dir "$work/nopt/small" ;;
-    small/tier) read_small_list "$small_blocks" ;;
+    small/tier) read_small_list "$small_blocks.shuffled" ;;
   esac
 }
 methods=(pt nopt tier)

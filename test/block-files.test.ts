@@ -10,7 +10,8 @@ import { mkdtemp, rm, writeFile, open as openFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockChecksumError, BlockFiles, type BlockFile } from '../src/cache/block-files.js';
+import { BlockChecksumError, BlockFiles, fileIdentity, type BlockFile } from '../src/cache/block-files.js';
+import { statSync } from 'node:fs';
 import { blockSum } from '../src/block/checksum.js';
 import { TieredStore } from '../src/cache/tiered-store.js';
 import { silentLogger } from '../src/log.js';
@@ -79,5 +80,35 @@ describe('BlockFiles', () => {
     } finally {
       await store.close();
     }
+  });
+
+  it('checks a file longer than one check part (a whole-object file) part by part: a byte flipped in its last part is found', async () => {
+    const bytes = randomBytes(40 * 1024 * 1024 + 123);
+    const good = await blockFile('whole-good', bytes);
+    const files = new BlockFiles();
+    const held = await files.hold(good);
+    held.release();
+    expect(files.wholeChecks).toBe(1);
+    const bad = { ...(await blockFile('whole-bad', bytes)), id: 'whole-bad' };
+    const handle = await openFile(bad.path, 'r+');
+    await handle.write(Buffer.from([bytes[bytes.length - 5]! ^ 0xff]), 0, 1, bytes.length - 5);
+    await handle.close();
+    await expect(files.hold(bad)).rejects.toBeInstanceOf(BlockChecksumError);
+  });
+
+  it('takes a file this process vouches for as checked without reading it, until it is written to', async () => {
+    const bytes = randomBytes(64 * 1024);
+    const a = await blockFile('vouched', bytes);
+    const files = new BlockFiles();
+    files.vouch(a.id, fileIdentity(statSync(a.path, { bigint: true })), a.sum);
+    (await files.hold(a)).release();
+    expect(files.wholeChecks).toBe(0);
+    files.invalidate(a.id);
+    files.vouch(a.id, fileIdentity(statSync(a.path, { bigint: true })), a.sum);
+    const handle = await openFile(a.path, 'r+');
+    await handle.write(Buffer.from([bytes[7]! ^ 0xff]), 0, 1, 7);
+    await handle.close();
+    await expect(files.hold(a)).rejects.toBeInstanceOf(BlockChecksumError);
+    expect(files.wholeChecks).toBe(1);
   });
 });

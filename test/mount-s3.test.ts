@@ -7,10 +7,10 @@ import { mkdtemp, readdir, rm, stat, truncate } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BLOCK_FILE, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { BLOCK_FILE, dropPageCache, mountCachefs, sh, sha256Of, stopAllMounts, waitForWholeFile, type TestMount } from './support/cachefs.js';
 import { runCommand, waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
-import { expectServedBy, settledCacheMetrics } from './support/metrics.js';
+import { expectPassedThrough, settledCacheMetrics } from './support/metrics.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = MiB;
@@ -177,16 +177,16 @@ describe('kernel metadata caching', () => {
 });
 
 describe('the block cache', () => {
-  it('serves the second read of a file from the cache (metrics prove it)', async () => {
+  it('serves the second read of a file from the cache (metrics prove it): a file of two blocks, from its whole-object file passed through', async () => {
     const file = path.join(mnt.mountpoint, 'sizes/block-plus-1');
     await dropPageCache(file);
     await sha256Of(file);
+    await waitForWholeFile(mnt, BLOCK + 1);
     const before = await mnt.metrics();
     await dropPageCache(file);
     expect(await sha256Of(file)).toBe(sha(files['sizes/block-plus-1']!));
-    const after = await mnt.metrics();
-    expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);
-    expectServedBy(after, 'cache', BLOCK + 1, before);
+    // dd's open and sha256sum's, both read by the kernel from the cached file.
+    expectPassedThrough(await mnt.metrics(), 2, before);
   });
 
   it('keeps cached blocks across umount and remount', async () => {

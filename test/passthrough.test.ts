@@ -2,8 +2,9 @@
  * FUSE passthrough end to end: a real mount of a real S3-protocol server, whose opens of
  * objects cached whole in one block file are answered with a backing file the kernel
  * reads itself (no read of them reaches cachefs). Proves the bytes, the version a new
- * open gets, the backing ids given back, an evicted block's file still read by the open
- * that has it, and `--no-passthrough`.
+ * open gets, the backing ids given back (or kept for the next open, until the cache drops
+ * the file), an evicted block's file still read by the open that has it, `--no-passthrough`,
+ * and, in a cluster, a co-located worker's block file and whole-object file passed through.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -20,8 +21,11 @@ const KiB = 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const OPENS = 'cachefs_fuse_passthrough_opens_total';
 const BACKINGS = 'cachefs_fuse_passthrough_open';
+const KEPT = 'cachefs_fuse_passthrough_kept';
 
 const small = randomBytes(300 * KiB);
+/** Four blocks of a 1 MiB-block mount, the last one partial. */
+const big = randomBytes(3 * 1024 * KiB + 300 * KiB);
 const many = Array.from({ length: 4 }, () => randomBytes(64 * KiB));
 /** Each one block of a 1 MiB-block mount: four of them overflow a 2 MiB cache. */
 const fillers = Array.from({ length: 5 }, () => randomBytes(900 * KiB));
@@ -45,6 +49,7 @@ beforeAll(async () => {
   s3 = await startS3Server({ buckets: ['data'] });
   await s3.putObjects('data', [
     { key: 'small.bin', body: small },
+    { key: 'big.bin', body: big },
     { key: 'changing.bin', body: small },
     ...many.map((body, i) => ({ key: `many/${i}.bin`, body })),
     ...fillers.map((body, i) => ({ key: `fill/${i}.bin`, body })),
@@ -142,6 +147,8 @@ describe('FUSE passthrough', () => {
       const after = await m.metrics();
       expect(after.value(OPENS)).toBe(5000);
       expect(after.value(BACKINGS)).toBe(0);
+      // One kept for each file's next open (each registered once: the other opens took it).
+      expect(after.value(KEPT)).toBe(many.length);
       expect(after.value('cachefs_vfs_open_files')).toBe(0);
     } finally {
       await m.stop();
@@ -168,9 +175,34 @@ describe('FUSE passthrough', () => {
       reader.stdin!.end('go\n');
       await waitFor(() => out.trim().split('\n').length === 2, { timeoutMs: 10_000, what: "the reader's checksum" });
       expect(out.trim().split('\n')[1]).toBe(sha(fillers[0]!));
-      expect((await m.metrics()).value(BACKINGS)).toBe(0);
+      await waitFor(async () => (await m.metrics()).value('cachefs_vfs_open_files') === 0, { timeoutMs: 5000, what: 'the reader to close' });
+      const after = await m.metrics();
+      expect(after.value(BACKINGS)).toBe(0);
+      // Its file evicted, the backing is given back at the release, not kept (it would hold the file's disk space).
+      expect(after.value(KEPT)).toBe(0);
     } finally {
       reader?.kill('SIGKILL');
+      await m.stop();
+    }
+  });
+
+  it('keeps a released backing registered for the next open, and gives it back when the cache evicts its file', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/fill', args: mountArgs('--cache-size', '2MiB'), env });
+    try {
+      await cache(m, '0.bin', 1);
+      const file = path.join(m.mountpoint, '0.bin');
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+      expect((await m.metrics()).value(KEPT)).toBe(1);
+      await dropPageCache(file);
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+      const kept = await m.metrics();
+      expect(kept.value(OPENS)).toBe(3);
+      expect(kept.value(KEPT)).toBe(1);
+      for (let i = 1; i < fillers.length; i++) expect(await sha256Of(path.join(m.mountpoint, `${i}.bin`))).toBe(sha(fillers[i]!));
+      expect((await m.metrics()).value('cachefs_cache_evictions_total')).toBeGreaterThan(0);
+      await waitFor(async () => (await m.metrics()).value(KEPT) === 0, { timeoutMs: 10_000, what: "the kept backing given back with 0.bin's evicted block" });
+      expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+    } finally {
       await m.stop();
     }
   });
@@ -204,32 +236,75 @@ describe('FUSE passthrough in a cluster', () => {
     await stopAllServices();
   });
 
-  it("passes a co-located worker's block file through, pinned on the worker while the file is open", async () => {
+  /** A worker with a domain socket and a cluster mount of its cache group beside it (1 MiB blocks), both stopped after `use`. */
+  async function colocated(group: string, use: (m: TestMount, w: ServiceProcess) => Promise<void>): Promise<void> {
     const socketDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-pt-sock-'));
-    const w = await startWorker({ master: master.address, cacheGroup: 'pt', socketDir, blockSize: '1MiB' });
-    const m = await mountCachefs({ args: ['--master', master.address, '--cache-group', 'pt', '--no-sharing', '--block-size', '1MiB'] });
-    let reader: ChildProcess | undefined;
+    const w = await startWorker({ master: master.address, cacheGroup: group, socketDir, blockSize: '1MiB' });
+    const m = await mountCachefs({ args: ['--master', master.address, '--cache-group', group, '--no-sharing', '--block-size', '1MiB'] });
     try {
-      // The worker reads the block through at the first open: that open passes through already.
-      const script = "import sys, hashlib\nf = open(sys.argv[1], 'rb')\nprint(hashlib.sha256(f.read()).hexdigest(), flush=True)\nsys.stdin.readline()";
-      reader = spawn('python3', ['-c', script, path.join(m.mountpoint, 'data/small.bin')], { stdio: ['pipe', 'pipe', 'pipe'] });
-      let out = '';
-      reader.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      await waitFor(() => out.includes('\n'), { timeoutMs: 20_000, what: 'the reader to read small.bin' });
-      expect(out.trim()).toBe(sha(small));
-      const open = await m.metrics();
-      expect(open.value(OPENS)).toBe(1);
-      expect(open.value(BACKINGS)).toBe(1);
-      expect(open.value('cachefs_fuse_ops_total', { op: 'read' })).toBe(0);
-      expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(1);
-      reader.stdin!.end('done\n');
-      await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'the pin to go with the file' });
-      expect((await m.metrics()).value(BACKINGS)).toBe(0);
+      await use(m, w);
     } finally {
-      reader?.kill('SIGKILL');
       await m.stop();
       await w.stop();
       await rm(socketDir, { recursive: true, force: true });
     }
+  }
+
+  /** A process that opens `file`, reads it whole when told to on stdin (`read`: at once), prints its sha256 and exits when told again. */
+  function reader(file: string, read: 'at once' | 'when told'): { child: ChildProcess; lines: () => string[] } {
+    const wait = 'sys.stdin.readline()\n';
+    const script = `import sys, hashlib\nf = open(sys.argv[1], 'rb')\nprint('open', flush=True)\n${read === 'when told' ? wait : ''}print(hashlib.sha256(f.read()).hexdigest(), flush=True)\n${wait}`;
+    const child = spawn('python3', ['-c', script, file], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    return { child, lines: () => out.trim().split('\n') };
+  }
+
+  it("passes a co-located worker's block file through, pinned on the worker while the file is open", async () => {
+    await colocated('pt', async (m, w) => {
+      // The worker reads the block through at the first open: that open passes through already.
+      const r = reader(path.join(m.mountpoint, 'data/small.bin'), 'at once');
+      try {
+        await waitFor(() => r.lines().length === 2, { timeoutMs: 20_000, what: 'the reader to read small.bin' });
+        expect(r.lines()[1]).toBe(sha(small));
+        const open = await m.metrics();
+        expect(open.value(OPENS)).toBe(1);
+        expect(open.value(BACKINGS)).toBe(1);
+        expect(open.value('cachefs_fuse_ops_total', { op: 'read' })).toBe(0);
+        expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(1);
+        r.child.stdin!.end('done\n');
+        await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'the pin to go with the file' });
+        expect((await m.metrics()).value(BACKINGS)).toBe(0);
+      } finally {
+        r.child.kill('SIGKILL');
+      }
+    });
+  });
+
+  it("passes through a co-located worker's whole-object file once the worker holds every block of a larger object, pinned while the file is open", async () => {
+    await colocated('ptw', async (m, w) => {
+      const file = path.join(m.mountpoint, 'data/big.bin');
+      expect(await sha256Of(file)).toBe(sha(big));
+      expect((await m.metrics()).value(OPENS)).toBe(0); // read the ordinary way: the worker held nothing yet
+      await waitFor(async () => (await w.metrics()).value('cachefs_cache_whole_objects_total') === 1, { timeoutMs: 20_000, what: "the worker's whole-object file" });
+      const r = reader(file, 'when told');
+      try {
+        await waitFor(() => r.lines()[0] === 'open', { timeoutMs: 10_000, what: 'the reader to open big.bin' });
+        const open = await m.metrics();
+        expect(open.value(OPENS)).toBe(1);
+        expect((await w.metrics()).value('cachefs_pinned_blocks')).toBe(1);
+        r.child.stdin!.write('go\n');
+        await waitFor(() => r.lines().length === 2, { timeoutMs: 10_000, what: "the reader's checksum" });
+        expect(r.lines()[1]).toBe(sha(big));
+        expect((await m.metrics()).value('cachefs_fuse_ops_total', { op: 'read' })).toBe(open.value('cachefs_fuse_ops_total', { op: 'read' }));
+        r.child.stdin!.end('done\n');
+        await waitFor(async () => (await w.metrics()).value('cachefs_pinned_blocks') === 0, { timeoutMs: 5000, what: 'the pin to go with the file' });
+        const after = await m.metrics();
+        expect(after.value(BACKINGS)).toBe(0);
+        expect(after.value(KEPT)).toBe(0); // a co-located worker's file: its eviction is not seen here
+      } finally {
+        r.child.kill('SIGKILL');
+      }
+    });
   });
 });

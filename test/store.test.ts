@@ -12,6 +12,7 @@ import { BufferPool } from '../src/block/buffer-pool.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import { TieredStore } from '../src/cache/tiered-store.js';
+import { blockSum } from '../src/block/checksum.js';
 
 const KiB = 1024;
 const id = (n: number): string => n.toString(16).padStart(40, '0');
@@ -111,6 +112,29 @@ describe('TieredStore', () => {
     for (const r of results) if (r.status === 'rejected') expect(r.reason).toMatchObject({ code: 'IO', message: expect.stringMatching(/being written/) });
     expect(store.usedBytes).toBeLessThanOrEqual(1000 * KiB);
     await waitUntil(async () => store.usedBytes <= 900 * KiB && (await filesUnder(path.join(dir, 'SSD', 'blocks'))).length === store.blockCount);
+  });
+
+  it('stores a file written in parts only once it is whole, counted against the quota; a fill that fails leaves nothing', async () => {
+    const store = await openStore(1000 * KiB);
+    const parts = [block(1), block(2), block(3, 50 * KiB)];
+    const stored = await store.putParts(id(1), 250 * KiB, async (append) => {
+      for (const p of parts) await append(p);
+      return blockSum(Buffer.concat(parts));
+    });
+    expect(await readFile(stored.path)).toEqual(Buffer.concat(parts));
+    expect(path.basename(stored.path)).toBe(`${id(1)}.${blockSum(Buffer.concat(parts))}`);
+    expect(store.usedBytes).toBe(250 * KiB);
+    await expect(
+      store.putParts(id(2), 250 * KiB, async (append) => {
+        await append(block(4));
+        throw new Error('the blocks left the cache');
+      }),
+    ).rejects.toThrow('the blocks left the cache');
+    await expect(store.putParts(id(3), 250 * KiB, async (append) => (await append(block(5)), 'short'))).rejects.toThrow(/102400 bytes written of 256000/);
+    expect(store.lookup(id(2))).toBeUndefined();
+    expect(store.usedBytes).toBe(250 * KiB);
+    expect(await filesUnder(path.join(dir, 'SSD', 'tmp'))).toEqual([]);
+    expect(await filesUnder(path.join(dir, 'SSD', 'blocks'))).toEqual([stored.path]);
   });
 
   it('puts new blocks in the fastest tier with room', async () => {

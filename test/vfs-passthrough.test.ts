@@ -10,10 +10,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { BlockRef } from '../src/block/block.js';
+import { blockRef, type BlockRef } from '../src/block/block.js';
 import type { HeldBlockFile } from '../src/cache/block-files.js';
 import { BlockClient } from '../src/client/block-client.js';
-import type { BlockRead, BlockSource } from '../src/client/block-source.js';
+import type { BlockRead, BlockSource, LocalFile } from '../src/client/block-source.js';
 import { isCachefsError } from '../src/errors.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
@@ -43,6 +43,23 @@ class CachedFileSource implements BlockSource {
   }
   prefetch(): void {}
   async close(): Promise<void> {}
+}
+
+/** The same, as the mount's own store: its files carry a store id, and it tells of their removal. */
+class StoreFileSource extends CachedFileSource {
+  looks = 0;
+  private readonly removed: ((storeId: string) => void)[] = [];
+  override async localFile(ref: BlockRef): Promise<LocalFile | undefined> {
+    this.looks += 1;
+    const held = await super.localFile(ref);
+    return held && { ...held, storeId: ref.id };
+  }
+  onLocalFileRemoved(listener: (storeId: string) => void): void {
+    this.removed.push(listener);
+  }
+  drop(storeId: string): void {
+    for (const l of this.removed) l(storeId);
+  }
 }
 
 /** What the kernel is told: ids handed out and given back; `refuse` makes it answer none. */
@@ -134,6 +151,41 @@ describe('passthrough opens', () => {
     expect(next.backingId).not.toBe(old.backingId);
     vfs.release(next.fh);
     expect(backings.open.size).toBe(0);
+  });
+
+  it("keeps a released file's backing registered for the next open of its version, and gives it back when the store drops the file or another version is opened", async () => {
+    const store = new StoreFileSource(dir);
+    const client = new BlockClient(store, { blockSize: BLOCK, readaheadBytes: 0 });
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    vfs = new Vfs({ fs, client, metrics: new Metrics(false), metaBudgetBytes: 64 << 20 });
+    vfs.usePassthrough({ open: () => backings.register(), close: (id) => backings.close(id) });
+    store.cached.add('small.bin');
+    const first = await openOf('small.bin');
+    vfs.release(first.fh);
+    expect(backings.open.size).toBe(1); // kept
+    const again = await openOf('small.bin');
+    expect(again.backingId).toBe(first.backingId);
+    expect(store.looks).toBe(1); // no look for the file, no registration
+    vfs.release(again.fh);
+    // The store drops the file: the kept backing goes with it.
+    const object = await fs.open('/small.bin', 0);
+    store.drop(blockRef(object, BLOCK, 0).id);
+    expect(backings.open.size).toBe(0);
+    const third = await openOf('small.bin');
+    expect(third.backingId).not.toBe(first.backingId);
+    // Dropped while open: given back at the release, not kept.
+    store.drop(blockRef(object, BLOCK, 0).id);
+    vfs.release(third.fh);
+    expect(backings.open.size).toBe(0);
+    // Kept, then the object changes: the open of the new version gives the old one back.
+    vfs.release((await openOf('small.bin')).fh);
+    expect(backings.open.size).toBe(1);
+    writeFileSync(path.join(dir, 'small.bin'), Buffer.alloc(100, 3));
+    await new Promise((r) => setTimeout(r, 5)); // past the 1 ms metadata TTL
+    const next = await openOf('small.bin');
+    expect(backings.open.size).toBe(1);
+    expect([...backings.open]).toEqual([next.backingId]);
+    vfs.release(next.fh);
   });
 
   it('reads the ordinary way when the kernel refuses the backing file', async () => {

@@ -14,9 +14,10 @@
  *
  * A file this process wrote itself needs no such check at its first open: the store tells
  * (`vouch`) the identity it saw right after the write, with the checksum made of the bytes
- * it wrote from memory, and that verdict holds as any other while the identity does. Checking
- * it anyway read and hashed every block of a `cachefs load` a second time at its first read,
- * which left the loader's first epoch after a load at 0.63-0.83 of its second.
+ * it wrote from memory (a whole-object file's too, made from checked blocks), and that
+ * verdict holds as any other while the identity does. Checking it anyway read and hashed
+ * every block of a `cachefs load`, and every block a mount fetched, a second time at its
+ * first read from its file.
  *
  * The verdict is also remembered past the fd, by the file's device, inode and ctime (and
  * the checksum it was checked against), for the most recently checked files: a block
@@ -25,6 +26,9 @@
  * first bytes made a warm sequential read after a walk of many small files (which closes
  * the large file's fds) 2.5 times slower.
  *
+ * A file longer than 16 MiB (a whole-object file, cache/whole-objects.ts) is hashed in parts
+ * of that size rather than read into one buffer.
+ *
  * Descriptors can also come from elsewhere already checked: a co-located worker passes its
  * block file's (client/colocated-worker.ts). Such an adopted fd is the only way to the
  * file (its path may not be visible here), so it is never closed to stay under the limit,
@@ -32,7 +36,7 @@
  * socket service, which passes the checked fd on.
  */
 import { close, closeSync, fstatSync, open, read, constants, type BigIntStats } from 'node:fs';
-import { blockSum } from '../block/checksum.js';
+import { blockSum, RunningSum } from '../block/checksum.js';
 
 /** A block file to read, and what it must hold. */
 export interface BlockFile {
@@ -57,6 +61,11 @@ export function fileIdentity(st: BigIntStats): string {
 
 /** Scratch buffers for checking whole files, kept for the next check. */
 const KEPT_SCRATCH = 2;
+/**
+ * Files longer than this (whole-object files, up to an object's size) are read and hashed
+ * this many bytes at a time rather than into one buffer of their length.
+ */
+const CHECK_PART = 16 * 1024 * 1024;
 /** Checked files whose verdict is remembered after their fd is closed (about 100 bytes each). */
 const REMEMBERED_CHECKS = 65_536;
 
@@ -232,16 +241,11 @@ export class BlockFiles {
     if (entry.size === file.length && this.checkedFiles.get(file.id) === verdict) return entry;
     this.wholeChecks++;
     this.onWholeCheck?.();
-    const buf = this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length);
+    const parts = file.length > CHECK_PART;
+    const buf = parts ? Buffer.allocUnsafeSlow(CHECK_PART) : (this.scratch.pop() ?? Buffer.allocUnsafeSlow(file.length));
     try {
       if (entry.size !== file.length) throw new BlockFileSizeError(entry.size, file.length);
-      const bytes = buf.length >= file.length ? buf.subarray(0, file.length) : Buffer.allocUnsafeSlow(file.length);
-      for (let done = 0; done < bytes.length; ) {
-        const n = await readFd(entry.fd, bytes, done, bytes.length - done, done);
-        if (n === 0) throw new BlockFileSizeError(done, file.length);
-        done += n;
-      }
-      const sum = blockSum(bytes);
+      const sum = parts ? await sumInParts(entry.fd, file.length, buf) : blockSum(await readWhole(entry.fd, buf, file.length));
       if (sum !== file.sum) throw new BlockChecksumError(sum, file.sum);
       this.remember(file.id, verdict);
       return entry;
@@ -249,7 +253,7 @@ export class BlockFiles {
       retire(entry);
       throw err;
     } finally {
-      if (this.scratch.length < KEPT_SCRATCH) this.scratch.push(buf);
+      if (!parts && this.scratch.length < KEPT_SCRATCH) this.scratch.push(buf);
     }
   }
 
@@ -342,6 +346,28 @@ function openBlock(path: string): Promise<OpenBlock> {
       }
     }
   });
+}
+
+/** `length` bytes of the file at `position`, read into `buf` (a new buffer if it is shorter); the file's `size` for the error of a short one. */
+async function readWhole(fd: number, buf: Buffer, length: number, position = 0, size = length): Promise<Buffer> {
+  const bytes = buf.length >= length ? buf.subarray(0, length) : Buffer.allocUnsafeSlow(length);
+  for (let done = 0; done < length; ) {
+    const n = await readFd(fd, bytes, done, length - done, position + done);
+    if (n === 0) throw new BlockFileSizeError(position + done, size);
+    done += n;
+  }
+  return bytes;
+}
+
+/** The checksum of the file's first `length` bytes, read `buf.length` at a time. */
+async function sumInParts(fd: number, length: number, buf: Buffer): Promise<string> {
+  const sum = new RunningSum();
+  for (let at = 0; at < length; ) {
+    const part = await readWhole(fd, buf, Math.min(buf.length, length - at), at, length);
+    at += part.length;
+    sum.update(part);
+  }
+  return sum.digest();
 }
 
 function readFd(fd: number, dest: Buffer, offset: number, length: number, position: number): Promise<number> {

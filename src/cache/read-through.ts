@@ -45,6 +45,7 @@ export class ReadThrough {
   private readonly flights = new Map<string, Flight>();
   /** Block writes under way: their bytes are in, maybe already handed to readers. */
   private readonly writes = new Set<Promise<void>>();
+  private readonly storedListeners: ((ref: BlockRef) => void)[] = [];
 
   constructor(
     readonly store: TieredStore,
@@ -58,6 +59,11 @@ export class ReadThrough {
      */
     private readonly buffers?: BufferPool,
   ) {}
+
+  /** Calls `listener` with each block fetched and stored here, once it is stored (whole-object files are assembled when an object's last block is). */
+  onStored(listener: (ref: BlockRef) => void): void {
+    this.storedListeners.push(listener);
+  }
 
   /** The cached block, if present and whole. */
   cached(ref: BlockRef): StoredBlock | undefined {
@@ -177,7 +183,10 @@ export class ReadThrough {
         const i = done++;
         early[i]!.resolve({ data: buffers[i] });
         const write = this.store.put(run[i]!.id, buffers[i]!).then(
-          (stored) => waiting[i]!.resolve({ stored, data: buffers[i] }),
+          (stored) => {
+            waiting[i]!.resolve({ stored, data: buffers[i] });
+            for (const listener of this.storedListeners) listener(run[i]!);
+          },
           (err: unknown) => {
             this.log.warn({ block: run[i]!.id, err: (err as Error).message }, 'block not cached');
             waiting[i]!.resolve({ data: buffers[i] });

@@ -14,7 +14,7 @@
  * no descriptors: short-circuit readers by path) the dirs are 0750 and the files 0640 of
  * that group. Whatever modes an existing dir had.
  */
-import { closeSync, constants, fchmodSync, fchownSync, close, ftruncate, open as openFd, statSync, write } from 'node:fs';
+import { closeSync, constants, fchmodSync, fchownSync, close, fdatasync, ftruncate, open as openFd, statSync, write } from 'node:fs';
 import { promisify } from 'node:util';
 import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -36,6 +36,7 @@ const BUFFERED_WRITE_MAX = 512 * 1024;
 const fdOpen = promisify(openFd);
 const fdClose = promisify(close);
 const fdTruncate = promisify(ftruncate);
+const fdSync = promisify(fdatasync);
 /** Positioned write of `length` bytes of `data` from `offset`; resolves to the bytes written. */
 function fdWrite(fd: number, data: Buffer, offset: number, length: number, position: number): Promise<number> {
   return new Promise((resolve, reject) => write(fd, data, offset, length, position, (err, written) => (err ? reject(err) : resolve(written))));
@@ -253,10 +254,51 @@ export class Tier {
    * filled); resolves with the written file's identity (`fileIdentity`) right after.
    */
   async write(id: string, data: Buffer, sum: string): Promise<string> {
-    const target = this.pathOf(id, sum);
-    const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
+    const tmp = this.tmpPath(id);
     const direct = this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data));
     if (!direct) await this.writeBuffered(tmp, data);
+    return this.commit(id, tmp, data.length, sum);
+  }
+
+  /**
+   * Stores a file of `length` bytes that `fill` makes a part at a time (it hands each part,
+   * in order, to `append`, and answers the checksum of them all): written to `tmp/`,
+   * flushed to disk and only then renamed into place, so that neither a crash nor a
+   * failure of `fill` leaves a partial file under the name (`tmp/` is dropped at start).
+   */
+  async writeParts(id: string, length: number, fill: (append: (part: Buffer) => Promise<void>) => Promise<string>): Promise<string> {
+    const tmp = this.tmpPath(id);
+    const fd = await this.create(tmp, 0);
+    let sum: string;
+    try {
+      let at = 0;
+      sum = await fill(async (part) => {
+        if (at + part.length > length) throw new CachefsError('IO', `${tmp}: ${at + part.length} bytes written of ${length}`);
+        for (let done = 0; done < part.length; ) {
+          const n = await fdWrite(fd, part, done, Math.min(BUFFERED_WRITE_MAX, part.length - done), at + done);
+          if (n <= 0) throw new CachefsError('IO', `short write of ${tmp}: ${n} bytes at ${at + done}`);
+          done += n;
+        }
+        at += part.length;
+      });
+      if (at !== length) throw new CachefsError('IO', `${tmp}: ${at} bytes written of ${length}`);
+      await fdSync(fd);
+    } catch (err) {
+      await fdClose(fd);
+      await unlink(tmp).catch(() => undefined);
+      throw err;
+    }
+    await fdClose(fd);
+    return this.commit(id, tmp, length, sum);
+  }
+
+  private tmpPath(id: string): string {
+    return path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
+  }
+
+  /** Renames the block's file `tmp`, written whole, into place under its checksum and indexes it (in place of an older file of it). */
+  private async commit(id: string, tmp: string, length: number, sum: string): Promise<string> {
+    const target = this.pathOf(id, sum);
     try {
       await rename(tmp, target);
     } catch (err) {
@@ -272,7 +314,7 @@ export class Tier {
       this.forget(id);
       if (old.path !== target) await rm(old.path, { force: true });
     }
-    this.add(id, data.length, sum);
+    this.add(id, length, sum);
     return identity;
   }
 

@@ -105,16 +105,30 @@ export class TieredStore {
     const existing = this.lookup(id);
     if (existing && existing.length === data.length) return existing;
     const sum = blockSum(data);
+    return this.place(id, data.length, (tier) => tier.write(id, data, sum));
+  }
+
+  /**
+   * Stores a file of `length` bytes that `fill` makes a part at a time (`Tier.writeParts`: a
+   * whole-object file assembled from blocks), with room made for it as for a block.
+   */
+  putParts(id: string, length: number, fill: (append: (part: Buffer) => Promise<void>) => Promise<string>): Promise<StoredBlock> {
+    return this.place(id, length, (tier) => tier.writeParts(id, length, fill));
+  }
+
+  /** Writes a file of `length` bytes with `write` in the fastest tier with room for it (made by evicting), counted from the start. */
+  private async place(id: string, length: number, write: (tier: Tier) => Promise<string>): Promise<StoredBlock> {
     for (const tier of this.tiers) {
       const writing = (): number => this.writing.get(tier) ?? 0;
-      if (tier.usedBytes + writing() + data.length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - writing() - data.length, id);
-      if (tier.usedBytes + writing() + data.length <= tier.quotaBytes) {
-        this.writing.set(tier, writing() + data.length);
+      if (tier.usedBytes + writing() + length > tier.quotaBytes) await this.evict(tier, tier.quotaBytes - writing() - length, id);
+      if (tier.usedBytes + writing() + length <= tier.quotaBytes) {
+        this.writing.set(tier, writing() + length);
         try {
-          const identity = await tier.write(id, data, sum);
+          const identity = await write(tier);
+          const { sum } = tier.blockOf(id)!;
           for (const listener of this.writtenListeners) listener(id, identity, sum);
         } finally {
-          this.writing.set(tier, writing() - data.length);
+          this.writing.set(tier, writing() - length);
         }
         if (tier.usedBytes > this.high * tier.quotaBytes) {
           await this.evict(tier, this.low * tier.quotaBytes, id);
@@ -125,7 +139,7 @@ export class TieredStore {
       }
     }
     this.publish();
-    throw new CachefsError('IO', `no room for a ${data.length}-byte block: every tier is full of pinned blocks and blocks being written`);
+    throw new CachefsError('IO', `no room for a ${length}-byte block: every tier is full of pinned blocks and blocks being written`);
   }
 
   /** Drops a block (e.g. found truncated on disk). */

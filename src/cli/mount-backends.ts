@@ -141,7 +141,7 @@ async function clusterBackend(config: MountConfig, cluster: ClusterConfig, metri
       { master, resolveUfs, metrics, log, onFatal: (err) => log.error({ err: err.message }, 'embedded worker stopped') },
     );
     closers.push(() => worker.close());
-    local = { workerId: id, source: new EmbeddedSource(worker.blocks, READ_POLICY, metrics, log, READ_POLICY.clusterPrefetches, config.blockSize) };
+    local = { workerId: id, source: new EmbeddedSource(worker.blocks, READ_POLICY, metrics, log, READ_POLICY.clusterPrefetches, config.blockSize, worker.wholes) };
   }
   const membership = new Membership(master, cluster.cacheGroup, config.blockSize, log);
   await membership.start();

@@ -6,8 +6,7 @@
  * block reads as `BlockRead.signal`.
  */
 import { blockCount, blockRef, blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
-import type { HeldBlockFile } from '../cache/block-files.js';
-import type { AccessPattern, BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import type { AccessPattern, BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
@@ -108,14 +107,20 @@ export class BlockClient {
 
   /**
    * A checked local file holding exactly the open object's bytes, open until `release()`,
-   * when the source has one now: an object of one block whose block is cached in a local
-   * tier (a co-located worker's pinned for the open file until it is released). Undefined
-   * otherwise (larger objects are kept as several block files).
+   * when the source has one now: for an object of one block, its block cached in a local
+   * tier (a co-located worker's pinned for the open file until it is released); for a
+   * larger one, its whole-object file. Undefined otherwise.
    */
-  localFile(file: OpenObject): Promise<HeldBlockFile | undefined> | undefined {
+  localFile(file: OpenObject): Promise<LocalFile | undefined> | undefined {
     const { object } = file;
-    if (!this.source.localFile || object.size === 0 || object.size > this.blockSize) return undefined;
-    return this.source.localFile(blockRef(object, this.blockSize, 0), file);
+    if (object.size === 0) return undefined;
+    if (object.size > this.blockSize) return this.source.wholeFile?.(object, file);
+    return this.source.localFile?.(blockRef(object, this.blockSize, 0), file);
+  }
+
+  /** Calls `listener` with the `storeId` of each local file (`localFile`) the source's own store drops. */
+  onLocalFileRemoved(listener: (storeId: string) => void): void {
+    this.source.onLocalFileRemoved?.(listener);
   }
 
   release(handle: ReadHandle): void {

@@ -4,7 +4,7 @@
  * socket, network) and fall back to the UFS. Each source counts the bytes it
  * returns under the path that served them.
  */
-import type { BlockRef } from '../block/block.js';
+import type { BlockRef, ObjectRef } from '../block/block.js';
 import type { HeldBlockFile } from '../cache/block-files.js';
 
 /** How the reader is moving through the file: random readers get no readahead and small cold reads go straight to the UFS. */
@@ -18,6 +18,16 @@ export interface ReadHandle {
   readonly id: number;
   /** Aborted when the file handle is released. */
   readonly signal: AbortSignal;
+}
+
+/** A local file holding exactly an object's bytes, checked, open until `release()`: for the kernel to read itself (FUSE passthrough). */
+export interface LocalFile extends HeldBlockFile {
+  /**
+   * Its id in an in-process store that tells of its removal (`BlockSource.onLocalFileRemoved`),
+   * so that it may be kept registered with the kernel past its last open; absent for a file
+   * whose removal is not seen here (a co-located worker's).
+   */
+  readonly storeId?: string;
 }
 
 export interface BlockRead {
@@ -66,7 +76,14 @@ export interface BlockSource {
    * keeps the file in its tier (a worker's pin) is held for `handle` until its release.
    * The file is not read here: it is handed to the kernel (FUSE passthrough).
    */
-  localFile?(ref: BlockRef, handle: ReadHandle): Promise<HeldBlockFile | undefined>;
+  localFile?(ref: BlockRef, handle: ReadHandle): Promise<LocalFile | undefined>;
+  /**
+   * The same for an object larger than one block: a local file holding exactly all its
+   * bytes (its whole-object file, cache/whole-objects.ts), when this source has one now.
+   */
+  wholeFile?(object: ObjectRef, handle: ReadHandle): Promise<LocalFile | undefined>;
+  /** Calls `listener` with the `storeId` of each local file the source's own store drops (evicted, or found damaged). */
+  onLocalFileRemoved?(listener: (storeId: string) => void): void;
   /** The file handle is gone: let go of what it held (pins). */
   release?(handle: ReadHandle): void;
   close(): Promise<void>;

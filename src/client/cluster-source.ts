@@ -8,7 +8,7 @@
  * policy's `wholeBlock`, cache/read-policy.ts).
  */
 import { existsSync } from 'node:fs';
-import type { BlockRef } from '../block/block.js';
+import { blockRef, type BlockRef, type ObjectRef } from '../block/block.js';
 import { BufferPool } from '../block/buffer-pool.js';
 import { BlockFiles, type HeldBlockFile } from '../cache/block-files.js';
 import { MemoryBlocks, type HeldBlock } from '../cache/memory-blocks.js';
@@ -21,7 +21,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { ClusterSecret } from '../net/auth.js';
 import type { PoolOptions } from '../net/body-connection.js';
 import { BackgroundQueue } from './background.js';
-import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import type { BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
 import { ColocatedWorker } from './colocated-worker.js';
 import type { Membership } from './membership.js';
 import { RemoteWorker } from './remote-worker.js';
@@ -188,6 +188,29 @@ export class ClusterSource implements BlockSource {
       this.failed(owner, asCachefsError(err));
       return undefined;
     }
+  }
+
+  /**
+   * The object's whole-object file, when this mount's own worker (sharing) has one, or else the
+   * owner of its first block when that is a co-located worker whose files are visible here
+   * (pinned for `handle`): a worker has one only when it holds every block of the object.
+   */
+  async wholeFile(object: ObjectRef, handle: ReadHandle): Promise<LocalFile | undefined> {
+    const own = await this.config.local?.source.wholeFile?.(object, handle);
+    if (own) return own;
+    const owner = this.config.membership.candidates(blockRef(object, this.config.blockSize, 0).id)[0];
+    if (!owner || this.isLocal(owner)) return undefined;
+    try {
+      return await this.near(owner)?.wholeFile(object, this.config.blockSize, handle.id);
+    } catch (err) {
+      this.failed(owner, asCachefsError(err));
+      return undefined;
+    }
+  }
+
+  /** Removals from this mount's own worker's store; a co-located worker's files carry no `storeId`. */
+  onLocalFileRemoved(listener: (storeId: string) => void): void {
+    this.config.local?.source.onLocalFileRemoved?.(listener);
   }
 
   release(handle: ReadHandle): void {

@@ -17,7 +17,8 @@
  * file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import { closeSync } from 'node:fs';
-import type { BlockRef } from '../block/block.js';
+import { blockRef, type BlockRef, type ObjectRef } from '../block/block.js';
+import { wholeRef } from '../cache/whole-objects.js';
 import type { HeldBlock } from '../cache/memory-blocks.js';
 import { waitFor } from '../lib/shared-work.js';
 import type { ClusterSecret } from '../net/auth.js';
@@ -112,8 +113,21 @@ export class ColocatedWorker {
    * its files are not visible here.
    */
   async localFile(ref: BlockRef, session: number): Promise<HeldBlockFile | undefined> {
+    return this.heldFile(ref, session);
+  }
+
+  /**
+   * The same for an object larger than a block: its whole-object file, when the worker holds
+   * one (it assembles it once it holds every block of `blockSize`; never fetched for this).
+   */
+  async wholeFile(object: ObjectRef, blockSize: number, session: number): Promise<HeldBlockFile | undefined> {
+    return this.heldFile(wholeRef(object), session, blockRef(object, blockSize, 0));
+  }
+
+  /** `ref`'s file, checked, held open and pinned for the session; `first`: `ref` is a whole-object file, asked for by its block 0. */
+  private async heldFile(ref: BlockRef, session: number, first?: BlockRef): Promise<HeldBlockFile | undefined> {
     if (this.streamOnly) return undefined;
-    const file = await this.openFor(session, ref);
+    const file = await this.openFor(session, ref, first);
     if (!file) return undefined;
     try {
       return await this.files.hold(file);
@@ -194,7 +208,7 @@ export class ColocatedWorker {
   }
 
   /** The block file's path, pinned for the session; undefined when the worker could not store the block. Asks the worker once however many reads want it. */
-  private openFor(session: number | undefined, ref: BlockRef): Promise<BlockFile | undefined> {
+  private openFor(session: number | undefined, ref: BlockRef, first?: BlockRef): Promise<BlockFile | undefined> {
     const key = session ?? 0;
     const known = this.pinned.get(key)?.get(ref.id);
     if (known) return Promise.resolve(known);
@@ -203,7 +217,7 @@ export class ColocatedWorker {
     let opening = inFlight.get(ref.id);
     if (!opening) {
       const pins = inFlight;
-      opening = this.pin(key, ref, pins).finally(() => {
+      opening = this.pin(key, ref, pins, first).finally(() => {
         pins.delete(ref.id);
         if (pins.size === 0 && this.pinning.get(key) === pins) this.pinning.delete(key);
       });
@@ -212,8 +226,8 @@ export class ColocatedWorker {
     return opening;
   }
 
-  private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<BlockFile | undefined>>): Promise<BlockFile | undefined> {
-    const { fd, path, sum } = await this.socket.open(ref);
+  private async pin(key: number, ref: BlockRef, inFlight: Map<string, Promise<BlockFile | undefined>>, first?: BlockRef): Promise<BlockFile | undefined> {
+    const { fd, path, sum } = await (first ? this.socket.open(first, { whole: true }) : this.socket.open(ref));
     if (!sum || (fd === undefined && !path)) return undefined;
     if (path && !this.toldNoDescriptors) {
       this.toldNoDescriptors = true;

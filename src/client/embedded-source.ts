@@ -5,17 +5,18 @@
  * `CachedBlocks`, a small random read of a cold block by a ranged GET while the block
  * is filled in the background. Prefetches of consecutive blocks go out as one UFS read
  * per run (prefetch-runs.ts), and stop when the file handle that asked for them is
- * released and no reader waits for them.
+ * released and no reader waits for them. Objects larger than a block are kept whole too,
+ * once all their blocks are cached, for opens that pass through (cache/whole-objects.ts).
  */
-import type { BlockRef } from '../block/block.js';
-import type { HeldBlockFile } from '../cache/block-files.js';
+import type { BlockRef, ObjectRef } from '../block/block.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
 import { PrefetchRuns } from '../cache/prefetch-runs.js';
 import type { EnsuredBlock } from '../cache/read-through.js';
+import { wholeRef, WholeObjects } from '../cache/whole-objects.js';
 import { rangedMiss, runBlocks, type ReadPolicy } from '../cache/read-policy.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import type { BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
 
 export class EmbeddedSource implements BlockSource {
   private readonly prefetches: PrefetchRuns<EnsuredBlock>;
@@ -28,7 +29,9 @@ export class EmbeddedSource implements BlockSource {
     log: Logger,
     /** Blocks prefetched at once (each holds a block buffer while in flight). */
     prefetchBlocks: number,
-    blockSize: number,
+    private readonly blockSize: number,
+    /** Whole-object files of the store: one per store, shared with the worker whose store it is (a sharing mount's). */
+    private readonly wholes = new WholeObjects(blocks, metrics, log),
   ) {
     const readThrough = blocks.readThrough;
     this.prefetches = new PrefetchRuns(
@@ -63,8 +66,19 @@ export class EmbeddedSource implements BlockSource {
   }
 
   /** The block's file when it is cached: nothing holds it in the tier, the kernel keeps its own reference to what it was given. */
-  localFile(ref: BlockRef): Promise<HeldBlockFile | undefined> {
-    return this.blocks.hold(ref);
+  async localFile(ref: BlockRef): Promise<LocalFile | undefined> {
+    const held = await this.blocks.hold(ref);
+    return held && { fd: held.fd, release: held.release, storeId: ref.id };
+  }
+
+  /** The object's whole-object file when the tier has one (assembled once all its blocks are cached); held the same way. */
+  async wholeFile(object: ObjectRef): Promise<LocalFile | undefined> {
+    const held = await this.wholes.hold(object, this.blockSize);
+    return held && { fd: held.fd, release: held.release, storeId: wholeRef(object).id };
+  }
+
+  onLocalFileRemoved(listener: (storeId: string) => void): void {
+    this.blocks.readThrough.store.onRemoved(listener);
   }
 
   /** A small random read of a cold block: its range from the UFS now, the whole block in the background. */
@@ -78,6 +92,7 @@ export class EmbeddedSource implements BlockSource {
 
   async close(): Promise<void> {
     await this.blocks.readThrough.drain();
+    await this.wholes.close();
     this.blocks.close();
   }
 }

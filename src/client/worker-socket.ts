@@ -16,6 +16,7 @@
 import { randomBytes } from 'node:crypto';
 import { createConnection, type Socket } from 'node:net';
 import type { BlockRef } from '../block/block.js';
+import { wholeRef } from '../cache/whole-objects.js';
 import { isBlockSum } from '../block/checksum.js';
 import { abortError, CachefsError, errorCodeOf } from '../errors.js';
 import type { ClusterSecret } from '../net/auth.js';
@@ -65,20 +66,25 @@ export class WorkerSocket {
     this.lost.push(listener);
   }
 
-  /** Pins the block and answers its descriptor (with a descriptor channel) or file path, and its checksum. */
-  async open(ref: BlockRef, options: { descriptor?: boolean } = {}): Promise<OpenedBlock> {
+  /**
+   * Pins the block and answers its descriptor (with a descriptor channel) or file path, and its
+   * checksum. With `whole`, the same for the whole-object file of the block's object (`ref`
+   * is its block 0), pinned under that file's id; neither when the worker holds none.
+   */
+  async open(ref: BlockRef, options: { descriptor?: boolean; whole?: boolean } = {}): Promise<OpenedBlock> {
     const socket = await this.connect();
     const wantFd = (options.descriptor ?? true) && this.channel !== undefined;
-    const { answer, fd } = await this.send(socket, { op: 'open', block: toWire(ref), ...(wantFd ? { fd: true } : {}) });
+    const file = options.whole ? wholeRef(ref.object) : ref;
+    const { answer, fd } = await this.send(socket, { op: 'open', block: toWire(ref), ...(wantFd ? { fd: true } : {}), ...(options.whole ? { whole: true } : {}) });
     const sum = typeof answer.sum === 'string' && isBlockSum(answer.sum) ? answer.sum : undefined;
-    if (answer.length !== ref.length || (fd !== undefined && !sum)) {
+    if (answer.length !== file.length || (fd !== undefined && !sum)) {
       if (fd !== undefined) this.channel?.fds.close(fd);
-      throw new CachefsError('IO', `worker at ${this.path} answered open with a length of ${answer.length} and checksum ${answer.sum}, expected ${ref.length}`);
+      throw new CachefsError('IO', `worker at ${this.path} answered open with a length of ${answer.length} and checksum ${answer.sum}, expected ${file.length}`);
     }
     if (answer.fd) {
       if (fd !== undefined) return { fd, sum, length: answer.length };
       // Pinned, but its descriptor did not come: let the pin go, the block is read over the socket.
-      this.close(ref.id).catch(() => undefined);
+      this.close(file.id).catch(() => undefined);
       return { length: answer.length };
     }
     return { path: typeof answer.path === 'string' ? answer.path : undefined, sum, length: answer.length };

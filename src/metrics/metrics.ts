@@ -19,6 +19,7 @@ export class Metrics {
   readonly cacheEvictions = this.counter('cachefs_cache_evictions_total', 'Blocks evicted from the cache');
   readonly cacheFileChecks = this.counter('cachefs_cache_file_checks_total', 'Cached block files read and hashed whole before their first bytes were served (not those this process wrote)');
   readonly cacheCorrupt = this.counter('cachefs_cache_corrupt_blocks_total', 'Cached block files found damaged and dropped');
+  readonly cacheWholeObjects = this.counter('cachefs_cache_whole_objects_total', 'Whole-object files assembled from the cached blocks of objects larger than a block (for FUSE passthrough)');
   readonly cacheUsedBytes = this.gauge('cachefs_cache_used_bytes', 'Bytes of blocks in the cache', ['tier']);
   readonly cacheCapacityBytes = this.gauge('cachefs_cache_capacity_bytes', 'Quota of the cache', ['tier']);
   readonly cacheBlocks = this.gauge('cachefs_cache_blocks', 'Blocks in the cache', ['tier']);
@@ -53,6 +54,7 @@ export class Metrics {
   readonly vfsOpenFiles = this.sampled('cachefs_vfs_open_files', 'Files the kernel holds open on the mount');
   readonly passthroughOpens = this.counter('cachefs_fuse_passthrough_opens_total', "Opens answered with FUSE passthrough: the kernel reads those files' cached bytes itself, and no read of them reaches cachefs (nor its byte counters)");
   readonly passthroughOpen = this.sampled('cachefs_fuse_passthrough_open', 'Backing files registered with the kernel for passthrough now (one per file open through it, however many opens share it)');
+  readonly passthroughKept = this.sampled('cachefs_fuse_passthrough_kept', 'Backing files kept registered with the kernel after the last open of their file, so that its next open needs no registration (bounded; dropped when the cache drops the file)');
 
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });

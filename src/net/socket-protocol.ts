@@ -19,6 +19,11 @@
  *                                               or, asked with `fd` on an attached connection,
  *                                               {seq, ok, fd: true, sum, length}: its descriptor
  *                                               (no path, no fd: it could not be stored; use read)
+ *   {seq, op: 'open',  block, whole: true, fd?} → the same for the object's whole-object file
+ *                                               (cache/whole-objects.ts; `block` names block 0
+ *                                               at the client's block size, `length` is the
+ *                                               object's size, the pin is under the file's id):
+ *                                               only when the worker holds it, never fetched
  *   {seq, op: 'close', id}                    → {seq, ok}                 unpins it
  *   {seq, op: 'read',  block, offset, length} → {seq, ok, bytes} + bytes
  *   any failure                               → {seq, ok: false, code, message}
@@ -59,7 +64,7 @@ export interface SocketChallenge {
 export type SocketRequest =
   | { seq: number; op: 'hello'; proof: string }
   | { seq: number; op: 'attach'; token: string }
-  | { seq: number; op: 'open'; block: WireBlock; fd?: boolean }
+  | { seq: number; op: 'open'; block: WireBlock; fd?: boolean; whole?: boolean }
   | { seq: number; op: 'close'; id: string }
   | { seq: number; op: 'read'; block: WireBlock; offset: number; length: number };
 

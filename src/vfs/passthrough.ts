@@ -1,9 +1,10 @@
 /**
  * Which opens pass through (FUSE passthrough): an open is answered with a backing file,
  * which the kernel then reads itself — no read of that open reaches cachefs — when the
- * file's whole content is one checked local file (`BlockClient.localFile`: an object of
- * one block, cached). Registering the file with the kernel is `BackingFiles`' (fuse/ does
- * it with ioctls on /dev/fuse); this module owns the decision and the bookkeeping.
+ * file's whole content is one checked local file (`BlockClient.localFile`: the cached
+ * block of an object of one block, or a larger object's whole-object file). Registering
+ * the file with the kernel is `BackingFiles`' (fuse/ does it with ioctls on /dev/fuse);
+ * this module owns the decision and the bookkeeping.
  *
  * The kernel allows one backing file per inode at a time, and no mix: while a file is
  * open through passthrough, every open of it must pass through with the same backing
@@ -16,6 +17,17 @@
  * The kernel keeps its own reference to a registered file, so the descriptor is closed at
  * once, and a block evicted from the cache (its file unlinked) stays readable by the opens
  * that have it, its disk space held until they close.
+ *
+ * A backing id is not tied to a node in the kernel (only while opens of the node use it), so
+ * one whose last open was released is kept registered, by its object, for the next open of
+ * the same version, which then costs neither a look for the file nor an ioctl:
+ * a data loader's epoch opens every file once, and after a drop of the page cache each
+ * open otherwise opened the block file again (a path walk from the disk). Kept are at most
+ * MAX_KEPT, least recently released first out, and only files of the mount's own store,
+ * which tells of their removal: a kept backing of a file the cache drops is closed then, so
+ * its disk space is not held past the quota (one still open is closed at its last release).
+ * An open of a node that has ordinary opens never takes a kept one; an open of another
+ * version closes it.
  */
 import type { ObjectRef } from '../block/block.js';
 import type { BlockClient, OpenObject } from '../client/block-client.js';
@@ -33,12 +45,25 @@ export interface BackingFiles {
   close(id: number): void;
 }
 
-/** A node's registered backing file and the opens that use it. */
+/**
+ * Backings kept registered after their last open: each holds a file of the cache open in the
+ * kernel (a struct file and its inode in memory), 10,000 of them a data set of 10,000 small
+ * files read epoch after epoch.
+ */
+const MAX_KEPT = 16_384;
+
+/** A registered backing file and the opens that use it. */
 interface Backing {
   id: number;
   etag: string;
   size: number;
   opens: number;
+  /** The object it holds a version of (`objectKey`): where it is kept after its last open. */
+  key: string;
+  /** Its file's id in the mount's own store (LocalFile.storeId); absent: closed at its last release. */
+  storeId?: string;
+  /** Its file was dropped from the cache: closed at its last release, not kept. */
+  gone?: boolean;
 }
 
 /** What an open holds: its node, and whether it passes through. */
@@ -54,12 +79,18 @@ export class PassthroughOpens {
   /** Nodes open the ordinary way: how many such opens each has. */
   private readonly ordinary = new Map<number, number>();
   private readonly opens = new Map<number, HeldOpen>();
+  /** Backings no open uses, kept registered by object (one version each), least recently released first. */
+  private readonly kept = new Map<string, Backing>();
+  /** Backings by the store id of their file, open or kept: closed or marked when the store drops it. */
+  private readonly byFile = new Map<string, Set<Backing>>();
 
   constructor(
     private readonly client: BlockClient,
     private readonly metrics: Metrics,
   ) {
     metrics.passthroughOpen.sampledBy(() => this.byNode.size);
+    metrics.passthroughKept.sampledBy(() => this.kept.size);
+    client.onLocalFileRemoved((storeId) => this.fileRemoved(storeId));
   }
 
   /** Passthrough was negotiated with the kernel: opens may pass through from now on. */
@@ -77,6 +108,9 @@ export class PassthroughOpens {
     const { id: fh, object, path } = file;
     const settled = this.forced(fh, nodeId, object, path);
     if (settled !== 'look') return settled;
+    const key = objectKey(object);
+    const kept = this.takeKept(key, nodeId, object);
+    if (kept) return this.passThrough(fh, nodeId, kept);
     const local = this.client.localFile(file);
     if (!local) return this.openOrdinary(fh, nodeId);
     return local.then((held) => {
@@ -85,15 +119,32 @@ export class PassthroughOpens {
         // Other opens of the node may have been decided while the file was looked up.
         const now = this.forced(fh, nodeId, object, path);
         if (now !== 'look') return now;
+        const keptNow = this.takeKept(key, nodeId, object);
+        if (keptNow) return this.passThrough(fh, nodeId, keptNow);
         const id = this.backings?.open(held.fd);
         if (id === undefined) return this.openOrdinary(fh, nodeId);
-        const backing = { id, etag: object.etag, size: object.size, opens: 0 };
+        const backing: Backing = { id, etag: object.etag, size: object.size, opens: 0, key, storeId: held.storeId };
+        if (backing.storeId !== undefined) {
+          let set = this.byFile.get(backing.storeId);
+          if (!set) this.byFile.set(backing.storeId, (set = new Set()));
+          set.add(backing);
+        }
         this.byNode.set(nodeId, backing);
         return this.passThrough(fh, nodeId, backing);
       } finally {
         held.release();
       }
     });
+  }
+
+  /** The backing kept for this object, now the node's, if it holds this version; one of another version is closed. */
+  private takeKept(key: string, nodeId: number, object: ObjectRef): Backing | undefined {
+    const kept = this.kept.get(key);
+    if (!kept) return undefined;
+    if (kept.etag !== object.etag || kept.size !== object.size) return void this.close(kept);
+    this.kept.delete(key);
+    this.byNode.set(nodeId, kept);
+    return kept;
   }
 
   /** The answer the node's other opens force on this one, or 'look' when a local file may be looked for. */
@@ -144,6 +195,37 @@ export class PassthroughOpens {
     backing.opens -= 1;
     if (backing.opens > 0) return;
     this.byNode.delete(nodeId);
+    if (backing.storeId === undefined || backing.gone) return this.close(backing);
+    // One kept per object: another kept backing of it (its node was forgotten and made anew meanwhile) goes.
+    const before = this.kept.get(backing.key);
+    if (before) this.close(before);
+    this.kept.set(backing.key, backing);
+    if (this.kept.size > MAX_KEPT) this.close(this.kept.values().next().value!);
+  }
+
+  /** The store dropped a file: kept backings of it are closed, open ones marked to be closed at their last release. */
+  private fileRemoved(storeId: string): void {
+    const backings = this.byFile.get(storeId);
+    if (!backings) return;
+    for (const backing of backings) {
+      if (this.kept.get(backing.key) === backing) this.close(backing);
+      else backing.gone = true;
+    }
+  }
+
+  /** Gives the backing id back to the kernel, and forgets it. */
+  private close(backing: Backing): void {
+    if (this.kept.get(backing.key) === backing) this.kept.delete(backing.key);
+    if (backing.storeId !== undefined) {
+      const set = this.byFile.get(backing.storeId);
+      set?.delete(backing);
+      if (set?.size === 0) this.byFile.delete(backing.storeId);
+    }
     this.backings?.close(backing.id);
   }
+}
+
+/** An object (of any version), as a kept backing is found by. */
+function objectKey(object: ObjectRef): string {
+  return `${object.mount}\0${object.key}`;
 }

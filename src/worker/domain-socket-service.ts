@@ -28,6 +28,8 @@ import { asCachefsError, CachefsError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { CachedBlocks } from '../cache/cached-blocks.js';
+import type { StoredBlock } from '../cache/tiered-store.js';
+import { wholeRef, WholeObjects } from '../cache/whole-objects.js';
 import { UNAUTHENTICATED_MESSAGE, type ClusterAuth } from '../net/auth.js';
 import { ATTACH_TIMEOUT_MS, encodeFrame, FD_RECORD, FrameReader, fromWire, type SocketAnswer, type SocketChallenge, type SocketRequest } from '../net/socket-protocol.js';
 import { EAGAIN, loadFdPassing, type FdPassing } from '../sys/fd-passing.js';
@@ -68,9 +70,11 @@ export class DomainSocketService {
     private readonly server: Server,
     readonly path: string,
     private readonly fds: FdPassing | undefined,
+    private readonly wholes: WholeObjects,
   ) {}
 
-  static async start(options: DomainSocketOptions, blocks: CachedBlocks, metrics: Metrics, log: Logger): Promise<DomainSocketService> {
+  /** `wholes`: the whole-object files of the store `blocks` reads (one per store). */
+  static async start(options: DomainSocketOptions, blocks: CachedBlocks, metrics: Metrics, log: Logger, wholes = new WholeObjects(blocks, metrics, log)): Promise<DomainSocketService> {
     const { path: socketPath, group } = options;
     let fds: FdPassing | undefined;
     if (options.passDescriptors !== false) {
@@ -94,7 +98,7 @@ export class DomainSocketService {
       server.close();
       throw new CachefsError('INVALID_ARGUMENT', `cannot give the domain socket ${socketPath} to group ${group}: ${(err as Error).message}`, { cause: err });
     }
-    service = new DomainSocketService(server, socketPath, fds);
+    service = new DomainSocketService(server, socketPath, fds, wholes);
     const started = service;
     metrics.workerSocketPins.sampledBy(() => started.pinsHeld);
     return service;
@@ -176,22 +180,28 @@ export class DomainSocketService {
         metrics.workerRequests.inc({ path: 'domain_socket', status: 'ok' });
         return answer({ seq: req.seq, ok: true, bytes: bytes.length }, bytes);
       }
+      // With `whole`: the object's whole-object file (the mount passes it through), never fetched: answered only when held.
+      const whole = req.whole === true;
+      const file = whole ? wholeRef(ref.object) : ref;
+      const wholes = this.wholes;
+      const lend = <T>(use: (fd: number, sum: string) => T): Promise<{ value: T } | undefined> =>
+        whole ? wholes.lend(ref.object, ref.blockSize, use) : blocks.lendFile(ref, use, gone.signal);
+      const stored = async (): Promise<StoredBlock | undefined> => (whole ? wholes.checked(ref.object, ref.blockSize) : (await readThrough.ensure(ref, gone.signal)).stored);
       // This connection holding its share of pins: nothing to hand out; the client reads the bytes with `read`.
-      if (!pins.has(ref.id) && pins.size >= MAX_PINS_PER_CONNECTION) {
-        await readThrough.ensure(ref, gone.signal);
-        return answer({ seq: req.seq, ok: true, length: ref.length });
+      if (!pins.has(file.id) && pins.size >= MAX_PINS_PER_CONNECTION) {
+        if (!whole) await readThrough.ensure(ref, gone.signal);
+        return answer({ seq: req.seq, ok: true, length: file.length });
       }
       // Pinned before it is cached or opened: no eviction comes between the block's store and its open.
-      readThrough.store.pin(ref.id);
+      readThrough.store.pin(file.id);
       this.pinsHeld++;
-      pins.set(ref.id, (pins.get(ref.id) ?? 0) + 1);
+      pins.set(file.id, (pins.get(file.id) ?? 0) + 1);
       let opened: { value: boolean } | undefined;
       try {
         const fds = req.fd && channel ? this.fds : undefined;
         const via = channel;
         opened = fds && via
-          ? await blocks.lendFile(
-              ref,
+          ? await lend(
               (fd, sum) => {
                 // The record first, then the answer, in one turn of the loop: the client finds the record when it reads the answer.
                 const record = Buffer.alloc(FD_RECORD);
@@ -202,35 +212,34 @@ export class DomainSocketService {
                   // No room (a client that does not read its channel): this one answers the path. Anything else (a torn
                   // record, a dead channel): no more descriptors on it.
                   if (sent !== -EAGAIN) via.socket.destroy();
-                  log.debug({ block: ref.id, errno: -sent }, 'could not pass a block file descriptor: answering its path');
+                  log.debug({ block: file.id, errno: -sent }, 'could not pass a block file descriptor: answering its path');
                   return false;
                 }
                 metrics.workerPassedDescriptors.inc();
-                answer({ seq: req.seq, ok: true, fd: true, sum, length: ref.length });
+                answer({ seq: req.seq, ok: true, fd: true, sum, length: file.length });
                 return true;
               },
-              gone.signal,
             )
           : undefined;
         if (!opened?.value) {
-          const ensured = await readThrough.ensure(ref, gone.signal);
-          if (!ensured.stored) opened = undefined;
+          const held = await stored();
+          if (!held) opened = undefined;
           else {
-            answer({ seq: req.seq, ok: true, path: ensured.stored.path, sum: ensured.stored.sum, length: ref.length });
+            answer({ seq: req.seq, ok: true, path: held.path, sum: held.sum, length: file.length });
             opened = { value: true };
           }
         }
       } catch (err) {
-        unpin(ref.id);
+        unpin(file.id);
         throw err;
       }
-      // Every tier full of pinned blocks: nothing to hand out; the client reads the bytes with `read`.
+      // Every tier full of pinned blocks (or no whole-object file): nothing to hand out; the client reads the bytes with `read`.
       if (!opened) {
-        unpin(ref.id);
-        return answer({ seq: req.seq, ok: true, length: ref.length });
+        unpin(file.id);
+        return answer({ seq: req.seq, ok: true, length: file.length });
       }
-      this.shortCircuitBytes += ref.length;
-      metrics.workerServedBytes.inc({ path: 'short_circuit' }, ref.length);
+      this.shortCircuitBytes += file.length;
+      metrics.workerServedBytes.inc({ path: 'short_circuit' }, file.length);
       metrics.workerRequests.inc({ path: 'short_circuit', status: 'open' });
     };
     const reader = new FrameReader<SocketRequest>(

@@ -16,6 +16,7 @@ import { BlockService } from './block-service.js';
 import { DatasetRoutes } from './dataset-routes.js';
 import { DomainSocketService } from './domain-socket-service.js';
 import { CachedBlocks } from '../cache/cached-blocks.js';
+import { WholeObjects } from '../cache/whole-objects.js';
 import { ReadThrough } from '../cache/read-through.js';
 import { UfsReader } from '../cache/ufs-reader.js';
 import { Registration } from './registration.js';
@@ -74,6 +75,8 @@ export class Worker {
     readonly config: WorkerConfig,
     readonly store: TieredStore,
     readonly blocks: CachedBlocks,
+    /** Whole-object files of its store, for co-located mounts that pass them through (and a sharing mount's own reads). */
+    readonly wholes: WholeObjects,
     readonly service: BlockService,
     readonly registration: Registration,
     readonly socket: DomainSocketService | undefined,
@@ -88,6 +91,7 @@ export class Worker {
     const store = new TieredStore({ tiers: config.tiers, high: config.high, low: config.low, group: config.passDescriptors === false ? config.group : undefined }, deps.metrics, deps.log);
     await store.open();
     const blocks = new CachedBlocks(new ReadThrough(store, new UfsReader(deps.resolveUfs, deps.metrics), deps.metrics, deps.log));
+    const wholes = new WholeObjects(blocks, deps.metrics, deps.log);
     let service: BlockService;
     let registration: Registration | undefined;
     let socket: DomainSocketService | undefined;
@@ -110,7 +114,7 @@ export class Worker {
         dataset: new DatasetRoutes(blocks, config.blockSize),
       });
       try {
-        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group, passDescriptors: config.passDescriptors }, blocks, deps.metrics, deps.log);
+        if (config.domainSocketPath) socket = await DomainSocketService.start({ path: config.domainSocketPath, auth: config.auth, group: config.group, passDescriptors: config.passDescriptors }, blocks, deps.metrics, deps.log, wholes);
       } catch (err) {
         await service.close();
         throw err;
@@ -133,7 +137,7 @@ export class Worker {
       deps.onFatal,
       config.stateDir,
     );
-    const worker = new Worker(config, store, blocks, service, registration, socket);
+    const worker = new Worker(config, store, blocks, wholes, service, registration, socket);
     try {
       await registration.start();
     } catch (err) {
@@ -149,6 +153,7 @@ export class Worker {
     await this.socket?.close();
     await this.service.close();
     await this.blocks.readThrough.drain();
+    await this.wholes.close();
     this.blocks.close();
     await this.store.close();
   }

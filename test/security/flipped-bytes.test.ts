@@ -3,14 +3,16 @@
  * cannot see it) is never served. The embedded cache, a worker's tier read over the
  * network, a worker passing a block file's descriptor and a short-circuit read by path each
  * find the file's checksum wrong before serving (or passing) a byte of it, drop the block
- * (counted), fetch it again, and answer the right bytes.
+ * (counted), fetch it again, and answer the right bytes; a whole-object file changed after
+ * the mount wrote it is checked again before it is passed through, and dropped.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { open, readdir, rm, mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BLOCK_FILE, dropPageCache, mountCachefs, sha256Of, stopAllMounts } from '../support/cachefs.js';
+import { BLOCK_FILE, dropPageCache, mountCachefs, sha256Of, stopAllMounts, waitForWholeFile } from '../support/cachefs.js';
 import { expectServedBy } from '../support/metrics.js';
 import { addMountEntry, startMaster, startWorker, stopAllServices, type ServiceProcess } from '../support/cluster.js';
 import { waitFor } from '../support/processes.js';
@@ -91,7 +93,8 @@ const clusterArgs = (cacheGroup: string, extra: string[] = []): string[] => ['--
 
 describe('a byte flipped in a cached block file', () => {
   it('is never served by the embedded cache: the block is dropped, counted and fetched again', async () => {
-    const m = await mountCachefs({ ufs: 's3://data', args: ['--s3-endpoint', s3.endpoint, '--block-size', '1MiB'], env: env() });
+    // Without passthrough: no whole-object file is made of the blocks, the second read reads them (below, with one).
+    const m = await mountCachefs({ ufs: 's3://data', args: ['--s3-endpoint', s3.endpoint, '--block-size', '1MiB', '--no-passthrough'], env: env() });
     const file = path.join(m.mountpoint, 'f.bin');
     expect(await sha256Of(file)).toBe(sha(BODY));
     const [first] = await blockFiles(m.cacheDir, 3);
@@ -102,6 +105,25 @@ describe('a byte flipped in a cached block file', () => {
     const after = await m.metrics();
     expect(after.value('cachefs_cache_corrupt_blocks_total') - before.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
     expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(MiB);
+  });
+
+  it('is never passed through from a whole-object file the mount assembled itself: the file is checked again, dropped, counted and made anew', async () => {
+    const m = await mountCachefs({ ufs: 's3://data', args: ['--s3-endpoint', s3.endpoint, '--block-size', '1MiB'], env: env() });
+    const file = path.join(m.mountpoint, 'f.bin');
+    expect(await sha256Of(file)).toBe(sha(BODY));
+    await waitForWholeFile(m, BODY.length);
+    const whole = (await blockFiles(m.cacheDir, 4)).find((f) => path.basename(path.dirname(f)) !== 'tmp' && statSync(f).size === BODY.length)!;
+    // Taken as checked when written (never read back): a byte flipped since moves its ctime, and the next open reads it whole.
+    await flipByte(whole);
+    const before = await m.metrics();
+    await dropPageCache(file); // an open: the one that finds the file changed
+    // Passed through, the flipped byte (in the page cache since the write) would be read.
+    expect(await sha256Of(file)).toBe(sha(BODY));
+    const after = await m.metrics();
+    expect(after.value('cachefs_cache_corrupt_blocks_total') - before.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
+    expect(after.value('cachefs_ufs_read_bytes_total') - before.value('cachefs_ufs_read_bytes_total')).toBe(0);
+    // Made anew from the blocks.
+    await waitFor(async () => (await m.metrics()).value('cachefs_cache_whole_objects_total') === 2, { timeoutMs: 20_000, what: 'the whole-object file made anew' });
   });
 
   it('is never served by a worker over the network', async () => {

@@ -6,7 +6,7 @@
  * `sh()` (an async child process).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -119,6 +119,21 @@ export async function mountCachefs(options: MountOptions): Promise<TestMount> {
 /** Stops every mount still running (for afterAll/afterEach). */
 export async function stopAllMounts(): Promise<void> {
   for (const m of [...live]) await m.stop();
+}
+
+/**
+ * Waits until the mount's cache dir holds a file of `length` bytes under a block file's name:
+ * an object's whole-object file, assembled in the background once its last block is cached
+ * (cache/whole-objects.ts), after which its opens pass through.
+ */
+export async function waitForWholeFile(m: TestMount, length: number, timeoutMs = 20_000): Promise<void> {
+  const held = async (): Promise<boolean> => {
+    for (const e of await readdir(m.cacheDir, { recursive: true, withFileTypes: true })) {
+      if (e.isFile() && BLOCK_FILE.test(e.name) && !e.parentPath.endsWith(`${path.sep}tmp`) && (await stat(path.join(e.parentPath, e.name)).catch(() => undefined))?.size === length) return true;
+    }
+    return false;
+  };
+  await waitFor(held, { timeoutMs, what: `a whole-object file of ${length} bytes in ${m.cacheDir}` });
 }
 
 /**

@@ -60,6 +60,18 @@ export function expectServedBy(m: MetricsSnapshot, paths: string | string[], byt
 }
 
 /**
+ * Checks that `opens` opens since `before` were answered with FUSE passthrough and that the
+ * kernel read their bytes from the cached file itself: none reached cachefs, none came from
+ * the store.
+ */
+export function expectPassedThrough(m: MetricsSnapshot, opens: number, before: MetricsSnapshot): void {
+  const delta = (name: string): number => m.value(name) - before.value(name);
+  expect(delta('cachefs_fuse_passthrough_opens_total'), 'opens passed through').toBe(opens);
+  expect(delta('cachefs_fuse_read_bytes_total'), 'bytes answered to the kernel').toBe(0);
+  expect(delta('cachefs_ufs_read_bytes_total'), 'bytes read from the store').toBe(0);
+}
+
+/**
  * The metrics of a process whose cache has written every block it fetched: a reader is
  * answered from a fetch's bytes before the block file is written (cache/read-through.ts),
  * so what a test then finds on disk, or in the cache's gauges, depends on how far those
