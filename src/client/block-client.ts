@@ -7,7 +7,7 @@
  */
 import { blockCount, blockRef, blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
 import type { HeldBlockFile } from '../cache/block-files.js';
-import type { AccessPattern, BlockRead, BlockSource, ReadHandle } from './block-source.js';
+import type { AccessPattern, BlockRead, BlockSource, FillOutcome, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
@@ -116,6 +116,16 @@ export class BlockClient {
     const { object } = file;
     if (!this.source.localFile || object.size === 0 || object.size > this.blockSize) return undefined;
     return this.source.localFile(blockRef(object, this.blockSize, 0), file);
+  }
+
+  /**
+   * Makes sure an object of one block is cached where its reads will look (the source's
+   * `fill`), in the background: a directory prefetch's file. 'skipped' for a larger object
+   * or a source that has nothing to fill.
+   */
+  fillFile(object: ObjectRef, signal: AbortSignal): Promise<FillOutcome> {
+    if (!this.source.fill || object.size === 0 || object.size > this.blockSize) return Promise.resolve('skipped');
+    return this.source.fill(blockRef(object, this.blockSize, 0), signal);
   }
 
   release(handle: ReadHandle): void {

@@ -53,6 +53,11 @@ export class Metrics {
   readonly passthroughOpens = this.counter('cachefs_fuse_passthrough_opens_total', "Opens answered with FUSE passthrough: the kernel reads those files' cached bytes itself, and no read of them reaches cachefs (nor its byte counters)");
   readonly passthroughOpen = this.sampled('cachefs_fuse_passthrough_open', 'Backing files registered with the kernel for passthrough now (one per file open through it, however many opens share it)');
 
+  readonly dirPrefetchDirs = this.counter('cachefs_dir_prefetch_dirs_total', 'Directories whose small files began to be prefetched, their files being read whole (--prefetch-files)');
+  readonly dirPrefetchFiles = this.counter('cachefs_dir_prefetch_files_total', "Small files a directory prefetch brought into the cache (in a cluster mount: had their owner worker hold) before they were opened");
+  readonly dirPrefetchBytes = this.counter('cachefs_dir_prefetch_bytes_total', 'Bytes of the files cachefs_dir_prefetch_files_total counts');
+  readonly dirPrefetchHits = this.counter('cachefs_dir_prefetch_hits_total', 'Opens of files a directory prefetch brought in (or was bringing in) for them');
+
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });
   }
