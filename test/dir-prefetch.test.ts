@@ -6,13 +6,16 @@
  * prefetch metrics; the bytes by checksum), that one file read does not start it, that
  * the share of the cache bounds what is fetched ahead, that --no-prefetch-files turns it
  * off and a bad --prefetch-files is refused, and that an object changed since it was
- * listed is read in its new version.
+ * listed is read in its new version. In a cluster mount the files go to their owner
+ * worker's tier.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cachefs, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { readdir } from 'node:fs/promises';
+import { BLOCK_FILE, cachefs, mountCachefs, sh, sha256Of, stopAllMounts, type TestMount } from './support/cachefs.js';
+import { addMountEntry, startMaster, startWorker, stopAllServices } from './support/cluster.js';
 import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
@@ -29,6 +32,7 @@ const single = dataset(8, 64 * KiB);
 const off = dataset(8, 64 * KiB);
 const capped = dataset(12, 256 * KiB);
 const changing = dataset(6, 64 * KiB);
+const clustered = dataset(8, 64 * KiB);
 const changed = randomBytes(64 * KiB); // the same size: the kernel keeps the attributes the listing gave until --attr-timeout
 
 let s3: S3TestServer;
@@ -49,11 +53,12 @@ async function readLikeALoader(m: TestMount, dir: string, files: Buffer[], from:
 beforeAll(async () => {
   s3 = await startS3Server({ buckets: ['data'] });
   const put = (dir: string, files: Buffer[]) => files.map((body, i) => ({ key: `${dir}/${name(i)}`, body }));
-  await s3.putObjects('data', [...put('train', train), ...put('single', single), ...put('off', off), ...put('capped', capped), ...put('changing', changing)]);
+  await s3.putObjects('data', [...put('train', train), ...put('single', single), ...put('off', off), ...put('capped', capped), ...put('changing', changing), ...put('clustered', clustered)]);
 }, 120_000);
 
 afterAll(async () => {
   await stopAllMounts();
+  await stopAllServices();
   await s3?.close();
 });
 
@@ -141,6 +146,25 @@ describe('directory prefetch of small files', () => {
       const after = await m.metrics();
       expect(after.value(FILES)).toBe(2);
       expect(after.value('cachefs_fuse_errors_total')).toBe(0);
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it("in a cluster mount, has the files' owner worker fetch them into its tier", async () => {
+    const master = await startMaster();
+    await addMountEntry(master.address, '/data', 's3://data/clustered', [`s3.endpoint=${s3.endpoint}`, 's3.accessKeyId=S3RVER', 's3.secretAccessKey=S3RVER', 's3.region=us-east-1']);
+    const worker = await startWorker({ master: master.address, blockSize: '1MiB' });
+    const m = await mountCachefs({ args: ['--master', master.address, '--cache-group', 'g', '--no-sharing', '--block-size', '1MiB'] });
+    const tierBlocks = async (): Promise<number> => (await readdir(worker.tierDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && BLOCK_FILE.test(e.name)).length;
+    try {
+      await readLikeALoader(m, 'data', clustered, 0, 3);
+      await waitFor(async () => (await m.metrics()).value(FILES) === clustered.length - 3, { timeoutMs: 15_000, what: 'the other 5 files prefetched' });
+      expect(await tierBlocks()).toBe(clustered.length);
+      expect(objectGets('clustered')).toBe(clustered.length);
+      for (let i = 3; i < clustered.length; i++) expect(await sha256Of(path.join(m.mountpoint, 'data', name(i)))).toBe(sha(clustered[i]!));
+      expect(objectGets('clustered')).toBe(clustered.length);
+      expect((await m.metrics()).value(HITS)).toBe(clustered.length - 3);
     } finally {
       await m.stop();
     }
