@@ -159,8 +159,9 @@ describe('directory prefetch of small files', () => {
     const tierBlocks = async (): Promise<number> => (await readdir(worker.tierDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile() && BLOCK_FILE.test(e.name)).length;
     try {
       await readLikeALoader(m, 'data', clustered, 0, 3);
-      await waitFor(async () => (await m.metrics()).value(FILES) === clustered.length - 3, { timeoutMs: 15_000, what: 'the other 5 files prefetched' });
-      expect(await tierBlocks()).toBe(clustered.length);
+      await waitFor(async () => (await m.metrics()).value(FILES) === clustered.length - 3, { timeoutMs: 30_000, what: 'the other 5 files prefetched' });
+      // The worker answers a read with the block's bytes before its file is in place.
+      await waitFor(async () => (await tierBlocks()) === clustered.length, { timeoutMs: 15_000, what: "every file in the worker's tier" });
       expect(objectGets('clustered')).toBe(clustered.length);
       for (let i = 3; i < clustered.length; i++) expect(await sha256Of(path.join(m.mountpoint, 'data', name(i)))).toBe(sha(clustered[i]!));
       expect(objectGets('clustered')).toBe(clustered.length);
