@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CachefsError } from '../src/errors.js';
-import { openUfs } from '../src/ufs/open-ufs.js';
+import { openUfs, openUfsOnUse } from '../src/ufs/open-ufs.js';
 import type { Ufs } from '../src/ufs/ufs.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
@@ -122,5 +122,73 @@ describe('S3Ufs.readInto', () => {
     const dest = Buffer.alloc(10);
     expect(await ufs.readInto('big.bin', 5, dest)).toBe(10);
     expect(dest.equals(BIG.subarray(5, 15))).toBe(true);
+  });
+});
+
+describe('S3Ufs GETs after the first', () => {
+  it('skip the SDK, signed so that the server checks them, also for keys that need escaping', async () => {
+    const keys = ['p/a b+c=d/ü (1)!.bin', "p/x/it's*~.bin"];
+    const bodies = keys.map(() => randomBytes(3000));
+    for (const [i, key] of keys.entries()) await server.putObject('data', key, bodies[i]!);
+    const fresh = await open();
+    try {
+      server.clearRequestLog();
+      for (let round = 0; round < 2; round++) {
+        for (const [i, key] of keys.entries()) {
+          const dest = Buffer.alloc(1000);
+          expect(await fresh.readInto(key.slice(2), 1000, dest)).toBe(1000);
+          expect(dest.equals(bodies[i]!.subarray(1000, 2000))).toBe(true);
+        }
+      }
+      const gets = server.requestLog().filter((r) => r.method === 'GET');
+      // The first went through the SDK (its shape learnt); the three after it did not, and were accepted.
+      expect(gets.map((r) => [r.key, r.sdk])).toEqual([
+        [keys[0], true],
+        [keys[1], false],
+        [keys[0], false],
+        [keys[1], false],
+      ]);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  it('go again through the SDK when the short way is answered with an error, which is named as before', async () => {
+    const fresh = await open();
+    try {
+      expect(await fresh.readInto('big.bin', 0, Buffer.alloc(10))).toBe(10);
+      server.clearRequestLog();
+      const missing = await failure(fresh.readInto('gone.bin', 0, Buffer.alloc(10)));
+      expect(missing).toMatchObject({ code: 'NOT_FOUND', message: 'not found: s3://data/p/gone.bin' });
+      expect(server.requestLog().map((r) => [r.method, r.key, r.sdk])).toEqual([
+        ['GET', 'p/gone.bin', false],
+        ['GET', 'p/gone.bin', true],
+      ]);
+      // Still short after an error the object answered.
+      server.clearRequestLog();
+      expect(await fresh.readInto('big.bin', 3, Buffer.alloc(10))).toBe(10);
+      expect(server.requestLog().map((r) => r.sdk)).toEqual([false]);
+    } finally {
+      await fresh.close();
+    }
+  });
+});
+
+describe('openUfsOnUse', () => {
+  it('opens the backend at its first use: its errors are that call\'s, and it reads as the backend does', async () => {
+    const bad = openUfsOnUse('s3://data/p/', { 's3.endpoint': 'not a url' });
+    expect(bad.displayUri).toBe('s3://data/p/');
+    await bad.close(); // never opened: nothing to close
+    const err = await failure(bad.stat('big.bin'));
+    expect(err).toMatchObject({ code: 'INVALID_ARGUMENT', message: "invalid s3.endpoint 'not a url': expected http(s)://host[:port]" });
+    const good = openUfsOnUse(parseUfsUri('s3://data/p/'), { 's3.endpoint': server.endpoint, 's3.region': 'us-east-1', 's3.accessKeyId': 'S3RVER', 's3.secretAccessKey': 'S3RVER' });
+    try {
+      const dest = Buffer.alloc(100);
+      expect(await good.readInto('big.bin', 50, dest)).toBe(100);
+      expect(dest.equals(BIG.subarray(50, 150))).toBe(true);
+      expect((await good.stat('big.bin'))?.size).toBe(BIG.length);
+    } finally {
+      await good.close();
+    }
   });
 });

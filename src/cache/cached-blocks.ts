@@ -21,11 +21,13 @@ export interface CachedRead {
 }
 
 export class CachedBlocks {
-  private readonly files = new BlockFiles();
+  private readonly files: BlockFiles;
 
   constructor(readonly readThrough: ReadThrough) {
+    this.files = new BlockFiles(undefined, () => readThrough.metrics.cacheFileChecks.inc());
     // An fd kept on an evicted block's file would hold its disk space past the cache quota.
     readThrough.store.onRemoved((id) => this.files.invalidate(id));
+    readThrough.store.onWritten((id, identity, sum) => this.files.vouch(id, identity, sum));
   }
 
   /** Copies `length` bytes at `offset` inside the block into `dest` at `destOffset`. */

@@ -49,7 +49,7 @@ export class ReadThrough {
   constructor(
     readonly store: TieredStore,
     readonly ufs: UfsReader,
-    private readonly metrics: Metrics,
+    readonly metrics: Metrics,
     private readonly log: Logger,
     /**
      * Block buffers to reuse, when every reader of `EnsuredBlock.data` is done with it

@@ -14,7 +14,7 @@
  * no descriptors: short-circuit readers by path) the dirs are 0750 and the files 0640 of
  * that group. Whatever modes an existing dir had.
  */
-import { closeSync, constants, fchmodSync, fchownSync, close, ftruncate, open as openFd, write } from 'node:fs';
+import { closeSync, constants, fchmodSync, fchownSync, close, ftruncate, open as openFd, statSync, write } from 'node:fs';
 import { promisify } from 'node:util';
 import { chmod, chown, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -22,6 +22,7 @@ import { isBlockId } from '../block/block.js';
 import { isBlockSum } from '../block/checksum.js';
 import { alignUp, DIRECT_ALIGN, directWritable } from '../block/aligned-memory.js';
 import { CachefsError } from '../errors.js';
+import { fileIdentity } from './block-files.js';
 import type { Logger } from '../log.js';
 
 export type Medium = 'MEM' | 'SSD' | 'HDD';
@@ -247,8 +248,11 @@ export class Tier {
     for (const [id, e] of this.index) yield [id, e.length];
   }
 
-  /** Writes the block under its checksum `sum` (made by the caller when the block was filled). */
-  async write(id: string, data: Buffer, sum: string): Promise<void> {
+  /**
+   * Writes the block under its checksum `sum` (made by the caller when the block was
+   * filled); resolves with the written file's identity (`fileIdentity`) right after.
+   */
+  async write(id: string, data: Buffer, sum: string): Promise<string> {
     const target = this.pathOf(id, sum);
     const tmp = path.join(this.tmpDir, `${id}.${process.pid}.${++this.tmpSeq}`);
     const direct = this.directWrites && directWritable(data) && (await this.writeDirect(tmp, data));
@@ -261,12 +265,15 @@ export class Tier {
       await this.own(path.dirname(target), this.dirMode);
       await rename(tmp, target);
     }
+    // The inode is in memory: a stat here costs less than a trip through the thread pool.
+    const identity = fileIdentity(statSync(target, { bigint: true }));
     const old = this.blockOf(id);
     if (old) {
       this.forget(id);
       if (old.path !== target) await rm(old.path, { force: true });
     }
     this.add(id, data.length, sum);
+    return identity;
   }
 
   /**

@@ -39,6 +39,7 @@ export class TieredStore {
   private readonly high: number;
   private readonly low: number;
   private readonly removedListeners: ((id: string) => void)[] = [];
+  private readonly writtenListeners: ((id: string, identity: string, sum: string) => void)[] = [];
 
   constructor(config: StoreConfig, private readonly metrics: Metrics, private readonly log: Logger) {
     if (!(config.low < config.high)) {
@@ -110,7 +111,8 @@ export class TieredStore {
       if (tier.usedBytes + writing() + data.length <= tier.quotaBytes) {
         this.writing.set(tier, writing() + data.length);
         try {
-          await tier.write(id, data, sum);
+          const identity = await tier.write(id, data, sum);
+          for (const listener of this.writtenListeners) listener(id, identity, sum);
         } finally {
           this.writing.set(tier, writing() - data.length);
         }
@@ -176,6 +178,15 @@ export class TieredStore {
    */
   onRemoved(listener: (id: string) => void): void {
     this.removedListeners.push(listener);
+  }
+
+  /**
+   * Calls `listener` with each block this store writes, its file's identity right after the
+   * write (`fileIdentity`) and the checksum of the bytes written: whoever checks block files
+   * before serving them need not read this one back.
+   */
+  onWritten(listener: (id: string, identity: string, sum: string) => void): void {
+    this.writtenListeners.push(listener);
   }
 
   private removed(id: string): void {

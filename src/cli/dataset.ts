@@ -77,7 +77,8 @@ export async function openClusterTarget(flags: ClusterTargetFlags): Promise<Data
     if (workers.length === 0) throw new CachefsError('UNREACHABLE', `cache group '${cacheGroup}' of master ${master.address.text} has no live workers to load into`);
     const sizes = new Set(workers.map((w) => w.blockSize).filter((b) => b !== undefined));
     if (sizes.size > 1) throw new CachefsError('CONFLICT', `the workers of cache group '${cacheGroup}' serve different block sizes (${[...sizes].join(', ')}): give them one --block-size`);
-    const namespace = new NamespaceSync(master, silentLogger);
+    // Its walk asks the master's namespace cache and the workers fetch: a backend (and its SDK) is opened only if the master does not answer.
+    const namespace = new NamespaceSync(master, silentLogger, undefined, 'on-use');
     await namespace.start();
     const listing = new SharedNamespaceUfs(master, namespace.ufs, silentLogger);
     const servers = workers.map((w) => {

@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import type { MountEntry } from './api.js';
 import { CachefsError } from '../errors.js';
 import { NAMESPACE_MOUNT_ID, NamespaceUfs } from '../ufs/namespace.js';
-import { openUfs } from '../ufs/open-ufs.js';
+import { openUfs, openUfsOnUse } from '../ufs/open-ufs.js';
 import type { Ufs, UfsResolver } from '../ufs/ufs.js';
 
 /** Where the table comes from: a `MasterClient`, or the master's own table. */
@@ -22,7 +22,16 @@ export class NamespaceSync {
   private readonly open = new Map<string, Ufs>();
   private readonly poller: Poller;
 
-  constructor(private readonly source: MountTableSource, private readonly log: Logger, intervalMs = 10_000) {
+  /**
+   * `backends: 'on-use'` opens each entry's backend at its first use, for a process whose
+   * reads and listings go elsewhere first (`openUfsOnUse`); 'now' opens them as entries come.
+   */
+  constructor(
+    private readonly source: MountTableSource,
+    private readonly log: Logger,
+    intervalMs = 10_000,
+    private readonly backends: 'now' | 'on-use' = 'now',
+  ) {
     this.poller = new Poller('mount table', intervalMs, () => this.refresh(), log);
   }
 
@@ -58,7 +67,8 @@ export class NamespaceSync {
       let ufs = this.open.get(id);
       if (!ufs) {
         try {
-          ufs = await openUfs(entry.uri, { ...entry.options, ...entry.secretOptions });
+          const options = { ...entry.options, ...entry.secretOptions };
+          ufs = this.backends === 'on-use' ? openUfsOnUse(entry.uri, options) : await openUfs(entry.uri, options);
         } catch (err) {
           this.log.warn({ path: entry.path, uri: entry.uri, err: (err as Error).message }, 'cannot open mount-table entry');
           continue;

@@ -17,6 +17,7 @@ export class Metrics {
   readonly cacheHits = this.counter('cachefs_cache_hits_total', 'Block reads served from the cache');
   readonly cacheMisses = this.counter('cachefs_cache_misses_total', 'Block reads that had to fetch the block from the UFS');
   readonly cacheEvictions = this.counter('cachefs_cache_evictions_total', 'Blocks evicted from the cache');
+  readonly cacheFileChecks = this.counter('cachefs_cache_file_checks_total', 'Cached block files read and hashed whole before their first bytes were served (not those this process wrote)');
   readonly cacheCorrupt = this.counter('cachefs_cache_corrupt_blocks_total', 'Cached block files found damaged and dropped');
   readonly cacheUsedBytes = this.gauge('cachefs_cache_used_bytes', 'Bytes of blocks in the cache', ['tier']);
   readonly cacheCapacityBytes = this.gauge('cachefs_cache_capacity_bytes', 'Quota of the cache', ['tier']);

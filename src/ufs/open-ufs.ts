@@ -36,3 +36,25 @@ export async function openUfs(uri: string | UfsUri, options: UfsOptions = {}): P
 export async function loadUfsBackend(scheme: UfsUri['scheme']): Promise<void> {
   await BACKENDS[scheme]();
 }
+
+/**
+ * A backend opened at its first use rather than now (an error opening it is then that
+ * call's), for a process that may never use it: `cachefs load` walks the master's
+ * namespace cache and has the workers fetch, the backends being only its fallback, and
+ * loading the S3 SDK cost it ~0.5 s of CPU before its first request.
+ */
+export function openUfsOnUse(uri: string | UfsUri, options: UfsOptions = {}): Ufs {
+  const parsed = typeof uri === 'string' ? parseUfsUri(uri) : uri;
+  let opened: Promise<Ufs> | undefined;
+  const ufs = (): Promise<Ufs> => (opened ??= openUfs(parsed, options));
+  return {
+    displayUri: parsed.text,
+    check: async (signal) => (await ufs()).check(signal),
+    stat: async (key, signal) => (await ufs()).stat(key, signal),
+    list: async (prefix, listOptions) => (await ufs()).list(prefix, listOptions),
+    readInto: async (key, offset, dest, readOptions) => (await ufs()).readInto(key, offset, dest, readOptions),
+    close: async () => {
+      if (opened) await (await opened.catch(() => undefined))?.close();
+    },
+  };
+}

@@ -25,6 +25,7 @@ const MAX_SOCKETS = 64;
 export class S3Ufs implements Ufs {
   readonly displayUri: string;
   private readonly client: S3Client;
+  private readonly gets: S3GetHandler;
   private readonly bucket: string;
   private readonly root: string;
 
@@ -39,6 +40,16 @@ export class S3Ufs implements Ufs {
     const accessKeyId = options['s3.accessKeyId'];
     const secretAccessKey = options['s3.secretAccessKey'];
     const pathStyle = options['s3.pathStyle'];
+    this.gets = new S3GetHandler(
+      new NodeHttpHandler({
+        connectionTimeout: CONNECT_TIMEOUT_MS,
+        requestTimeout: REQUEST_TIMEOUT_MS,
+        httpAgent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
+        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
+      }),
+      MAX_SOCKETS,
+      { connectMs: CONNECT_TIMEOUT_MS, headersMs: REQUEST_TIMEOUT_MS, bodyMs: REQUEST_TIMEOUT_MS },
+    );
     this.client = new S3Client({
       region: options['s3.region'] ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
       endpoint,
@@ -47,17 +58,10 @@ export class S3Ufs implements Ufs {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 3,
-      requestHandler: new S3GetHandler(
-        new NodeHttpHandler({
-          connectionTimeout: CONNECT_TIMEOUT_MS,
-          requestTimeout: REQUEST_TIMEOUT_MS,
-          httpAgent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
-          httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS }),
-        }),
-        MAX_SOCKETS,
-        { connectMs: CONNECT_TIMEOUT_MS, headersMs: REQUEST_TIMEOUT_MS, bodyMs: REQUEST_TIMEOUT_MS },
-      ),
+      requestHandler: this.gets,
     });
+    const config = this.client.config;
+    this.gets.signWith({ signer: () => config.signer(), clockOffsetMs: () => config.systemClockOffset ?? 0 });
   }
 
   private where(key?: string): string {
@@ -117,18 +121,19 @@ export class S3Ufs implements Ufs {
   async readInto(key: string, offset: number, dest: Buffer | readonly Buffer[], options: UfsReadOptions = {}): Promise<number> {
     const { length } = new Scatter(dest);
     if (length === 0) return 0;
+    const range = `bytes=${offset}-${offset + length - 1}`;
+    const ifMatch = options.etag ? `"${options.etag}"` : undefined;
+    const get = {
+      key: this.root + key,
+      onProgress: options.onProgress,
+      signal: options.signal,
+      accept: (headers: Readonly<Record<string, string>>) => checkVersion(options.etag, headers.etag, this.where(key)),
+    };
     try {
-      const command = new GetObjectCommand({
-        Bucket: this.bucket,
-        Key: this.root + key,
-        Range: `bytes=${offset}-${offset + length - 1}`,
-        IfMatch: options.etag ? `"${options.etag}"` : undefined,
-      });
-      return await S3GetHandler.into(dest, (abortSignal) => this.client.send(command, { abortSignal }), {
-        onProgress: options.onProgress,
-        signal: options.signal,
-        accept: (headers) => checkVersion(options.etag, headers.etag, this.where(key)),
-      });
+      const short = await this.gets.get(get.key, { range, ifMatch }, dest, get);
+      if (short !== undefined) return short;
+      const command = new GetObjectCommand({ Bucket: this.bucket, Key: get.key, Range: range, IfMatch: ifMatch });
+      return await S3GetHandler.into(dest, (abortSignal) => this.client.send(command, { abortSignal }), get);
     } catch (err) {
       if (err instanceof CachefsError) throw err;
       const facts = errorFacts(err);

@@ -12,10 +12,14 @@
  * answered here, from a sorted key index of the bucket, as S3 documents; every
  * other request (and any list request this code does not recognise, so that
  * s3rver answers it or rejects it with its usual error) goes to s3rver
- * untouched. Two consequences to know: signatures of list requests are not
- * verified (only the access key id is checked), and objects must be written
+ * untouched. Objects must be written
  * through the HTTP API (the index is invalidated by any mutating request), not
  * by writing into `directory`.
+ *
+ * s3rver checks only the access key id of a SigV4 request, not its signature: this server
+ * checks every SigV4 signature itself (`checkSignature`, written from AWS's documentation
+ * of SigV4, sharing no code with the SDK) and answers a wrong one 403
+ * SignatureDoesNotMatch, as S3 does.
  *
  * It records requests so that a test can count what reached the object store,
  * and injects faults: a store that hangs (`stallObjectReads`, `stallListings`), which accepts a
@@ -23,6 +27,7 @@
  * (`shapeResponses`): every request waits a time to first byte, and each connection's
  * response bytes are paced to a bandwidth, by timers (the server spends no CPU waiting).
  */
+import { createHash, createHmac } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -60,6 +65,8 @@ export interface RecordedS3Request {
   query: URLSearchParams;
   /** The Range header, if any. */
   range: string | undefined;
+  /** Sent through the AWS SDK's middleware (it marks each request with an invocation id). */
+  sdk: boolean;
 }
 
 export interface ObjectToPut {
@@ -206,7 +213,12 @@ async function listen(directory: string, options: StartS3ServerOptions): Promise
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     if (res.destroyed) return;
     const target = parseTarget(req);
-    log.push({ ...target, method: req.method ?? '', range: req.headers.range });
+    log.push({ ...target, method: req.method ?? '', range: req.headers.range, sdk: req.headers['amz-sdk-invocation-id'] !== undefined });
+    if (!checkSignature(req)) {
+      res.writeHead(403, { 'content-type': 'application/xml' });
+      res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message></Error>');
+      return;
+    }
     if (req.method === 'GET' && (target.key !== '' ? stall?.(target.key) : target.bucket !== '' && stallList?.(target.query))) {
       stalledTotal += 1;
       stalledOpen.add(res);
@@ -451,6 +463,54 @@ async function answerOurselves(
   res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
   res.end(body);
   return true;
+}
+
+/** RFC 3986 escaping, as SigV4's canonical query wants it. */
+function uriEscape(s: string): string {
+  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+const hmac = (key: Buffer | string, data: string): Buffer => createHmac('sha256', key).update(data).digest();
+const sha256 = (data: string): string => createHash('sha256').update(data).digest('hex');
+
+/**
+ * True unless the request carries a SigV4 Authorization header of our key whose signature is not the
+ * one its method, path (as sent: S3 signs the escaped path unchanged), query, signed
+ * headers and payload hash give with our secret key.
+ */
+function checkSignature(req: IncomingMessage): boolean {
+  const auth = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([^,]+), ?Signature=([0-9a-f]+)$/.exec(
+    req.headers.authorization ?? '',
+  );
+  // Another key id: s3rver answers InvalidAccessKeyId.
+  if (!auth || auth[1] !== ACCESS_KEY_ID) return true;
+  const [, , date, region, service, signedHeaders, signature] = auth;
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  const path = q < 0 ? url : url.slice(0, q);
+  const query = (q < 0 ? '' : url.slice(q + 1))
+    .split('&')
+    .filter((part) => part !== '')
+    .map((part) => {
+      const eq = part.indexOf('=');
+      const name = decodeURIComponent(eq < 0 ? part : part.slice(0, eq));
+      const value = eq < 0 ? '' : decodeURIComponent(part.slice(eq + 1));
+      return [uriEscape(name), uriEscape(value)] as const;
+    })
+    .sort(([a, x], [b, y]) => (a < b ? -1 : a > b ? 1 : x < y ? -1 : x > y ? 1 : 0))
+    .map(([name, value]) => `${name}=${value}`)
+    .join('&');
+  const names = signedHeaders!.split(';');
+  const headers = names.map((name) => {
+    const value = req.headers[name];
+    return `${name}:${(Array.isArray(value) ? value.join(',') : (value ?? '')).trim().replace(/\s+/g, ' ')}\n`;
+  });
+  const payload = String(req.headers['x-amz-content-sha256'] ?? sha256(''));
+  const canonical = [req.method, path, query, headers.join(''), signedHeaders, payload].join('\n');
+  const scope = `${date}/${region}/${service}/aws4_request`;
+  const toSign = ['AWS4-HMAC-SHA256', String(req.headers['x-amz-date']), scope, sha256(canonical)].join('\n');
+  const key = hmac(hmac(hmac(hmac(`AWS4${SECRET_ACCESS_KEY}`, date!), region!), service!), 'aws4_request');
+  return createHmac('sha256', key).update(toSign).digest('hex') === signature;
 }
 
 /** Anonymous or our key; s3rver answers (and rejects) requests signed with another key. */
