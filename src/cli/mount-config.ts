@@ -15,6 +15,7 @@ import { parseHostPort } from '../net/host-port.js';
 import { parseCacheGroup } from '../master/api.js';
 import { hasClusterSecurityFlags, parseClusterSecurity, type ClusterSecurity, type ClusterSecurityFlags } from './cluster-options.js';
 import { defaultCacheDir, parsePairs, readSecretFiles } from './options.js';
+import { DIRECTORY_PREFETCH } from '../vfs/directory-prefetch.js';
 
 export interface MountFlags extends ClusterSecurityFlags {
   ufs?: string;
@@ -39,6 +40,8 @@ export interface MountFlags extends ClusterSecurityFlags {
   nonempty?: boolean;
   /** false with --no-passthrough. */
   passthrough?: boolean;
+  /** A count (default MOUNT_DEFAULTS.prefetchFiles), or false with --no-prefetch-files. */
+  prefetchFiles?: string | false;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -104,6 +107,8 @@ export interface MountConfig {
   nonempty: boolean;
   /** Ask the kernel for FUSE passthrough: opens of files cached whole in one local file are read by the kernel from it. */
   passthrough: boolean;
+  /** Small files of a directory being read whole fetched ahead at once (vfs/directory-prefetch.ts); 0: off. */
+  prefetchFiles: number;
   logLevel: string;
   logFile?: string;
   pidFile?: string;
@@ -166,6 +171,7 @@ export function parseMountConfig(mountpoint: string | undefined, flags: MountFla
     allowOther: !!flags.allowOther,
     nonempty: !!flags.nonempty,
     passthrough: flags.passthrough !== false,
+    prefetchFiles: flags.prefetchFiles === false ? 0 : parsePrefetchFiles(flags.prefetchFiles ?? MOUNT_DEFAULTS.prefetchFiles),
     logLevel: flags.logLevel,
     logFile: flags.logFile ? path.resolve(flags.logFile) : undefined,
     pidFile: flags.pidFile ? path.resolve(flags.pidFile) : undefined,
@@ -185,7 +191,20 @@ export const MOUNT_DEFAULTS = {
   cacheGroup: 'default',
   workerPort: '0',
   shortCircuit: 'uuid',
+  prefetchFiles: String(DIRECTORY_PREFETCH.files),
 };
+
+/**
+ * At most 48: the S3 client keeps 64 connections, and the prefetch never takes the ones
+ * readers need (demand reads come first).
+ */
+const MAX_PREFETCH_FILES = 48;
+
+function parsePrefetchFiles(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n > MAX_PREFETCH_FILES) throw new CachefsError('INVALID_ARGUMENT', `invalid --prefetch-files '${text}': expected a whole number from 0 (off) to ${MAX_PREFETCH_FILES}`);
+  return n;
+}
 
 function parseShortCircuit(text: string): ShortCircuitMode {
   if (text === 'uuid' || text === 'hostname' || text === 'off') return text;

@@ -64,6 +64,8 @@ export function registerMountCommand(program: Command): void {
     .option('--meta-cache-size <size>', 'memory for metadata: cached entries and listings (evicted least recently used) and the nodes readdirplus hands the kernel', MOUNT_DEFAULTS.metaCacheSize)
     .option('--nonempty', 'mount even if the mount point has files in it (hidden while mounted)')
     .option('--no-passthrough', 'read every file through cachefs: never let the kernel read cached files itself (FUSE passthrough, kernel 6.9+, as root)')
+    .option('--prefetch-files <n>', 'small files (up to a block) of a directory being read whole fetched into the cache ahead of the readers at once, 0 to 48', MOUNT_DEFAULTS.prefetchFiles)
+    .option('--no-prefetch-files', "never fetch a directory's small files before they are opened (same as --prefetch-files 0)")
     .option('--upgrade', 'if a cachefs supervisor serves the mount point, hand the mount to this build without unmounting (refused if the source or --allow-other would change)')
     .option('--allow-other', 'let other users access the mount (needs user_allow_other for non-root)')
     .addOption(new Option('--log-level <level>', 'log level').default(MOUNT_DEFAULTS.logLevel))

@@ -24,6 +24,7 @@ import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
 import { Filesystem } from '../vfs/filesystem.js';
 import { Vfs } from '../vfs/vfs.js';
+import { DirectoryPrefetch } from '../vfs/directory-prefetch.js';
 import { KernelJournal, type HeldState } from '../vfs/kernel-journal.js';
 import { ControlSocket, controlDirFor } from '../worker/control-socket.js';
 import { DatasetRoutes } from '../worker/dataset-routes.js';
@@ -94,7 +95,21 @@ export async function serveMount(config: MountConfig, log: Logger, kept?: KeptCo
       metricsPort = server.port;
       closers.push(() => server.close());
     }
-    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, journal: handover && { file: handover.journalFile, held: handover.held } });
+    const dirPrefetch =
+      config.prefetchFiles > 0
+        ? new DirectoryPrefetch({
+            files: config.prefetchFiles,
+            blockSize: config.blockSize,
+            capacityBytes: config.cacheSize,
+            listedFiles: (dirKey) => fs.listedFiles(dirKey),
+            fill: (object, signal) => client.fillFile(object, signal),
+            changed: (key) => fs.objectChanged(key),
+            metrics,
+            log,
+          })
+        : undefined;
+    if (dirPrefetch) closers.push(async () => dirPrefetch.close());
+    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, dirPrefetch, journal: handover && { file: handover.journalFile, held: handover.held } });
     const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,

@@ -1,14 +1,21 @@
 /**
  * A bounded queue of background work (prefetches, block fills): at most
  * `concurrency` tasks run at once and at most `maxQueued` wait; beyond that new
- * work is dropped, since background work is only ever an optimisation.
+ * work is dropped, since background work is only ever an optimisation. An owner
+ * that feeds the queue from work of its own, a little at a time (the directory
+ * prefetch), is told when a task ends (`onSettled`) and adds the next then.
  */
 export class BackgroundQueue {
   private running = 0;
   private readonly queue: (() => Promise<unknown>)[] = [];
   private readonly keys = new Set<string>();
 
-  constructor(private readonly concurrency: number, private readonly maxQueued = 256) {}
+  constructor(
+    private readonly concurrency: number,
+    private readonly maxQueued = 256,
+    /** Called after each task ends, once its slot is free. */
+    private readonly onSettled?: () => void,
+  ) {}
 
   /** Queues `task` unless one with the same key is queued or running; returns false when dropped. */
   add(key: string, task: () => Promise<unknown>): boolean {
@@ -32,6 +39,7 @@ export class BackgroundQueue {
         .finally(() => {
           this.running--;
           this.pump();
+          this.onSettled?.();
         });
     }
   }

@@ -6,7 +6,7 @@
  * block reads as `BlockRead.signal`.
  */
 import { blockCount, blockRef, blocksCovering, type BlockRef, type ObjectRef } from '../block/block.js';
-import type { AccessPattern, BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
+import type { AccessPattern, BlockRead, BlockSource, FillOutcome, LocalFile, ReadHandle } from './block-source.js';
 import { Readahead } from './readahead.js';
 
 export interface BlockClientConfig {
@@ -121,6 +121,16 @@ export class BlockClient {
   /** Calls `listener` with the `storeId` of each local file (`localFile`) the source's own store drops. */
   onLocalFileRemoved(listener: (storeId: string) => void): void {
     this.source.onLocalFileRemoved?.(listener);
+  }
+
+  /**
+   * Makes sure an object of one block is cached where its reads will look (the source's
+   * `fill`), in the background: a directory prefetch's file. 'skipped' for a larger object
+   * or a source that has nothing to fill.
+   */
+  fillFile(object: ObjectRef, signal: AbortSignal): Promise<FillOutcome> {
+    if (!this.source.fill || object.size === 0 || object.size > this.blockSize) return Promise.resolve('skipped');
+    return this.source.fill(blockRef(object, this.blockSize, 0), signal);
   }
 
   release(handle: ReadHandle): void {

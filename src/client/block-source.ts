@@ -49,6 +49,13 @@ export interface BlockRead {
   signal?: AbortSignal;
 }
 
+/**
+ * What a background fill did: the block was fetched into the cache (or its owner worker
+ * was made to hold it), was there already (or being fetched by a reader), or could not
+ * be filled here (no tier to fill: a cluster mount with no worker to ask).
+ */
+export type FillOutcome = 'fetched' | 'cached' | 'skipped';
+
 export interface BlockSource {
   /** Copies `length` bytes of the block into `dest`; returns the byte count (short only at end of object). */
   read(req: BlockRead): Promise<number>;
@@ -70,6 +77,13 @@ export interface BlockSource {
    * in memory too, where that helps, held for `handle` as its reads would hold it); never throws.
    */
   prefetch(ref: BlockRef, streaming: boolean, handle?: ReadHandle): void;
+  /**
+   * Makes sure the block is cached where a later read will look for it (this mount's tier,
+   * or its owner worker's), without reading it anywhere; resolves once it is. Through the
+   * read-through's single flight: a reader of the block meanwhile joins this fetch. A
+   * directory's small files are prefetched so (vfs/directory-prefetch.ts).
+   */
+  fill?(ref: BlockRef, signal: AbortSignal): Promise<FillOutcome>;
   /**
    * A local file holding exactly the block's bytes, checked, open until `release()`, when
    * this source has one now (the block cached in a local tier); undefined otherwise. What

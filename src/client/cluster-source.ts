@@ -21,7 +21,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import type { ClusterSecret } from '../net/auth.js';
 import type { PoolOptions } from '../net/body-connection.js';
 import { BackgroundQueue } from './background.js';
-import type { BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
+import type { BlockRead, BlockSource, FillOutcome, LocalFile, ReadHandle } from './block-source.js';
 import { ColocatedWorker } from './colocated-worker.js';
 import type { Membership } from './membership.js';
 import { RemoteWorker } from './remote-worker.js';
@@ -143,6 +143,28 @@ export class ClusterSource implements BlockSource {
         signal,
       ),
     );
+  }
+
+  /**
+   * A background fill goes where a read of the block would: to its owner, which fills its
+   * tier (in-process for the mount's own worker, `warm` on a co-located one, a whole-block
+   * read of a remote one, whose bytes are let go). With no worker there is no tier to fill.
+   */
+  async fill(ref: BlockRef, signal: AbortSignal): Promise<FillOutcome> {
+    if (this.memory.get(ref.id) || this.memory.isFetching(ref.id)) return 'cached';
+    const owner = this.config.membership.candidates(ref.id)[0];
+    if (!owner) return 'skipped';
+    if (this.isLocal(owner)) return this.config.local!.source.fill?.(ref, signal) ?? 'skipped';
+    try {
+      const near = this.near(owner);
+      if (near) await near.warm(ref);
+      else this.buffers.giveLater(await this.remote(owner).read(ref, 0, ref.length, signal));
+      return 'fetched';
+    } catch (err) {
+      const e = asCachefsError(err);
+      if (!isFinal(e) && !isBusy(e) && !signal.aborted) this.failed(owner, e);
+      throw e;
+    }
   }
 
   private async readUfs(req: BlockRead): Promise<number> {

@@ -16,7 +16,7 @@ import { wholeRef, WholeObjects } from '../cache/whole-objects.js';
 import { rangedMiss, runBlocks, type ReadPolicy } from '../cache/read-policy.js';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
-import type { BlockRead, BlockSource, LocalFile, ReadHandle } from './block-source.js';
+import type { BlockRead, BlockSource, FillOutcome, LocalFile, ReadHandle } from './block-source.js';
 
 export class EmbeddedSource implements BlockSource {
   private readonly prefetches: PrefetchRuns<EnsuredBlock>;
@@ -63,6 +63,13 @@ export class EmbeddedSource implements BlockSource {
     const readThrough = this.blocks.readThrough;
     if (readThrough.cached(ref) || readThrough.isFetching(ref)) return;
     this.prefetches.add(ref, handle?.signal);
+  }
+
+  async fill(ref: BlockRef, signal: AbortSignal): Promise<FillOutcome> {
+    const readThrough = this.blocks.readThrough;
+    if (readThrough.cached(ref) || readThrough.isFetching(ref)) return 'cached';
+    const { stored } = await readThrough.ensure(ref, signal);
+    return stored ? 'fetched' : 'skipped';
   }
 
   /** The block's file when it is cached: nothing holds it in the tier, the kernel keeps its own reference to what it was given. */

@@ -56,6 +56,11 @@ export class Metrics {
   readonly passthroughOpen = this.sampled('cachefs_fuse_passthrough_open', 'Backing files registered with the kernel for passthrough now (one per file open through it, however many opens share it)');
   readonly passthroughKept = this.sampled('cachefs_fuse_passthrough_kept', 'Backing files kept registered with the kernel after the last open of their file, so that its next open needs no registration (bounded; dropped when the cache drops the file)');
 
+  readonly dirPrefetchDirs = this.counter('cachefs_dir_prefetch_dirs_total', 'Directories whose small files began to be prefetched, their files being read whole (--prefetch-files)');
+  readonly dirPrefetchFiles = this.counter('cachefs_dir_prefetch_files_total', "Small files a directory prefetch brought into the cache (in a cluster mount: had their owner worker hold) before they were opened");
+  readonly dirPrefetchBytes = this.counter('cachefs_dir_prefetch_bytes_total', 'Bytes of the files cachefs_dir_prefetch_files_total counts');
+  readonly dirPrefetchHits = this.counter('cachefs_dir_prefetch_hits_total', 'Opens of files a directory prefetch brought in (or was bringing in) for them');
+
   constructor(withProcessMetrics = true) {
     if (withProcessMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'cachefs_process_' });
   }

@@ -215,6 +215,21 @@ export class Filesystem {
     return { mount: this.config.mountId, key: entry.key, etag: entry.etag, size: entry.size };
   }
 
+  /**
+   * The files of a directory as its cached listing has them, as objects an open would
+   * read; undefined when no fresh listing of it is cached (nothing is asked of the store).
+   * Files listed by name alone are left out: their sizes are not known.
+   */
+  listedFiles(dirKey: string): ObjectRef[] | undefined {
+    const listing = this.cache.listing(dirKey);
+    if (!listing) return undefined;
+    const files: ObjectRef[] = [];
+    for (const { entry } of listing.children) {
+      if (entry.kind === 'file') files.push({ mount: this.config.mountId, key: entry.key, etag: entry.etag, size: entry.size });
+    }
+    return files;
+  }
+
   /** Forgets what is known of an object that changed under a reader, and of its directory's listing. */
   objectChanged(key: string): void {
     this.cache.invalidate(key, parentKey(key));

@@ -35,6 +35,7 @@ import type { Child, Filesystem, StatFs } from './filesystem.js';
 import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
 import { childPath, Nodes, type Node } from './nodes.js';
 import { PassthroughOpens, type BackingFiles } from './passthrough.js';
+import { READ_HEAD, READ_TAIL, readShape, type DirectoryPrefetch } from './directory-prefetch.js';
 
 /** The largest read served in one call (the kernel is told so at INIT): 256 pages. */
 export const MAX_READ = 1024 * 1024;
@@ -119,6 +120,8 @@ export interface VfsConfig {
   maxCachedListing?: number;
   /** The budget of metadata (--meta-cache-size), bytes: a quarter of it bounds the nodes readdirplus makes. */
   metaBudgetBytes: number;
+  /** Prefetches the small files of directories being read whole (--prefetch-files); none when off. */
+  dirPrefetch?: DirectoryPrefetch;
   /** Where the nodes and handles the kernel holds are written down; `held`: what a serving process before this one left there, to start from. */
   journal?: { file: string; held?: HeldState };
 }
@@ -132,6 +135,10 @@ class FileHandle implements OpenObject {
   waiting = 0;
   readonly queue: (() => void)[] = [];
   released = false;
+  /** How it was read (READ_HEAD, READ_TAIL) and opened, for the directory prefetch. */
+  readSpan = 0;
+  passedThrough = false;
+  pagesKept = false;
   /** Aborted when the file is released: its prefetches stop, its pins go. Made when first asked for (most small files never need one). */
   private closed?: AbortController;
 
@@ -183,8 +190,10 @@ export class Vfs {
   private readonly restored = new Map<number, { kind: HandleKind; path: string }>();
   /** Restored handles being opened again. */
   private readonly reopening = new Map<number, Promise<void>>();
+  private readonly dirPrefetch?: DirectoryPrefetch;
 
   constructor(config: VfsConfig) {
+    this.dirPrefetch = config.dirPrefetch;
     this.fs = config.fs;
     this.client = config.client;
     this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
@@ -282,6 +291,9 @@ export class Vfs {
     // auto_cache: the pages are still right while the file is as it was when last opened.
     const keepCache = node.version !== undefined && node.version === node.openedVersion;
     node.openedVersion = node.version;
+    file.passedThrough = backingId !== undefined;
+    file.pagesKept = keepCache;
+    this.dirPrefetch?.opened(object);
     return { fh, keepCache, backingId };
   }
 
@@ -321,6 +333,8 @@ export class Vfs {
     if (cancel.aborted) return reply.error(cancelled());
     // Queued behind reads answered early (interrupted), the file may have been released since.
     if (file.released) return reply.error(new CachefsError('BAD_HANDLE', `file handle ${file.id} was released`));
+    if (offset === 0) file.readSpan |= READ_HEAD;
+    if (offset + size >= file.object.size) file.readSpan |= READ_TAIL;
     const buffer = this.readBuffers.pop() ?? Buffer.allocUnsafeSlow(MAX_READ);
     let n: number | Buffer | Promise<number>;
     try {
@@ -373,6 +387,7 @@ export class Vfs {
     this.journal?.released(fh);
     file.close();
     this.client.release(file);
+    this.dirPrefetch?.released(file.object, readShape(file.readSpan, file.passedThrough, file.pagesKept));
   }
 
   /**
