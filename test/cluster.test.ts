@@ -93,9 +93,10 @@ describe('a cache group of three workers', () => {
 
   it('finishes a read whose worker is killed mid-way, drops the worker from the ring, and takes it back with its blocks', async () => {
     const victim = workers[0]!;
-    const servedBefore = (await victim.metrics()).value('cachefs_worker_served_bytes_total');
+    const heldBefore = (await blockFiles(victim.tierDir)).length;
     const reading = sha256Of(path.join(m1.mountpoint, 'data/b.bin'));
-    await waitFor(async () => (await victim.metrics()).value('cachefs_worker_served_bytes_total') > servedBefore + 4 * MiB, { timeoutMs: 20_000, intervalMs: 20 });
+    // Killed once it has stored 4 blocks of b.bin (served is not enough: a worker serves a block's bytes as they arrive, before its file is in place).
+    await waitFor(async () => (await blockFiles(victim.tierDir)).length >= heldBefore + 4, { timeoutMs: 20_000, intervalMs: 20, what: 'the victim to store 4 blocks of b.bin' });
     await victim.kill();
     expect(await reading).toBe(sha(B));
     await waitFor(async () => (await api.listWorkers({ cacheGroup: 'g', state: 'lost' })).workers.some((w) => w.id === victim.id), { timeoutMs: 15_000, what: 'the master to mark the worker lost' });

@@ -84,7 +84,8 @@ async function workerWithAFlippedBlock(args: string[] = []) {
   const warm = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--short-circuit', 'off']) });
   expect(await sha256Of(path.join(warm.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
   await warm.stop();
-  const [first] = await blockFiles(w.tierDir, 3);
+  // A block's file, not the whole-object file the worker may have made of the three (3 MiB).
+  const [first] = (await blockFiles(w.tierDir, 3)).filter((f) => statSync(f).size <= MiB);
   await flipByte(first!);
   return w;
 }
@@ -148,7 +149,8 @@ describe('a byte flipped in a cached block file', () => {
 
   it('is never served by a short-circuit read by path: the client finds it, the worker drops and refetches it', async () => {
     const w = await workerWithAFlippedBlock(['--pass-descriptors', 'off']);
-    const m = await mountCachefs({ args: clusterArgs(w.cacheGroup) });
+    // Without passthrough: with it, the worker's whole-object file of f.bin (intact) is passed, and no block read.
+    const m = await mountCachefs({ args: clusterArgs(w.cacheGroup, ['--no-passthrough']) });
     expect(await sha256Of(path.join(m.mountpoint, 'data/f.bin'))).toBe(sha(BODY));
     const mm = await m.metrics();
     expect(mm.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
