@@ -8,7 +8,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -202,6 +202,31 @@ describe('FUSE passthrough', () => {
       expect((await m.metrics()).value('cachefs_cache_evictions_total')).toBeGreaterThan(0);
       await waitFor(async () => (await m.metrics()).value(KEPT) === 0, { timeoutMs: 10_000, what: "the kept backing given back with 0.bin's evicted block" });
       expect(await sha256Of(file)).toBe(sha(fillers[0]!));
+    } finally {
+      await m.stop();
+    }
+  });
+
+  it('never passes a kept backing through once its file was written to: the next open checks it, drops it and fetches the block again', async () => {
+    const m = await mountCachefs({ ufs: 's3://data/many', args: mountArgs(), env });
+    try {
+      await cache(m, '1.bin', 1);
+      const file = path.join(m.mountpoint, '1.bin');
+      expect(await sha256Of(file)).toBe(sha(many[1]!));
+      expect((await m.metrics()).value(KEPT)).toBe(1);
+      const [block] = await blockFiles(m.cacheDir);
+      const fh = await open(block!, 'r+');
+      try {
+        const b = Buffer.alloc(1);
+        await fh.read(b, 0, 1, 7);
+        b[0] = b[0]! ^ 0xff;
+        await fh.write(b, 0, 1, 7);
+      } finally {
+        await fh.close();
+      }
+      await dropPageCache(file);
+      expect(await sha256Of(file)).toBe(sha(many[1]!));
+      expect((await m.metrics()).value('cachefs_cache_corrupt_blocks_total')).toBe(1);
     } finally {
       await m.stop();
     }

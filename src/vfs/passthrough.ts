@@ -27,8 +27,13 @@
  * which tells of their removal: a kept backing of a file the cache drops is closed then, so
  * its disk space is not held past the quota (one still open is closed at its last release).
  * An open of a node that has ordinary opens never takes a kept one; an open of another
- * version closes it.
+ * version closes it. A kept backing is taken only while its file is unchanged: each holds
+ * a descriptor of its own to the file, whose ctime must still be the one seen when the file
+ * was registered (a write to the file moves it); otherwise it is closed, and the open looks
+ * for the file as a first one does, which checks it (before, bytes flipped in a block file
+ * after its first passthrough open were read by the kernel at every later open).
  */
+import { closeSync, constants, fstatSync, openSync } from 'node:fs';
 import type { ObjectRef } from '../block/block.js';
 import type { BlockClient, OpenObject } from '../client/block-client.js';
 import { CachefsError } from '../errors.js';
@@ -47,10 +52,10 @@ export interface BackingFiles {
 
 /**
  * Backings kept registered after their last open: each holds a file of the cache open in the
- * kernel (a struct file and its inode in memory), 10,000 of them a data set of 10,000 small
- * files read epoch after epoch.
+ * kernel (a struct file and its inode in memory) and a descriptor here (to check its ctime),
+ * so 4,096 at most, within the descriptors a process may have.
  */
-const MAX_KEPT = 16_384;
+const MAX_KEPT = 4_096;
 
 /** A registered backing file and the opens that use it. */
 interface Backing {
@@ -64,6 +69,8 @@ interface Backing {
   storeId?: string;
   /** Its file was dropped from the cache: closed at its last release, not kept. */
   gone?: boolean;
+  /** A kept-able backing's own descriptor of its file, and the file's ctime when it was registered. */
+  check?: { fd: number; ctimeNs: bigint };
 }
 
 /** What an open holds: its node, and whether it passes through. */
@@ -125,6 +132,7 @@ export class PassthroughOpens {
         if (id === undefined) return this.openOrdinary(fh, nodeId);
         const backing: Backing = { id, etag: object.etag, size: object.size, opens: 0, key, storeId: held.storeId };
         if (backing.storeId !== undefined) {
+          backing.check = ownDescriptor(held.fd);
           let set = this.byFile.get(backing.storeId);
           if (!set) this.byFile.set(backing.storeId, (set = new Set()));
           set.add(backing);
@@ -141,7 +149,7 @@ export class PassthroughOpens {
   private takeKept(key: string, nodeId: number, object: ObjectRef): Backing | undefined {
     const kept = this.kept.get(key);
     if (!kept) return undefined;
-    if (kept.etag !== object.etag || kept.size !== object.size) return void this.close(kept);
+    if (kept.etag !== object.etag || kept.size !== object.size || !unchanged(kept)) return void this.close(kept);
     this.kept.delete(key);
     this.byNode.set(nodeId, kept);
     return kept;
@@ -195,7 +203,7 @@ export class PassthroughOpens {
     backing.opens -= 1;
     if (backing.opens > 0) return;
     this.byNode.delete(nodeId);
-    if (backing.storeId === undefined || backing.gone) return this.close(backing);
+    if (backing.storeId === undefined || backing.gone || !backing.check) return this.close(backing);
     // One kept per object: another kept backing of it (its node was forgotten and made anew meanwhile) goes.
     const before = this.kept.get(backing.key);
     if (before) this.close(before);
@@ -222,6 +230,29 @@ export class PassthroughOpens {
       if (set?.size === 0) this.byFile.delete(backing.storeId);
     }
     this.backings?.close(backing.id);
+    if (backing.check) closeSync(backing.check.fd);
+    backing.check = undefined;
+  }
+}
+
+/** A descriptor of the file `fd` is open on, of our own (a new open of it), and the file's ctime now. */
+function ownDescriptor(fd: number): { fd: number; ctimeNs: bigint } | undefined {
+  let own: number;
+  try {
+    own = openSync(`/proc/self/fd/${fd}`, constants.O_RDONLY); // libuv opens close-on-exec
+  } catch {
+    return undefined; // not kept then: closed at its last release
+  }
+  return { fd: own, ctimeNs: fstatSync(own, { bigint: true }).ctimeNs };
+}
+
+/** The kept backing's file has not been written to since it was registered. */
+function unchanged(backing: Backing): boolean {
+  if (!backing.check) return false;
+  try {
+    return fstatSync(backing.check.fd, { bigint: true }).ctimeNs === backing.check.ctimeNs;
+  } catch {
+    return false;
   }
 }
 
