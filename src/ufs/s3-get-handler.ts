@@ -25,7 +25,7 @@ import { buildQueryString, HttpRequest, HttpResponse, type HttpHandler } from '@
 import type { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { HttpHandlerOptions, NodeHttpHandlerOptions, QueryParameterBag, RequestSigner } from '@smithy/types';
 import { CachefsError } from '../errors.js';
-import { BodyConnectionPool, type ConnectionTimeouts } from '../net/body-connection.js';
+import { BodyConnectionPool, type BodyResponse, type ConnectionTimeouts } from '../net/body-connection.js';
 
 /** How GETs of an object store are sent, learnt from one the SDK built and signed. */
 interface GetShape {
@@ -165,15 +165,7 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
         signingService: shape.service,
         signingDate: new Date(Date.now() + this.signing.clockOffsetMs()),
       })) as HttpRequest;
-      const query = buildQueryString(signed.query ?? {});
-      res = await this.poolFor(signed).request({
-        path: query ? `${signed.path}?${query}` : signed.path,
-        headers: signed.headers,
-        dest,
-        onProgress: options.onProgress,
-        accept: options.accept,
-        signal: options.signal,
-      });
+      res = await this.send(signed, dest, options);
     } catch (err) {
       // Aborted, or a version check that failed: final. A failed connection: the SDK's retries take it.
       if (options.signal?.aborted || err instanceof CachefsError) throw err;
@@ -190,15 +182,7 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
     const target = signal && targets.get(signal);
     if (!target || request.method !== 'GET') return this.fallback.handle(request, options);
     if (!this.shape && target.key !== undefined) this.shape = shapeOf(request, target.key);
-    const query = buildQueryString(request.query ?? {});
-    const res = await this.poolFor(request).request({
-      path: query ? `${request.path}?${query}` : request.path,
-      headers: request.headers,
-      dest: target.dest,
-      onProgress: target.onProgress,
-      accept: target.accept,
-      signal,
-    });
+    const res = await this.send(request, target.dest, { ...target, signal });
     const ok = res.status >= 200 && res.status < 300;
     if (ok) target.length = res.length;
     // A 2xx body is in `dest` already; an error body goes to the SDK, which reads the error code from it.
@@ -218,6 +202,19 @@ export class S3GetHandler implements HttpHandler<NodeHttpHandlerOptions> {
     this.fallback.destroy();
     for (const pool of this.pools.values()) pool.close();
     this.pools.clear();
+  }
+
+  /** Sends the signed GET `request` over a body connection, its 2xx body into `dest`. */
+  private send(request: HttpRequest, dest: Buffer | readonly Buffer[], options: GetOptions): Promise<BodyResponse> {
+    const query = buildQueryString(request.query ?? {});
+    return this.poolFor(request).request({
+      path: query ? `${request.path}?${query}` : request.path,
+      headers: request.headers,
+      dest,
+      onProgress: options.onProgress,
+      accept: options.accept,
+      signal: options.signal,
+    });
   }
 
   private poolFor(request: HttpRequest): BodyConnectionPool {
