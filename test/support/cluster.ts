@@ -3,18 +3,19 @@
  * (`cachefs worker`) started from bin/cachefs on 127.0.0.1 with free ports, each
  * a tracked child stopped by PID (SIGTERM, or SIGKILL to simulate a crash).
  *
- * The cluster is authenticated as in production: loading this module makes a
- * token file (0600 in a 0700 temp dir) and names it in this test process's
- * environment (CACHEFS_AUTH_TOKEN_FILE), as an operator's shell would, so every
- * cachefs process a test starts — masters, workers, mounts, admin commands —
- * presents it. A test that wants a process without it passes that variable empty.
+ * The cluster is authenticated as in production: the run's token file (0600 in a
+ * 0700 temp dir, made and removed by support/cluster-token-setup.ts, vitest's
+ * globalSetup) is named in this test process's environment (CACHEFS_AUTH_TOKEN_FILE)
+ * when this module loads, as an operator's shell would, so every cachefs process a
+ * test starts — masters, workers, mounts, admin commands — presents it. A test that
+ * wants a process without it passes that variable empty.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { inject } from 'vitest';
 import { CACHEFS_BIN, cachefs } from './cachefs.js';
 import { scrapeMetrics, type MetricsSnapshot } from './metrics.js';
 import { freePort, waitFor } from './processes.js';
@@ -31,14 +32,12 @@ export interface ServiceProcess {
   kill(): Promise<void>;
 }
 
-/** The cluster secret of every cluster this test process starts. */
-export const CLUSTER_TOKEN = randomBytes(32).toString('hex');
-const tokenDir = mkdtempSync(path.join(os.tmpdir(), 'cachefs-token-'));
 /** The token file (0600) that CACHEFS_AUTH_TOKEN_FILE names in this process and its children. */
-export const CLUSTER_TOKEN_FILE = path.join(tokenDir, 'token');
-writeFileSync(CLUSTER_TOKEN_FILE, `${CLUSTER_TOKEN}\n`, { mode: 0o600 });
+export const CLUSTER_TOKEN_FILE: string = inject('clusterTokenFile');
+if (!CLUSTER_TOKEN_FILE) throw new Error('no cluster token file: run the tests with vitest.config.ts, whose globalSetup (test/support/cluster-token-setup.ts) makes it');
+/** The cluster secret of every cluster this test process starts. */
+export const CLUSTER_TOKEN = readFileSync(CLUSTER_TOKEN_FILE, 'utf8').trim();
 process.env.CACHEFS_AUTH_TOKEN_FILE = CLUSTER_TOKEN_FILE;
-process.once('exit', () => rmSync(tokenDir, { recursive: true, force: true }));
 
 /** The header that carries the cluster secret, for tests that speak HTTP to the cluster themselves. */
 export const AUTH_HEADER = `Bearer ${CLUSTER_TOKEN}`;
