@@ -53,6 +53,12 @@ class HeldSource implements BlockSource {
   async close(): Promise<void> {}
 }
 
+/** The entries a readdir answered at once, as it does from a listing taken at opendir; a promise fails the test. */
+function answeredAtOnce<T>(entries: Iterable<T> | Promise<Iterable<T>>): T[] {
+  if (entries instanceof Promise) throw new Error('readdir answered with a promise, not at once from the listing taken at opendir');
+  return [...entries];
+}
+
 /** A request's cancellation as the FUSE layer gives it; counts who asked for its signal. */
 class TestCancel implements Cancellation {
   signalsMade = 0;
@@ -135,11 +141,11 @@ describe('Vfs', () => {
     const first = await vfs.opendir(ROOT, live());
     expect(first).toMatchObject({ keepCache: false, cacheDir: true });
     await writeFile(path.join(dir, 'c.txt'), 'c'); // after opendir: not in this listing
-    const all = [...vfs.readdir(first.fh, 0)];
+    const all = answeredAtOnce(vfs.readdir(first.fh, 0));
     expect(all.map((e) => e.name)).toEqual(['.', '..', 'a.bin', 'b.txt']);
     expect(all.find((e) => e.name === 'b.txt')!.ino).toBe(b.nodeId);
     expect(all.find((e) => e.name === 'a.bin')!.ino).toBeUndefined();
-    expect([...vfs.readdir(first.fh, 3)].map((e) => [e.name, e.next])).toEqual([['b.txt', 4]]);
+    expect(answeredAtOnce(vfs.readdir(first.fh, 3)).map((e) => [e.name, e.next])).toEqual([['b.txt', 4]]);
     vfs.releasedir(first.fh);
     expect(() => vfs.readdir(first.fh, 0)).toThrow(CachefsError);
     await tick();

@@ -65,16 +65,17 @@ class StoreFileSource extends CachedFileSource {
 /** What the kernel is told: ids handed out and given back; `refuse` makes it answer none. */
 class RecordedBackings implements BackingFiles {
   private next = 1;
-  readonly open = new Set<number>();
+  /** The backing ids handed out and not yet given back. */
+  readonly held = new Set<number>();
   refuse = false;
-  register(): number | undefined {
+  open(): number | undefined {
     if (this.refuse) return undefined;
     const id = this.next++;
-    this.open.add(id);
+    this.held.add(id);
     return id;
   }
   close(id: number): void {
-    if (!this.open.delete(id)) throw new Error(`backing id ${id} closed twice`);
+    if (!this.held.delete(id)) throw new Error(`backing id ${id} closed twice`);
   }
 }
 
@@ -95,7 +96,7 @@ beforeEach(async () => {
   backings = new RecordedBackings();
   const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
   vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 64 << 20 });
-  vfs.usePassthrough({ open: () => backings.register(), close: (id) => backings.close(id) });
+  vfs.usePassthrough(backings);
 });
 
 afterEach(async () => {
@@ -117,9 +118,9 @@ describe('passthrough opens', () => {
     expect(await registryValue(metrics.registry, 'cachefs_fuse_passthrough_open')).toBe(1);
     expect(await registryValue(metrics.registry, 'cachefs_fuse_passthrough_opens_total')).toBe(2);
     vfs.release(a.fh);
-    expect(backings.open.size).toBe(1);
+    expect(backings.held.size).toBe(1);
     vfs.release(b.fh);
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
     expect(await registryValue(metrics.registry, 'cachefs_fuse_passthrough_open')).toBe(0);
   });
 
@@ -133,7 +134,7 @@ describe('passthrough opens', () => {
     vfs.release(ordinary.fh);
     // The second ordinary open of small.bin is still held: still no passthrough.
     expect((await openOf('small.bin')).backingId).toBeUndefined();
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
   });
 
   it('fails STALE an open of a new version while the old one passes through, and passes the new one through once those are released', async () => {
@@ -145,12 +146,12 @@ describe('passthrough opens', () => {
     const refused = await openOf('small.bin').catch((err: unknown) => err);
     expect(isCachefsError(refused, 'STALE')).toBe(true);
     vfs.release(old.fh);
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
     const next = await openOf('small.bin');
     expect(next.backingId).toBeDefined();
     expect(next.backingId).not.toBe(old.backingId);
     vfs.release(next.fh);
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
   });
 
   it("keeps a released file's backing registered for the next open of its version, and gives it back when the store drops the file or another version is opened", async () => {
@@ -158,11 +159,11 @@ describe('passthrough opens', () => {
     const client = new BlockClient(store, { blockSize: BLOCK, readaheadBytes: 0 });
     const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 1, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
     vfs = new Vfs({ fs, client, metrics: new Metrics(false), metaBudgetBytes: 64 << 20 });
-    vfs.usePassthrough({ open: () => backings.register(), close: (id) => backings.close(id) });
+    vfs.usePassthrough(backings);
     store.cached.add('small.bin');
     const first = await openOf('small.bin');
     vfs.release(first.fh);
-    expect(backings.open.size).toBe(1); // kept
+    expect(backings.held.size).toBe(1); // kept
     const again = await openOf('small.bin');
     expect(again.backingId).toBe(first.backingId);
     expect(store.looks).toBe(1); // no look for the file, no registration
@@ -170,21 +171,21 @@ describe('passthrough opens', () => {
     // The store drops the file: the kept backing goes with it.
     const object = await fs.open('/small.bin', 0);
     store.drop(blockRef(object, BLOCK, 0).id);
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
     const third = await openOf('small.bin');
     expect(third.backingId).not.toBe(first.backingId);
     // Dropped while open: given back at the release, not kept.
     store.drop(blockRef(object, BLOCK, 0).id);
     vfs.release(third.fh);
-    expect(backings.open.size).toBe(0);
+    expect(backings.held.size).toBe(0);
     // Kept, then the object changes: the open of the new version gives the old one back.
     vfs.release((await openOf('small.bin')).fh);
-    expect(backings.open.size).toBe(1);
+    expect(backings.held.size).toBe(1);
     writeFileSync(path.join(dir, 'small.bin'), Buffer.alloc(100, 3));
     await new Promise((r) => setTimeout(r, 5)); // past the 1 ms metadata TTL
     const next = await openOf('small.bin');
-    expect(backings.open.size).toBe(1);
-    expect([...backings.open]).toEqual([next.backingId]);
+    expect(backings.held.size).toBe(1);
+    expect([...backings.held]).toEqual([next.backingId]);
     vfs.release(next.fh);
   });
 

@@ -75,7 +75,8 @@ describe("a worker's dataset routes", () => {
   it('answer 401 to fill, inventory and evict without the cluster secret or with a wrong one, and fill nothing', async () => {
     const base = `http://${worker.address}/v1/dataset`;
     const id = blockRef({ mount: NAMESPACE_MOUNT_ID, key: 'sec/data.bin', etag: 'x', size: 1 }, MiB, 0).id;
-    for (const headers of [{}, { authorization: `Bearer ${'0'.repeat(64)}` }]) {
+    const refused: Record<string, string>[] = [{}, { authorization: `Bearer ${'0'.repeat(64)}` }];
+    for (const headers of refused) {
       expect((await post(`${base}/fill`, fillBody, headers)).status).toBe(401);
       expect((await post(`${base}/inventory`, JSON.stringify({ ids: [id] }), headers)).status).toBe(401);
       expect((await post(`${base}/evict`, JSON.stringify({ ids: [id] }), headers)).status).toBe(401);
