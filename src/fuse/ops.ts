@@ -124,7 +124,6 @@ type ConnectionState = 'new' | 'ready' | 'destroyed';
 
 export class FuseOps implements SessionHandler {
   private state: ConnectionState = 'new';
-  private readonly opMetrics = new Map<string, { count: { inc(): void }; seconds: { observe(v: number): void } }>();
 
   private static readonly OPS: ReadonlyMap<number, OpSpec> = new Map<number, OpSpec>([
     [Op.INIT, { name: 'init', minBody: 8, handle: (o, _h, b, r) => o.init(b, r) }],
@@ -355,12 +354,10 @@ export class FuseOps implements SessionHandler {
 
   /** Counts the op and returns a function that records its duration when it is answered. */
   private count(op: string): () => void {
-    let m = this.opMetrics.get(op);
-    if (!m) this.opMetrics.set(op, (m = { count: this.metrics.fuseOps.labels(op), seconds: this.metrics.fuseOpSeconds.labels(op) }));
-    m.count.inc();
-    const t0 = process.hrtime.bigint();
-    const seconds = m.seconds;
-    return () => seconds.observe(Number(process.hrtime.bigint() - t0) / 1e9);
+    const record = this.metrics.fuseOps.of(op);
+    record.count += 1;
+    const t0 = performance.now();
+    return () => record.observe((performance.now() - t0) / 1000);
   }
 
   /**

@@ -5,7 +5,8 @@
  * served them: `cache` (embedded cache), `short_circuit` (with `via="descriptor"` or
  * `via="path"`), `domain_socket`, `remote`, `ufs`.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { OpTimings } from './op-timings.js';
 
 export type ReadPath = 'cache' | 'short_circuit' | 'domain_socket' | 'remote' | 'ufs';
 
@@ -28,18 +29,16 @@ export class Metrics {
   readonly ufsRequests = this.counter('cachefs_ufs_requests_total', 'Requests to the UFS', ['op']);
   readonly ufsReadBytes = this.counter('cachefs_ufs_read_bytes_total', 'Bytes fetched from the UFS');
   readonly ufsErrors = this.counter('cachefs_ufs_errors_total', 'Failed UFS requests', ['op', 'code']);
-  readonly fuseOps = this.counter('cachefs_fuse_ops_total', 'FUSE operations', ['op']);
-  readonly fuseOpSeconds = new Histogram({
-    name: 'cachefs_fuse_op_seconds',
-    help: 'Time from a FUSE request reaching cachefs to its answer, by op',
-    labelNames: ['op'],
-    buckets: [0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2, 1, 5],
-    registers: [this.registry],
-  });
+  readonly fuseOps = new OpTimings(
+    this.registry,
+    { name: 'cachefs_fuse_ops_total', help: 'FUSE operations' },
+    { name: 'cachefs_fuse_op_seconds', help: 'Time from a FUSE request reaching cachefs to its answer, by op' },
+    [0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2, 1, 5],
+  );
   readonly fuseReadBytes = this.counter('cachefs_fuse_read_bytes_total', "Bytes answered to the kernel's reads; more than the files' sizes when the kernel dropped pages and asked again");
   readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
-  readonly metaCacheHits = this.counter('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
-  readonly metaCacheMisses = this.counter('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
+  readonly metaCacheHits = this.tallied('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
+  readonly metaCacheMisses = this.tallied('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
   readonly listedEntries = this.counter('cachefs_listed_entries_total', 'Directory entries read from the UFS by listings');
   readonly metaCacheBytes = this.sampled('cachefs_meta_cache_bytes', 'Estimated bytes of the metadata cache (entries and whole listings), within --meta-cache-size');
   readonly vfsNodes = this.sampled('cachefs_vfs_nodes', 'Node ids the kernel holds');
@@ -76,6 +75,13 @@ export class Metrics {
     return sampled;
   }
 
+  /** A counter of the hot path (a lookup, a request): a number added to, read when scraped. */
+  private tallied(name: string, help: string): Tally {
+    const tally = new Tally();
+    new Counter({ name, help, registers: [this.registry], collect() { this.reset(); this.inc(tally.count); } });
+    return tally;
+  }
+
   private gauge<L extends string>(name: string, help: string, labelNames: L[] = []): Gauge<L> {
     return new Gauge({ name, help, labelNames, registers: [this.registry] });
   }
@@ -91,5 +97,14 @@ export class SampledGauge {
 
   sample(): number {
     return this.source();
+  }
+}
+
+/** The value behind a tallied counter. */
+export class Tally {
+  count = 0;
+
+  inc(): void {
+    this.count += 1;
   }
 }
