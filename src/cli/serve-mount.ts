@@ -19,6 +19,7 @@ import { BlockClient } from '../client/block-client.js';
 import { FuseMount } from '../fuse/fuse-mount.js';
 import { MountAnchor } from '../heal/mount-anchor.js';
 import { checkMountpoint } from '../sys/mountpoint.js';
+import { loadMappedFiles } from '../sys/mapped-file.js';
 import type { Logger } from '../log.js';
 import { Metrics } from '../metrics/metrics.js';
 import { MetricsServer } from '../metrics/metrics-server.js';
@@ -109,7 +110,7 @@ export async function serveMount(config: MountConfig, log: Logger, kept?: KeptCo
           })
         : undefined;
     if (dirPrefetch) closers.push(async () => dirPrefetch.close());
-    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, dirPrefetch, journal: handover && { file: handover.journalFile, held: handover.held } });
+    const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, dirPrefetch, journal: handover && { file: handover.journalFile, held: handover.held, mapped: await loadMappedFiles() } });
     const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,
       entryTimeoutSec: config.entryTimeoutMs / 1000,

@@ -6,15 +6,17 @@
  * opened again at its first use, a restored node's lookup count is not known.
  *
  * The file is append-only, one line per change, each written before the kernel is
- * answered (a write to the page cache: it outlives the process, which is all that is
- * asked of it). `n ID "PATH"` a node made, `x ID` a node dropped, `f FH "PATH"` and
+ * answered: copied into a shared mapping of the file (`sys/mapped-file.ts`; written
+ * where koffi cannot load), so into the page cache: it outlives the process, which is
+ * all that is asked of it. Unwritten zero bytes past and between lines are skipped. `n ID "PATH"` a node made, `x ID` a node dropped, `f FH "PATH"` and
  * `d FH "PATH"` a file or directory opened, `r FH` a handle released. A torn last
  * line (the process died writing it) is ignored. When dead lines outnumber live
  * ones, the file is written anew from the live state (a new file renamed over it).
  * The directory is the mount's private runtime dir; the file is 0600.
  */
-import { closeSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
 import { CachefsError } from '../errors.js';
+import { textOfAppended, type MappedFiles } from '../sys/mapped-file.js';
 
 export type HandleKind = 'file' | 'dir';
 
@@ -37,8 +39,15 @@ export interface LiveState {
 /** Dead lines (dropped nodes, released handles, and their records) allowed beyond the live ones before the file is written anew. */
 const SLACK_LINES = 65_536;
 
+/** Where lines go: the file's mapping, or write(2). */
+interface Appender {
+  append(text: string): void;
+  close(): void;
+}
+
 export class KernelJournal {
-  private fd: number;
+  /** Set by `fresh`, and by `rewrite` (which `resume` starts with). */
+  private out: Appender | undefined;
   /** Lines in the file, and records in it that are still live. */
   private lines = 0;
   private live = 0;
@@ -46,21 +55,22 @@ export class KernelJournal {
   private constructor(
     private readonly file: string,
     private readonly state: LiveState,
-  ) {
-    this.fd = openSync(file, 'a', 0o600);
-  }
+    private readonly mapped: MappedFiles | undefined,
+  ) {}
 
-  /** A new, empty journal at `file` (a journal left there by an earlier mount is dropped). */
-  static fresh(file: string, state: LiveState): KernelJournal {
+  /** A new, empty journal at `file` (a journal left there by an earlier mount is dropped); appended to through `mapped` when given. */
+  static fresh(file: string, state: LiveState, mapped?: MappedFiles): KernelJournal {
     closeSync(openSync(file, 'w', 0o600));
-    return new KernelJournal(file, state);
+    const journal = new KernelJournal(file, state, mapped);
+    journal.out = journal.appender();
+    return journal;
   }
 
   /** Reads the journal at `file`; throws NOT_FOUND when there is none. */
   static read(file: string): HeldState {
     let text: string;
     try {
-      text = readFileSync(file, 'utf8');
+      text = textOfAppended(readFileSync(file));
     } catch (err) {
       throw new CachefsError('NOT_FOUND', `no journal of the kernel's nodes at ${file}: ${(err as Error).message}`, { cause: err });
     }
@@ -95,8 +105,8 @@ export class KernelJournal {
   }
 
   /** Continues the journal at `file` (read with `read`), written anew from `state` first. */
-  static resume(file: string, state: LiveState): KernelJournal {
-    const journal = new KernelJournal(file, state);
+  static resume(file: string, state: LiveState, mapped?: MappedFiles): KernelJournal {
+    const journal = new KernelJournal(file, state, mapped);
     journal.rewrite();
     return journal;
   }
@@ -122,11 +132,13 @@ export class KernelJournal {
   }
 
   close(): void {
-    closeSync(this.fd);
+    this.out?.close();
+    this.out = undefined;
   }
 
   private append(line: string): void {
-    writeSync(this.fd, line);
+    if (!this.out) throw new CachefsError('IO', "the journal of the kernel's nodes is closed");
+    this.out.append(line);
     this.lines += 1;
     if (this.lines > 2 * this.live + SLACK_LINES) this.rewrite();
   }
@@ -156,8 +168,15 @@ export class KernelJournal {
       closeSync(fd);
     }
     renameSync(tmp, this.file);
-    closeSync(this.fd);
-    this.fd = openSync(this.file, 'a', 0o600);
+    this.out?.close();
+    this.out = this.appender();
     this.lines = this.live = lines;
+  }
+
+  /** Appends to the journal's file after what is in it. */
+  private appender(): Appender {
+    if (this.mapped) return this.mapped.open(this.file, 0o600, statSync(this.file).size);
+    const fd = openSync(this.file, 'a', 0o600);
+    return { append: (text) => writeSync(fd, text), close: () => closeSync(fd) };
   }
 }

@@ -32,6 +32,7 @@ import type { Metrics } from '../metrics/metrics.js';
 import { modeOf, type Attr } from './entry.js';
 import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
+import type { MappedFiles } from '../sys/mapped-file.js';
 import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
 import { childPath, Nodes, type Node } from './nodes.js';
 import { PassthroughOpens, type BackingFiles } from './passthrough.js';
@@ -123,7 +124,7 @@ export interface VfsConfig {
   /** Prefetches the small files of directories being read whole (--prefetch-files); none when off. */
   dirPrefetch?: DirectoryPrefetch;
   /** Where the nodes and handles the kernel holds are written down; `held`: what a serving process before this one left there, to start from. */
-  journal?: { file: string; held?: HeldState };
+  journal?: { file: string; held?: HeldState; mapped?: MappedFiles };
 }
 
 /** What a released file's work is aborted with: one object for all (an AbortController's default reason, a DOMException, cost ~50 us to make per release here). */
@@ -200,7 +201,7 @@ export class Vfs {
     this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
     this.passthrough = new PassthroughOpens(config.client, config.metrics);
     if (config.journal) {
-      const { file, held } = config.journal;
+      const { file, held, mapped } = config.journal;
       if (held) {
         for (const [id, path] of held.nodes) this.nodes.restore(id, path, held.nextNode);
         for (const [fh, handle] of held.handles) {
@@ -211,7 +212,7 @@ export class Vfs {
         this.nextHandle = held.nextHandle;
       }
       const live = { nodes: () => this.nodes.entries(), handles: () => this.liveHandles() };
-      this.journal = held ? KernelJournal.resume(file, live) : KernelJournal.fresh(file, live);
+      this.journal = held ? KernelJournal.resume(file, live, mapped) : KernelJournal.fresh(file, live, mapped);
       const journal = this.journal;
       this.nodes.observer = { made: (id, path) => journal.nodeMade(id, path), dropped: (id) => journal.nodeDropped(id) };
     }
