@@ -53,9 +53,9 @@ export function modeOf(entry: Known): number {
 
 export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr {
   if (entry.kind === 'dir') {
-    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: DIR_BLKSIZE, ...owner };
+    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: DIR_BLKSIZE, uid: owner.uid, gid: owner.gid };
   }
-  return { version: entry.etag, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, ...owner };
+  return { version: entry.etag, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, uid: owner.uid, gid: owner.gid };
 }
 
 /**

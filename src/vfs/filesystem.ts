@@ -98,7 +98,8 @@ export class Filesystem {
     if (key === '') return { kind: 'dir', key: '', mtimeMs: this.mountedAt };
     const parent = parentKey(key);
     const name = baseName(key);
-    if (!isPosixName(name) || !parent.split('/').every((p, i) => (i === 0 && p === '') || isPosixName(p))) throw notFound(path);
+    if (!isPosixName(name)) throw notFound(path);
+    // What the cache knows is under a parent that was asked of the store, so checked then.
     const cached = this.cache.get(key, parent, name);
     if (cached !== undefined) {
       this.config.metrics.metaCacheHits.inc();
@@ -106,6 +107,7 @@ export class Filesystem {
       if (cached.kind !== 'listed') return cached;
       return this.found(path, this.resolve(cached, true));
     }
+    if (!parent.split('/').every((p, i) => (i === 0 && p === '') || isPosixName(p))) throw notFound(path);
     this.config.metrics.metaCacheMisses.inc();
     return this.found(path, this.lookups.do(key, () => this.probe(key)));
   }
