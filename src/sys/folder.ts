@@ -122,6 +122,30 @@ export interface FileStatx {
   ctimeNs: bigint;
 }
 
+/** Bytes of one file's figures as the stat thread hands them over: a u32 status, then statx's fields from `stx_mode`. */
+export const STAT_RECORD = 4 + 100;
+/** Where statx's struct's fields that `decodeStatx` reads begin, and end. */
+const STATX_FROM = 28;
+const STATX_TO = 128;
+
+/** The figures of a statx struct whose byte 0 is at `base` of `b` (only its bytes from STATX_FROM on need be there). */
+function decodeStatx(b: Buffer, base: number): FileStatx {
+  return {
+    type: b.readUInt16LE(base + 28) & S_IFMT,
+    ino: b.readBigUInt64LE(base + 32),
+    size: b.readBigUInt64LE(base + 40),
+    ctimeNs: b.readBigInt64LE(base + 96) * 1_000_000_000n + BigInt(b.readUInt32LE(base + 104)),
+    mtimeNs: b.readBigInt64LE(base + 112) * 1_000_000_000n + BigInt(b.readUInt32LE(base + 120)),
+  };
+}
+
+/** The figures of `name`, null when it is not there (ENOENT, ENOTDIR); other errnos are thrown. */
+function statResult(errno: number, name: string, figures: () => FileStatx): FileStatx | null {
+  if (errno === 0) return figures();
+  if (errno === os.errno.ENOENT || errno === os.errno.ENOTDIR) return null;
+  throw new CachefsError(errno === os.errno.EACCES || errno === os.errno.EPERM ? 'ACCESS_DENIED' : 'IO', `cannot stat ${name}: errno ${errno}`);
+}
+
 /**
  * Stats names relative to an open folder (`dirfd`), not following a last symlink: an
  * undefined function where koffi cannot load. Each call answers the file's figures, null
@@ -131,18 +155,30 @@ export async function statxOf(): Promise<((dirfd: number, name: string) => FileS
   const c = await loadCalls();
   if (!c) return undefined;
   const b = Buffer.alloc(STATX_BYTES);
-  return (dirfd, name) => {
-    if (c.statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, b) !== 0) {
-      const errno = c.errno();
-      if (errno === os.errno.ENOENT || errno === os.errno.ENOTDIR) return null;
-      throw new CachefsError(errno === os.errno.EACCES || errno === os.errno.EPERM ? 'ACCESS_DENIED' : 'IO', `cannot stat ${name}: errno ${errno}`);
-    }
-    return {
-      type: b.readUInt16LE(28) & S_IFMT,
-      ino: b.readBigUInt64LE(32),
-      size: b.readBigUInt64LE(40),
-      ctimeNs: b.readBigInt64LE(96) * 1_000_000_000n + BigInt(b.readUInt32LE(104)),
-      mtimeNs: b.readBigInt64LE(112) * 1_000_000_000n + BigInt(b.readUInt32LE(120)),
-    };
+  return (dirfd, name) => statResult(c.statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, b) === 0 ? 0 : c.errno(), name, () => decodeStatx(b, 0));
+}
+
+/**
+ * Stats `names` relative to `dirfd` into records of STAT_RECORD bytes (the stat thread's
+ * work, `folder-stat-thread.ts`): each its errno (0 when stat'ed) and statx's fields.
+ */
+export async function statxRecords(): Promise<((dirfd: number, names: readonly string[]) => Buffer) | undefined> {
+  const c = await loadCalls();
+  if (!c) return undefined;
+  const b = Buffer.alloc(STATX_BYTES);
+  return (dirfd, names) => {
+    const out = Buffer.from(new ArrayBuffer(names.length * STAT_RECORD)); // its own memory: it may be moved to another thread
+    names.forEach((name, i) => {
+      const at = i * STAT_RECORD;
+      if (c.statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, b) !== 0) out.writeUInt32LE(c.errno() || os.errno.EIO, at);
+      else b.copy(out, at + 4, STATX_FROM, STATX_TO);
+    });
+    return out;
   };
+}
+
+/** The figures of record `i` of `records` (as `statxRecords` made them). */
+export function statxOfRecord(records: Buffer, i: number, name: string): FileStatx | null {
+  const at = i * STAT_RECORD;
+  return statResult(records.readUInt32LE(at), name, () => decodeStatx(records, at + 4 - STATX_FROM));
 }

@@ -17,7 +17,8 @@ import { lstat, open, readdir, readlink, realpath, stat } from 'node:fs/promises
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
-import { DirStream, DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, statxOf, type FileStatx } from '../sys/folder.js';
+import { DirStream, DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, statxOf } from '../sys/folder.js';
+import { StatThread } from '../sys/stat-thread.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
 
@@ -61,6 +62,8 @@ export class LocalUfs implements Ufs {
   private realRoot: string | undefined;
   /** The last folder whose files were stat'ed, and whether it is inside the root (`folderInside`). */
   private lastFolder: { dir: string; until: number; inside: Promise<boolean> } | undefined;
+  /** Stats the files of listing pages off the event loop. */
+  private readonly stats = new StatThread();
 
   constructor(uri: UfsUri) {
     this.displayUri = uri.text;
@@ -107,28 +110,27 @@ export class LocalUfs implements Ufs {
 
   /**
    * The files of one listing page, stat'ed together: each by statx(2) relative to its
-   * folder's descriptor, in one synchronous loop (a stat is a few microseconds of system
-   * time; one promise per file through the thread pool cost several times that in this
-   * process). The folder is opened once and checked to be inside the root by what the
-   * descriptor points to; a symlink is stat'ed alone the careful way (`stat`).
+   * folder's descriptor, in a thread of their own (`sys/stat-thread.ts`: the event loop goes
+   * on serving meanwhile; a promise per file through the thread pool cost several times a
+   * stat in this process). The folder is opened once and checked to be inside the root by
+   * what the descriptor points to; a symlink is stat'ed alone the careful way (`stat`).
    */
   async statFiles(keys: readonly string[]): Promise<(UfsObject | null)[]> {
-    const statx = await statxOf();
-    if (!statx) return Promise.all(keys.map((k) => this.stat(k)));
+    if (!(await statxOf())) return Promise.all(keys.map((k) => this.stat(k)));
     const out: (UfsObject | null)[] = new Array<UfsObject | null>(keys.length).fill(null);
     let from = 0;
     while (from < keys.length) {
       const folderKey = keys[from]!.slice(0, keys[from]!.lastIndexOf('/') + 1);
       let to = from + 1;
       while (to < keys.length && keys[to]!.startsWith(folderKey) && keys[to]!.indexOf('/', folderKey.length) < 0) to++;
-      await this.statFolderFiles(statx, folderKey, keys, from, to, out);
+      await this.statFolderFiles(folderKey, keys, from, to, out);
       from = to;
     }
     return out;
   }
 
   /** Stats keys[from, to), files of the folder `folderKey` ('' or ending in '/'), into `out`. */
-  private async statFolderFiles(statx: (dirfd: number, name: string) => FileStatx | null, folderKey: string, keys: readonly string[], from: number, to: number, out: (UfsObject | null)[]): Promise<void> {
+  private async statFolderFiles(folderKey: string, keys: readonly string[], from: number, to: number, out: (UfsObject | null)[]): Promise<void> {
     let fd: number;
     try {
       fd = openSync(this.resolve(folderKey), constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NONBLOCK);
@@ -139,11 +141,12 @@ export class LocalUfs implements Ufs {
     const links: number[] = [];
     try {
       if (!(await this.contains(readlinkSync(`/proc/self/fd/${fd}`)))) return;
-      for (let i = from; i < to; i++) {
-        const st = statx(fd, keys[i]!.slice(folderKey.length));
+      const figures = await this.stats.stat(fd, keys.slice(from, to).map((k) => k.slice(folderKey.length)));
+      figures.forEach((st, j) => {
+        const i = from + j;
         if (st?.type === S_IFREG) out[i] = { key: keys[i]!, size: Number(st.size), mtimeMs: Number(st.mtimeNs / 1000n) / 1000, etag: versionOf(st.ino, st.size, st.mtimeNs, st.ctimeNs) };
         else if (st?.type === S_IFLNK) links.push(i);
-      }
+      });
     } finally {
       closeSync(fd);
     }
@@ -305,6 +308,7 @@ export class LocalUfs implements Ufs {
 
   async close(): Promise<void> {
     for (const id of [...this.walks.keys()]) this.drop(id);
+    this.stats.close();
   }
 
   /**
