@@ -261,11 +261,11 @@ export class FuseOps implements SessionHandler {
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
     let at = 0;
     for (const e of entries) {
-      const name = Buffer.from(e.name);
-      if (at + direntPlusSize(name) > size) break;
+      const nameBytes = Buffer.byteLength(e.name);
+      if (at + direntPlusSize(nameBytes) > size) break;
       const node = e.take();
       const entry = node && { nodeid: node.nodeId, attr: node.attr, entrySec: entryTimeoutSec, attrSec: attrTimeoutSec };
-      at = putDirentPlus(out, at, entry, node?.nodeId ?? e.ino ?? UNKNOWN_INO, e.next, e.mode, name);
+      at = putDirentPlus(out, at, entry, node?.nodeId ?? e.ino ?? UNKNOWN_INO, e.next, e.mode, e.name, nameBytes);
     }
     return out.subarray(0, at);
   }
@@ -394,9 +394,9 @@ function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
   const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (const e of entries) {
-    const name = Buffer.from(e.name);
-    if (at + direntSize(name) > size) break;
-    at = putDirent(out, at, e.ino ?? UNKNOWN_INO, e.next, e.mode, name);
+    const nameBytes = Buffer.byteLength(e.name);
+    if (at + direntSize(nameBytes) > size) break;
+    at = putDirent(out, at, e.ino ?? UNKNOWN_INO, e.next, e.mode, e.name, nameBytes);
   }
   return out.subarray(0, at);
 }

@@ -326,25 +326,25 @@ export function statfsOut(s: StatFsOut): Buffer {
 export const UNKNOWN_INO = 0xffffffff;
 
 /** Bytes a fuse_dirent of `name` takes (24 bytes of header, the name, padding to 8). */
-export function direntSize(name: Buffer): number {
-  return (24 + name.length + 7) & ~7;
+export function direntSize(nameBytes: number): number {
+  return (24 + nameBytes + 7) & ~7;
 }
 
-/** Writes a fuse_dirent at `at`; `next` is the offset the kernel passes back to continue after it. */
-export function putDirent(b: Buffer, at: number, ino: number, next: number, mode: number, name: Buffer): number {
-  const size = direntSize(name);
-  b.fill(0, at, at + size);
+/** Writes a fuse_dirent of `name` (`nameBytes` of UTF-8) at `at`; `next` is the offset the kernel passes back to continue after it. */
+export function putDirent(b: Buffer, at: number, ino: number, next: number, mode: number, name: string, nameBytes: number): number {
+  const size = direntSize(nameBytes);
   putU64(b, at, ino);
   putU64(b, at + 8, next);
-  b.writeUInt32LE(name.length, at + 16);
+  b.writeUInt32LE(nameBytes, at + 16);
   b.writeUInt32LE((mode >>> 12) & 0o17, at + 20); // DT_* from the file type bits
-  name.copy(b, at + 24);
+  b.write(name, at + 24, nameBytes, 'utf8');
+  b.fill(0, at + 24 + nameBytes, at + size); // the padding
   return at + size;
 }
 
-/** Bytes a fuse_direntplus of `name` takes: a fuse_entry_out, then the fuse_dirent. */
-export function direntPlusSize(name: Buffer): number {
-  return ENTRY_OUT + direntSize(name);
+/** Bytes a fuse_direntplus of a name of `nameBytes` takes: a fuse_entry_out, then the fuse_dirent. */
+export function direntPlusSize(nameBytes: number): number {
+  return ENTRY_OUT + direntSize(nameBytes);
 }
 
 /** The node and attributes of a fuse_direntplus; none (node id 0) tells the kernel to take only the name. */
@@ -356,7 +356,7 @@ export interface DirentPlusEntry {
 }
 
 /** Writes a fuse_direntplus at `at` (`b` zeroed there); returns where the next one goes. */
-export function putDirentPlus(b: Buffer, at: number, entry: DirentPlusEntry | undefined, ino: number, next: number, mode: number, name: Buffer): number {
+export function putDirentPlus(b: Buffer, at: number, entry: DirentPlusEntry | undefined, ino: number, next: number, mode: number, name: string, nameBytes: number): number {
   if (entry) putEntry(b, at, entry.nodeid, entry.attr, entry.entrySec, entry.attrSec);
-  return putDirent(b, at + ENTRY_OUT, ino, next, mode, name);
+  return putDirent(b, at + ENTRY_OUT, ino, next, mode, name, nameBytes);
 }
