@@ -9,7 +9,9 @@
 #   block files                  - dd of the block files directly (the disk's figure)
 #   bindfs                       - a bindfs (C FUSE passthrough) mount of the tier dir
 # Two workers on their own tiers, one per cache group: `bench` passes descriptors, `bench-path`
-# does not. Prints MB/s medians of RUNS runs (default 5), min-max, the ratios (targets:
+# does not. PASSTHROUGH=off (the default) mounts with --no-passthrough, so every row is read
+# through cachefs by the path it names; PASSTHROUGH=on lets the kernel read the files the
+# co-located rows open (passed descriptors, or paths) itself (FUSE passthrough). Prints MB/s medians of RUNS runs (default 5), min-max, the ratios (targets:
 # descriptor (tier hidden) >= 0.95 x path and >= 1.5 x remote; short-circuit >= 0.8 x bindfs),
 # and the load average before and after.
 set -euo pipefail
@@ -19,6 +21,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench: run as root (drops the page cache, makes namespaces)" >&2; exit 1; }
 bash scripts/setup.sh bindfs
 RUNS=${RUNS:-5}
+PASSTHROUGH=${PASSTHROUGH:-off}
+case $PASSTHROUGH in on) pt=() ;; off) pt=(--no-passthrough) ;; *) echo "bench: PASSTHROUGH=$PASSTHROUGH: expected on or off" >&2; exit 2 ;; esac
 SIZE_MIB=${SIZE_MIB:-256}
 work=$(mktemp -d /tmp/cachefs-bench-sc.XXXXXX)
 pids=()
@@ -48,7 +52,7 @@ pids+=($!)
 for _ in $(seq 100); do ls "$work/sock2" 2>/dev/null | grep -q . && break; sleep 0.1; done
 sleep 2.5 # mounts refresh the worker list every 2 s
 
-mount_args() { echo --master "$master" --cache-group "$1" --no-sharing --cache-dir "$work/c-$2" --log-level warn; }
+mount_args() { echo --master "$master" --cache-group "$1" --no-sharing --cache-dir "$work/c-$2" --log-level warn "${pt[@]}"; }
 node bin/cachefs mount "$work/sc" $(mount_args bench sc)
 node bin/cachefs mount "$work/scp" $(mount_args bench-path scp)
 node bin/cachefs mount "$work/remote" $(mount_args bench remote) --short-circuit off
@@ -89,7 +93,7 @@ passed=$(curl -s "http://127.0.0.1:$wport/metrics" | awk '/^cachefs_worker_passe
 
 m_fd=$(median "${fd[@]}"); m_fdh=$(median "${fdh[@]}"); m_path=$(median "${path[@]}"); m_ds=$(median "${ds[@]}")
 m_remote=$(median "${remote[@]}"); m_direct=$(median "${direct[@]}"); m_bind=$(median "${bind[@]}")
-printf '\n%s MiB file cached on a co-located worker, %s runs, MB/s (median, min-max); load average %s before, %s after\n' "$SIZE_MIB" "$RUNS" "$load_before" "$load_after"
+printf '\n%s MiB file cached on a co-located worker, passthrough %s, %s runs, MB/s (median, min-max); load average %s before, %s after\n' "$SIZE_MIB" "$PASSTHROUGH" "$RUNS" "$load_before" "$load_after"
 printf '%-36s %8s  %s\n' "short_circuit (descriptor)" "$m_fd" "$(minmax "${fd[@]}")"
 printf '%-36s %8s  %s\n' "short_circuit (descriptor, hidden)" "$m_fdh" "$(minmax "${fdh[@]}")"
 printf '%-36s %8s  %s\n' "short_circuit (path)" "$m_path" "$(minmax "${path[@]}")"
