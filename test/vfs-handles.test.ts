@@ -5,7 +5,7 @@
  * may keep cached across opens, listing snapshots, the per-file read queue, and
  * cancellation reaching the block reads.
  */
-import { mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -152,6 +152,35 @@ describe('Vfs', () => {
     const changed = await vfs.opendir(ROOT, live());
     expect(changed.keepCache).toBe(false); // c.txt appeared
     expect((await vfs.opendir(ROOT, live())).keepCache).toBe(true);
+  });
+
+  it('lets the kernel keep a listing of several pages it read to its end through one open, at the next open while it is unchanged', async () => {
+    const big = path.join(dir, 'big');
+    await mkdir(big);
+    for (let i = 0; i < 1500; i++) await writeFile(path.join(big, `f${i}`), '');
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 300, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    const v = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 64 << 20 });
+    const { nodeId } = await v.lookup(ROOT, 'big', live());
+    /** Opens the directory and reads it as the kernel does, to the end (an empty answer); the open's answer and the names read. */
+    const readWhole = async (): Promise<{ keepCache: boolean; names: number }> => {
+      const opened = await v.opendir(nodeId, live());
+      let offset = 0;
+      let names = 0;
+      for (;;) {
+        const page = [...(await v.readdir(opened.fh, offset))];
+        if (page.length === 0) break;
+        names += page.length;
+        offset = page.at(-1)!.next;
+      }
+      v.releasedir(opened.fh);
+      return { keepCache: opened.keepCache, names };
+    };
+    expect(await readWhole()).toEqual({ keepCache: false, names: 1502 }); // streamed: more than one page of the store
+    expect(await readWhole()).toEqual({ keepCache: true, names: 1502 });
+    await writeFile(path.join(big, 'new'), '');
+    await new Promise((r) => setTimeout(r, 350)); // past the metadata TTL
+    expect(await readWhole()).toEqual({ keepCache: false, names: 1503 });
+    expect(await readWhole()).toEqual({ keepCache: true, names: 1503 });
   });
 
   it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget; names only past that or before a stat', async () => {

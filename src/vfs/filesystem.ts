@@ -176,6 +176,11 @@ export class Filesystem {
     return { dir, listing: this.cache.listing(dir.key) };
   }
 
+  /** The complete listing of the directory at `path` when a fresh one is cached (nothing is asked of the store). */
+  cachedListing(path: string): Listing | undefined {
+    return this.cache.listing(keyOfPath(path));
+  }
+
   /** The attributes of an entry as the kernel gets them. */
   attrOf(entry: Entry): Attr {
     return attrOf(entry, this.config.owner);

@@ -170,6 +170,10 @@ interface DirHandle {
   /** Its own attributes, for `.` and `..`. */
   self: Attr;
   pages: DirPages;
+  /** The kernel was answered the end of the listing through it (it has cached the listing whole, as `FOPEN_CACHE_DIR` asked). */
+  readToEnd: boolean;
+  /** Opened by this process (not restored from one before it, which answered the kernel's first reads of it). */
+  ownAnswers: boolean;
 }
 
 export class Vfs {
@@ -403,7 +407,7 @@ export class Vfs {
     const pages = listing ? DirPages.whole(listing.children) : await DirPages.open(this.fs.streamListing(dir.key), cancel.signal);
     throwIfCancelled(cancel);
     const fh = this.nextHandle++;
-    this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages });
+    this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages, readToEnd: false, ownAnswers: true });
     this.journal?.opened(fh, 'dir', node.path);
     const complete = pages.complete;
     if (!complete) {
@@ -411,7 +415,7 @@ export class Vfs {
       return { fh, keepCache: false, cacheDir: node.listedCount === undefined || node.listedCount <= this.maxCachedListing };
     }
     node.listedCount = complete.length;
-    const fingerprint = listingFingerprint(complete);
+    const fingerprint = listingFingerprint(complete, !this.fs.listsByName);
     const keepCache = fingerprint === node.openedListing;
     node.openedListing = fingerprint;
     return { fh, keepCache, cacheDir: true };
@@ -422,8 +426,15 @@ export class Vfs {
     const reopened = this.dirs.has(fh) ? undefined : this.reopen(fh, 'dir');
     if (reopened) return reopened.then(() => this.readdir(fh, offset));
     const dir = this.dir(fh);
-    const children = dir.pages.from(offset);
+    const children = this.childrenFrom(dir, offset);
     return children instanceof Promise ? children.then((c) => this.entriesFrom(dir, offset, c)) : this.entriesFrom(dir, offset, children);
+  }
+
+  /** The children from `offset` on; noting when the kernel is answered the listing's end. */
+  private childrenFrom(dir: DirHandle, offset: number): Iterable<PlacedChild> | Promise<Iterable<PlacedChild>> {
+    const children = dir.pages.from(offset);
+    if (offset >= FIRST_CHILD && dir.pages.ended && offset >= FIRST_CHILD + dir.pages.known) dir.readToEnd = true;
+    return children;
   }
 
   /**
@@ -436,7 +447,7 @@ export class Vfs {
     const reopened = this.dirs.has(fh) ? undefined : this.reopen(fh, 'dir');
     if (reopened) return reopened.then(() => this.readdirplus(fh, offset));
     const dir = this.dir(fh);
-    const children = dir.pages.from(offset);
+    const children = this.childrenFrom(dir, offset);
     return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
   }
 
@@ -486,6 +497,9 @@ export class Vfs {
     // Read to its end: whether the kernel may cache it whole next time is known now.
     const node = this.nodes.get(this.nodes.idOf(dir.path) ?? 0);
     if (node && dir.pages.ended) node.listedCount = dir.pages.known;
+    // The kernel cached the listing streamed through it: the next open may keep that, if the listing is the same then.
+    const listing = node && dir.readToEnd && dir.ownAnswers && node.openedListing === undefined ? this.fs.cachedListing(dir.path) : undefined;
+    if (node && listing && listing.children.length === dir.pages.known) node.openedListing = listingFingerprint(listing.children, !this.fs.listsByName);
   }
 
   statfs(): StatFs {
@@ -517,7 +531,7 @@ export class Vfs {
     const { dir, listing } = await this.fs.openDir(path);
     const pages = listing ? DirPages.whole(listing.children) : await DirPages.open(this.fs.streamListing(dir.key));
     if (!this.restored.delete(fh)) return pages.close();
-    this.dirs.set(fh, { path, self: this.fs.attrOf(dir), pages });
+    this.dirs.set(fh, { path, self: this.fs.attrOf(dir), pages, readToEnd: false, ownAnswers: false });
   }
 
   private releaseRestored(fh: number): void {
@@ -566,9 +580,19 @@ function throwIfCancelled(cancel: Cancellation): void {
   if (cancel.aborted) throw cancelled();
 }
 
-/** What a listing shows: a digest of its entries' names, kinds, sizes and mtimes in order. Equal digests: the kernel's cached listing is still right. */
-function listingFingerprint(children: readonly Child[]): string {
+/**
+ * What a listing shows: a digest of its entries' names and kinds in order, and, where the
+ * store's listings give them (object stores), their sizes and mtimes. Equal digests: the
+ * kernel's cached listing is still right. (A changed object lets the kernel's copy go, and
+ * readdirplus gives every entry's new attributes at once; a folder lists names alone, and
+ * a file listed so is the same entry once stat'ed.)
+ */
+function listingFingerprint(children: readonly Child[], withAttributes: boolean): string {
   const hash = createHash('sha256');
-  for (const { name, entry } of children) hash.update(`${name}\0${entry.kind}\0${entry.kind === 'file' ? entry.size : 0}\0${entry.kind === 'listed' ? 0 : entry.mtimeMs}\n`);
+  for (const { name, entry } of children) {
+    const kind = entry.kind === 'dir' ? 'd' : 'f';
+    const attributes = !withAttributes || entry.kind === 'listed' ? '' : `\0${entry.kind === 'file' ? entry.size : 0}\0${entry.mtimeMs}`;
+    hash.update(`${name}\0${kind}${attributes}\n`);
+  }
   return hash.digest('base64');
 }
