@@ -15,24 +15,50 @@ const [mountpoint, file, maxReadahead] = process.argv.slice(2);
 const data = readFileSync(file);
 const name = `/${path.basename(file)}`;
 const now = Date.now();
-const attr = (mode, size) => ({ mode, size, mtimeMs: now, nlink: 1, uid: 0, gid: 0, blocks: Math.ceil(size / 512), blksize: 4096 });
-const dir = attr(0o40755, 4096);
+const ROOT = 1;
+const FILE = 2;
+const attr = (ino, mode, size) => ({ ino, mode, size, mtimeMs: now, nlink: 1, uid: 0, gid: 0, blocks: Math.ceil(size / 512), blksize: 4096 });
+const dirAttr = attr(ROOT, 0o40755, 4096);
+const fileAttr = attr(FILE, 0o100444, data.length);
 const notFound = () => new CachefsError('NOT_FOUND', 'no such file');
+const entries = [
+  { name: '.', ino: ROOT, mode: dirAttr.mode, next: 1 },
+  { name: '..', ino: ROOT, mode: dirAttr.mode, next: 2 },
+  { name: name.slice(1), ino: FILE, mode: fileAttr.mode, next: 3 },
+];
+/** The FUSE layer's filesystem (fuse/ops.ts FuseFilesystem): one directory, one file. */
 const memoryFs = {
-  getattr: (p) => {
-    if (p === '/') return dir;
-    if (p === name) return attr(0o100444, data.length);
+  adaptiveReaddirplus: false,
+  lookup: (parentId, child) => {
+    if (parentId === ROOT && `/${child}` === name) return { nodeId: FILE, attr: fileAttr };
     throw notFound();
   },
-  readdir: () => [{ name: '.', attr: dir }, { name: '..', attr: dir }, { name: name.slice(1), attr: attr(0o100444, data.length) }],
-  open: () => 1,
-  read: (_fh, dest, length, position) => data.copy(dest, 0, position, Math.min(data.length, position + length)),
+  forget: () => undefined,
+  getattr: async (nodeId) => {
+    if (nodeId === ROOT) return dirAttr;
+    if (nodeId === FILE) return fileAttr;
+    throw notFound();
+  },
+  open: async () => ({ fh: 1, keepCache: false }),
+  read: (_fh, offset, size, _cancel, reply) => {
+    const end = Math.min(data.length, offset + size);
+    const out = Buffer.allocUnsafe(Math.max(0, end - offset));
+    data.copy(out, 0, offset, end);
+    reply.data(out);
+  },
   release: () => undefined,
-  access: () => undefined,
+  opendir: async () => ({ fh: 2, keepCache: true, cacheDir: true }),
+  readdir: (_fh, offset) => entries.slice(offset),
+  readdirplus: (_fh, offset) => entries.slice(offset).map((e) => ({ ...e, take: () => (e.ino === FILE ? { nodeId: FILE, attr: fileAttr } : undefined) })),
+  releasedir: () => undefined,
   statfs: () => ({ bsize: 4096, frsize: 4096, blocks: 0, bfree: 0, bavail: 0, files: 1, ffree: 0, favail: 0, namemax: 255 }),
+  access: async () => undefined,
   refuseWrite: () => {
     throw new CachefsError('READ_ONLY', 'read-only file system');
   },
+  heldFiles: () => [FILE],
+  pathOf: (nodeId) => (nodeId === FILE ? name : '/'),
+  handlePath: () => name,
 };
 const mount = await FuseMount.mount(mountpoint, memoryFs, new Metrics(), createLogger('warn'), {
   attrTimeoutSec: 60,
