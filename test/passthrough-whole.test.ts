@@ -9,7 +9,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readlink, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -212,50 +212,54 @@ describe('FUSE passthrough of objects larger than a block', () => {
 
   it('after a restart, drops a partial whole file left in tmp/, and passes a whole file through only once it checked it (a damaged one is dropped)', async () => {
     const cacheDir = await mkdtemp(path.join(os.tmpdir(), 'cachefs-cache-'));
-    let m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
-    let whole: string;
     try {
-      whole = await cacheWhole(m, 'big.bin', big);
+      let m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
+      let whole: string;
+      try {
+        whole = await cacheWhole(m, 'big.bin', big);
+      } finally {
+        await m.stop();
+      }
+      // A crash mid-assembly leaves its file in tmp/ only.
+      const tmp = path.join(path.dirname(path.dirname(path.dirname(whole))), 'tmp');
+      await mkdir(tmp, { recursive: true });
+      await writeFile(path.join(tmp, `${path.basename(whole).split('.')[0]}.999.1`), big.subarray(0, MiB));
+      m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
+      try {
+        expect(await readdir(tmp)).toEqual([]);
+        const file = path.join(m.mountpoint, 'big.bin');
+        expect(await sha256Of(file)).toBe(sha(big));
+        expect((await m.metrics()).value(OPENS)).toBe(1); // checked whole, then passed through
+      } finally {
+        await m.stop();
+      }
+      // One byte of the whole file flipped while no mount had it.
+      const fh = await open(whole, 'r+');
+      try {
+        const b = Buffer.alloc(1);
+        await fh.read(b, 0, 1, 2 * MiB + 17);
+        b[0] = b[0]! ^ 0xff;
+        await fh.write(b, 0, 1, 2 * MiB + 17);
+      } finally {
+        await fh.close();
+      }
+      m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
+      try {
+        const file = path.join(m.mountpoint, 'big.bin');
+        expect(await sha256Of(file)).toBe(sha(big));
+        const after = await m.metrics();
+        expect(after.value(OPENS)).toBe(0);
+        expect(after.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
+        // Assembled again from the blocks, and passed through.
+        await waitFor(async () => (await m.metrics()).value(WHOLES) === 1, { timeoutMs: 20_000, what: 'the whole-object file assembled again' });
+        await dropPageCache(file);
+        expect(await sha256Of(file)).toBe(sha(big));
+        expect((await m.metrics()).value(OPENS)).toBe(2);
+      } finally {
+        await m.stop();
+      }
     } finally {
-      await m.stop();
-    }
-    // A crash mid-assembly leaves its file in tmp/ only.
-    const tmp = path.join(path.dirname(path.dirname(path.dirname(whole))), 'tmp');
-    await mkdir(tmp, { recursive: true });
-    await writeFile(path.join(tmp, `${path.basename(whole).split('.')[0]}.999.1`), big.subarray(0, MiB));
-    m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
-    try {
-      expect(await readdir(tmp)).toEqual([]);
-      const file = path.join(m.mountpoint, 'big.bin');
-      expect(await sha256Of(file)).toBe(sha(big));
-      expect((await m.metrics()).value(OPENS)).toBe(1); // checked whole, then passed through
-    } finally {
-      await m.stop();
-    }
-    // One byte of the whole file flipped while no mount had it.
-    const fh = await open(whole, 'r+');
-    try {
-      const b = Buffer.alloc(1);
-      await fh.read(b, 0, 1, 2 * MiB + 17);
-      b[0] = b[0]! ^ 0xff;
-      await fh.write(b, 0, 1, 2 * MiB + 17);
-    } finally {
-      await fh.close();
-    }
-    m = await mountCachefs({ ufs: 's3://data', cacheDir, args: mountArgs(), env });
-    try {
-      const file = path.join(m.mountpoint, 'big.bin');
-      expect(await sha256Of(file)).toBe(sha(big));
-      const after = await m.metrics();
-      expect(after.value(OPENS)).toBe(0);
-      expect(after.value('cachefs_cache_corrupt_blocks_total')).toBe(1);
-      // Assembled again from the blocks, and passed through.
-      await waitFor(async () => (await m.metrics()).value(WHOLES) === 1, { timeoutMs: 20_000, what: 'the whole-object file assembled again' });
-      await dropPageCache(file);
-      expect(await sha256Of(file)).toBe(sha(big));
-      expect((await m.metrics()).value(OPENS)).toBe(2);
-    } finally {
-      await m.stop();
+      await rm(cacheDir, { recursive: true, force: true }); // made here: the mounts leave it
     }
   });
 });
