@@ -5,12 +5,13 @@
  * written anew from the live state. Both ways of appending: through the file's mapping
  * (across its 1 MiB chunks, the zero bytes between and after lines skipped), and by write(2).
  */
-import { appendFile, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { appendFile, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadMappedFiles, type MappedFiles } from '../src/sys/mapped-file.js';
 import { KernelJournal, type HandleKind } from '../src/vfs/kernel-journal.js';
+import { runCommand } from './support/processes.js';
 
 let dir: string;
 let mappedFiles: MappedFiles | undefined;
@@ -95,6 +96,28 @@ describe.each([
     expect(held.nodes.get(2)).toBe(`/${long}/2`);
     expect(held.nodes.get(3001)).toBe(`/${long}/3001`);
     expect(held.nextNode).toBe(3002);
+  });
+
+  it('fails with an error naming ENOSPC, and the process lives on, when its file system is full', async () => {
+    // A store to a mapped page with no block behind it would kill the process (SIGBUS).
+    const small = path.join(dir, `small-${way}`);
+    await mkdir(small);
+    const mounted = await runCommand('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', small]);
+    expect(mounted.code, mounted.stderr).toBe(0);
+    try {
+      const { journal } = tables(path.join(small, 'journal'), mapped);
+      const long = 'y'.repeat(4000);
+      let error: unknown;
+      try {
+        for (let id = 2; id < 2000; id++) journal.nodeMade(id, `/${long}/${id}`); // ~8 MB
+      } catch (err) {
+        error = err;
+      }
+      expect(String(error)).toMatch(mapped ? /no space left on its file system \(ENOSPC\)/ : /ENOSPC/);
+      journal.close();
+    } finally {
+      await runCommand('umount', [small]);
+    }
   });
 
   it('refuses a file that is not a journal, naming the line', async () => {

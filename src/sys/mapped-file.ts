@@ -5,13 +5,15 @@
  * appended to on the hot path (the journal of the kernel's nodes: a line per LOOKUP that
  * makes a node; write(2) to it was a tenth of a LOOKUP's time in a cold `find`).
  *
- * The file grows by CHUNK bytes at a time (ftruncate), each chunk mapped while it is
- * written to. A line that does not fit the rest of a chunk goes to the next one: the rest
+ * The file grows by CHUNK bytes at a time, each chunk mapped while it is written to. A
+ * chunk's blocks are allocated before it is mapped (posix_fallocate): a store to a mapped
+ * page the file system has no room for kills the process with SIGBUS, where an allocation
+ * that fails is an error to report (ENOSPC, like the write(2) it replaces). A line that does not fit the rest of a chunk goes to the next one: the rest
  * stays zero bytes, which readers skip (`textOfAppended`), as they skip the zeros after
  * the last line. Undefined (`loadMappedFiles`) where koffi cannot load: callers write
  * instead.
  */
-import { closeSync, constants, ftruncateSync, openSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { CachefsError } from '../errors.js';
 import { loadLibc } from './libc.js';
 
@@ -20,10 +22,12 @@ const CHUNK = 1024 * 1024;
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
+const ENOSPC = 28;
 /** mmap's MAP_FAILED: (void *) -1. */
 const MAP_FAILED = 0xffffffffffffffffn;
 
 interface Calls {
+  fallocate(fd: number, offset: number, length: number): number;
   mmap(addr: null, length: number, prot: number, flags: number, fd: number, offset: number): unknown;
   munmap(addr: unknown, length: number): number;
   address(pointer: unknown): bigint;
@@ -43,6 +47,7 @@ export async function loadMappedFiles(): Promise<MappedFiles | undefined> {
   try {
     const { koffi, lib, errno } = await loadLibc('mapping a file');
     calls = {
+      fallocate: lib.func('int posix_fallocate(int fd, int64_t offset, int64_t len)') as Calls['fallocate'],
       mmap: lib.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)') as Calls['mmap'],
       munmap: lib.func('int munmap(void *addr, size_t length)') as Calls['munmap'],
       address: (p) => koffi.address(p) as bigint,
@@ -96,10 +101,11 @@ export class MappedAppend {
     closeSync(this.fd);
   }
 
-  /** Maps the chunk at `base` (growing the file to hold it), unmapping the one before. */
+  /** Maps the chunk at `base` (growing the file to hold it, its blocks allocated), unmapping the one before. */
   private mapChunk(base: number): void {
     this.unmap();
-    ftruncateSync(this.fd, base + CHUNK);
+    const failed = this.calls.fallocate(this.fd, base, CHUNK); // an errno, not -1
+    if (failed !== 0) throw new CachefsError('IO', `cannot grow a mapped file by ${CHUNK} bytes: ${failed === ENOSPC ? 'no space left on its file system (ENOSPC)' : `errno ${failed}`}`);
     const pointer = this.calls.mmap(null, CHUNK, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, base);
     if (this.calls.address(pointer) === MAP_FAILED) throw new CachefsError('IO', `cannot map a file: errno ${this.calls.errno()}`);
     this.pointer = pointer;
