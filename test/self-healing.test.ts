@@ -228,7 +228,7 @@ describe('a killed serving process is replaced', () => {
     const reader = startReader(file, sha(DATA));
     await goodReadAfter(reader, 0);
     const killed = await killServing(mnt);
-    const recovered = await goodReadAfter(reader, killed.at);
+    const recovered = await goodReadAfter(reader, killed.gone);
     const window = recoveryWindow(reader, killed.at, recovered);
     expect(window).toBeLessThan(RECOVERY_TARGET_MS);
     const during = reader.samples().filter((s) => s.t >= killed.at && s.t < recovered.t);
@@ -252,11 +252,11 @@ describe('a killed serving process is replaced', () => {
     await goodReadAfter(slave, 0);
     await goodReadAfter(isolated, 0);
     const killed = await killServing(mnt);
-    const recovered = await goodReadAfter(slave, killed.at);
+    const recovered = await goodReadAfter(slave, killed.gone);
     expect(recoveryWindow(slave, killed.at, recovered)).toBeLessThan(RECOVERY_TARGET_MS);
     expect(isAlive(slave.pid)).toBe(true); // the same consumer, never restarted
     // A private namespace receives no propagation; its copy of the mount is of the same connection, which lives on.
-    const isolatedRecovered = await goodReadAfter(isolated, killed.at);
+    const isolatedRecovered = await goodReadAfter(isolated, killed.gone);
     expect(recoveryWindow(isolated, killed.at, isolatedRecovered)).toBeLessThan(RECOVERY_TARGET_MS);
   });
 
@@ -288,7 +288,7 @@ describe('a killed serving process is replaced', () => {
     await rm(initFile);
     const killed = await killServing(mnt);
     for (const r of all) {
-      const recovered = await goodReadAfter(r, killed.at);
+      const recovered = await goodReadAfter(r, killed.gone);
       expect(recoveryWindow(r, killed.at, recovered)).toBeLessThan(REMOUNT_TARGET_MS);
       expect(isAlive(r.pid)).toBe(true);
     }
@@ -307,7 +307,7 @@ describe('crash loops and stopping', () => {
     const windows: number[] = [];
     for (let i = 0; i < 5; i++) {
       const killed = await killServing(mnt);
-      const recovered = await goodReadAfter(reader, killed.at, 30_000);
+      const recovered = await goodReadAfter(reader, killed.gone, 30_000);
       windows.push(recoveryWindow(reader, killed.at, recovered));
     }
     const delays = supervisorLog(mnt).filter((l) => l.msg === 'restarting the serving process').map((l) => l.delayMs);
@@ -324,7 +324,7 @@ describe('crash loops and stopping', () => {
     const reader = startReader(path.join(mnt.mountpoint, 'data.bin'), sha(DATA));
     await goodReadAfter(reader, 0);
     const killed = await killServing(mnt);
-    await goodReadAfter(reader, killed.at);
+    await goodReadAfter(reader, killed.gone);
     await reader.stop();
     const supervisor = mnt.process.pid!;
     const serving = await servingPidOf(supervisor);

@@ -182,11 +182,14 @@ export async function servingPidOf(supervisorPid: number, not?: number, timeoutM
 }
 
 /** Kills the serving process of a supervised mount with SIGKILL; resolves to its pid and the kill time. */
-export async function killServing(mount: TestMount): Promise<{ pid: number; at: number }> {
+export async function killServing(mount: TestMount): Promise<{ pid: number; at: number; gone: number }> {
   const pid = await servingPidOf(mount.process.pid!);
   const at = Date.now();
   process.kill(pid, 'SIGKILL');
-  return { pid, at };
+  // Until it is gone, a request it had read may still be answered: a read that began after
+  // `at` is no proof of a recovery before `gone`.
+  await waitFor(async () => !/^\S+ \(.*\) [^Z]/s.test(await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')), { timeoutMs: 10_000, intervalMs: 5, what: `serving process ${pid} to be gone` });
+  return { pid, at, gone: Date.now() };
 }
 
 /** Direct children of a process, from /proc (by PID, never by name). */
