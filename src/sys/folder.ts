@@ -7,8 +7,9 @@
  * listing of a million files, those were most of the serving process's time.
  *
  * Both are synchronous: a folder on a local disk answers in microseconds, and the caller
- * reads a page (1,000 entries) at a time. Where koffi cannot load, `DirStream` falls back
- * to Node's `Dir` and `statxOf` answers undefined (the caller stats each file its own way).
+ * reads a page (1,000 entries) at a time (the stats in a thread of their own,
+ * `stat-thread.ts`). Where koffi cannot load, `DirStream` falls back to Node's `Dir` and
+ * `statxRecords` answers undefined (the caller stats each file its own way).
  */
 import { closeSync, constants, openSync, opendirSync, type Dir } from 'node:fs';
 import { constants as os } from 'node:os';
@@ -139,28 +140,10 @@ function decodeStatx(b: Buffer, base: number): FileStatx {
   };
 }
 
-/** The figures of `name`, null when it is not there (ENOENT, ENOTDIR); other errnos are thrown. */
-function statResult(errno: number, name: string, figures: () => FileStatx): FileStatx | null {
-  if (errno === 0) return figures();
-  if (errno === os.errno.ENOENT || errno === os.errno.ENOTDIR) return null;
-  throw new CachefsError(errno === os.errno.EACCES || errno === os.errno.EPERM ? 'ACCESS_DENIED' : 'IO', `cannot stat ${name}: errno ${errno}`);
-}
-
 /**
- * Stats names relative to an open folder (`dirfd`), not following a last symlink: an
- * undefined function where koffi cannot load. Each call answers the file's figures, null
- * when it is not there (ENOENT, ENOTDIR); other failures are thrown with their errno.
- */
-export async function statxOf(): Promise<((dirfd: number, name: string) => FileStatx | null) | undefined> {
-  const c = await loadCalls();
-  if (!c) return undefined;
-  const b = Buffer.alloc(STATX_BYTES);
-  return (dirfd, name) => statResult(c.statx(dirfd, name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, b) === 0 ? 0 : c.errno(), name, () => decodeStatx(b, 0));
-}
-
-/**
- * Stats `names` relative to `dirfd` into records of STAT_RECORD bytes (the stat thread's
- * work, `folder-stat-thread.ts`): each its errno (0 when stat'ed) and statx's fields.
+ * Stats `names` relative to an open folder (`dirfd`), not following a last symlink, into
+ * records of STAT_RECORD bytes, each its errno (0 when stat'ed) and statx's fields (the
+ * stat thread's work, `stat-thread.ts`): undefined where koffi cannot load.
  */
 export async function statxRecords(): Promise<((dirfd: number, names: readonly string[]) => Buffer) | undefined> {
   const c = await loadCalls();
@@ -177,8 +160,11 @@ export async function statxRecords(): Promise<((dirfd: number, names: readonly s
   };
 }
 
-/** The figures of record `i` of `records` (as `statxRecords` made them). */
+/** The figures of record `i` of `records` (as `statxRecords` made them), of `name`: null when it is not there (ENOENT, ENOTDIR); other errnos are thrown. */
 export function statxOfRecord(records: Buffer, i: number, name: string): FileStatx | null {
   const at = i * STAT_RECORD;
-  return statResult(records.readUInt32LE(at), name, () => decodeStatx(records, at + 4 - STATX_FROM));
+  const errno = records.readUInt32LE(at);
+  if (errno === 0) return decodeStatx(records, at + 4 - STATX_FROM);
+  if (errno === os.errno.ENOENT || errno === os.errno.ENOTDIR) return null;
+  throw new CachefsError(errno === os.errno.EACCES || errno === os.errno.EPERM ? 'ACCESS_DENIED' : 'IO', `cannot stat ${name}: errno ${errno}`);
 }

@@ -8,12 +8,13 @@
  * The file grows by CHUNK bytes at a time, each chunk mapped while it is written to. A
  * chunk's blocks are allocated before it is mapped (posix_fallocate): a store to a mapped
  * page the file system has no room for kills the process with SIGBUS, where an allocation
- * that fails is an error to report (ENOSPC, like the write(2) it replaces). A line that does not fit the rest of a chunk goes to the next one: the rest
- * stays zero bytes, which readers skip (`textOfAppended`), as they skip the zeros after
- * the last line. Undefined (`loadMappedFiles`) where koffi cannot load: callers write
+ * that fails is an error to report (ENOSPC, like the write(2) it replaces). A line that
+ * does not fit the rest of a chunk goes to the next one: the rest stays zero bytes, which
+ * readers skip (`textOfAppended`), as they skip the zeros after the last line. Undefined (`loadMappedFiles`) where koffi cannot load: callers write
  * instead.
  */
 import { closeSync, constants, openSync } from 'node:fs';
+import { constants as os } from 'node:os';
 import { CachefsError } from '../errors.js';
 import { loadLibc } from './libc.js';
 
@@ -22,7 +23,6 @@ const CHUNK = 1024 * 1024;
 const PROT_READ = 1;
 const PROT_WRITE = 2;
 const MAP_SHARED = 1;
-const ENOSPC = 28;
 /** mmap's MAP_FAILED: (void *) -1. */
 const MAP_FAILED = 0xffffffffffffffffn;
 
@@ -91,7 +91,8 @@ export class MappedAppend {
   append(text: string): void {
     const length = Buffer.byteLength(text);
     if (length > CHUNK) throw new CachefsError('INVALID_ARGUMENT', `a line of ${length} bytes is longer than a mapped file's chunk (${CHUNK})`);
-    if (this.at + length > CHUNK) this.mapChunk(this.base + CHUNK);
+    // (No chunk mapped: growing the file failed before; it is tried again.)
+    if (this.bytes === undefined || this.at + length > CHUNK) this.mapChunk(this.base + CHUNK);
     this.bytes!.write(text, this.at, 'utf8');
     this.at += length;
   }
@@ -105,7 +106,7 @@ export class MappedAppend {
   private mapChunk(base: number): void {
     this.unmap();
     const failed = this.calls.fallocate(this.fd, base, CHUNK); // an errno, not -1
-    if (failed !== 0) throw new CachefsError('IO', `cannot grow a mapped file by ${CHUNK} bytes: ${failed === ENOSPC ? 'no space left on its file system (ENOSPC)' : `errno ${failed}`}`);
+    if (failed !== 0) throw new CachefsError('IO', `cannot grow a mapped file by ${CHUNK} bytes: ${failed === os.errno.ENOSPC ? 'no space left on its file system (ENOSPC)' : `errno ${failed}`}`);
     const pointer = this.calls.mmap(null, CHUNK, PROT_READ | PROT_WRITE, MAP_SHARED, this.fd, base);
     if (this.calls.address(pointer) === MAP_FAILED) throw new CachefsError('IO', `cannot map a file: errno ${this.calls.errno()}`);
     this.pointer = pointer;

@@ -15,7 +15,7 @@
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { CachefsError } from '../errors.js';
-import { statxOf, statxOfRecord, statxRecords, type FileStatx } from './folder.js';
+import { statxOfRecord, statxRecords, type FileStatx } from './folder.js';
 
 const ROLE = 'cachefs-folder-stats';
 
@@ -96,9 +96,8 @@ export class StatThread {
     this.waiting.delete(answer.id);
     if (this.waiting.size === 0) worker.unref();
     if ('error' in answer) return ask.reject(new CachefsError('IO', `cannot stat files: ${answer.error}`));
-    const records = Buffer.from(answer.records.buffer, answer.records.byteOffset, answer.records.byteLength);
     try {
-      ask.resolve(ask.names.map((name, i) => statxOfRecord(records, i, name)));
+      ask.resolve(figuresOf(Buffer.from(answer.records.buffer, answer.records.byteOffset, answer.records.byteLength), ask.names));
     } catch (err) {
       ask.reject(err as Error);
     }
@@ -121,7 +120,12 @@ export class StatThread {
 
 /** Stats a batch on this thread. */
 async function statHere(dirfd: number, names: readonly string[]): Promise<(FileStatx | null)[]> {
-  const statx = await statxOf();
-  if (!statx) throw new CachefsError('IO', "cannot stat files: the 'koffi' package cannot load");
-  return names.map((name) => statx(dirfd, name));
+  const stat = await statxRecords();
+  if (!stat) throw new CachefsError('IO', "cannot stat files: the 'koffi' package cannot load");
+  return figuresOf(stat(dirfd, names), names);
+}
+
+/** The figures of a batch's records, in the order of its names. */
+function figuresOf(records: Buffer, names: readonly string[]): (FileStatx | null)[] {
+  return names.map((name, i) => statxOfRecord(records, i, name));
 }

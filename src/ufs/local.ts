@@ -17,7 +17,7 @@ import { lstat, open, readdir, readlink, realpath, stat } from 'node:fs/promises
 import path from 'node:path';
 import { Scatter } from '../block/scatter.js';
 import { CachefsError } from '../errors.js';
-import { DirStream, DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, statxOf } from '../sys/folder.js';
+import { DirStream, DT_DIR, DT_LNK, DT_REG, DT_UNKNOWN, statxRecords } from '../sys/folder.js';
 import { StatThread } from '../sys/stat-thread.js';
 import type { Ufs, UfsListOptions, UfsListPage, UfsObject, UfsReadOptions } from './ufs.js';
 import type { UfsUri } from './uri.js';
@@ -116,7 +116,7 @@ export class LocalUfs implements Ufs {
    * what the descriptor points to; a symlink is stat'ed alone the careful way (`stat`).
    */
   async statFiles(keys: readonly string[]): Promise<(UfsObject | null)[]> {
-    if (!(await statxOf())) return Promise.all(keys.map((k) => this.stat(k)));
+    if (!(await statxRecords())) return Promise.all(keys.map((k) => this.stat(k)));
     const out: (UfsObject | null)[] = new Array<UfsObject | null>(keys.length).fill(null);
     let from = 0;
     while (from < keys.length) {
@@ -144,7 +144,7 @@ export class LocalUfs implements Ufs {
       const figures = await this.stats.stat(fd, keys.slice(from, to).map((k) => k.slice(folderKey.length)));
       figures.forEach((st, j) => {
         const i = from + j;
-        if (st?.type === S_IFREG) out[i] = { key: keys[i]!, size: Number(st.size), mtimeMs: Number(st.mtimeNs / 1000n) / 1000, etag: versionOf(st.ino, st.size, st.mtimeNs, st.ctimeNs) };
+        if (st?.type === S_IFREG) out[i] = toObject(keys[i]!, st);
         else if (st?.type === S_IFLNK) links.push(i);
       });
     } finally {
@@ -335,7 +335,10 @@ export class LocalUfs implements Ufs {
   }
 }
 
-function toObject(key: string, st: BigIntStats): UfsObject {
+/** What a file's object is made of: Node's BigIntStats and statx's figures (`sys/folder.ts`) both have it. */
+type FileFigures = Pick<BigIntStats, 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>;
+
+function toObject(key: string, st: FileFigures): UfsObject {
   return { key, size: Number(st.size), mtimeMs: Number(st.mtimeNs / 1000n) / 1000, etag: etagOf(st) };
 }
 
@@ -344,12 +347,8 @@ function toObject(key: string, st: BigIntStats): UfsObject {
  * every write, also one that puts the mtime back (touch -d, rsync -t), so a rewrite in
  * place is a new version whatever its mtime says.
  */
-function etagOf(st: BigIntStats): string {
-  return versionOf(st.ino, st.size, st.mtimeNs, st.ctimeNs);
-}
-
-function versionOf(ino: bigint, size: bigint, mtimeNs: bigint, ctimeNs: bigint): string {
-  return [ino, size, mtimeNs, ctimeNs].map((n) => n.toString(16)).join('-');
+function etagOf(st: FileFigures): string {
+  return [st.ino, st.size, st.mtimeNs, st.ctimeNs].map((n) => n.toString(16)).join('-');
 }
 
 /**

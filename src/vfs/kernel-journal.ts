@@ -8,8 +8,9 @@
  * The file is append-only, one line per change, each written before the kernel is
  * answered: copied into a shared mapping of the file (`sys/mapped-file.ts`; written
  * where koffi cannot load), so into the page cache: it outlives the process, which is
- * all that is asked of it. Unwritten zero bytes past and between lines are skipped. `n ID "PATH"` a node made, `x ID` a node dropped, `f FH "PATH"` and
- * `d FH "PATH"` a file or directory opened, `r FH` a handle released. A torn last
+ * all that is asked of it. Unwritten zero bytes past and between lines are skipped.
+ * `n ID "PATH"` a node made, `x ID` a node dropped, `f FH "PATH"` and `d FH "PATH"` a
+ * file or directory opened, `r FH` a handle released. A torn last
  * line (the process died writing it) is ignored. When dead lines outnumber live
  * ones, the file is written anew from the live state (a new file renamed over it).
  * The directory is the mount's private runtime dir; the file is 0600.

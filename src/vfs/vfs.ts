@@ -415,7 +415,7 @@ export class Vfs {
       return { fh, keepCache: false, cacheDir: node.listedCount === undefined || node.listedCount <= this.maxCachedListing };
     }
     node.listedCount = complete.length;
-    const fingerprint = listingFingerprint(complete, !this.fs.listsByName);
+    const fingerprint = this.fingerprint(complete);
     const keepCache = fingerprint === node.openedListing;
     node.openedListing = fingerprint;
     return { fh, keepCache, cacheDir: true };
@@ -433,7 +433,7 @@ export class Vfs {
   /** The children from `offset` on; noting when the kernel is answered the listing's end. */
   private childrenFrom(dir: DirHandle, offset: number): Iterable<PlacedChild> | Promise<Iterable<PlacedChild>> {
     const children = dir.pages.from(offset);
-    if (offset >= FIRST_CHILD && dir.pages.ended && offset >= FIRST_CHILD + dir.pages.known) dir.readToEnd = true;
+    if (dir.pages.ended && offset >= FIRST_CHILD + dir.pages.known) dir.readToEnd = true;
     return children;
   }
 
@@ -499,7 +499,12 @@ export class Vfs {
     if (node && dir.pages.ended) node.listedCount = dir.pages.known;
     // The kernel cached the listing streamed through it: the next open may keep that, if the listing is the same then.
     const listing = node && dir.readToEnd && dir.ownAnswers && node.openedListing === undefined ? this.fs.cachedListing(dir.path) : undefined;
-    if (node && listing && listing.children.length === dir.pages.known) node.openedListing = listingFingerprint(listing.children, !this.fs.listsByName);
+    if (node && listing && listing.children.length === dir.pages.known) node.openedListing = this.fingerprint(listing.children);
+  }
+
+  /** What the kernel's cached copy of a listing is checked against: with sizes and mtimes where the store's listings give them. */
+  private fingerprint(children: readonly Child[]): string {
+    return listingFingerprint(children, !this.fs.listsByName);
   }
 
   statfs(): StatFs {
