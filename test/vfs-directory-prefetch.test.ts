@@ -20,15 +20,16 @@ interface Fill {
   settle(outcome: FillOutcome): void;
 }
 
-function setup(files = 4): { prefetch: DirectoryPrefetch; fills: Fill[]; clock: { now: number }; listing: ObjectRef[] } {
-  const listing = Array.from({ length: 20 }, (_, i) => file('d', i));
+function setup(files = 4, count = 20): { prefetch: DirectoryPrefetch; fills: Fill[]; clock: { now: number }; listing: ObjectRef[]; listed: { yes: boolean } } {
+  const listing = Array.from({ length: count }, (_, i) => file('d', i));
+  const listed = { yes: true };
   const fills: Fill[] = [];
   const clock = { now: 0 };
   const prefetch = new DirectoryPrefetch({
     files,
     blockSize: 1024 * KiB,
     capacityBytes: 1024 * 1024 * KiB,
-    listedFiles: (dir) => (dir === 'd' ? listing : undefined),
+    listedFiles: (dir) => (dir === 'd' && listed.yes ? listing : undefined),
     fill: (object, signal) => new Promise<FillOutcome>((resolve, reject) => {
       fills.push({ object, signal, settle: resolve });
       signal.addEventListener('abort', () => reject(signal.reason), { once: true });
@@ -38,7 +39,7 @@ function setup(files = 4): { prefetch: DirectoryPrefetch; fills: Fill[]; clock: 
     log: silentLogger,
     now: () => clock.now,
   });
-  return { prefetch, fills, clock, listing };
+  return { prefetch, fills, clock, listing, listed };
 }
 
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -72,5 +73,24 @@ describe('DirectoryPrefetch', () => {
     expect(fills.every((f) => f.signal.aborted)).toBe(true);
     await turn();
     expect(fills.length).toBe(2);
+  });
+
+  it('remembers the reads of a directory not listed yet within the window and a bound, and fetches the others once it is listed', async () => {
+    const bound = DIRECTORY_PREFETCH.trackedReads;
+    const { prefetch, fills, clock, listing, listed } = setup(4, bound + 20);
+    listed.yes = false; // a loader opening files by name: nobody listed the directory
+    for (let i = 0; i < 5; i++) prefetch.released(listing[i]!, 'whole');
+    clock.now = DIRECTORY_PREFETCH.windowMs + 1; // the first five go out of the window
+    for (let i = 5; i < bound + 10; i++) prefetch.released(listing[i]!, 'whole');
+    await turn();
+    expect(fills.length).toBe(0);
+    listed.yes = true;
+    prefetch.released(listing[bound + 10]!, 'whole');
+    await turn();
+    // Remembered: the last `bound` reads (files 11 to bound + 10); fetched first: those forgotten.
+    expect(fills.map((f) => f.object.key)).toEqual(['d/f0', 'd/f1', 'd/f2', 'd/f3']);
+    for (let i = 0; i < 4; i++) fills[i]!.settle('fetched');
+    await turn();
+    expect(fills.slice(4, 8).map((f) => f.object.key)).toEqual(['d/f4', 'd/f5', 'd/f6', 'd/f7']);
   });
 });

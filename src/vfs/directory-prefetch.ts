@@ -54,6 +54,8 @@ export const DIRECTORY_PREFETCH = {
   capacityShare: 0.25,
   /** Directories whose recent reads are remembered (the least recently read are forgotten first). */
   trackedDirs: 4096,
+  /** Reads remembered in all those directories, at most (theirs are forgotten with them). */
+  trackedReads: 65_536,
 };
 
 /** How an open file was read by the time it was released. */
@@ -122,6 +124,8 @@ export class DirectoryPrefetch {
   private readonly queue: BackgroundQueue;
   /** Small files read whole lately, by directory, with when (directories not being prefetched). */
   private readonly recent = new Map<string, Map<string, number>>();
+  /** Reads held in `recent`. */
+  private recentReads = 0;
   private readonly dirs = new Map<string, PrefetchedDir>();
   /** The directories in the order they take turns; `turn` is the next. */
   private order: PrefetchedDir[] = [];
@@ -174,23 +178,42 @@ export class DirectoryPrefetch {
       return;
     }
     if (shape === 'part') {
-      this.recent.delete(dirKey);
+      this.forgetReads(dirKey);
       return;
     }
-    let reads = this.recent.get(dirKey);
-    if (reads) this.recent.delete(dirKey); // re-inserted last: the map is in order of the last read
-    else reads = new Map();
-    this.recent.set(dirKey, reads);
+    const reads = this.forgetReads(dirKey) ?? new Map<string, number>();
+    // Re-inserted last, so that the directories are in the order of their last read, and
+    // each directory's reads in the order they were made: those gone out of the window, or
+    // past the bound, are the first ones. A release costs the same however many files the
+    // directory has (a walk over all of them at each release made an epoch of n files n²).
+    reads.delete(object.key);
     reads.set(object.key, now);
-    for (const [key, at] of reads) if (now - at > DIRECTORY_PREFETCH.windowMs) reads.delete(key);
-    if (this.recent.size > DIRECTORY_PREFETCH.trackedDirs) this.recent.delete(this.recent.keys().next().value!);
+    for (const [key, at] of reads) {
+      if (now - at <= DIRECTORY_PREFETCH.windowMs && reads.size <= DIRECTORY_PREFETCH.trackedReads) break;
+      reads.delete(key);
+    }
+    for (const key of this.recent.keys()) {
+      if (this.recent.size < DIRECTORY_PREFETCH.trackedDirs && this.recentReads + reads.size <= DIRECTORY_PREFETCH.trackedReads) break;
+      this.forgetReads(key);
+    }
+    this.recent.set(dirKey, reads);
+    this.recentReads += reads.size;
     if (reads.size >= DIRECTORY_PREFETCH.triggerFiles) this.start(dirKey, reads, now);
+  }
+
+  /** Forgets the recent reads of a directory; answers them. */
+  private forgetReads(dirKey: string): Map<string, number> | undefined {
+    const reads = this.recent.get(dirKey);
+    if (!reads) return undefined;
+    this.recent.delete(dirKey);
+    this.recentReads -= reads.size;
+    return reads;
   }
 
   private start(dirKey: string, read: Map<string, number>, now: number): void {
     const listed = this.config.listedFiles(dirKey);
     if (!listed) return; // listed by nobody yet: maybe at a later read
-    this.recent.delete(dirKey);
+    this.forgetReads(dirKey);
     const files = listed.filter((f) => this.small(f) && !read.has(f.key));
     if (files.length === 0) return;
     const dir = new PrefetchedDir(dirKey, files, now);
