@@ -152,7 +152,7 @@ describe('FUSE ops', () => {
   });
 
   it('agrees to passthrough only when wanted and offered (flags2, with INIT_EXT), with a stack depth of 1, and answers an open with its backing id', async () => {
-    const backings = { open: () => 5, close: () => undefined };
+    const backings = { open: () => 5, close: () => true };
     const PASSTHROUGH = 1 << 5; // bit 37 of the 64-bit flags
     const INIT_EXT = 1 << 30;
     const h = harness(backings);

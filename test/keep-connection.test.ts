@@ -28,6 +28,8 @@ import { startS3Server, type S3TestServer } from './support/s3-server.js';
 const MiB = 1024 * 1024;
 const DATA = randomBytes(8 * MiB + 333);
 const MID = randomBytes(2 * MiB);
+/** Files of one block: passed through once cached, their backings kept registered after the last release. */
+const SMALL = Array.from({ length: 5 }, () => randomBytes(64 * 1024));
 const env = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', AWS_PROFILE: '' };
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -162,6 +164,7 @@ beforeAll(async () => {
   s3 = await startS3Server({ buckets: ['keep'] });
   await s3.putObject('keep', 'data.bin', DATA);
   await s3.putObject('keep', 'sub/dir/mid.bin', MID);
+  for (const [i, body] of SMALL.entries()) await s3.putObject('keep', `small/s${i}`, body);
 }, 120_000);
 
 afterEach(async () => {
@@ -194,6 +197,31 @@ describe('a serving process killed with SIGKILL is replaced on the same kernel c
     expect(await servingPidOf(mnt.process.pid!, killed.pid)).not.toBe(killed.pid);
     expect(supervisorLog(mnt, 'mount recovered').map((l) => l.keptConnection)).toEqual([true]);
     expect((await mnt.metrics()).value('cachefs_mount_recoveries_total')).toBe(1);
+  });
+
+  it('the backing ids the killed process left registered with the kernel are closed by the replacement, and the files pass through again', async () => {
+    const mnt = await mount();
+    const readSmall = async (): Promise<void> => {
+      for (const [i, body] of SMALL.entries()) expect(sha(await readFile(path.join(mnt.mountpoint, `small/s${i}`)))).toBe(sha(body));
+    };
+    // The first reads cache the blocks; later opens pass through, and each file's backing is kept after its release.
+    await waitFor(
+      async () => {
+        await readSmall();
+        return (await mnt.metrics()).value('cachefs_fuse_passthrough_kept') === SMALL.length;
+      },
+      { timeoutMs: 15_000, what: 'a kept backing per small file' },
+    );
+    const killed = await killServing(mnt);
+    await waitFor(async () => supervisorLog(mnt, 'mount recovered').length === 1, { timeoutMs: 15_000, what: 'the recovery' });
+    const after = await mnt.metrics();
+    expect(after.value('cachefs_fuse_passthrough_reclaimed_total')).toBe(SMALL.length);
+    expect(after.value('cachefs_fuse_passthrough_kept')).toBe(0);
+    await readSmall();
+    const again = await mnt.metrics();
+    expect(again.value('cachefs_fuse_passthrough_opens_total')).toBe(SMALL.length);
+    expect(again.value('cachefs_fuse_passthrough_kept')).toBe(SMALL.length);
+    expect(await servingPidOf(mnt.process.pid!, killed.pid)).not.toBe(killed.pid);
   });
 
   it('a read the dead process had taken from the kernel and not answered is sent again and answered by the replacement', async () => {

@@ -24,11 +24,12 @@ afterAll(async () => {
 });
 
 /** A live state as the Vfs keeps it, journaled. */
-function tables(file: string, mapped: boolean): { nodes: Map<number, string>; handles: Map<number, [HandleKind, string]>; journal: KernelJournal } {
+function tables(file: string, mapped: boolean): { nodes: Map<number, string>; handles: Map<number, [HandleKind, string]>; backings: Set<number>; journal: KernelJournal } {
   const nodes = new Map<number, string>();
   const handles = new Map<number, [HandleKind, string]>();
-  const journal = KernelJournal.fresh(file, { nodes: () => nodes.entries(), handles: () => [...handles].map(([fh, [kind, p]]) => [fh, kind, p]) }, mapped ? mappedFiles : undefined);
-  return { nodes, handles, journal };
+  const backings = new Set<number>();
+  const journal = KernelJournal.fresh(file, { nodes: () => nodes.entries(), handles: () => [...handles].map(([fh, [kind, p]]) => [fh, kind, p]), backings: () => backings }, mapped ? mappedFiles : undefined);
+  return { nodes, handles, backings, journal };
 }
 
 describe.each([
@@ -39,7 +40,7 @@ describe.each([
     expect(mapped ? mappedFiles : 'written').toBeDefined();
   });
 
-  it('reads back the nodes not dropped and the handles not released, past a torn last line, with ids past the highest', async () => {
+  it('reads back the nodes not dropped, the handles not released and the backing ids not closed, past a torn last line, with ids past the highest', async () => {
     const file = path.join(dir, `plain-${way}`);
     const { journal } = tables(file, mapped);
     journal.nodeMade(2, '/a');
@@ -50,6 +51,9 @@ describe.each([
     journal.opened(2, 'file', '/c');
     journal.opened(3, 'file', '/a/b "quoted"\nnewline');
     journal.released(1);
+    journal.backingOpened(7);
+    journal.backingOpened(8);
+    journal.backingClosed(7);
     journal.close();
     await appendFile(file, 'n 9 "/torn'); // the process died writing this line
     const held = KernelJournal.read(file);
@@ -61,15 +65,18 @@ describe.each([
       [2, { kind: 'file', path: '/c' }],
       [3, { kind: 'file', path: '/a/b "quoted"\nnewline' }],
     ]);
+    expect([...held.backings]).toEqual([8]);
     expect(held.nextNode).toBe(5);
     expect(held.nextHandle).toBe(4);
   });
 
   it('is written anew from the live state once dead lines outnumber live ones, and reads back the same', async () => {
     const file = path.join(dir, `churn-${way}`);
-    const { nodes, journal } = tables(file, mapped);
+    const { nodes, backings, journal } = tables(file, mapped);
     nodes.set(2, '/kept');
     journal.nodeMade(2, '/kept');
+    backings.add(3);
+    journal.backingOpened(3);
     // A walk that makes and drops 100,000 nodes: 200,000 lines, nearly all dead.
     for (let id = 3; id < 100_003; id++) {
       nodes.set(id, `/tmp/${id}`);
@@ -82,7 +89,8 @@ describe.each([
     expect((await stat(file)).size).toBeLessThanOrEqual(2 * 1024 * 1024);
     const held = KernelJournal.read(file);
     expect([...held.nodes]).toEqual([[2, '/kept']]);
-    expect((await readFile(file, 'utf8')).startsWith('n 2 "/kept"\n')).toBe(true);
+    expect([...held.backings]).toEqual([3]);
+    expect((await readFile(file, 'utf8')).startsWith('n 2 "/kept"\nb 3\n')).toBe(true);
   });
 
   it('reads back every node of a journal of several megabytes, past its chunks\' ends', () => {
@@ -123,7 +131,7 @@ describe.each([
   it('refuses a file that is not a journal, naming the line', async () => {
     const file = path.join(dir, `bad-${way}`);
     await appendFile(file, 'n 2 "/a"\nzzz 3\n');
-    expect(() => KernelJournal.read(file)).toThrow(/has a line 'zzz 3': expected n, x, f, d or r records/);
+    expect(() => KernelJournal.read(file)).toThrow(/has a line 'zzz 3': expected n, x, f, d, r, b or c records/);
     expect(() => KernelJournal.read(path.join(dir, 'missing'))).toThrow(/no journal of the kernel's nodes/);
   });
 });

@@ -74,8 +74,9 @@ class RecordedBackings implements BackingFiles {
     this.held.add(id);
     return id;
   }
-  close(id: number): void {
+  close(id: number): boolean {
     if (!this.held.delete(id)) throw new Error(`backing id ${id} closed twice`);
+    return true;
   }
 }
 

@@ -73,10 +73,10 @@ export class DeviceBackingFiles implements BackingFiles {
     return undefined;
   }
 
-  close(id: number): void {
+  close(id: number): boolean {
     this.id.writeUInt32LE(id, 0);
-    if (this.ioctl(this.device, FUSE_DEV_IOC_BACKING_CLOSE, this.id) < 0) {
-      this.log.warn({ id, errno: this.errno() }, 'the kernel refused to close a passthrough backing id');
-    }
+    if (this.ioctl(this.device, FUSE_DEV_IOC_BACKING_CLOSE, this.id) >= 0) return true;
+    this.log.warn({ id, errno: this.errno() }, 'the kernel refused to close a passthrough backing id');
+    return false;
   }
 }

@@ -53,6 +53,7 @@ export class Metrics {
   readonly vfsOpenFiles = this.sampled('cachefs_vfs_open_files', 'Files the kernel holds open on the mount');
   readonly passthroughOpens = this.counter('cachefs_fuse_passthrough_opens_total', "Opens answered with FUSE passthrough: the kernel reads those files' cached bytes itself, and no read of them reaches cachefs (nor its byte counters)");
   readonly passthroughOpen = this.sampled('cachefs_fuse_passthrough_open', 'Backing files registered with the kernel for passthrough now (one per file open through it, however many opens share it)');
+  readonly passthroughReclaimed = this.counter('cachefs_fuse_passthrough_reclaimed_total', 'Backing files a serving process that died left registered with the kernel, closed by the serving process that took its connection over (each held a cached file open in the kernel)');
   readonly passthroughKept = this.sampled('cachefs_fuse_passthrough_kept', 'Backing files kept registered with the kernel after the last open of their file, so that its next open needs no registration (bounded; dropped when the cache drops the file)');
 
   readonly dirPrefetchDirs = this.counter('cachefs_dir_prefetch_dirs_total', 'Directories whose small files began to be prefetched, their files being read whole (--prefetch-files)');

@@ -10,7 +10,9 @@
  * where koffi cannot load), so into the page cache: it outlives the process, which is
  * all that is asked of it. Unwritten zero bytes past and between lines are skipped.
  * `n ID "PATH"` a node made, `x ID` a node dropped, `f FH "PATH"` and `d FH "PATH"` a
- * file or directory opened, `r FH` a handle released. A torn last
+ * file or directory opened, `r FH` a handle released, `b ID` a passthrough backing id
+ * registered with the kernel and `c ID` one closed (a backing outlives the process that
+ * registered it: the one taking over closes those left). A torn last
  * line (the process died writing it) is ignored. When dead lines outnumber live
  * ones, the file is written anew from the live state (a new file renamed over it).
  * The directory is the mount's private runtime dir; the file is 0600.
@@ -26,6 +28,8 @@ export interface HeldState {
   /** Node ids and their paths (the root is not in it). */
   nodes: Map<number, string>;
   handles: Map<number, { kind: HandleKind; path: string }>;
+  /** Passthrough backing ids registered with the kernel and not closed. */
+  backings: Set<number>;
   /** Past the highest node id and handle in it: new ones never take an id the kernel may hold. */
   nextNode: number;
   nextHandle: number;
@@ -35,6 +39,7 @@ export interface HeldState {
 export interface LiveState {
   nodes(): Iterable<[number, string]>;
   handles(): Iterable<[number, HandleKind, string]>;
+  backings(): Iterable<number>;
 }
 
 /** Dead lines (dropped nodes, released handles, and their records) allowed beyond the live ones before the file is written anew. */
@@ -75,7 +80,7 @@ export class KernelJournal {
     } catch (err) {
       throw new CachefsError('NOT_FOUND', `no journal of the kernel's nodes at ${file}: ${(err as Error).message}`, { cause: err });
     }
-    const held: HeldState = { nodes: new Map(), handles: new Map(), nextNode: 2, nextHandle: 1 };
+    const held: HeldState = { nodes: new Map(), handles: new Map(), backings: new Set(), nextNode: 2, nextHandle: 1 };
     const end = text.lastIndexOf('\n');
     for (const line of text.slice(0, end + 1).split('\n')) {
       if (line.length < 3) continue;
@@ -98,8 +103,14 @@ export class KernelJournal {
         case 'r':
           held.handles.delete(id);
           break;
+        case 'b':
+          held.backings.add(id);
+          break;
+        case 'c':
+          held.backings.delete(id);
+          break;
         default:
-          throw new CachefsError('IO', `the journal of the kernel's nodes at ${file} has a line '${line.slice(0, 40)}': expected n, x, f, d or r records`);
+          throw new CachefsError('IO', `the journal of the kernel's nodes at ${file} has a line '${line.slice(0, 40)}': expected n, x, f, d, r, b or c records`);
       }
     }
     return held;
@@ -132,6 +143,16 @@ export class KernelJournal {
     this.append(`r ${fh}\n`);
   }
 
+  backingOpened(id: number): void {
+    this.live += 1;
+    this.append(`b ${id}\n`);
+  }
+
+  backingClosed(id: number): void {
+    this.live -= 1;
+    this.append(`c ${id}\n`);
+  }
+
   close(): void {
     this.out?.close();
     this.out = undefined;
@@ -162,6 +183,10 @@ export class KernelJournal {
       }
       for (const [fh, kind, path] of this.state.handles()) {
         chunk.push(`${kind === 'file' ? 'f' : 'd'} ${fh} ${JSON.stringify(path)}\n`);
+        lines += 1;
+      }
+      for (const id of this.state.backings()) {
+        chunk.push(`b ${id}\n`);
         lines += 1;
       }
       flush();

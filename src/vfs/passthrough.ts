@@ -46,8 +46,8 @@ export interface BackingFiles {
    * own reference); its backing id, or undefined when the kernel refused (said there).
    */
   open(fd: number): number | undefined;
-  /** Lets the kernel drop a backing id no open will be answered with any more. */
-  close(id: number): void;
+  /** Lets the kernel drop a backing id no open will be answered with any more; false when it had no such id (said there). */
+  close(id: number): boolean;
 }
 
 /**

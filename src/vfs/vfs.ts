@@ -193,12 +193,18 @@ export class Vfs {
   private readonly journal?: KernelJournal;
   /** Handles the kernel holds from a serving process before this one, not used since. */
   private readonly restored = new Map<number, { kind: HandleKind; path: string }>();
+  /** Passthrough backing ids registered with the kernel, by this process or left by one before it and not closed yet. */
+  private readonly backingIds = new Set<number>();
+  /** Of those, the ones a serving process before this one left: closed once passthrough is on. */
+  private readonly leftBackings: number[] = [];
+  private readonly metrics: Metrics;
   /** Restored handles being opened again. */
   private readonly reopening = new Map<number, Promise<void>>();
   private readonly dirPrefetch?: DirectoryPrefetch;
 
   constructor(config: VfsConfig) {
     this.dirPrefetch = config.dirPrefetch;
+    this.metrics = config.metrics;
     this.fs = config.fs;
     this.client = config.client;
     this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
@@ -214,8 +220,12 @@ export class Vfs {
           if (nodeId !== undefined) this.passthrough.restored(fh, nodeId);
         }
         this.nextHandle = held.nextHandle;
+        for (const id of held.backings) {
+          this.backingIds.add(id);
+          this.leftBackings.push(id);
+        }
       }
-      const live = { nodes: () => this.nodes.entries(), handles: () => this.liveHandles() };
+      const live = { nodes: () => this.nodes.entries(), handles: () => this.liveHandles(), backings: () => this.backingIds };
       this.journal = held ? KernelJournal.resume(file, live, mapped) : KernelJournal.fresh(file, live, mapped);
       const journal = this.journal;
       this.nodes.observer = { made: (id, path) => journal.nodeMade(id, path), dropped: (id) => journal.nodeDropped(id) };
@@ -302,9 +312,39 @@ export class Vfs {
     return { fh, keepCache, backingId };
   }
 
-  /** FUSE passthrough was negotiated with the kernel: opens of files held whole in one local file may pass through. */
+  /**
+   * FUSE passthrough was negotiated with the kernel: opens of files held whole in one local
+   * file may pass through. The backing ids registered are written down as they come and go,
+   * so that the serving process taking over after this one dies closes them: the kernel
+   * holds each id's file (and its disk space) until it is closed or the connection ends, and
+   * only a process that knows the id can close it. Closing those left by a process before
+   * this one is safe while opens of them last: the kernel's open files hold their own
+   * reference to the backing, the id only names it for new opens.
+   */
   usePassthrough(backings: BackingFiles): void {
-    this.passthrough.enable(backings);
+    const journal = this.journal;
+    if (!journal) return this.passthrough.enable(backings);
+    const ids = this.backingIds;
+    this.passthrough.enable({
+      open: (fd) => {
+        const id = backings.open(fd);
+        if (id !== undefined) {
+          ids.add(id);
+          journal.backingOpened(id);
+        }
+        return id;
+      },
+      close: (id) => {
+        ids.delete(id);
+        journal.backingClosed(id);
+        return backings.close(id);
+      },
+    });
+    for (const id of this.leftBackings.splice(0)) {
+      ids.delete(id);
+      journal.backingClosed(id);
+      if (backings.close(id)) this.metrics.passthroughReclaimed.inc();
+    }
   }
 
   /**
