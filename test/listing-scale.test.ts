@@ -3,13 +3,16 @@
  * store's pages arrive (the S3 test server holds back every page after the first),
  * readdirplus gives the kernel the listed attributes (no LOOKUP per entry of
  * `ls -l` or `find`), and the metadata cache stays within --meta-cache-size while a tree
- * larger than it is walked, every stat right, open files unharmed by evictions.
+ * larger than it is walked, every stat right, open files unharmed by evictions; so do the
+ * node ids the kernel holds (it is asked to drop the entries of the files looked up longest
+ * ago).
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mountCachefs, sh, stopAllMounts } from './support/cachefs.js';
+import { waitFor } from './support/processes.js';
 import { startS3Server, type S3TestServer } from './support/s3-server.js';
 
 /** More than one listing page of the store (1,000 keys). */
@@ -161,7 +164,7 @@ describe('a tree larger than the metadata budget', () => {
     }
   }, 120_000);
 
-  it('stats every file right through evictions, stays within --meta-cache-size, and keeps an open file readable after its entry is evicted', async () => {
+  it('stats every file right through evictions, stays within --meta-cache-size, holds a bounded number of nodes, and keeps an open file readable after its entry is evicted', async () => {
     // Attributes and names are asked of cachefs at every stat: each walk goes through its cache.
     const m = await mountCachefs({ ufs: `file://${tree}`, args: ['--meta-cache-size', '1MiB', '--attr-timeout', '0', '--entry-timeout', '0'] });
     try {
@@ -182,6 +185,11 @@ describe('a tree larger than the metadata budget', () => {
       expect(metrics.value('cachefs_meta_cache_bytes')).toBeGreaterThan(256 * 1024);
       // The second walk found the listings of the first evicted, and listed the store again.
       expect(metrics.value('cachefs_listed_entries_total')).toBeGreaterThanOrEqual(2 * DIRS * FILES);
+      // Node ids: a quarter of the budget at 300 bytes each is 873; past it by a sixteenth, the
+      // kernel is asked to drop the entries of files (not directories: 21 more) looked up longest
+      // ago, and it forgets them (the open file's too, once closed).
+      expect(metrics.value('cachefs_vfs_nodes_let_go_total')).toBeGreaterThan(DIRS * FILES - 1000);
+      await waitFor(async () => (await m.metrics()).value('cachefs_vfs_nodes') <= 1000, { timeoutMs: 10_000, what: 'the kernel to forget the nodes it was asked to drop' });
     } finally {
       await m.stop();
     }

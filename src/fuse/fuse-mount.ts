@@ -14,6 +14,7 @@ import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { runCommand } from '../sys/mount-commands.js';
 import { isMountpoint } from '../sys/mountpoint.js';
+import { NotifyThread } from './notify-thread.js';
 import { FuseOps, type FuseFilesystem, type Negotiated } from './ops.js';
 import { DeviceBackingFiles } from './passthrough.js';
 import { FuseSession } from './session.js';
@@ -49,7 +50,11 @@ const WAKE_NODES = 8;
 export class FuseMount {
   private watch?: NodeJS.Timeout;
 
-  private constructor(private readonly session: FuseSession, readonly mountpoint: string) {}
+  private constructor(
+    private readonly session: FuseSession,
+    readonly mountpoint: string,
+    private readonly notifications: NotifyThread | undefined,
+  ) {}
 
   /** Resolves when the mount disappears without `unmount()` (umount from outside, the connection aborted). */
   whenGone(): Promise<void> {
@@ -74,20 +79,24 @@ export class FuseMount {
     const session =
       options.resume && options.deviceFd !== undefined ? await FuseSession.resume(options.deviceFd, mountpoint, sessionOptions, log) : await FuseSession.mount(mountpoint, sessionOptions, log);
     const backings = options.passthrough ? await passthroughBackings(session.device, log) : undefined;
-    const ops = new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings, resumed: options.resume }, metrics, log);
+    const notifications = fs.nodesToLetGo && NotifyThread.start(session.device, (id) => fs.nodeKept?.(id));
+    const ops = new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings, resumed: options.resume, notifications }, metrics, log);
     session.start(ops, { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
-    return new FuseMount(session, mountpoint);
+    void session.ended.finally(() => notifications?.close());
+    return new FuseMount(session, mountpoint, notifications);
   }
 
   /** Stops serving without unmounting, for the next serving process on the same connection (an upgrade). */
   async drain(timeoutMs: number): Promise<void> {
     clearInterval(this.watch);
+    this.notifications?.close();
     await this.session.drain(timeoutMs);
   }
 
   /** Unmounts (lazily, so open files do not keep a dying mount); nothing to do if already gone. */
   async unmount(): Promise<void> {
     clearInterval(this.watch);
+    this.notifications?.close();
     await this.session.close();
     if (await isMountpoint(this.mountpoint)) throw new CachefsError('IO', `cannot unmount ${this.mountpoint}`);
   }

@@ -15,7 +15,7 @@ import { constants } from 'node:os';
 import type { Logger } from '../log.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { StatFs } from '../vfs/filesystem.js';
-import { childPath } from '../vfs/nodes.js';
+import { childPath, type NodeToLetGo } from '../vfs/nodes.js';
 import type { BackingFiles } from '../vfs/passthrough.js';
 import { MAX_READ, type Cancellation, type DirEntryOut, type DirPlusEntryOut, type NodeAttr, type NodeEntry, type OpenedDir, type OpenedFile, type ReadReply } from '../vfs/vfs.js';
 import { errnoName, errnoOf, isFailure } from './errno.js';
@@ -31,6 +31,7 @@ import {
   InitFlag2,
   initOut,
   InSize,
+  invalidateEntry,
   MIN_KERNEL_MINOR,
   Op,
   OpenFlag,
@@ -79,6 +80,10 @@ export interface FuseFilesystem {
   readonly adaptiveReaddirplus: boolean;
   /** Node ids of regular files the kernel holds, at most `max`. */
   heldFiles(max: number): number[];
+  /** Files whose entries the kernel is to be asked to drop, so that the nodes it holds stay within a budget. */
+  nodesToLetGo?(): NodeToLetGo[];
+  /** The kernel refused to drop the entry of node `id`. */
+  nodeKept?(id: number): void;
   /** For messages: the path of a node, and of an open file or directory. */
   pathOf(nodeId: number): string;
   handlePath(fh: number): string;
@@ -97,6 +102,8 @@ export interface FuseOpsOptions {
   resumed?: Negotiated;
   /** Told what INIT settled, once it is answered: a serving process taking over the connection needs it. */
   onInit?(negotiated: Negotiated): void;
+  /** Writes notifications to the kernel off the event loop (`notify-thread.ts`); without it, no entry is asked back. */
+  notifications?: { send(tags: number[], notes: Buffer[]): void };
 }
 
 /** What INIT settled with the kernel: the protocol minor and the flags answered (`flags2`: the high 32 bits, with INIT_EXT). */
@@ -136,7 +143,7 @@ export class FuseOps implements SessionHandler {
     [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.release(fh), () => []) }],
     [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
     [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdir(fh, offset), (entries) => [direntPage(entries, size)])) }],
-    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdirplus(fh, offset), (entries) => [o.direntPlusPage(entries, size)])) }],
+    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => o.readdirplus(r, b) }],
     [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.releasedir(fh), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
@@ -253,6 +260,25 @@ export class FuseOps implements SessionHandler {
   private lookup(req: FuseRequest, parentId: number, name: string): void {
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
     this.run(req, () => childPath(this.fs.pathOf(parentId), name), () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
+    this.letGo();
+  }
+
+  /** Asks the kernel to drop the entries of the files the filesystem names, while it holds more nodes than its budget. */
+  private letGo(): void {
+    const notifications = this.options.notifications;
+    if (!notifications || !this.fs.nodesToLetGo) return;
+    const nodes = this.fs.nodesToLetGo();
+    if (nodes.length === 0) return;
+    notifications.send(
+      nodes.map((n) => n.id),
+      nodes.map((n) => invalidateEntry(n.parentId, n.name)),
+    );
+    this.metrics.nodesLetGo.inc(nodes.length);
+  }
+
+  private readdirplus(req: FuseRequest, body: Buffer): void {
+    readdirOf(body, (fh, offset, size) => this.withHandle(req, fh, () => this.fs.readdirplus(fh, offset), (entries) => [this.direntPlusPage(entries, size)]));
+    this.letGo();
   }
 
   /** As many entries with their attributes as fit `size` bytes of fuse_direntplus; each node given is counted as looked up. */

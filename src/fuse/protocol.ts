@@ -283,6 +283,23 @@ export function retrieveNothing(nodeid: number): Buffer {
   return b;
 }
 
+const FUSE_NOTIFY_INVAL_ENTRY = 3;
+
+/**
+ * A NOTIFY_INVAL_ENTRY of the entry `name` of the directory node `parent`: the kernel drops
+ * its dentry, and the inode, once nothing else holds it, with a FORGET of its node id.
+ */
+export function invalidateEntry(parent: number, name: string): Buffer {
+  const nameLength = Buffer.byteLength(name);
+  const b = Buffer.alloc(OUT_HEADER + 16 + nameLength + 1);
+  b.writeUInt32LE(b.length, 0);
+  b.writeInt32LE(FUSE_NOTIFY_INVAL_ENTRY, 4); // a notification: its code in the error field, unique 0
+  putU64(b, OUT_HEADER, parent);
+  b.writeUInt32LE(nameLength, OUT_HEADER + 8); // flags 0: dropped, not only expired
+  b.write(name, OUT_HEADER + 16);
+  return b;
+}
+
 const FUSE_NOTIFY_RESEND = 7;
 
 /**

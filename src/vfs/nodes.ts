@@ -7,6 +7,13 @@
  * Nodes restored from a dead serving process's journal (`kernel-journal.ts`) have an
  * unknown lookup count: the kernel's first FORGET of one (it sends its whole count
  * when it drops an inode) drops it.
+ *
+ * The kernel holds a node as long as it keeps the inode, which without memory pressure
+ * is as long as its dentry: a walk of a million files left a million nodes here. So the
+ * nodes are kept in the order they were last looked up, and past a bound the regular
+ * files looked up longest ago are named (`toLetGo`) for the kernel to be asked to drop
+ * their entries (NOTIFY_INVAL_ENTRY): it then forgets them, unless something holds them
+ * (an open file), and a later lookup makes a node again. Directories are not let go.
  */
 
 export interface Node {
@@ -23,6 +30,15 @@ export interface Node {
   listedCount?: number;
   /** Last told to the kernel as a regular file. */
   file?: boolean;
+  /** The kernel was asked to drop its entry, and has not forgotten it yet. */
+  lettingGo: boolean;
+}
+
+/** A node to ask the kernel to let go of: its entry is `name` in the directory node `parentId`. */
+export interface NodeToLetGo {
+  id: number;
+  parentId: number;
+  name: string;
 }
 
 /** What the kernel knows of a file's bytes: its ETag, mtime and size. */
@@ -44,6 +60,8 @@ export class Nodes {
   private readonly byId = new Map<number, Node>();
   private readonly byPath = new Map<string, Node>();
   private nextId = ROOT_ID + 1;
+  /** Nodes the kernel was asked to let go of and still holds. */
+  private lettingGo = 0;
   observer?: NodesObserver;
 
   constructor() {
@@ -69,9 +87,49 @@ export class Nodes {
       this.byId.set(node.id, node);
       this.byPath.set(path, node);
       this.observer?.made(node.id, path);
+    } else {
+      // Last in the order again: the nodes looked up longest ago are the first ones.
+      this.byId.delete(node.id);
+      this.byId.set(node.id, node);
+      if (node.lettingGo) this.keep(node);
     }
     node.lookups += 1;
     return node;
+  }
+
+  /**
+   * Regular files to ask the kernel to let go of, looked up longest ago first, once the
+   * nodes held (less those it was asked about already) pass `max` by a sixteenth: enough
+   * to bring them an eighth under it. Each is marked until the kernel forgets it, or
+   * `kept` says it will not.
+   */
+  toLetGo(max: number): NodeToLetGo[] {
+    const over = this.byId.size - this.lettingGo - max;
+    if (over <= max / 16) return [];
+    const want = over + Math.ceil(max / 8);
+    const out: NodeToLetGo[] = [];
+    for (const node of this.byId.values()) {
+      if (out.length >= want) break;
+      if (!node.file || node.lettingGo || node.lookups === Infinity) continue;
+      const slash = node.path.lastIndexOf('/');
+      const parentId = this.byPath.get(slash === 0 ? '/' : node.path.slice(0, slash))?.id;
+      if (parentId === undefined) continue;
+      node.lettingGo = true;
+      out.push({ id: node.id, parentId, name: node.path.slice(slash + 1) });
+    }
+    this.lettingGo += out.length;
+    return out;
+  }
+
+  /** The kernel will not let go of node `id` (it refused the ask): it counts as held again. */
+  kept(id: number): void {
+    const node = this.byId.get(id);
+    if (node?.lettingGo) this.keep(node);
+  }
+
+  private keep(node: Node): void {
+    node.lettingGo = false;
+    this.lettingGo -= 1;
   }
 
   /** A node the kernel held from a serving process before this one; ids made later start past `nextId`. */
@@ -110,13 +168,14 @@ export class Nodes {
     if (node.lookups > 0 && node.lookups !== Infinity) return;
     this.byId.delete(id);
     if (this.byPath.get(node.path) === node) this.byPath.delete(node.path);
+    if (node.lettingGo) this.keep(node);
     this.observer?.dropped(id);
   }
 }
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

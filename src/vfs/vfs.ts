@@ -34,7 +34,7 @@ import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
 import type { MappedFiles } from '../sys/mapped-file.js';
 import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
-import { childPath, Nodes, type Node } from './nodes.js';
+import { childPath, Nodes, type Node, type NodeToLetGo } from './nodes.js';
 import { PassthroughOpens, type BackingFiles } from './passthrough.js';
 import { READ_HEAD, READ_TAIL, readShape, type DirectoryPrefetch } from './directory-prefetch.js';
 
@@ -186,8 +186,12 @@ export class Vfs {
   private readonly fs: Filesystem;
   private readonly client: BlockClient;
   private readonly maxCachedListing: number;
-  /** Nodes readdirplus may make; past them it gives names only (the kernel looks them up when it needs them). */
-  private readonly maxPlusNodes: number;
+  /**
+   * Nodes held within the budget (a quarter of it): past them readdirplus gives names only
+   * (the kernel looks them up when it needs them), and the kernel is asked to let go of the
+   * files looked up longest ago (`nodesToLetGo`).
+   */
+  private readonly maxNodes: number;
   /** Which opens the kernel reads itself, from a backing file. */
   private readonly passthrough: PassthroughOpens;
   private readonly journal?: KernelJournal;
@@ -208,7 +212,7 @@ export class Vfs {
     this.fs = config.fs;
     this.client = config.client;
     this.maxCachedListing = config.maxCachedListing ?? DEFAULT_MAX_CACHED_LISTING;
-    this.maxPlusNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
+    this.maxNodes = Math.floor(config.metaBudgetBytes / 4 / NODE_BYTES);
     this.passthrough = new PassthroughOpens(config.client, config.metrics);
     if (config.journal) {
       const { file, held, mapped } = config.journal;
@@ -249,6 +253,16 @@ export class Vfs {
   /** The path of a node, for messages; `#id` when the kernel named one not held. */
   pathOf(nodeId: number): string {
     return this.nodes.get(nodeId)?.path ?? `#${nodeId}`;
+  }
+
+  /** Files whose entries the kernel is to be asked to drop, so that the nodes it holds stay within the budget (none while they do). */
+  nodesToLetGo(): NodeToLetGo[] {
+    return this.nodes.toLetGo(this.maxNodes);
+  }
+
+  /** The kernel refused to drop the entry of node `id`: it is held on. */
+  nodeKept(id: number): void {
+    this.nodes.kept(id);
   }
 
   /** Up to `max` node ids of regular files the kernel holds (it can be asked to send a request about them). */
@@ -513,8 +527,8 @@ export class Vfs {
       }
       const attr = this.fs.attrOf(entry);
       const take = (): NodeEntry | undefined => {
-        // Within the budget: a node the kernel holds can never be evicted, so readdirplus stops making new ones.
-        if (this.nodes.size >= this.maxPlusNodes && this.nodes.idOf(path) === undefined) return undefined;
+        // Within the budget: a node the kernel holds cannot be evicted, only asked back, so readdirplus stops making new ones.
+        if (this.nodes.size >= this.maxNodes && this.nodes.idOf(path) === undefined) return undefined;
         const node = this.nodes.remember(path);
         return { nodeId: node.id, attr: this.told(node, attr) };
       };
