@@ -231,7 +231,9 @@ describe('a killed serving process is replaced', () => {
     const recovered = await goodReadAfter(reader, killed.gone);
     const window = recoveryWindow(reader, killed.at, recovered);
     expect(window).toBeLessThan(RECOVERY_TARGET_MS);
-    const during = reader.samples().filter((s) => s.t >= killed.at && s.t < recovered.t);
+    // The failed reads of the window (a read begun after the kill may still have been answered,
+    // right, by the process before it was gone; wrong bytes are refused above).
+    const during = reader.samples().filter((s) => s.t >= killed.at && s.t < recovered.t && !s.ok);
     // ECONNABORTED: a read that was with the kernel as the connection died.
     for (const s of during) expect(['ENOTCONN', 'ECONNABORTED', 'ENOENT', 'EIO']).toContain(s.err);
     // A descriptor opened before the crash may keep failing; new opens succeed (checked above).
