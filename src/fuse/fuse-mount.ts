@@ -96,7 +96,7 @@ export class FuseMount {
   /** Unmounts (lazily, so open files do not keep a dying mount); nothing to do if already gone. */
   async unmount(): Promise<void> {
     clearInterval(this.watch);
-    this.notifications?.close();
+    this.notifications?.close(); // before the device is closed: no ask is written to a descriptor number reused since
     await this.session.close();
     if (await isMountpoint(this.mountpoint)) throw new CachefsError('IO', `cannot unmount ${this.mountpoint}`);
   }

@@ -63,13 +63,14 @@ export class NotifyThread {
     return new NotifyThread(worker);
   }
 
-  /** Writes the notifications (`tags[i]` is told back if `notes[i]` is refused) to the kernel, after those sent before them. */
-  send(tags: number[], notes: Buffer[]): void {
-    // A buffer of its own (not a slice of Node's pool): it is moved to the thread, not copied.
-    const bytes = Buffer.allocUnsafeSlow(notes.reduce((n, b) => n + b.length, 0));
-    let at = 0;
-    for (const note of notes) at += note.copy(bytes, at);
-    this.worker.postMessage({ tags, bytes } satisfies Batch, [bytes.buffer as ArrayBuffer]);
+  /**
+   * Writes the notifications in `bytes`, one after another, each starting with its length
+   * (`tags[i]` is told back if the i-th is refused), after those sent before them. A buffer
+   * of its own is moved to the thread, not copied.
+   */
+  send(tags: number[], bytes: Buffer): void {
+    const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+    this.worker.postMessage({ tags, bytes } satisfies Batch, own ? [bytes.buffer as ArrayBuffer] : []);
   }
 
   close(): void {

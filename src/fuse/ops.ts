@@ -31,7 +31,7 @@ import {
   InitFlag2,
   initOut,
   InSize,
-  invalidateEntry,
+  invalidateEntries,
   MIN_KERNEL_MINOR,
   Op,
   OpenFlag,
@@ -103,7 +103,7 @@ export interface FuseOpsOptions {
   /** Told what INIT settled, once it is answered: a serving process taking over the connection needs it. */
   onInit?(negotiated: Negotiated): void;
   /** Writes notifications to the kernel off the event loop (`notify-thread.ts`); without it, no entry is asked back. */
-  notifications?: { send(tags: number[], notes: Buffer[]): void };
+  notifications?: { send(tags: number[], bytes: Buffer): void };
 }
 
 /** What INIT settled with the kernel: the protocol minor and the flags answered (`flags2`: the high 32 bits, with INIT_EXT). */
@@ -269,10 +269,7 @@ export class FuseOps implements SessionHandler {
     if (!notifications || !this.fs.nodesToLetGo) return;
     const nodes = this.fs.nodesToLetGo();
     if (nodes.length === 0) return;
-    notifications.send(
-      nodes.map((n) => n.id),
-      nodes.map((n) => invalidateEntry(n.parentId, n.name)),
-    );
+    notifications.send(nodes.map((n) => n.id), invalidateEntries(nodes));
     this.metrics.nodesLetGo.inc(nodes.length);
   }
 

@@ -286,17 +286,24 @@ export function retrieveNothing(nodeid: number): Buffer {
 const FUSE_NOTIFY_INVAL_ENTRY = 3;
 
 /**
- * A NOTIFY_INVAL_ENTRY of the entry `name` of the directory node `parent`: the kernel drops
- * its dentry, and the inode, once nothing else holds it, with a FORGET of its node id.
+ * NOTIFY_INVAL_ENTRYs of the entry `name` of the directory node `parentId`, each: the kernel
+ * drops its dentry, and the inode, once nothing else holds it, with a FORGET of its node id.
+ * One after another in one buffer of its own (not a slice of Node's pool), each starting
+ * with its length, as it is written to the device one at a time.
  */
-export function invalidateEntry(parent: number, name: string): Buffer {
-  const nameLength = Buffer.byteLength(name);
-  const b = Buffer.alloc(OUT_HEADER + 16 + nameLength + 1);
-  b.writeUInt32LE(b.length, 0);
-  b.writeInt32LE(FUSE_NOTIFY_INVAL_ENTRY, 4); // a notification: its code in the error field, unique 0
-  putU64(b, OUT_HEADER, parent);
-  b.writeUInt32LE(nameLength, OUT_HEADER + 8); // flags 0: dropped, not only expired
-  b.write(name, OUT_HEADER + 16);
+export function invalidateEntries(entries: readonly { parentId: number; name: string }[]): Buffer {
+  const lengths = entries.map((e) => OUT_HEADER + 16 + Buffer.byteLength(e.name) + 1);
+  const b = Buffer.alloc(lengths.reduce((n, l) => n + l, 0));
+  let at = 0;
+  entries.forEach(({ parentId, name }, i) => {
+    const length = lengths[i]!;
+    b.writeUInt32LE(length, at);
+    b.writeInt32LE(FUSE_NOTIFY_INVAL_ENTRY, at + 4); // a notification: its code in the error field, unique 0
+    putU64(b, at + OUT_HEADER, parentId);
+    b.writeUInt32LE(length - OUT_HEADER - 17, at + OUT_HEADER + 8); // the name's bytes; flags 0: dropped, not only expired
+    b.write(name, at + OUT_HEADER + 16);
+    at += length;
+  });
   return b;
 }
 
