@@ -8,12 +8,13 @@
 import { constants } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { CachefsError } from '../src/errors.js';
-import { FuseOps, type FuseFilesystem } from '../src/fuse/ops.js';
+import { FuseOps, type FuseFilesystem, type FuseOpsOptions } from '../src/fuse/ops.js';
 import { IN_HEADER, InSize, Op, putU64, type RequestHeader } from '../src/fuse/protocol.js';
 import { FuseRequests } from '../src/fuse/requests.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import type { StatFs } from '../src/vfs/filesystem.js';
+import type { NodeToLetGo } from '../src/vfs/nodes.js';
 import type { BackingFiles } from '../src/vfs/passthrough.js';
 import type { Cancellation, DirEntryOut, DirPlusEntryOut, NodeAttr, NodeEntry, OpenedDir, OpenedFile, ReadReply } from '../src/vfs/vfs.js';
 
@@ -32,7 +33,6 @@ class RecordingFilesystem implements FuseFilesystem {
   readonly calls: string[] = [];
   readonly forgotten: [number, number][] = [];
   readonly reads: { cancel: Cancellation; reply: ReadReply; fill(byte: number): void }[] = [];
-  adaptiveReaddirplus = false;
 
   async lookup(parentId: number, name: string): Promise<NodeEntry> {
     this.calls.push(`lookup ${parentId} ${name}`);
@@ -86,6 +86,8 @@ class RecordingFilesystem implements FuseFilesystem {
   heldFiles(): number[] {
     return [2];
   }
+  /** Set by a test: the entries the kernel is to be asked to drop. */
+  nodesToLetGo?: (quiet: boolean) => NodeToLetGo[];
   pathOf(nodeId: number): string {
     return `#${nodeId}`;
   }
@@ -94,7 +96,7 @@ class RecordingFilesystem implements FuseFilesystem {
   }
 }
 
-function harness(backings?: BackingFiles) {
+function harness(backings?: BackingFiles, notifications?: FuseOpsOptions['notifications']) {
   const fs = new RecordingFilesystem();
   const replies: Reply[] = [];
   const write = (unique: number, parts: Buffer[]): void => {
@@ -103,7 +105,7 @@ function harness(backings?: BackingFiles) {
   };
   const requests = new FuseRequests(write, 60_000, createLogger('silent'));
   const metrics = new Metrics(false);
-  const ops = new FuseOps(fs, requests, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20, backings }, metrics, createLogger('silent'));
+  const ops = new FuseOps(fs, requests, { attrTimeoutSec: 1, entryTimeoutSec: 1, maxReadahead: 8 << 20, backings, notifications }, metrics, createLogger('silent'));
   let unique = 0;
   const send = (opcode: number, nodeid: number, body: Buffer): number => {
     const header: RequestHeader = { len: IN_HEADER + body.length, opcode, unique: (unique += 2), nodeid, uid: 0, gid: 0, pid: 1 };
@@ -202,16 +204,36 @@ describe('FUSE ops', () => {
     expect(reply!.body.length).toBe(10 * 32); // every entry (24 bytes and its name, 8-aligned): not an empty page, which the kernel takes for the end
   });
 
-  it('asks for readdirplus always, and adaptive (READDIRPLUS_AUTO) only when the filesystem wants it', () => {
+  it('asks the kernel to drop entries once lookups paused, as one NOTIFY_PRUNE and the same as NOTIFY_INVAL_ENTRYs should it refuse that; while they go on, only when far over', async () => {
+    const sent: { tags: number[]; bytes: Buffer; instead?: Buffer }[] = [];
+    const h = harness(undefined, { send: (tags, bytes, instead) => void sent.push({ tags, bytes, instead }) });
+    const asked: boolean[] = [];
+    h.fs.nodesToLetGo = (quiet) => {
+      asked.push(quiet);
+      return quiet ? [{ id: 2, parentId: 1, name: 'a.bin' }] : [];
+    };
+    h.init();
+    const name = Buffer.from('a.bin\0');
+    h.send(Op.LOOKUP, 1, name);
+    h.send(Op.LOOKUP, 1, name);
+    expect(asked).toEqual([false, false]); // far over only: none while lookups come
+    await new Promise((r) => setTimeout(r, 20));
+    expect(asked).toEqual([false, false, true]);
+    expect(sent.length).toBe(1);
+    const { tags, bytes, instead } = sent[0]!;
+    expect(tags).toEqual([2]);
+    // fuse_out_header (len, NOTIFY_PRUNE = 9, unique 0), fuse_notify_prune_out (count 1), the node id.
+    expect([instead!.readUInt32LE(0), instead!.readInt32LE(4), instead!.readUInt32LE(16), Number(instead!.readBigUInt64LE(32))]).toEqual([40, 9, 1, 2]);
+    // NOTIFY_INVAL_ENTRY = 3 of parent 1, name 'a.bin' (5 bytes and its NUL).
+    expect([bytes.readUInt32LE(0), bytes.readInt32LE(4), Number(bytes.readBigUInt64LE(16)), bytes.readUInt32LE(24), bytes.toString('latin1', 32, 37)]).toEqual([38, 3, 1, 5, 'a.bin']);
+  });
+
+  it('asks for readdirplus always, never the adaptive mode (READDIRPLUS_AUTO): the filesystem decides entry by entry', () => {
     const DO_READDIRPLUS = 1 << 13;
     const READDIRPLUS_AUTO = 1 << 14;
-    const always = harness().init(7, 31).body.readUInt32LE(12);
-    expect(always & DO_READDIRPLUS).not.toBe(0);
-    expect(always & READDIRPLUS_AUTO).toBe(0);
-    const h = harness();
-    h.fs.adaptiveReaddirplus = true;
-    const adaptive = h.init(7, 31).body.readUInt32LE(12);
-    expect(adaptive & (DO_READDIRPLUS | READDIRPLUS_AUTO)).toBe(DO_READDIRPLUS | READDIRPLUS_AUTO);
+    const flags = harness().init(7, 31).body.readUInt32LE(12);
+    expect(flags & DO_READDIRPLUS).not.toBe(0);
+    expect(flags & READDIRPLUS_AUTO).toBe(0);
   });
 
   it('tells a kernel of a newer major its own version and serves nothing until a 7.x INIT; refuses an older major or a minor below 7.15 with EPROTO', async () => {

@@ -17,6 +17,7 @@ import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
+import { FIRST_CHILD } from '../src/vfs/dir-pages.js';
 import { Filesystem } from '../src/vfs/filesystem.js';
 import { Vfs, type Cancellation, type ReadReply } from '../src/vfs/vfs.js';
 
@@ -183,12 +184,38 @@ describe('Vfs', () => {
     expect(await readWhole()).toEqual({ keepCache: true, names: 1503 });
   });
 
-  it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget; names only past that or before a stat', async () => {
+  it('answers readdirplus with every file stat\'ed in a directory whose files are being looked up one by one, a listing page at a time; by name alone before', async () => {
+    const many = path.join(dir, 'many');
+    await mkdir(many);
+    const name = (i: number): string => `f${String(i).padStart(4, '0')}`;
+    for (let i = 0; i < 2_500; i++) await writeFile(path.join(many, name(i)), 'x'.repeat(i % 7));
+    // Entries kept a minute, as a mount keeps them by default for five.
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 64 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
+    const vfs = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 64 << 20 });
+    const { nodeId } = await vfs.lookup(ROOT, 'many', live());
+    const { fh } = await vfs.opendir(nodeId, live());
+    const files = (entries: Iterable<{ name: string; take(): { attr: { size: number } } | undefined }>): [string, number | null][] =>
+      [...entries].filter((e) => e.name.startsWith('f')).map((e) => [e.name, e.take()?.attr.size ?? null]);
+    // A first listing (ls -f) waits for no stat: its files go by name alone.
+    const cold = files(await vfs.readdirplus(fh, 0));
+    expect(cold.length).toBeGreaterThan(0);
+    expect(cold.filter(([, size]) => size !== null)).toEqual([]);
+    // A walk that stats what it listed (find reads up to 100,000 entries, then stats them).
+    for (const [n] of cold.slice(0, 64)) expect((await vfs.lookup(nodeId, n, live())).attr.size).toBe(Number(n.slice(1)) % 7);
+    // The listing's third page (its last 500 names, in the folder's order) was not stat'ed by
+    // those lookups (of names of the first pages): it is now, before it is answered.
+    const walked = files(await vfs.readdirplus(fh, FIRST_CHILD + 2_000));
+    expect(walked.length).toBe(500);
+    expect(walked.filter(([n, size]) => size !== Number(n.slice(1)) % 7)).toEqual([]);
+    vfs.releasedir(fh);
+  });
+
+  it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget and half of it again; names only past that or before a stat', async () => {
     for (const n of ['c', 'd', 'e']) await writeFile(path.join(dir, n), n.repeat(3));
-    // The metadata cache holds every entry here; the nodes' quarter of the Vfs's budget, three.
+    // The metadata cache holds every entry here; the nodes' quarter of the Vfs's budget, three: readdirplus makes them while fewer than 4.5.
     const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 1 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics, log: createLogger('silent') });
     const small = new Vfs({ fs, client: new BlockClient(source, { blockSize: BLOCK, readaheadBytes: 0 }), metrics, metaBudgetBytes: 4 * 300 * 3 });
-    const held = await small.lookup(ROOT, 'd', live()); // root and d: room for one more node
+    const held = await small.lookup(ROOT, 'd', live()); // root and d: room for three more nodes
     // A folder lists its files by name alone: a readdirplus does not wait for their stats, and gives the looked-up one.
     const cold = await small.opendir(ROOT, live());
     expect([...(await small.readdirplus(cold.fh, 0))].map((e) => [e.name, e.take()?.attr.size ?? null])).toEqual([
@@ -209,8 +236,8 @@ describe('Vfs', () => {
       ['.', null],
       ['..', null],
       ['a.bin', 4 * BLOCK],
-      ['b.txt', null],
-      ['c', null],
+      ['b.txt', 1],
+      ['c', 3],
       ['d', 3],
       ['e', null],
     ]);

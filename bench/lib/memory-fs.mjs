@@ -28,7 +28,6 @@ const entries = [
 ];
 /** The FUSE layer's filesystem (fuse/ops.ts FuseFilesystem): one directory, one file. */
 const memoryFs = {
-  adaptiveReaddirplus: false,
   lookup: (parentId, child) => {
     if (parentId === ROOT && `/${child}` === name) return { nodeId: FILE, attr: fileAttr };
     throw notFound();

@@ -79,7 +79,13 @@ export class FuseMount {
     const session =
       options.resume && options.deviceFd !== undefined ? await FuseSession.resume(options.deviceFd, mountpoint, sessionOptions, log) : await FuseSession.mount(mountpoint, sessionOptions, log);
     const backings = options.passthrough ? await passthroughBackings(session.device, log) : undefined;
-    const notifications = fs.nodesToLetGo && NotifyThread.start(session.device, (id) => fs.nodeKept?.(id));
+    const notifications =
+      fs.nodesToLetGo &&
+      NotifyThread.start(
+        session.device,
+        (id) => fs.nodeKept?.(id),
+        (code) => log.info({ code }, 'the kernel takes no NOTIFY_PRUNE (before 6.18): file entries are asked back one at a time (NOTIFY_INVAL_ENTRY)'),
+      );
     const ops = new FuseOps(fs, session.requests, { ...options, deviceId: session.deviceId, backings, resumed: options.resume, notifications }, metrics, log);
     session.start(ops, { fileNodes: () => fs.heldFiles(WAKE_NODES), paths: options.alsoMountedAt ?? [] });
     void session.ended.finally(() => notifications?.close());

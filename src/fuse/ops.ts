@@ -32,6 +32,7 @@ import {
   initOut,
   InSize,
   invalidateEntries,
+  pruneNodes,
   MIN_KERNEL_MINOR,
   Op,
   OpenFlag,
@@ -51,9 +52,14 @@ import { MAX_WRITE, type SessionHandler } from './session.js';
 
 const E = constants.errno;
 /**
- * The init flags asked for, each only when the kernel offers it. READDIRPLUS always;
- * READDIRPLUS_AUTO only when the filesystem says so (`adaptiveReaddirplus`).
+ * The init flags asked for, each only when the kernel offers it. READDIRPLUS always, not
+ * READDIRPLUS_AUTO: the filesystem decides entry by entry which ones carry attributes (an
+ * entry without a node id is a name alone to the kernel), which the kernel's adaptive mode
+ * cannot (it asks for attributes only at a listing's start and after lookups in between,
+ * and gnulib's fts reads up to 100,000 entries before it stats any).
  */
+/** How long no request making nodes comes before the kernel is asked to drop entries (`letGo`). */
+const LET_GO_QUIET_MS = 3;
 const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS;
 
 /** The filesystem the FUSE ops call, by node ids and handles. */
@@ -73,15 +79,10 @@ export interface FuseFilesystem {
   refuseWrite(nodeId: number): never;
   /** The kernel agreed to passthrough: opens may be answered with backing files registered in `backings`. */
   usePassthrough?(backings: BackingFiles): void;
-  /**
-   * Whether the kernel should ask for readdirplus only where it looks entries up
-   * (READDIRPLUS_AUTO) rather than always: when listings give no attributes for free.
-   */
-  readonly adaptiveReaddirplus: boolean;
   /** Node ids of regular files the kernel holds, at most `max`. */
   heldFiles(max: number): number[];
   /** Files whose entries the kernel is to be asked to drop, so that the nodes it holds stay within a budget. */
-  nodesToLetGo?(): NodeToLetGo[];
+  nodesToLetGo?(quiet: boolean): NodeToLetGo[];
   /** The kernel refused to drop the entry of node `id`. */
   nodeKept?(id: number): void;
   /** For messages: the path of a node, and of an open file or directory. */
@@ -103,7 +104,7 @@ export interface FuseOpsOptions {
   /** Told what INIT settled, once it is answered: a serving process taking over the connection needs it. */
   onInit?(negotiated: Negotiated): void;
   /** Writes notifications to the kernel off the event loop (`notify-thread.ts`); without it, no entry is asked back. */
-  notifications?: { send(tags: number[], bytes: Buffer): void };
+  notifications?: { send(tags: number[], bytes: Buffer, instead?: Buffer): void };
 }
 
 /** What INIT settled with the kernel: the protocol minor and the flags answered (`flags2`: the high 32 bits, with INIT_EXT). */
@@ -131,6 +132,10 @@ type ConnectionState = 'new' | 'ready' | 'destroyed';
 
 export class FuseOps implements SessionHandler {
   private state: ConnectionState = 'new';
+  /** Asks the kernel to drop entries once requests that make nodes paused (`letGo`). */
+  private letGoTimer: NodeJS.Timeout | undefined;
+  /** Requests that make nodes (LOOKUP, READDIRPLUS) under way, when the kernel can be asked to drop entries. */
+  private makingNodes = 0;
 
   private static readonly OPS: ReadonlyMap<number, OpSpec> = new Map<number, OpSpec>([
     [Op.INIT, { name: 'init', minBody: 8, handle: (o, _h, b, r) => o.init(b, r) }],
@@ -235,7 +240,7 @@ export class FuseOps implements SessionHandler {
     const passthrough = this.options.backings !== undefined && (kernelFlags2 & InitFlag2.PASSTHROUGH) !== 0;
     const negotiated: Negotiated = {
       minor: Math.min(minor, FUSE_KERNEL_MINOR),
-      flags: ((WANTED_FLAGS | (this.fs.adaptiveReaddirplus ? InitFlag.READDIRPLUS_AUTO : 0)) & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0),
+      flags: (WANTED_FLAGS & kernelFlags) | (passthrough ? InitFlag.INIT_EXT : 0),
       flags2: passthrough ? InitFlag2.PASSTHROUGH : 0,
     };
     this.requests.reply(req, 0, reply(negotiated.minor, negotiated.flags, negotiated.flags2));
@@ -260,22 +265,41 @@ export class FuseOps implements SessionHandler {
   private lookup(req: FuseRequest, parentId: number, name: string): void {
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
     this.run(req, () => childPath(this.fs.pathOf(parentId), name), () => this.fs.lookup(parentId, name, req), (e) => [entryOut(e.nodeId, e.attr, entryTimeoutSec, attrTimeoutSec)]);
-    this.letGo();
   }
 
-  /** Asks the kernel to drop the entries of the files the filesystem names, while it holds more nodes than its budget. */
+  /**
+   * Asks the kernel to drop the entries of the files the filesystem names, while it holds
+   * more nodes than its budget: once no request that makes nodes came for a moment, or at
+   * once when far over it. A node the kernel makes while another is evicted gets its
+   * attributes marked stale (6.18's `evict_ctr`), and costs a GETATTR at its next stat:
+   * asked back in the middle of a walk's listing, every entry of the pages under way would.
+   */
   private letGo(): void {
+    if (!this.options.notifications || !this.fs.nodesToLetGo) return;
+    this.sendLetGo(false);
+    this.makingNodes += 1;
+  }
+
+  /** A request that makes nodes was answered: the kernel is asked to drop entries once none came for a moment. */
+  private madeNodes(): void {
+    this.makingNodes -= 1;
+    if (this.makingNodes > 0) return;
+    if (this.letGoTimer) this.letGoTimer.refresh();
+    else this.letGoTimer = setTimeout(() => this.makingNodes === 0 && this.sendLetGo(true), LET_GO_QUIET_MS).unref();
+  }
+
+  private sendLetGo(quiet: boolean): void {
     const notifications = this.options.notifications;
-    if (!notifications || !this.fs.nodesToLetGo) return;
-    const nodes = this.fs.nodesToLetGo();
+    if (!notifications || !this.fs.nodesToLetGo || this.state === 'destroyed') return;
+    const nodes = this.fs.nodesToLetGo(quiet);
     if (nodes.length === 0) return;
-    notifications.send(nodes.map((n) => n.id), invalidateEntries(nodes));
+    const ids = nodes.map((n) => n.id);
+    notifications.send(ids, invalidateEntries(nodes), pruneNodes(ids));
     this.metrics.nodesLetGo.inc(nodes.length);
   }
 
   private readdirplus(req: FuseRequest, body: Buffer): void {
     readdirOf(body, (fh, offset, size) => this.withHandle(req, fh, () => this.fs.readdirplus(fh, offset), (entries) => [this.direntPlusPage(entries, size)]));
-    this.letGo();
   }
 
   /** As many entries with their attributes as fit `size` bytes of fuse_direntplus; each node given is counted as looked up. */
@@ -283,13 +307,19 @@ export class FuseOps implements SessionHandler {
     const out = Buffer.alloc(size);
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
     let at = 0;
+    let withAttributes = 0;
+    let named = 0;
     for (const e of entries) {
       const nameBytes = Buffer.byteLength(e.name);
       if (at + direntPlusSize(nameBytes) > size) break;
       const node = e.take();
       const entry = node && { nodeid: node.nodeId, attr: node.attr, entrySec: entryTimeoutSec, attrSec: attrTimeoutSec };
+      if (node) withAttributes += 1;
+      else named += 1;
       at = putDirentPlus(out, at, entry, node?.nodeId ?? e.ino ?? UNKNOWN_INO, e.next, e.mode, e.name, nameBytes);
     }
+    if (withAttributes > 0) this.metrics.readdirplusEntries.inc({ with: 'attributes' }, withAttributes);
+    if (named > 0) this.metrics.readdirplusEntries.inc({ with: 'name' }, named);
     return out.subarray(0, at);
   }
 
@@ -380,6 +410,13 @@ export class FuseOps implements SessionHandler {
     const record = this.metrics.fuseOps.of(op);
     record.count += 1;
     const t0 = performance.now();
+    if ((op === 'lookup' || op === 'readdirplus') && this.options.notifications && this.fs.nodesToLetGo) {
+      this.letGo();
+      return () => {
+        record.observe((performance.now() - t0) / 1000);
+        this.madeNodes();
+      };
+    }
     return () => record.observe((performance.now() - t0) / 1000);
   }
 

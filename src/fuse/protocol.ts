@@ -307,6 +307,24 @@ export function invalidateEntries(entries: readonly { parentId: number; name: st
   return b;
 }
 
+const FUSE_NOTIFY_PRUNE = 9;
+
+/**
+ * A NOTIFY_PRUNE (protocol 7.45, kernel 6.18 on) of `ids`: the kernel drops the unused
+ * dentries of each node (an open file's stays), and the inode then, with a FORGET of its
+ * node id. Unlike NOTIFY_INVAL_ENTRY it takes no directory's lock, and one write carries
+ * them all. Older kernels refuse it with EINVAL. A buffer of its own (not a slice of Node's
+ * pool).
+ */
+export function pruneNodes(ids: readonly number[]): Buffer {
+  const b = Buffer.alloc(OUT_HEADER + 16 + 8 * ids.length);
+  b.writeUInt32LE(b.length, 0);
+  b.writeInt32LE(FUSE_NOTIFY_PRUNE, 4); // a notification: its code in the error field, unique 0
+  b.writeUInt32LE(ids.length, OUT_HEADER); // count; padding and spare 0
+  ids.forEach((id, i) => putU64(b, OUT_HEADER + 16 + 8 * i, id));
+  return b;
+}
+
 const FUSE_NOTIFY_RESEND = 7;
 
 /**

@@ -36,6 +36,7 @@ export class Metrics {
     [0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.2, 1, 5],
   );
   readonly fuseReadBytes = this.counter('cachefs_fuse_read_bytes_total', "Bytes answered to the kernel's reads; more than the files' sizes when the kernel dropped pages and asked again");
+  readonly readdirplusEntries = this.counter('cachefs_fuse_readdirplus_entries_total', 'Entries answered to readdirplus, by whether they carried their attributes (the kernel sends no lookup for them) or their name alone', ['with']);
   readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
   readonly metaCacheHits = this.tallied('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
   readonly metaCacheMisses = this.tallied('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');

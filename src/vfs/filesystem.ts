@@ -164,6 +164,18 @@ export class Filesystem {
     return known;
   }
 
+  /**
+   * For a file listed by name alone whose entry is not known and whose page's stats have not
+   * come: those stats (and the next page's, ahead), asked for now if they were not. Undefined
+   * for any other child (one whose stats came and went from the cache since is not asked for
+   * again here: the kernel looks it up when it needs it).
+   */
+  settle(child: Child): Promise<unknown> | undefined {
+    const listed = child.entry;
+    if (listed.kind !== 'listed' || listed.batch.done || this.settled(child)) return undefined;
+    return listed.batch.entry(listed.key, this.statFiles, true);
+  }
+
   /** Whether listings give files by name alone (their attributes cost a request each). */
   get listsByName(): boolean {
     return this.ufs.listsByName === true;

@@ -32,6 +32,8 @@ export interface Node {
   file?: boolean;
   /** The kernel was asked to drop its entry, and has not forgotten it yet. */
   lettingGo: boolean;
+  /** Lookups of a directory's children (a walk that stats them makes many). */
+  childLookups: number;
 }
 
 /** A node to ask the kernel to let go of: its entry is `name` in the directory node `parentId`. */
@@ -79,6 +81,11 @@ export class Nodes {
     return this.byId.size;
   }
 
+  /** Nodes held and not asked back (`toLetGo`) yet. */
+  get held(): number {
+    return this.byId.size - this.lettingGo;
+  }
+
   /** The node of `path`, made if the kernel holds none; one more lookup counted. */
   remember(path: string): Node {
     let node = this.byPath.get(path);
@@ -99,13 +106,13 @@ export class Nodes {
 
   /**
    * Regular files to ask the kernel to let go of, looked up longest ago first, once the
-   * nodes held (less those it was asked about already) pass `max` by a sixteenth: enough
-   * to bring them an eighth under it. Each is marked until the kernel forgets it, or
+   * nodes held (less those it was asked about already) pass `max` by more than `slack`:
+   * enough to bring them an eighth under it. Each is marked until the kernel forgets it, or
    * `kept` says it will not.
    */
-  toLetGo(max: number): NodeToLetGo[] {
-    const over = this.byId.size - this.lettingGo - max;
-    if (over <= max / 16) return [];
+  toLetGo(max: number, slack: number): NodeToLetGo[] {
+    const over = this.held - max;
+    if (over <= slack) return [];
     const want = over + Math.ceil(max / 8);
     const out: NodeToLetGo[] = [];
     for (const node of this.byId.values()) {
@@ -175,7 +182,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false, childLookups: 0 };
 }
 
 /** The path of `name` in the directory at `dir`. */

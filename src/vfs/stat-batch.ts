@@ -35,6 +35,11 @@ export class StatBatch {
     return stat([key]).then((entries) => entries[0] ?? null);
   }
 
+  /** Its stats came (their entries are in the metadata cache, for as long as it keeps them). */
+  get done(): boolean {
+    return this.keys === undefined && this.results === undefined;
+  }
+
   /** The entries of the whole batch, its stats made now if they were not; undefined once they came. */
   private all(stat: StatFiles): Promise<Map<string, Entry | null>> | undefined {
     const keys = this.keys;

@@ -58,6 +58,8 @@ const FREE_READ_BUFFERS = 2 * MAX_READS_WAITING;
 const NODE_BYTES = 300;
 /** Listings longer than this are not cached by the kernel (FOPEN_CACHE_DIR): a million entries would sit in its page cache. */
 const DEFAULT_MAX_CACHED_LISTING = 100_000;
+/** Lookups of a directory's children after which its readdirplus answers wait for its files' stats (`plusEntries`). */
+const WALK_LOOKUPS = 64;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 
@@ -239,25 +241,18 @@ export class Vfs {
     config.metrics.vfsOpenFiles.sampledBy(() => this.files.size);
   }
 
-  /**
-   * Readdirplus adaptive (the kernel asks for it at a listing's start and after it looked
-   * entries up) where listings come by name alone: a plain readdir (`ls -f`) then costs no
-   * stat per entry, and a walk that stats its entries gets them stat'ed a page at a time
-   * (by its lookups, and by the readdirplus they bring). Where listings carry attributes
-   * (object stores), readdirplus always: they cost nothing, and the kernel needs no lookup.
-   */
-  get adaptiveReaddirplus(): boolean {
-    return this.fs.listsByName;
-  }
-
   /** The path of a node, for messages; `#id` when the kernel named one not held. */
   pathOf(nodeId: number): string {
     return this.nodes.get(nodeId)?.path ?? `#${nodeId}`;
   }
 
-  /** Files whose entries the kernel is to be asked to drop, so that the nodes it holds stay within the budget (none while they do). */
-  nodesToLetGo(): NodeToLetGo[] {
-    return this.nodes.toLetGo(this.maxNodes);
+  /**
+   * Files whose entries the kernel is to be asked to drop, so that the nodes it holds stay
+   * within the budget: none while they do. `quiet`: no request making nodes is under way,
+   * and they go past it by a sixteenth; else only past it by a quarter.
+   */
+  nodesToLetGo(quiet: boolean): NodeToLetGo[] {
+    return this.nodes.toLetGo(this.maxNodes, quiet ? this.maxNodes / 16 : this.maxNodes / 4);
   }
 
   /** The kernel refused to drop the entry of node `id`: it is held on. */
@@ -278,6 +273,7 @@ export class Vfs {
   /** A name looked up: at once when its entry is known (a walk's lookups of a page stat'ed together), else a promise. */
   lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
+    parent.childLookups += 1;
     const path = childPath(parent.path, name);
     const attr = this.fs.getattr(path);
     return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
@@ -502,7 +498,28 @@ export class Vfs {
     if (reopened) return reopened.then(() => this.readdirplus(fh, offset));
     const dir = this.dir(fh);
     const children = this.childrenFrom(dir, offset);
-    return children instanceof Promise ? children.then((c) => this.plusEntriesFrom(dir, offset, c)) : this.plusEntriesFrom(dir, offset, children);
+    if (children instanceof Promise) return children.then((c) => this.plusEntries(dir, offset, c));
+    return this.plusEntries(dir, offset, children);
+  }
+
+  /**
+   * The entries of a readdirplus answer. In a directory whose files are being looked up
+   * one by one (a walk that stats them: find, ls -l, du), a file listed by name alone is
+   * stat'ed before it is answered, with its page (and the next page, ahead), and the
+   * answer ends before the first file whose stats have not come: the kernel then has
+   * every entry's attributes and sends no lookup for them. Elsewhere (`ls -f`, a first
+   * listing) such a file goes by name alone, and nothing waits for a stat.
+   */
+  private plusEntries(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
+    const walked = (this.nodes.get(this.nodes.idOf(dir.path) ?? 0)?.childLookups ?? 0) >= WALK_LOOKUPS;
+    if (!walked) return this.plusEntriesFrom(dir, offset, children, false);
+    const rest = children[Symbol.iterator]();
+    const first = rest.next();
+    const all = first.done ? [] : prepend(first.value, rest);
+    const stat = first.done ? undefined : this.fs.settle(first.value.child);
+    const answer = (): Iterable<DirPlusEntryOut> => this.plusEntriesFrom(dir, offset, all, true);
+    // Stats that failed leave their files by name alone (the kernel's lookup then says what is wrong).
+    return stat ? stat.then(answer, answer) : answer();
   }
 
   private *entriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirEntryOut> {
@@ -513,11 +530,15 @@ export class Vfs {
     }
   }
 
-  private *plusEntriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirPlusEntryOut> {
+  /** `statted`: the answer ends before a file whose stats are under way (its first child's have come). */
+  private *plusEntriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>, statted: boolean): Generator<DirPlusEntryOut> {
     const none = (): undefined => undefined;
     if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1, take: none };
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD, take: none };
+    let first = true;
     for (const { child, offset: at } of children) {
+      if (statted && !first && this.fs.settle(child)) return;
+      first = false;
       const path = childPath(dir.path, child.name);
       const entry = this.fs.settled(child);
       // Not stat'ed yet (or gone since it was listed): its name only, and the kernel looks it up when it needs it.
@@ -527,8 +548,9 @@ export class Vfs {
       }
       const attr = this.fs.attrOf(entry);
       const take = (): NodeEntry | undefined => {
-        // Within the budget: a node the kernel holds cannot be evicted, only asked back, so readdirplus stops making new ones.
-        if (this.nodes.size >= this.maxNodes && this.nodes.idOf(path) === undefined) return undefined;
+        // A node the kernel holds cannot be evicted, only asked back (`nodesToLetGo`, after
+        // this answer): past what it is asked back at, readdirplus makes no new ones.
+        if (this.nodes.held >= this.maxNodes + this.maxNodes / 2 && this.nodes.idOf(path) === undefined) return undefined;
         const node = this.nodes.remember(path);
         return { nodeId: node.id, attr: this.told(node, attr) };
       };
@@ -631,6 +653,12 @@ export class Vfs {
 }
 
 /** The error of an op whose request was cancelled: its answer was given already (EINTR or ETIMEDOUT). */
+/** `first`, then the rest of `rest`. */
+function* prepend<T>(first: T, rest: Iterator<T>): Generator<T> {
+  yield first;
+  for (let next = rest.next(); !next.done; next = rest.next()) yield next.value;
+}
+
 function cancelled(): CachefsError {
   return new CachefsError('INTERRUPTED', 'the request was interrupted');
 }
