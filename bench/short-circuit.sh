@@ -8,6 +8,9 @@
 #   remote                       - --short-circuit off: HTTP over loopback
 #   block files                  - dd of the block files directly (the disk's figure)
 #   bindfs                       - a bindfs (C FUSE passthrough) mount of the tier dir
+# Then a data loader's epoch (FILES files of 128 KiB, default 2,000, read whole in a shuffled
+# order by 4 processes, page cache dropped before each epoch) through the descriptor mount
+# whose tier is hidden, against the same loader on the worker's block files directly.
 # Two workers on their own tiers, one per cache group: `bench` passes descriptors, `bench-path`
 # does not. PASSTHROUGH=off (the default) mounts with --no-passthrough, so every row is read
 # through cachefs by the path it names; PASSTHROUGH=on lets the kernel read the files the
@@ -38,11 +41,15 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$work/data" "$work/s3" "$work/sc" "$work/scp" "$work/remote" "$work/nsfd" "$work/nsds" "$work/bind"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom > "$work/data/file.bin"
+FILES=${FILES:-2000}
+mkdir -p "$work/smalltree/small"
+for i in $(seq 1 "$FILES"); do head -c 131072 /dev/urandom > "$work/smalltree/small/f$i"; done
+(cd "$work/smalltree/small" && ls) | shuf --random-source=<(yes) > "$work/small-names"
 want=$(sha256sum < "$work/data/file.bin" | cut -d' ' -f1)
 export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-start_bench_cluster "$work/data/file.bin"
+start_bench_cluster "$work/data/file.bin" --tree "$work/smalltree"
 master="127.0.0.1:$mport"
 # The second worker: block files by path only.
 tier2="$work/tier2"
@@ -78,7 +85,19 @@ for m in nsfd nsds; do
   [ "$got" = "$want" ] || { echo "bench: wrong bytes through $m (tier hidden)" >&2; exit 1; }
 done
 
-fd=(); fdh=(); path=(); ds=(); remote=(); direct=(); bind=()
+# The loader's files: cached on the first worker through the hidden mount (twice: the second
+# epoch opens cached files, whose backings are then kept), and its block files, shuffled.
+for _ in 1 2; do in_ns "cd $work/nsfd/bench/small && xargs -a $work/small-names -P4 -n 100 cat > /dev/null"; done
+small_blocks=$(find "$tier/blocks" -type f -size -1024k | shuf --random-source=<(yes))
+[ "$(echo "$small_blocks" | wc -l)" -eq "$FILES" ] || { echo "bench: expected $FILES small block files in $tier" >&2; exit 1; }
+echo "$small_blocks" > "$work/small-blocks"
+# epoch.sh N CMD...: the MB/s of CMD reading N files of 128 KiB (run in the namespace too).
+cat > "$work/epoch.sh" <<'EOF'
+t0=$(date +%s.%N); "${@:2}" > /dev/null; t1=$(date +%s.%N)
+echo "scale=0; $1 * 131072 / 1000000 / ($t1 - $t0)" | bc -l
+EOF
+
+fd=(); fdh=(); path=(); ds=(); remote=(); direct=(); bind=(); ldh=(); ldt=()
 for run in $(seq "$RUNS"); do
   drop_caches; fd+=("$(read_mbps "$work/sc/bench/file.bin")")
   drop_caches; fdh+=("$(in_ns "read_mbps $work/nsfd/bench/file.bin")")
@@ -87,12 +106,15 @@ for run in $(seq "$RUNS"); do
   drop_caches; remote+=("$(read_mbps "$work/remote/bench/file.bin")")
   drop_caches; direct+=("$(read_mbps $blocks)")
   drop_caches; bind+=("$(read_mbps $bind_blocks)")
+  drop_caches; ldh+=("$(in_ns "cd $work/nsfd/bench/small && bash $work/epoch.sh $FILES xargs -a $work/small-names -P4 -n 100 cat")")
+  drop_caches; ldt+=("$(bash "$work/epoch.sh" "$FILES" xargs -a "$work/small-blocks" -P4 -n 100 cat)")
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 passed=$(curl -s "http://127.0.0.1:$wport/metrics" | awk '/^cachefs_worker_passed_descriptors_total/ {print $2}')
 
 m_fd=$(median "${fd[@]}"); m_fdh=$(median "${fdh[@]}"); m_path=$(median "${path[@]}"); m_ds=$(median "${ds[@]}")
 m_remote=$(median "${remote[@]}"); m_direct=$(median "${direct[@]}"); m_bind=$(median "${bind[@]}")
+m_ldh=$(median "${ldh[@]}"); m_ldt=$(median "${ldt[@]}")
 printf '\n%s MiB file cached on a co-located worker, passthrough %s, %s runs, MB/s (median, min-max); load average %s before, %s after\n' "$SIZE_MIB" "$PASSTHROUGH" "$RUNS" "$load_before" "$load_after"
 printf '%-36s %8s  %s\n' "short_circuit (descriptor)" "$m_fd" "$(minmax "${fd[@]}")"
 printf '%-36s %8s  %s\n' "short_circuit (descriptor, hidden)" "$m_fdh" "$(minmax "${fdh[@]}")"
@@ -101,10 +123,12 @@ printf '%-36s %8s  %s\n' "domain_socket (hidden, no descr.)" "$m_ds" "$(minmax "
 printf '%-36s %8s  %s\n' "remote (HTTP, loopback)" "$m_remote" "$(minmax "${remote[@]}")"
 printf '%-36s %8s  %s\n' "block files read directly" "$m_direct" "$(minmax "${direct[@]}")"
 printf '%-36s %8s  %s\n' "bindfs of the tier dir" "$m_bind" "$(minmax "${bind[@]}")"
+printf '%-36s %8s  %s\n' "loader epoch, descriptor (hidden)" "$m_ldh" "$(minmax "${ldh[@]}")"
+printf '%-36s %8s  %s\n' "loader epoch, block files directly" "$m_ldt" "$(minmax "${ldt[@]}")"
 printf '(descriptors the first worker passed: %s)\n' "$passed"
 printf '\nratios: descriptor(hidden)/path %s (target >= 0.95)   descriptor(hidden)/remote %s (target >= 1.5)   descriptor/path %s\n' \
   "$(ratio "$m_fdh" "$m_path")" "$(ratio "$m_fdh" "$m_remote")" "$(ratio "$m_fd" "$m_path")"
-printf 'ratios: short_circuit(descriptor)/bindfs %s (target >= 0.8)   domain_socket/remote %s\n' \
-  "$(ratio "$m_fd" "$m_bind")" "$(ratio "$m_ds" "$m_remote")"
+printf 'ratios: short_circuit(descriptor)/bindfs %s (target >= 0.8)   domain_socket/remote %s   loader(hidden)/block files %s\n' \
+  "$(ratio "$m_fd" "$m_bind")" "$(ratio "$m_ds" "$m_remote")" "$(ratio "$m_ldh" "$m_ldt")"
 in_ns "node bin/cachefs umount $work/nsfd && node bin/cachefs umount $work/nsds"
 node bin/cachefs umount "$work/sc"; node bin/cachefs umount "$work/scp"; node bin/cachefs umount "$work/remote"; fusermount -u "$work/bind"

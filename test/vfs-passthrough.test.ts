@@ -5,7 +5,7 @@
  * The kernel's own rules are what is proved kept: one backing per file, no mix of
  * passthrough and ordinary opens, a backing per version, ids given back at release.
  */
-import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, unlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -31,8 +31,10 @@ const ROOT = 1;
 class CachedFileSource implements BlockSource {
   readonly cached = new Set<string>();
   openFds = 0;
+  looks = 0;
   constructor(private readonly dir: string) {}
   async localFile(ref: BlockRef): Promise<HeldBlockFile | undefined> {
+    this.looks += 1;
     if (!this.cached.has(ref.object.key)) return undefined;
     const fd = openSync(path.join(this.dir, ref.object.key), 'r');
     this.openFds += 1;
@@ -47,10 +49,8 @@ class CachedFileSource implements BlockSource {
 
 /** The same, as the mount's own store: its files carry a store id, and it tells of their removal. */
 class StoreFileSource extends CachedFileSource {
-  looks = 0;
   private readonly removed: ((storeId: string) => void)[] = [];
   override async localFile(ref: BlockRef): Promise<LocalFile | undefined> {
-    this.looks += 1;
     const held = await super.localFile(ref);
     return held && { ...held, storeId: ref.id };
   }
@@ -110,7 +110,7 @@ async function openOf(name: string) {
 }
 
 describe('passthrough opens', () => {
-  it('shares one backing id among the opens of a cached one-block file, closes its descriptor at once, and gives the id back at the last release', async () => {
+  it("shares one backing id among the opens of a cached one-block file, closes its descriptor at once, keeps the id past the last release (a co-located worker's file), and gives it back once the worker removed the file", async () => {
     source.cached.add('small.bin');
     const [a, b] = await Promise.all([openOf('small.bin'), openOf('small.bin')]);
     expect(a.backingId).toBeDefined();
@@ -121,8 +121,18 @@ describe('passthrough opens', () => {
     vfs.release(a.fh);
     expect(backings.held.size).toBe(1);
     vfs.release(b.fh);
-    expect(backings.held.size).toBe(0);
     expect(await registryValue(metrics.registry, 'cachefs_fuse_passthrough_open')).toBe(0);
+    // Kept: the next open takes it without asking the source for the file again.
+    expect(backings.held.size).toBe(1);
+    const looks = source.looks;
+    const again = await openOf('small.bin');
+    expect(again.backingId).toBe(a.backingId);
+    expect(source.looks).toBe(looks);
+    vfs.release(again.fh);
+    // The worker evicts the file (unlinks it): the sweep gives the id back within seconds.
+    unlinkSync(path.join(dir, 'small.bin'));
+    for (let i = 0; i < 60 && backings.held.size > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(backings.held.size).toBe(0);
   });
 
   it('passes nothing through while the file is open the ordinary way, nor an object of more than one block', async () => {
@@ -147,12 +157,12 @@ describe('passthrough opens', () => {
     const refused = await openOf('small.bin').catch((err: unknown) => err);
     expect(isCachefsError(refused, 'STALE')).toBe(true);
     vfs.release(old.fh);
-    expect(backings.held.size).toBe(0);
+    expect([...backings.held]).toEqual([old.backingId]); // kept, for an open of its version
     const next = await openOf('small.bin');
     expect(next.backingId).toBeDefined();
     expect(next.backingId).not.toBe(old.backingId);
+    expect([...backings.held]).toEqual([next.backingId]); // the old version's given back
     vfs.release(next.fh);
-    expect(backings.held.size).toBe(0);
   });
 
   it("keeps a released file's backing registered for the next open of its version, and gives it back when the store drops the file or another version is opened", async () => {

@@ -22,10 +22,13 @@
  * one whose last open was released is kept registered, by its object, for the next open of
  * the same version, which then costs neither a look for the file nor an ioctl:
  * a data loader's epoch opens every file once, and after a drop of the page cache each
- * open otherwise opened the block file again (a path walk from the disk). Kept are at most
- * MAX_KEPT, least recently released first out, and only files of the mount's own store,
- * which tells of their removal: a kept backing of a file the cache drops is closed then, so
- * its disk space is not held past the quota (one still open is closed at its last release).
+ * open otherwise opened the block file again (a path walk from the disk), and in a cluster
+ * asked the co-located worker for its descriptor. Kept are at most MAX_KEPT, least recently
+ * released first out. The mount's own store tells of its files' removal: a kept backing of a
+ * file the cache drops is closed then, so its disk space is not held past the quota (one
+ * still open is closed at its last release). A co-located worker's removals are not seen
+ * here: its kept files are checked every SWEEP_MS, and one unlinked (evicted) or written
+ * since is closed, so a worker's evicted file is held a few seconds at most.
  * An open of a node that has ordinary opens never takes a kept one; an open of another
  * version closes it. A kept backing is taken only while its file is unchanged: each holds
  * a descriptor of its own to the file, whose ctime must still be the one seen when the file
@@ -56,6 +59,8 @@ export interface BackingFiles {
  * so 4,096 at most, within the descriptors a process may have.
  */
 const MAX_KEPT = 4_096;
+/** How often the kept backings of a co-located worker's files are checked for removal. */
+const SWEEP_MS = 2_000;
 
 /** A registered backing file and the opens that use it. */
 interface Backing {
@@ -65,7 +70,7 @@ interface Backing {
   opens: number;
   /** The object it holds a version of (`objectKey`): where it is kept after its last open. */
   key: string;
-  /** Its file's id in the mount's own store (LocalFile.storeId); absent: closed at its last release. */
+  /** Its file's id in the mount's own store (LocalFile.storeId); absent for a co-located worker's file (checked by the sweep once kept). */
   storeId?: string;
   /** Its file was dropped from the cache: closed at its last release, not kept. */
   gone?: boolean;
@@ -88,6 +93,7 @@ export class PassthroughOpens {
   private readonly opens = new Map<number, HeldOpen>();
   /** Backings no open uses, kept registered by object (one version each), least recently released first. */
   private readonly kept = new Map<string, Backing>();
+  private sweeper?: NodeJS.Timeout;
   /** Backings by the store id of their file, open or kept: closed or marked when the store drops it. */
   private readonly byFile = new Map<string, Set<Backing>>();
 
@@ -103,6 +109,14 @@ export class PassthroughOpens {
   /** Passthrough was negotiated with the kernel: opens may pass through from now on. */
   enable(backings: BackingFiles): void {
     this.backings = backings;
+    this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref(); // keeps no process alive
+  }
+
+  /** Closes the kept backings of co-located workers' files removed (or written) since they were registered. */
+  sweep(): void {
+    for (const backing of [...this.kept.values()]) {
+      if (backing.storeId === undefined && !unchanged(backing)) this.close(backing);
+    }
   }
 
   /**
@@ -131,8 +145,8 @@ export class PassthroughOpens {
         const id = this.backings?.open(held.fd);
         if (id === undefined) return this.openOrdinary(fh, nodeId);
         const backing: Backing = { id, etag: object.etag, size: object.size, opens: 0, key, storeId: held.storeId };
+        backing.check = ownDescriptor(held.fd);
         if (backing.storeId !== undefined) {
-          backing.check = ownDescriptor(held.fd);
           let set = this.byFile.get(backing.storeId);
           if (!set) this.byFile.set(backing.storeId, (set = new Set()));
           set.add(backing);
@@ -203,7 +217,7 @@ export class PassthroughOpens {
     backing.opens -= 1;
     if (backing.opens > 0) return;
     this.byNode.delete(nodeId);
-    if (backing.storeId === undefined || backing.gone || !backing.check) return this.close(backing);
+    if (backing.gone || !backing.check) return this.close(backing);
     // One kept per object: another kept backing of it (its node was forgotten and made anew meanwhile) goes.
     const before = this.kept.get(backing.key);
     if (before) this.close(before);
@@ -246,11 +260,12 @@ function ownDescriptor(fd: number): { fd: number; ctimeNs: bigint } | undefined 
   return { fd: own, ctimeNs: fstatSync(own, { bigint: true }).ctimeNs };
 }
 
-/** The kept backing's file has not been written to since it was registered. */
+/** The kept backing's file has not been written to, nor unlinked, since it was registered. */
 function unchanged(backing: Backing): boolean {
   if (!backing.check) return false;
   try {
-    return fstatSync(backing.check.fd, { bigint: true }).ctimeNs === backing.check.ctimeNs;
+    const now = fstatSync(backing.check.fd, { bigint: true });
+    return now.ctimeNs === backing.check.ctimeNs && now.nlink > 0n;
   } catch {
     return false;
   }
