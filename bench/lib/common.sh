@@ -51,7 +51,8 @@ start_s3() {
   node_modules/.bin/tsc -p tsconfig.bench.json
   GLIBC_TUNABLES=$S3_SERVER_TUNABLES node bench/lib/s3-server.mjs bench "$@" > "$work/s3.out" &
   pids+=($!)
-  for _ in $(seq 3000); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
+  # Ready once its uploads are in: S3_START_SECONDS (default 300) at most.
+  for _ in $(seq $((${S3_START_SECONDS:-300} * 10))); do grep -q PORT "$work/s3.out" 2>/dev/null && break; sleep 0.1; done
   s3port=$(awk '/PORT/ {print $2}' "$work/s3.out")
   [ -n "$s3port" ] || { echo "bench: s3 server did not start" >&2; return 1; }
 }
