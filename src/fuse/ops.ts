@@ -58,9 +58,9 @@ const E = constants.errno;
  * cannot (it asks for attributes only at a listing's start and after lookups in between,
  * and gnulib's fts reads up to 100,000 entries before it stats any).
  */
-/** How long no request making nodes comes before the kernel is asked to drop entries (`letGo`). */
-const LET_GO_QUIET_MS = 3;
 const WANTED_FLAGS = InitFlag.ASYNC_READ | InitFlag.AUTO_INVAL_DATA | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.DO_READDIRPLUS;
+/** How long no request making nodes comes before the kernel is asked to drop entries (`makingNodes`). */
+const LET_GO_QUIET_MS = 3;
 
 /** The filesystem the FUSE ops call, by node ids and handles. */
 export interface FuseFilesystem {
@@ -132,7 +132,7 @@ type ConnectionState = 'new' | 'ready' | 'destroyed';
 
 export class FuseOps implements SessionHandler {
   private state: ConnectionState = 'new';
-  /** Asks the kernel to drop entries once requests that make nodes paused (`letGo`). */
+  /** Asks the kernel to drop entries once requests that make nodes paused (`madeNodes`). */
   private letGoTimer: NodeJS.Timeout | undefined;
   /** Requests that make nodes (LOOKUP, READDIRPLUS) under way, when the kernel can be asked to drop entries. */
   private makingNodes = 0;
@@ -268,13 +268,14 @@ export class FuseOps implements SessionHandler {
   }
 
   /**
-   * Asks the kernel to drop the entries of the files the filesystem names, while it holds
-   * more nodes than its budget: once no request that makes nodes came for a moment, or at
-   * once when far over it. A node the kernel makes while another is evicted gets its
-   * attributes marked stale (6.18's `evict_ctr`), and costs a GETATTR at its next stat:
-   * asked back in the middle of a walk's listing, every entry of the pages under way would.
+   * A request that makes nodes (LOOKUP, READDIRPLUS) begins. The kernel is asked to drop
+   * the entries of the files the filesystem names while it holds more nodes than their
+   * budget: once no such request came for a moment (`madeNodes`), or at once when far over
+   * it. A node the kernel makes while another is evicted gets its attributes marked stale
+   * (6.18's `evict_ctr`), and costs a GETATTR at its next stat: asked back in the middle of a
+   * walk's listing, every entry of the pages under way would.
    */
-  private letGo(): void {
+  private makingNode(): void {
     if (!this.options.notifications || !this.fs.nodesToLetGo) return;
     this.sendLetGo(false);
     this.makingNodes += 1;
@@ -411,7 +412,7 @@ export class FuseOps implements SessionHandler {
     record.count += 1;
     const t0 = performance.now();
     if ((op === 'lookup' || op === 'readdirplus') && this.options.notifications && this.fs.nodesToLetGo) {
-      this.letGo();
+      this.makingNode();
       return () => {
         record.observe((performance.now() - t0) / 1000);
         this.madeNodes();

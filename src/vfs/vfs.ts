@@ -548,8 +548,8 @@ export class Vfs {
       }
       const attr = this.fs.attrOf(entry);
       const take = (): NodeEntry | undefined => {
-        // A node the kernel holds cannot be evicted, only asked back (`nodesToLetGo`, after
-        // this answer): past what it is asked back at, readdirplus makes no new ones.
+        // A node the kernel holds cannot be evicted, only asked back (`nodesToLetGo`): half
+        // past the budget (asks not answered yet), readdirplus makes no new ones.
         if (this.nodes.held >= this.maxNodes + this.maxNodes / 2 && this.nodes.idOf(path) === undefined) return undefined;
         const node = this.nodes.remember(path);
         return { nodeId: node.id, attr: this.told(node, attr) };
@@ -652,13 +652,13 @@ export class Vfs {
   }
 }
 
-/** The error of an op whose request was cancelled: its answer was given already (EINTR or ETIMEDOUT). */
 /** `first`, then the rest of `rest`. */
 function* prepend<T>(first: T, rest: Iterator<T>): Generator<T> {
   yield first;
   for (let next = rest.next(); !next.done; next = rest.next()) yield next.value;
 }
 
+/** The error of an op whose request was cancelled: its answer was given already (EINTR or ETIMEDOUT). */
 function cancelled(): CachefsError {
   return new CachefsError('INTERRUPTED', 'the request was interrupted');
 }
