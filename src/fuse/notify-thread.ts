@@ -10,9 +10,9 @@
  * connection's descriptor (descriptors are the process's), handed over a batch at a time
  * in one buffer; one the kernel refuses (the entry is gone already: ENOENT) is told back
  * with its tag. A batch may come with the same nodes as one NOTIFY_PRUNE (kernel 6.18 on),
- * written instead while the kernel takes it: one write, and no directory lock. Where no thread starts (a
- * runtime without worker threads, or this module run from its TypeScript source as the
- * unit tests do), `start` answers undefined and nothing is sent.
+ * written instead while the kernel takes it: one write, and no directory lock. Where no
+ * thread starts (a runtime without worker threads, or this module run from its TypeScript
+ * source as the unit tests do), `start` answers undefined and nothing is sent.
  */
 import { writeSync } from 'node:fs';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';

@@ -93,6 +93,7 @@ export class PassthroughOpens {
   private readonly opens = new Map<number, HeldOpen>();
   /** Backings no open uses, kept registered by object (one version each), least recently released first. */
   private readonly kept = new Map<string, Backing>();
+  /** Checks the kept backings of co-located workers' files every SWEEP_MS, once passthrough is on. */
   private sweeper?: NodeJS.Timeout;
   /** Backings by the store id of their file, open or kept: closed or marked when the store drops it. */
   private readonly byFile = new Map<string, Set<Backing>>();
@@ -113,7 +114,7 @@ export class PassthroughOpens {
   }
 
   /** Closes the kept backings of co-located workers' files removed (or written) since they were registered. */
-  sweep(): void {
+  private sweep(): void {
     for (const backing of [...this.kept.values()]) {
       if (backing.storeId === undefined && !unchanged(backing)) this.close(backing);
     }
