@@ -148,7 +148,7 @@ export class FuseOps implements SessionHandler {
     [Op.RELEASE, { name: 'release', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.release(fh), () => []) }],
     [Op.OPENDIR, { name: 'opendir', minBody: InSize.OPEN, handle: (o, h, _b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.opendir(h.nodeid, r), (d) => [openOut(d.fh, (d.cacheDir ? OpenFlag.CACHE_DIR : 0) | (d.keepCache ? OpenFlag.KEEP_CACHE : 0))]) }],
     [Op.READDIR, { name: 'readdir', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdir(fh, offset), (entries) => [direntPage(entries, size)])) }],
-    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => o.readdirplus(r, b) }],
+    [Op.READDIRPLUS, { name: 'readdirplus', minBody: InSize.READ, handle: (o, _h, b, r) => readdirOf(b, (fh, offset, size) => o.withHandle(r, fh, () => o.fs.readdirplus(fh, offset), (entries) => [o.direntPlusPage(entries, size)])) }],
     [Op.RELEASEDIR, { name: 'releasedir', minBody: InSize.RELEASE, handle: (o, _h, b, r) => o.withHandle(r, u64(b, 0), (fh) => o.fs.releasedir(fh), () => []) }],
     [Op.STATFS, { name: 'statfs', minBody: 0, handle: (o, _h, _b, r) => o.run(r, () => '/', () => o.fs.statfs(), (s) => [statfsOut(s)]) }],
     [Op.ACCESS, { name: 'access', minBody: InSize.ACCESS, handle: (o, h, b, r) => o.run(r, () => o.fs.pathOf(h.nodeid), () => o.fs.access(h.nodeid, b.readUInt32LE(0)), () => []) }],
@@ -276,7 +276,6 @@ export class FuseOps implements SessionHandler {
    * walk's listing, every entry of the pages under way would.
    */
   private makingNode(): void {
-    if (!this.options.notifications || !this.fs.nodesToLetGo) return;
     this.sendLetGo(false);
     this.makingNodes += 1;
   }
@@ -297,10 +296,6 @@ export class FuseOps implements SessionHandler {
     const ids = nodes.map((n) => n.id);
     notifications.send(ids, invalidateEntries(nodes), pruneNodes(ids));
     this.metrics.nodesLetGo.inc(nodes.length);
-  }
-
-  private readdirplus(req: FuseRequest, body: Buffer): void {
-    readdirOf(body, (fh, offset, size) => this.withHandle(req, fh, () => this.fs.readdirplus(fh, offset), (entries) => [this.direntPlusPage(entries, size)]));
   }
 
   /** As many entries with their attributes as fit `size` bytes of fuse_direntplus; each node given is counted as looked up. */

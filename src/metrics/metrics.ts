@@ -43,7 +43,7 @@ export class Metrics {
   readonly listedEntries = this.counter('cachefs_listed_entries_total', 'Directory entries read from the UFS by listings');
   readonly metaCacheBytes = this.sampled('cachefs_meta_cache_bytes', 'Estimated bytes of the metadata cache (entries and whole listings), within --meta-cache-size');
   readonly vfsNodes = this.sampled('cachefs_vfs_nodes', 'Node ids the kernel holds');
-  readonly nodesLetGo = this.counter('cachefs_vfs_nodes_let_go_total', 'Entries of files the kernel was asked to drop (NOTIFY_INVAL_ENTRY), so that the node ids it holds stay within a quarter of --meta-cache-size; it forgets them unless they are open');
+  readonly nodesLetGo = this.counter('cachefs_vfs_nodes_let_go_total', 'Files the kernel was asked to drop (NOTIFY_PRUNE, or NOTIFY_INVAL_ENTRY where it takes no prune), so that the node ids it holds stay within a quarter of --meta-cache-size; it forgets them unless they are open');
   readonly skippedNames = this.counter('cachefs_skipped_names_total', 'Object names that cannot be POSIX names and were left out of listings');
   readonly workerServedBytes = this.counter('cachefs_worker_served_bytes_total', 'Block bytes a worker handed to clients, by path', ['path']);
   readonly workerPassedDescriptors = this.counter('cachefs_worker_passed_descriptors_total', 'Block file descriptors a worker passed to co-located clients');

@@ -12,7 +12,7 @@
  * is as long as its dentry: a walk of a million files left a million nodes here. So the
  * nodes are kept in the order they were last looked up, and past a bound the regular
  * files looked up longest ago are named (`toLetGo`) for the kernel to be asked to drop
- * their entries (NOTIFY_INVAL_ENTRY): it then forgets them, unless something holds them
+ * them (NOTIFY_PRUNE, or NOTIFY_INVAL_ENTRY of their entries): it then forgets them, unless something holds them
  * (an open file), and a later lookup makes a node again. Directories are not let go.
  */
 
@@ -164,6 +164,11 @@ export class Nodes {
   }
 
   /** The node id the kernel holds for `path`, if it holds one. */
+  /** The node the kernel holds for `path`, if any. */
+  ofPath(path: string): Node | undefined {
+    return this.byPath.get(path);
+  }
+
   idOf(path: string): number | undefined {
     return this.byPath.get(path)?.id;
   }

@@ -115,7 +115,7 @@ export class PassthroughOpens {
 
   /** Closes the kept backings of co-located workers' files removed (or written) since they were registered. */
   private sweep(): void {
-    for (const backing of [...this.kept.values()]) {
+    for (const backing of this.kept.values()) {
       if (backing.storeId === undefined && !unchanged(backing)) this.close(backing);
     }
   }

@@ -189,9 +189,9 @@ export class Vfs {
   private readonly client: BlockClient;
   private readonly maxCachedListing: number;
   /**
-   * Nodes held within the budget (a quarter of it): past them readdirplus gives names only
-   * (the kernel looks them up when it needs them), and the kernel is asked to let go of the
-   * files looked up longest ago (`nodesToLetGo`).
+   * Nodes held within the budget (a quarter of it): past it the kernel is asked to let go of
+   * the files looked up longest ago (`nodesToLetGo`), and half past it readdirplus gives
+   * names only (the kernel looks them up when it needs them).
    */
   private readonly maxNodes: number;
   /** Which opens the kernel reads itself, from a backing file. */
@@ -511,7 +511,7 @@ export class Vfs {
    * listing) such a file goes by name alone, and nothing waits for a stat.
    */
   private plusEntries(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
-    const walked = (this.nodes.get(this.nodes.idOf(dir.path) ?? 0)?.childLookups ?? 0) >= WALK_LOOKUPS;
+    const walked = (this.nodes.ofPath(dir.path)?.childLookups ?? 0) >= WALK_LOOKUPS;
     if (!walked) return this.plusEntriesFrom(dir, offset, children, false);
     const rest = children[Symbol.iterator]();
     const first = rest.next();
@@ -571,7 +571,7 @@ export class Vfs {
     this.journal?.released(fh);
     dir.pages.close();
     // Read to its end: whether the kernel may cache it whole next time is known now.
-    const node = this.nodes.get(this.nodes.idOf(dir.path) ?? 0);
+    const node = this.nodes.ofPath(dir.path);
     if (node && dir.pages.ended) node.listedCount = dir.pages.known;
     // The kernel cached the listing streamed through it: the next open may keep that, if the listing is the same then.
     const listing = node && dir.readToEnd && dir.ownAnswers && node.openedListing === undefined ? this.fs.cachedListing(dir.path) : undefined;
