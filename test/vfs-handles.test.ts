@@ -19,6 +19,7 @@ import { LocalUfs } from '../src/ufs/local.js';
 import { parseUfsUri } from '../src/ufs/uri.js';
 import { FIRST_CHILD } from '../src/vfs/dir-pages.js';
 import { Filesystem } from '../src/vfs/filesystem.js';
+import { LISTING_START } from '../src/vfs/listing.js';
 import { Vfs, type Cancellation, type ReadReply } from '../src/vfs/vfs.js';
 
 const BLOCK = 64 * 1024;
@@ -208,6 +209,35 @@ describe('Vfs', () => {
     expect(walked.length).toBe(500);
     expect(walked.filter(([n, size]) => size !== Number(n.slice(1)) % 7)).toEqual([]);
     vfs.releasedir(fh);
+  });
+
+  it('reads a listing too large to keep whole without keeping its files listed by name alone, nor the names of pages past its window', async () => {
+    const many = path.join(dir, 'many');
+    await mkdir(many);
+    for (let i = 0; i < 2_500; i++) await writeFile(path.join(many, `f${String(i).padStart(4, '0')}`), '');
+    // A quarter of 1 MiB keeps a listing of ~950 files whole: these 2,500 are kept one by one.
+    const m = new Metrics(false);
+    const fs = new Filesystem({ ufs: new LocalUfs(parseUfsUri(`file://${dir}`)), mountId: 'test', metaTtlMs: 60_000, metaBudgetBytes: 1 << 20, owner: { uid: 0, gid: 0 }, capacityBytes: 1 << 30, metrics: m, log: createLogger('silent') });
+    const stream = fs.streamListing('many');
+    let page = await stream.page(LISTING_START);
+    const batches = [page.batch];
+    let listed = page.children.length;
+    while (page.next) {
+      // The cursor that reads the next page again (kept for as long as the directory is open)
+      // carries the page's held files, but not its batch: that holds every name of the page.
+      const cursor = page.next;
+      expect(cursor.held.length).toBeGreaterThan(0);
+      for (const { entry } of cursor.held) expect(entry.kind === 'listed' && batches.includes(entry.batch)).toBe(false);
+      page = await stream.page(cursor);
+      batches.push(page.batch);
+      listed += page.children.length;
+    }
+    expect(listed).toBe(2_500);
+    // Files by name alone tell nothing a lookup would not ask again: none is kept (~230 bytes each, 575 KB).
+    expect(m.metaCacheBytes.sample()).toBeLessThan(16 * 1024);
+    // Looked up, a file is stat'ed and kept.
+    expect((await fs.lookup('/many/f0007')).kind).toBe('file');
+    expect(m.metaCacheBytes.sample()).toBeGreaterThan(0);
   });
 
   it('gives readdirplus entries the attributes known without a stat, and nodes while they fit a quarter of the metadata budget and half of it again; names only past that or before a stat', async () => {

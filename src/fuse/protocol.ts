@@ -397,8 +397,9 @@ export interface DirentPlusEntry {
   attrSec: number;
 }
 
-/** Writes a fuse_direntplus at `at` (`b` zeroed there); returns where the next one goes. */
+/** Writes a fuse_direntplus at `at`; returns where the next one goes. */
 export function putDirentPlus(b: Buffer, at: number, entry: DirentPlusEntry | undefined, ino: number, next: number, mode: number, name: string, nameBytes: number): number {
+  b.fill(0, at, at + ENTRY_OUT);
   if (entry) putEntry(b, at, entry.nodeid, entry.attr, entry.entrySec, entry.attrSec);
   return putDirent(b, at + ENTRY_OUT, ino, next, mode, name, nameBytes);
 }

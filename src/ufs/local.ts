@@ -357,8 +357,10 @@ function etagOf(st: FileFigures): string {
  * tested once: a test per comparison was most of the sort's time).
  */
 function sortKeys<T>(items: T[], key: (item: T) => string): void {
-  if (!items.some((item) => WIDE.test(key(item)))) items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
-  else items.sort((a, b) => Buffer.compare(Buffer.from(key(a)), Buffer.from(key(b))));
+  if (items.some((item) => WIDE.test(key(item)))) items.sort((a, b) => Buffer.compare(Buffer.from(key(a)), Buffer.from(key(b))));
+  // Strings themselves: the built-in order (code units) with no comparison called back, a third of the time.
+  else if (typeof items[0] === 'string') items.sort();
+  else items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
 }
 const WIDE = /[\ud800-\uffff]/;
 

@@ -222,7 +222,7 @@ export class Filesystem {
         this.config.metrics.skippedNames.inc(merged.skipped.length);
         this.config.log.warn({ directory: prefix || '/', skipped: merged.skipped.length, example: merged.skipped[0] }, 'object names that cannot be POSIX names were left out of the listing');
       }
-      return { children, next: page.nextToken ? { token: page.nextToken, held: merged.held } : undefined, batch: merged.batch };
+      return { children, next: page.nextToken ? { token: page.nextToken, held: merged.carried() } : undefined, batch: merged.batch };
     }, signal);
   }
 
