@@ -34,6 +34,12 @@ export interface Node {
   lettingGo: boolean;
   /** Lookups of a directory's children (a walk that stats them makes many). */
   childLookups: number;
+  /**
+   * A node was made for one of a directory's children since its own was made (or it was
+   * restored, with its children maybe): while not, a listing of it has no child's node id
+   * to look for (`ls -f` of a million files built each one's path for that).
+   */
+  madeChildren: boolean;
 }
 
 /** A node to ask the kernel to let go of: its entry is `name` in the directory node `parentId`. */
@@ -143,6 +149,7 @@ export class Nodes {
   restore(id: number, path: string, nextId: number): void {
     const node = newNode(id, path);
     node.lookups = Infinity;
+    node.madeChildren = true;
     this.byId.set(id, node);
     this.byPath.set(path, node);
     this.nextId = Math.max(this.nextId, nextId);
@@ -187,7 +194,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false, childLookups: 0 };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false, childLookups: 0, madeChildren: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

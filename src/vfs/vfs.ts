@@ -274,6 +274,7 @@ export class Vfs {
   lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
     parent.childLookups += 1;
+    parent.madeChildren = true;
     const path = childPath(parent.path, name);
     const attr = this.fs.getattr(path);
     return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
@@ -525,9 +526,15 @@ export class Vfs {
   private *entriesFrom(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Generator<DirEntryOut> {
     if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1 };
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD };
+    const self = this.nodes.ofPath(dir.path);
     for (const { child, offset: at } of children) {
-      yield { name: child.name, ino: this.nodes.idOf(childPath(dir.path, child.name)), mode: modeOf(child.entry), next: at + 1 };
+      yield { name: child.name, ino: this.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1 };
     }
+  }
+
+  /** The node id of a listed child, if the kernel holds one (none can be held under a directory that never had one made). */
+  private childId(dir: Node | undefined, dirPath: string, name: string): number | undefined {
+    return dir?.madeChildren === false ? undefined : this.nodes.idOf(childPath(dirPath, name));
   }
 
   /** `statted`: the answer ends before a file whose stats are under way (its first child's have come). */
@@ -535,23 +542,25 @@ export class Vfs {
     const none = (): undefined => undefined;
     if (offset === 0) yield { name: '.', ino: this.nodes.idOf(dir.path), mode: dir.self.mode, next: 1, take: none };
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD, take: none };
+    const self = this.nodes.ofPath(dir.path);
     let first = true;
     for (const { child, offset: at } of children) {
       if (statted && !first && this.fs.settle(child)) return;
       first = false;
-      const path = childPath(dir.path, child.name);
       const entry = this.fs.settled(child);
       // Not stat'ed yet (or gone since it was listed): its name only, and the kernel looks it up when it needs it.
       if (!entry) {
-        yield { name: child.name, ino: this.nodes.idOf(path), mode: modeOf(child.entry), next: at + 1, take: none };
+        yield { name: child.name, ino: this.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1, take: none };
         continue;
       }
+      const path = childPath(dir.path, child.name);
       const attr = this.fs.attrOf(entry);
       const take = (): NodeEntry | undefined => {
         // A node the kernel holds cannot be evicted, only asked back (`nodesToLetGo`): half
         // past the budget (asks not answered yet), readdirplus makes no new ones.
         if (this.nodes.held >= this.maxNodes + this.maxNodes / 2 && this.nodes.idOf(path) === undefined) return undefined;
         const node = this.nodes.remember(path);
+        if (self) self.madeChildren = true;
         return { nodeId: node.id, attr: this.told(node, attr) };
       };
       yield { name: child.name, ino: this.nodes.idOf(path), mode: attr.mode, next: at + 1, take };
