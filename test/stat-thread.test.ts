@@ -1,15 +1,18 @@
 /**
- * The thread that stats a listing page's files (sys/stat-thread.ts): its figures are the
- * files' own (type, inode, size, times), null for a name not there; they are the same when
- * no thread can start and the batch is stat'ed on the calling thread (this module run from
- * its TypeScript source); a batch asked while another is under way is answered too.
+ * The thread that reads a folder (sys/stat-thread.ts): the stats of a listing page's files
+ * are the files' own (type, inode, size, times), null for a name not there; its directory
+ * stream, read a buffer at a time by the thread (sys/folder.ts's DirStream), gives every
+ * name once with its type. The same when no thread can start and asks are answered on the
+ * calling thread (this module run from its TypeScript source); an ask made while another is
+ * under way is answered too.
  */
-import { lstatSync } from 'node:fs';
+import { lstatSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { closeSync, constants, openSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DirStream, DT_DIR, DT_LNK, DT_REG } from '../src/sys/folder.js';
 import { StatThread as SourceStatThread } from '../src/sys/stat-thread.js';
 
 let dir: string;
@@ -54,6 +57,49 @@ describe.each([
       expect(again.map((s) => s?.size)).toEqual([0n, 1234n]);
     } finally {
       closeSync(fd);
+      stats.close();
+    }
+  });
+
+  it('reads a folder of 3,000 entries a buffer ahead: every name once, with its type, then the end', async () => {
+    const Stat = threaded ? await builtStatThread() : SourceStatThread;
+    const stats = new Stat();
+    const many = path.join(dir, `many-${threaded}`);
+    await mkdir(many);
+    const want = Array.from({ length: 3_000 }, (_, i) => `file-with-a-longer-name-${i}`);
+    for (const name of want) await writeFile(path.join(many, name), '');
+    await mkdir(path.join(many, 'sub'));
+    await symlink('file-with-a-longer-name-0', path.join(many, 'link'));
+    const stream = await DirStream.open(many, stats);
+    try {
+      const seen = new Map<string, number>();
+      let fills = 0;
+      for (;;) {
+        const name = stream.next();
+        if (name === null) break;
+        if (name === undefined) {
+          fills += 1;
+          await stream.fill();
+          continue;
+        }
+        expect(seen.has(name), name).toBe(false);
+        seen.set(name, stream.type);
+      }
+      // ~145 KB of entries: more than one of the reader's buffers (64 KiB).
+      expect(fills).toBeGreaterThan(2);
+      expect(seen.size).toBe(3_002);
+      expect(want.filter((n) => seen.get(n) !== DT_REG)).toEqual([]);
+      expect([seen.get('sub'), seen.get('link')]).toEqual([DT_DIR, DT_LNK]);
+      expect(stream.next()).toBeNull();
+      // Closed while its next buffer is being read: the folder's descriptor is closed once that read ends.
+      const fds = readdirSync('/proc/self/fd').length;
+      const early = await DirStream.open(many, stats);
+      if (early.next() === undefined) await early.fill();
+      early.close();
+      await new Promise((r) => setTimeout(r, 100));
+      expect(readdirSync('/proc/self/fd').length).toBe(fds);
+    } finally {
+      stream.close();
       stats.close();
     }
   });

@@ -55,32 +55,52 @@ function loadCalls(): Promise<Calls | undefined> {
   return calls;
 }
 
-/** A folder's directory stream, an entry at a time: `next()` its name, `type` its d_type. */
+/** Reads a folder's directory stream elsewhere (the folder thread, `stat-thread.ts`): the next entries of `fd`, at most `bytes`, empty at the end. */
+export interface EntryReader {
+  readEntries(fd: number, bytes: number): Promise<Buffer>;
+}
+
+/**
+ * A folder's directory stream, an entry at a time: `next()` its name, `type` its d_type.
+ * With an `EntryReader`, the stream is read by it, a buffer ahead of the one being
+ * decoded; `next()` then answers undefined when its buffer is used up, and `fill()` waits
+ * for the next one.
+ */
 export class DirStream {
   /** d_type of the entry `next()` last gave. */
   type = DT_UNKNOWN;
   private at = 0;
   private end = 0;
+  private ended = false;
+  /** The reader's next buffer, asked for as soon as the one before came. */
+  private ahead: Promise<Buffer> | undefined;
+  private closed = false;
   private constructor(
     private readonly fd: number,
     private readonly calls: Calls | undefined,
-    private readonly buf: Buffer,
+    private buf: Buffer,
     private readonly dir: Dir | undefined,
+    private readonly reader: EntryReader | undefined,
   ) {}
 
-  /** Opens the folder at `path` (Node's errors: ENOENT, ENOTDIR, EACCES, ...). */
-  static async open(path: string): Promise<DirStream> {
+  /** Opens the folder at `path` (Node's errors: ENOENT, ENOTDIR, EACCES, ...); read by `reader` when given and koffi loads. */
+  static async open(path: string, reader?: EntryReader): Promise<DirStream> {
     const c = await loadCalls();
-    if (!c) return new DirStream(-1, undefined, Buffer.alloc(0), opendirSync(path, { bufferSize: 1024 }));
+    if (!c) return new DirStream(-1, undefined, Buffer.alloc(0), opendirSync(path, { bufferSize: 1024 }), undefined);
     const fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NONBLOCK);
-    return new DirStream(fd, c, Buffer.allocUnsafe(DIRENTS_BYTES), undefined);
+    return new DirStream(fd, c, reader ? Buffer.alloc(0) : Buffer.allocUnsafe(DIRENTS_BYTES), undefined, reader);
   }
 
-  /** The next entry's name (`.` and `..` skipped), null at the end. */
-  next(): string | null {
+  /** The next entry's name (`.` and `..` skipped), null at the end; undefined when `fill()` must be awaited first. */
+  next(): string | null | undefined {
     if (this.dir) return this.nextOfDir(this.dir);
     for (;;) {
-      if (this.at >= this.end && !this.fill()) return null;
+      if (this.at >= this.end) {
+        if (this.ended) return null;
+        if (this.reader) return undefined;
+        this.fillHere();
+        continue;
+      }
       const at = this.at;
       const reclen = this.buf.readUInt16LE(at + 16);
       this.at += reclen;
@@ -92,17 +112,41 @@ export class DirStream {
     }
   }
 
-  close(): void {
-    if (this.dir) this.dir.closeSync();
-    else closeSync(this.fd);
+  /** The reader's next buffer, once `next()` answered undefined (the next read asked for at once). */
+  async fill(): Promise<void> {
+    if (!this.reader || this.ended || this.at < this.end) return;
+    const buf = await (this.ahead ?? this.reader.readEntries(this.fd, DIRENTS_BYTES));
+    this.ahead = undefined;
+    this.buf = buf;
+    this.at = 0;
+    this.end = buf.length;
+    if (buf.length === 0) this.ended = true;
+    else if (!this.closed) {
+      this.ahead = this.reader.readEntries(this.fd, DIRENTS_BYTES);
+      this.ahead.catch(() => undefined); // its failure is the next fill's, if one comes
+    }
   }
 
-  private fill(): boolean {
+  /** Closes the folder; once the reader's read under way (if any) has ended, since it reads by the descriptor's number. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.dir) return this.dir.closeSync();
+    const ahead = this.ahead;
+    this.ahead = undefined;
+    if (!ahead) return closeSync(this.fd);
+    ahead.then(
+      () => closeSync(this.fd),
+      () => closeSync(this.fd),
+    );
+  }
+
+  private fillHere(): void {
     const n = this.calls!.getdents(this.fd, this.buf, this.buf.length);
     if (n < 0) throw new CachefsError('IO', `cannot read a folder: errno ${this.calls!.errno()}`);
     this.at = 0;
     this.end = n;
-    return n > 0;
+    if (n === 0) this.ended = true;
   }
 
   private nextOfDir(dir: Dir): string | null {
@@ -111,6 +155,22 @@ export class DirStream {
     this.type = e.isFile() ? DT_REG : e.isDirectory() ? DT_DIR : e.isSymbolicLink() ? DT_LNK : e.isFIFO() ? DT_FIFO : e.isCharacterDevice() ? DT_CHR : e.isBlockDevice() ? DT_BLK : e.isSocket() ? DT_SOCK : DT_UNKNOWN;
     return e.name;
   }
+}
+
+/**
+ * Reads directory entries of an open folder (`fd`) by getdents64(2), at most `bytes` of
+ * them into a buffer of their own (it may be moved to another thread), empty at the end
+ * (the folder thread's work, `stat-thread.ts`): undefined where koffi cannot load.
+ */
+export async function direntsReader(): Promise<((fd: number, bytes: number) => Buffer) | undefined> {
+  const c = await loadCalls();
+  if (!c) return undefined;
+  return (fd, bytes) => {
+    const out = Buffer.from(new ArrayBuffer(bytes));
+    const n = c.getdents(fd, out, bytes);
+    if (n < 0) throw new CachefsError('IO', `cannot read a folder: errno ${c.errno()}`);
+    return out.subarray(0, n);
+  };
 }
 
 /** What statx gave of one file: its type, and the fields a file's object is made of. */

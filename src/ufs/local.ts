@@ -167,6 +167,10 @@ export class LocalUfs implements Ufs {
     try {
       while (listed < max) {
         const name = walk.dir.next();
+        if (name === undefined) {
+          await walk.dir.fill();
+          continue;
+        }
         if (name === null) {
           ended = true;
           break;
@@ -237,13 +241,23 @@ export class LocalUfs implements Ufs {
     let handle: DirStream;
     try {
       if (!(await this.staysInside(dir))) return undefined;
-      handle = await DirStream.open(dir);
+      handle = await DirStream.open(dir, this.stats);
     } catch (err) {
       if (isCode(err, 'ENOENT') || isCode(err, 'ENOTDIR') || isCode(err, 'ELOOP')) return undefined;
       throw ioError(err, prefix);
     }
     const walk: DirWalk = { prefix, dir: handle, position: 0 };
-    while (walk.position < skip && handle.next() !== null) walk.position += 1;
+    try {
+      while (walk.position < skip) {
+        const name = handle.next();
+        if (name === null) break;
+        if (name === undefined) await handle.fill();
+        else walk.position += 1;
+      }
+    } catch (err) {
+      handle.close();
+      throw ioError(err, prefix);
+    }
     return walk;
   }
 
