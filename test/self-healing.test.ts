@@ -409,8 +409,8 @@ describe('crash loops and stopping', () => {
 });
 
 describe('the serving process\'s node flags', () => {
-  it('adds a 4 MiB young generation and a 25% old-generation growth unless the node command line or NODE_OPTIONS set them', () => {
-    const growth = '--heap-growing-percent=25';
+  it('adds a 4 MiB young generation and a 10% old-generation growth unless the node command line or NODE_OPTIONS set them', () => {
+    const growth = '--heap-growing-percent=10';
     expect(servingNodeFlags([])).toEqual(['--max-semi-space-size=4', growth]);
     expect(servingNodeFlags(['--inspect'], '--enable-source-maps')).toEqual(['--max-semi-space-size=4', growth, '--inspect']);
     expect(servingNodeFlags(['--max_semi_space_size=8'])).toEqual([growth, '--max_semi_space_size=8']);

@@ -186,13 +186,15 @@ async function supervise(config: MountConfig, upgrade: boolean): Promise<void> {
  * on a VM like this one). Its MB/s was no better: 323-406 against 354-383 in paired
  * rounds of that read alone, 471 against 498 median in seven rounds in compare.sh's
  * setting (10,000 listed files, info logging), within this machine's noise.
- * The old generation grows by a quarter of what a full collection leaves before the next,
+ * The old generation grows by a tenth of what a full collection leaves before the next,
  * where V8 lets it grow up to 4x on a heap that collects fast: the metadata cache is a
  * budget of live bytes, and `find` over a folder of 100,000 files (68 MB live after a
- * collection) peaked at 283-350 MB RSS, with this flag at 173-182 MB, for about the same
- * CPU (13-15 s against 15-18 s of the serving process, load 13-19).
+ * collection) peaked at 283-350 MB RSS, with a quarter at 173-182 MB, for about the same
+ * CPU (13-15 s against 15-18 s of the serving process, load 13-19). A tenth rather than a
+ * quarter: a cold `find` of a million files (256 MiB budget, ~230 MB live at its peak)
+ * peaked at 343 against 363 MiB, in 51.2 against 52.7 s.
  */
-const SERVING_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=25'];
+const SERVING_V8_FLAGS = ['--max-semi-space-size=4', '--heap-growing-percent=10'];
 
 /** The node flags of the serving process: ours that `execArgv` and NODE_OPTIONS leave unset, then `execArgv`. */
 export function servingNodeFlags(execArgv: readonly string[], nodeOptions = ''): string[] {

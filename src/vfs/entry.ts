@@ -9,6 +9,7 @@ import type { StatBatch } from './stat-batch.js';
 export type Entry =
   | { kind: 'dir'; key: string; mtimeMs: number }
   | { kind: 'file'; key: string; size: number; mtimeMs: number; etag: string };
+export type FileEntry = Extract<Entry, { kind: 'file' }>;
 
 /**
  * A file a listing gave by name alone (a folder's, whose attributes cost a stat each):
@@ -27,6 +28,12 @@ export type Known = Entry | ListedFile;
 export interface Attr {
   /** The object's version (its ETag) for a file, '' for a directory: a new one drops the kernel's pages at the next open. */
   version: string;
+  /**
+   * A file's entry, which these attributes are of: a node keeps it as the version the
+   * kernel was told, rather than a copy of its ETag, mtime and size (a million-file walk
+   * held 220,000 such copies, 10 MiB). Undefined for a directory.
+   */
+  file: FileEntry | undefined;
   mode: number;
   size: number;
   mtimeMs: number;
@@ -53,9 +60,9 @@ export function modeOf(entry: Known): number {
 
 export function attrOf(entry: Entry, owner: { uid: number; gid: number }): Attr {
   if (entry.kind === 'dir') {
-    return { version: '', mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: DIR_BLKSIZE, uid: owner.uid, gid: owner.gid };
+    return { version: '', file: undefined, mode: S_IFDIR | 0o555, size: 4096, mtimeMs: entry.mtimeMs, nlink: 2, blocks: 8, blksize: DIR_BLKSIZE, uid: owner.uid, gid: owner.gid };
   }
-  return { version: entry.etag, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, uid: owner.uid, gid: owner.gid };
+  return { version: entry.etag, file: entry, mode: S_IFREG | 0o444, size: entry.size, mtimeMs: entry.mtimeMs, nlink: 1, blocks: Math.ceil(entry.size / 512), blksize: 128 * 1024, uid: owner.uid, gid: owner.gid };
 }
 
 /**

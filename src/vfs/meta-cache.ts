@@ -68,7 +68,8 @@ export function childBytes(name: string, entry: Known): number {
 }
 
 export class MetaCache {
-  private readonly entries: LRUCache<string, { value: Cached }>;
+  /** Values as they are (no wrapper object: 9 MiB of a million-file walk's 300,000 entries). */
+  private readonly entries: LRUCache<string, Cached>;
   private readonly listings: LRUCache<string, Listing>;
   private readonly listingBytes = new WeakMap<Listing, number>();
   /**
@@ -84,14 +85,14 @@ export class MetaCache {
     const ttl = Math.max(1, ttlMs);
     const half = Math.max(1, Math.floor(budgetBytes / 2));
     this.maxListingBytes = Math.floor(budgetBytes / 4);
-    this.entries = new LRUCache({ maxSize: half, sizeCalculation: (e, key) => entryBytes(e.value === MISSING ? null : e.value) + 2 * key.length, ttl, ttlAutopurge: false });
+    this.entries = new LRUCache({ maxSize: half, sizeCalculation: (e, key) => entryBytes(e === MISSING ? null : e) + 2 * key.length, ttl, ttlAutopurge: false });
     this.listings = new LRUCache({ maxSize: half, sizeCalculation: (l) => Math.max(1, this.listingBytes.get(l) ?? 1), ttl, ttlAutopurge: false });
   }
 
   /** The cached entry (a file by name alone too), `null` when known missing, `undefined` when unknown. */
   get(key: string, parent: string, name: string): Known | null | undefined {
     const hit = this.entries.get(key);
-    if (hit) return hit.value === MISSING ? null : hit.value;
+    if (hit) return hit === MISSING ? null : hit;
     const listing = this.listings.get(parent);
     if (listing) return listing.get(name) ?? null;
     return this.partial.get(parent)?.get(name);
@@ -115,11 +116,11 @@ export class MetaCache {
   /** The entry cached for `key` itself (not from its parent's listing): `null` when known missing, `undefined` when unknown. */
   entry(key: string): Known | null | undefined {
     const hit = this.entries.get(key);
-    return hit && (hit.value === MISSING ? null : hit.value);
+    return hit && (hit === MISSING ? null : hit);
   }
 
   set(key: string, entry: Known | null): void {
-    this.entries.set(key, { value: entry ?? MISSING });
+    this.entries.set(key, entry ?? MISSING);
   }
 
   listing(key: string): Listing | undefined {

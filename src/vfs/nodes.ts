@@ -24,22 +24,33 @@ export interface Node {
   /** The version as last told to the kernel, and as it was when the file was last opened. */
   version?: Version;
   openedVersion?: Version;
-  /** A directory's listing as it was when last opened (its fingerprint), when it was one page. */
-  openedListing?: string;
-  /** How many children a directory's last listing had, when it was read to its end. */
-  listedCount?: number;
+  /** What a directory's listings and lookups of its children left (undefined until one came: most nodes are files). */
+  dir: DirState | undefined;
   /** Last told to the kernel as a regular file. */
   file?: boolean;
   /** The kernel was asked to drop its entry, and has not forgotten it yet. */
   lettingGo: boolean;
-  /** Lookups of a directory's children (a walk that stats them makes many). */
+}
+
+/** Of a directory's node: kept apart from the node, so that a file's node (nearly all of a walk's) is 24 bytes smaller. */
+export interface DirState {
+  /** Its listing as it was when last opened (its fingerprint), when it was one page. */
+  openedListing: string | undefined;
+  /** How many children its last listing had, when it was read to its end. */
+  listedCount: number | undefined;
+  /** Lookups of its children (a walk that stats them makes many). */
   childLookups: number;
   /**
-   * A node was made for one of a directory's children since its own was made (or it was
-   * restored, with its children maybe): while not, a listing of it has no child's node id
-   * to look for (`ls -f` of a million files built each one's path for that).
+   * A node was made for one of its children since its own was made (or it was restored,
+   * with its children maybe): while not, a listing of it has no child's node id to look
+   * for (`ls -f` of a million files built each one's path for that).
    */
   madeChildren: boolean;
+}
+
+/** The state of the directory `node`, made at first need. */
+export function dirState(node: Node): DirState {
+  return (node.dir ??= { openedListing: undefined, listedCount: undefined, childLookups: 0, madeChildren: false });
 }
 
 /** A node to ask the kernel to let go of: its entry is `name` in the directory node `parentId`. */
@@ -149,7 +160,7 @@ export class Nodes {
   restore(id: number, path: string, nextId: number): void {
     const node = newNode(id, path);
     node.lookups = Infinity;
-    node.madeChildren = true;
+    dirState(node).madeChildren = true;
     this.byId.set(id, node);
     this.byPath.set(path, node);
     this.nextId = Math.max(this.nextId, nextId);
@@ -194,7 +205,7 @@ export class Nodes {
 
 /** A node with every field present from the start, so that all nodes share one shape. */
 function newNode(id: number, path: string): Node {
-  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, openedListing: undefined, listedCount: undefined, file: false, lettingGo: false, childLookups: 0, madeChildren: false };
+  return { id, path, lookups: 0, version: undefined, openedVersion: undefined, dir: undefined, file: false, lettingGo: false };
 }
 
 /** The path of `name` in the directory at `dir`. */

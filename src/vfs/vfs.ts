@@ -34,7 +34,7 @@ import { DirPages, FIRST_CHILD, type PlacedChild } from './dir-pages.js';
 import type { Child, Filesystem, StatFs } from './filesystem.js';
 import type { MappedFiles } from '../sys/mapped-file.js';
 import { KernelJournal, type HandleKind, type HeldState } from './kernel-journal.js';
-import { childPath, Nodes, type Node, type NodeToLetGo } from './nodes.js';
+import { childPath, dirState, Nodes, type Node, type NodeToLetGo } from './nodes.js';
 import { PassthroughOpens, type BackingFiles } from './passthrough.js';
 import { READ_HEAD, READ_TAIL, readShape, type DirectoryPrefetch } from './directory-prefetch.js';
 
@@ -69,7 +69,7 @@ export interface Cancellation extends Cancellable {
 }
 
 /** The attributes of a node as the kernel gets them. */
-export interface NodeAttr extends Omit<Attr, 'version'> {
+export interface NodeAttr extends Omit<Attr, 'version' | 'file'> {
   ino: number;
 }
 
@@ -273,8 +273,9 @@ export class Vfs {
   /** A name looked up: at once when its entry is known (a walk's lookups of a page stat'ed together), else a promise. */
   lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
-    parent.childLookups += 1;
-    parent.madeChildren = true;
+    const state = dirState(parent);
+    state.childLookups += 1;
+    state.madeChildren = true;
     const path = childPath(parent.path, name);
     const attr = this.fs.getattr(path);
     return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
@@ -461,14 +462,15 @@ export class Vfs {
     this.dirs.set(fh, { path: node.path, self: this.fs.attrOf(dir), pages, readToEnd: false, ownAnswers: true });
     this.journal?.opened(fh, 'dir', node.path);
     const complete = pages.complete;
+    const state = dirState(node);
     if (!complete) {
-      node.openedListing = undefined;
-      return { fh, keepCache: false, cacheDir: node.listedCount === undefined || node.listedCount <= this.maxCachedListing };
+      state.openedListing = undefined;
+      return { fh, keepCache: false, cacheDir: state.listedCount === undefined || state.listedCount <= this.maxCachedListing };
     }
-    node.listedCount = complete.length;
+    state.listedCount = complete.length;
     const fingerprint = this.fingerprint(complete);
-    const keepCache = fingerprint === node.openedListing;
-    node.openedListing = fingerprint;
+    const keepCache = fingerprint === state.openedListing;
+    state.openedListing = fingerprint;
     return { fh, keepCache, cacheDir: true };
   }
 
@@ -512,7 +514,7 @@ export class Vfs {
    * listing) such a file goes by name alone, and nothing waits for a stat.
    */
   private plusEntries(dir: DirHandle, offset: number, children: Iterable<PlacedChild>): Iterable<DirPlusEntryOut> | Promise<Iterable<DirPlusEntryOut>> {
-    const walked = (this.nodes.ofPath(dir.path)?.childLookups ?? 0) >= WALK_LOOKUPS;
+    const walked = (this.nodes.ofPath(dir.path)?.dir?.childLookups ?? 0) >= WALK_LOOKUPS;
     if (!walked) return this.plusEntriesFrom(dir, offset, children, false);
     const rest = children[Symbol.iterator]();
     const first = rest.next();
@@ -534,7 +536,7 @@ export class Vfs {
 
   /** The node id of a listed child, if the kernel holds one (none can be held under a directory that never had one made). */
   private childId(dir: Node | undefined, dirPath: string, name: string): number | undefined {
-    return dir?.madeChildren === false ? undefined : this.nodes.idOf(childPath(dirPath, name));
+    return dir && !dir.dir?.madeChildren ? undefined : this.nodes.idOf(childPath(dirPath, name));
   }
 
   /** `statted`: the answer ends before a file whose stats are under way (its first child's have come). */
@@ -560,7 +562,7 @@ export class Vfs {
         // past the budget (asks not answered yet), readdirplus makes no new ones.
         if (this.nodes.held >= this.maxNodes + this.maxNodes / 2 && this.nodes.idOf(path) === undefined) return undefined;
         const node = this.nodes.remember(path);
-        if (self) self.madeChildren = true;
+        if (self) dirState(self).madeChildren = true;
         return { nodeId: node.id, attr: this.told(node, attr) };
       };
       yield { name: child.name, ino: this.nodes.idOf(path), mode: attr.mode, next: at + 1, take };
@@ -581,10 +583,12 @@ export class Vfs {
     dir.pages.close();
     // Read to its end: whether the kernel may cache it whole next time is known now.
     const node = this.nodes.ofPath(dir.path);
-    if (node && dir.pages.ended) node.listedCount = dir.pages.known;
+    if (!node) return;
+    const state = dirState(node);
+    if (dir.pages.ended) state.listedCount = dir.pages.known;
     // The kernel cached the listing streamed through it: the next open may keep that, if the listing is the same then.
-    const listing = node && dir.readToEnd && dir.ownAnswers && node.openedListing === undefined ? this.fs.cachedListing(dir.path) : undefined;
-    if (node && listing && listing.children.length === dir.pages.known) node.openedListing = this.fingerprint(listing.children);
+    const listing = dir.readToEnd && dir.ownAnswers && state.openedListing === undefined ? this.fs.cachedListing(dir.path) : undefined;
+    if (listing && listing.children.length === dir.pages.known) state.openedListing = this.fingerprint(listing.children);
   }
 
   /** What the kernel's cached copy of a listing is checked against: with sizes and mtimes where the store's listings give them. */
@@ -652,9 +656,9 @@ export class Vfs {
 
   /** The attributes of a node as the kernel gets them; remembers the version the kernel now knows. */
   private told(node: Node, a: Attr): NodeAttr {
-    // The same version again (most getattrs) keeps its object: a node costs one small object for it.
+    // The same version again (most getattrs) keeps its object (an open compares them by identity); a file's is its entry.
     const v = node.version;
-    if (!v || v.etag !== a.version || v.mtimeMs !== a.mtimeMs || v.size !== a.size) node.version = { etag: a.version, mtimeMs: a.mtimeMs, size: a.size };
+    if (!v || v.etag !== a.version || v.mtimeMs !== a.mtimeMs || v.size !== a.size) node.version = a.file ?? { etag: a.version, mtimeMs: a.mtimeMs, size: a.size };
     node.file = (a.mode & S_IFMT) === S_IFREG;
     // One shape for every node's attributes (a spread of files' and directories' made two): the encoder stays fast.
     return { ino: node.id, size: a.size, blocks: a.blocks, mtimeMs: a.mtimeMs, mode: a.mode, nlink: a.nlink, uid: a.uid, gid: a.gid, blksize: a.blksize };
