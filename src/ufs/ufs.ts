@@ -25,9 +25,10 @@ export interface UfsListPage {
   /** Common prefixes directly under the prefix, each ending in '/'. */
   prefixes: string[];
   /**
-   * Keys of objects listed by name alone, in key order like `objects`: given only when
-   * asked (`UfsListOptions.names`) by a backend whose objects' attributes cost a request
-   * each (a folder: a stat). `stat` gives an object's attributes.
+   * Keys of objects listed by name alone: given only when asked (`UfsListOptions.names`)
+   * by a backend whose objects' attributes cost a request each (a folder: a stat), in its
+   * own order (a folder's directory stream's), not necessarily key order; a folder has no
+   * object and directory of one name. `stat` gives an object's attributes.
    */
   names?: string[];
   /** Pass back to get the next page; absent on the last page. */

@@ -41,7 +41,12 @@ export class NameMerge {
     this.held = [...held];
   }
 
-  /** Takes one page of the store's listing: objects, prefixes and objects by name alone (`names`), each in key order. */
+  /**
+   * Takes one page of the store's listing: objects and prefixes, each in key order, and
+   * objects by name alone (`names`, a folder's: in its own order, which can hide nothing
+   * behind a name, a folder's name being one file or one directory, so the merge needs no
+   * order of them), each child once.
+   */
   page(objects: readonly UfsObject[], prefixes: readonly string[], names: readonly string[] = []): void {
     const batch = names.length > 0 ? new StatBatch([...names]) : undefined;
     this.batch = batch;
