@@ -374,3 +374,47 @@ describe('FUSE ops', () => {
     expect(h.replyTo(missing)[0]!.error).toBe(-E.ENOENT);
   });
 });
+
+describe('directory answers (DirentPage)', () => {
+  const S_IFREG = 0o100000;
+  const S_IFDIR = 0o040000;
+  /** The entries of a READDIRPLUS answer: node id, attribute size, inode, next offset, type and name of each. */
+  const decodePlus = (b: Buffer): [number, number, number, number, number, string][] => {
+    const out: [number, number, number, number, number, string][] = [];
+    for (let at = 0; at < b.length; ) {
+      const nodeid = Number(b.readBigUInt64LE(at));
+      const size = Number(b.readBigUInt64LE(at + 40 + 8));
+      const d = at + 128;
+      const len = b.readUInt32LE(d + 16);
+      out.push([nodeid, size, Number(b.readBigUInt64LE(d)), Number(b.readBigUInt64LE(d + 8)), b.readUInt32LE(d + 20), b.toString('utf8', d + 24, d + 24 + len)]);
+      // A name-only entry's fuse_entry_out is all zero, its name's padding too.
+      if (nodeid === 0) expect(b.subarray(at, d).every((x) => x === 0)).toBe(true);
+      expect(b.subarray(d + 24 + len, d + ((24 + len + 7) & ~7)).every((x) => x === 0)).toBe(true);
+      at = d + ((24 + len + 7) & ~7);
+    }
+    return out;
+  };
+  const attr: NodeAttr = { ino: 7, mode: S_IFREG | 0o444, size: 4321, mtimeMs: 1_700_000_000_123, nlink: 1, uid: 0, gid: 0, blocks: 9, blksize: 4096 };
+
+  it('writes name-only entries all zero but their dirent, over the bytes of an answer with attributes written before; UTF-8 names whole; nothing past the size', async () => {
+    const { DirentPage } = await import('../src/fuse/protocol.js');
+    const names = ['a', 'ünïcødé-名前', 'x'.repeat(200), 'b.bin'];
+    // Every entry with attributes first: the kept buffer holds non-zero bytes where the next answer's entries go.
+    const full = new DirentPage(1 << 20, true);
+    for (const [i, name] of names.entries()) full.add(name, full.room(name), 100 + i, i + 3, attr.mode, { nodeid: 100 + i, attr, entrySec: 1, attrSec: 1 });
+    expect(decodePlus(full.done()).map((e) => e.slice(0, 2))).toEqual(names.map((_, i) => [100 + i, 4321]));
+    const page = new DirentPage(1 << 20, true);
+    for (const [i, name] of names.entries()) page.add(name, page.room(name), 0xffffffff, i + 3, S_IFREG);
+    expect(decodePlus(page.done())).toEqual(names.map((name, i) => [0, 0, 0xffffffff, i + 3, 8, name]));
+    // Only what fits the size the kernel takes: two entries of 152 + 24 bytes, not a third.
+    const small = new DirentPage(2 * 176 + 100, true);
+    const fitted = ['a', 'b', 'c'].filter((n) => {
+      const bytes = small.room(n);
+      if (bytes < 0) return false;
+      small.add(n, bytes, 1, 2, S_IFDIR);
+      return true;
+    });
+    expect(fitted).toEqual(['a', 'b']);
+    expect(decodePlus(small.done()).map((e) => [e[4], e[5]])).toEqual([[4, 'a'], [4, 'b']]);
+  });
+});

@@ -21,9 +21,8 @@ import { MAX_READ, type Cancellation, type DirEntryOut, type DirPlusEntryOut, ty
 import { errnoName, errnoOf, isFailure } from './errno.js';
 import {
   attrOut,
+  DirentPage,
   cString,
-  direntPlusSize,
-  direntSize,
   entryOut,
   FUSE_KERNEL_MINOR,
   FUSE_KERNEL_VERSION,
@@ -37,8 +36,6 @@ import {
   Op,
   OpenFlag,
   openOut,
-  putDirent,
-  putDirentPlus,
   type RequestHeader,
   statfsOut,
   u64,
@@ -300,23 +297,25 @@ export class FuseOps implements SessionHandler {
 
   /** As many entries with their attributes as fit `size` bytes of fuse_direntplus; each node given is counted as looked up. */
   private direntPlusPage(entries: Iterable<DirPlusEntryOut>, size: number): Buffer {
-    const out = scratchOf(size);
+    const page = new DirentPage(size, true);
     const { entryTimeoutSec, attrTimeoutSec } = this.options;
-    let at = 0;
     let withAttributes = 0;
     let named = 0;
     for (const e of entries) {
-      const nameBytes = Buffer.byteLength(e.name);
-      if (at + direntPlusSize(nameBytes) > size) break;
+      const bytes = page.room(e.name);
+      if (bytes < 0) break;
       const node = e.take();
-      const entry = node && { nodeid: node.nodeId, attr: node.attr, entrySec: entryTimeoutSec, attrSec: attrTimeoutSec };
-      if (node) withAttributes += 1;
-      else named += 1;
-      at = putDirentPlus(out, at, entry, node?.nodeId ?? e.ino ?? UNKNOWN_INO, e.next, e.mode, e.name, nameBytes);
+      if (node) {
+        withAttributes += 1;
+        page.add(e.name, bytes, node.nodeId, e.next, e.mode, { nodeid: node.nodeId, attr: node.attr, entrySec: entryTimeoutSec, attrSec: attrTimeoutSec });
+      } else {
+        named += 1;
+        page.add(e.name, bytes, e.ino ?? UNKNOWN_INO, e.next, e.mode);
+      }
     }
     if (withAttributes > 0) this.metrics.readdirplusEntries.inc({ with: 'attributes' }, withAttributes);
     if (named > 0) this.metrics.readdirplusEntries.inc({ with: 'name' }, named);
-    return Buffer.from(out.subarray(0, at));
+    return page.done();
   }
 
   private destroy(req: FuseRequest): void {
@@ -447,24 +446,11 @@ function readdirOf(body: Buffer, serve: (fh: number, offset: number, size: numbe
 
 /** As many entries as fit `size` bytes of fuse_dirent (each zero-filled where it goes: a directory's readdir asks for up to 1 MiB). */
 function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
-  const out = scratchOf(size);
-  let at = 0;
+  const page = new DirentPage(size, false);
   for (const e of entries) {
-    const nameBytes = Buffer.byteLength(e.name);
-    if (at + direntSize(nameBytes) > size) break;
-    at = putDirent(out, at, e.ino ?? UNKNOWN_INO, e.next, e.mode, e.name, nameBytes);
+    const bytes = page.room(e.name);
+    if (bytes < 0) break;
+    page.add(e.name, bytes, e.ino ?? UNKNOWN_INO, e.next, e.mode);
   }
-  return Buffer.from(out.subarray(0, at));
-}
-
-/**
- * Where a directory page is written before it is copied out at the size it came to: the
- * kernel offers up to max_pages (1 MiB) per READDIR(PLUS), and a buffer of that size
- * allocated (and zeroed) per request was a tenth of a million-file `ls -f`'s serving time,
- * for answers of a listing page (1,000 entries, ~180 KB).
- */
-let scratch = Buffer.alloc(0);
-function scratchOf(size: number): Buffer {
-  if (scratch.length < size) scratch = Buffer.allocUnsafeSlow(size);
-  return scratch;
+  return page.done();
 }
