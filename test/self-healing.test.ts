@@ -22,7 +22,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { promisify } from 'node:util';
-import { servingNodeFlags } from '../src/cli/mount.js';
+import { READY_ENV } from '../src/cli/daemon.js';
+import { servingEnv, servingNodeFlags } from '../src/cli/mount.js';
 import { MountAnchor } from '../src/heal/mount-anchor.js';
 import { controlDirFor } from '../src/worker/control-socket.js';
 import { cachefs, killServing, mountCachefs, servingPidOf, stopAllMounts, type TestMount } from './support/cachefs.js';
@@ -415,6 +416,12 @@ describe('the serving process\'s node flags', () => {
     expect(servingNodeFlags(['--inspect'], '--enable-source-maps')).toEqual(['--max-semi-space-size=4', growth, '--inspect']);
     expect(servingNodeFlags(['--max_semi_space_size=8'])).toEqual([growth, '--max_semi_space_size=8']);
     expect(servingNodeFlags([], '--trace-gc  --max-semi-space-size=16 --heap-growing-percent=50')).toEqual([]);
+  });
+
+  it('runs it with two malloc arenas and its thread pool unless the environment sets them, without the supervisor\'s ready pipe', () => {
+    const env = servingEnv({ PATH: '/bin', [READY_ENV]: '3' });
+    expect([env.PATH, env.MALLOC_ARENA_MAX, env.UV_THREADPOOL_SIZE !== undefined, READY_ENV in env]).toEqual(['/bin', '2', true, false]);
+    expect(servingEnv({ MALLOC_ARENA_MAX: '8', UV_THREADPOOL_SIZE: '16' })).toMatchObject({ MALLOC_ARENA_MAX: '8', UV_THREADPOOL_SIZE: '16' });
   });
 });
 

@@ -213,12 +213,27 @@ export function servingNodeFlags(execArgv: readonly string[], nodeOptions = ''):
  */
 const SERVING_THREADPOOL_SIZE = String(4 + DEVICE_READS);
 
+/**
+ * glibc's malloc arenas of the serving process, unless the environment sets them: two
+ * rather than eight per core (a thread that finds its arena locked makes another, up to
+ * that bound: the thread pool, the folder thread and V8's). A cold and a warm `find` of a
+ * million files (256 MiB budget) peaked at 347-352 MiB against 359-361 with glibc's own.
+ */
+const SERVING_MALLOC_ARENAS = '2';
+
+/** The serving process's environment: `env` less the supervisor's ready pipe, with our thread pool and malloc arenas unless it sets them. */
+export function servingEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env };
+  // The ready pipe of `detach()` is the supervisor's to answer; the serving process reports over IPC.
+  delete out[READY_ENV];
+  out.UV_THREADPOOL_SIZE ??= SERVING_THREADPOOL_SIZE;
+  out.MALLOC_ARENA_MAX ??= SERVING_MALLOC_ARENAS;
+  return out;
+}
+
 /** This command line again, as the serving process. */
 function servingCommand(): ServingCommand {
-  const env = { ...process.env };
-  // The ready pipe of `detach()` is the supervisor's to answer; the serving process reports over IPC.
-  delete env[READY_ENV];
-  env.UV_THREADPOOL_SIZE ??= SERVING_THREADPOOL_SIZE;
+  const env = servingEnv(process.env);
   const flags = servingNodeFlags(process.execArgv, env.NODE_OPTIONS);
   return { file: process.execPath, args: [...flags, process.argv[1]!, ...process.argv.slice(2), '--supervised'], env };
 }
