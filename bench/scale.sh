@@ -18,6 +18,7 @@
 #   META=256MiB    --meta-cache-size of the mounts
 #   SYSTEMS="bindfs cachefs s3 worker"   what to measure (all by default)
 #   WARM=1         0: no warm repeats (a million-file find takes minutes)
+#   STEPS="first ls find"   which figures to take (STEPS=ls ROUNDS=5: paired ls -f rounds in minutes)
 #   ROUNDS=1       rounds of the mounts' rows, each round every system in turn (the machine's
 #                  load moves: compare within a round)
 #   LOGDIR=DIR     where the mounts' logs go (default: the run's work dir, removed at the end)
@@ -33,6 +34,8 @@ META=${META:-256MiB}
 SYSTEMS=${SYSTEMS:-bindfs cachefs s3 worker}
 ROUNDS=${ROUNDS:-1}
 WARM=${WARM:-1}
+STEPS=${STEPS:-first ls find}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 measured() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 work=$(mktemp -d /tmp/cachefs-scale.XXXXXX)
 LOGDIR=${LOGDIR:-$work}
@@ -82,18 +85,26 @@ umount_fs() { local m="$work/m/$1"; umount "$m" 2>/dev/null || umount -l "$m"; f
 
 # measure SYSTEM DIR COUNT: one line of figures for DIR (below the mount) holding COUNT files.
 measure() {
-  local s=$1 dir="$work/m/$1/$2" n=$3 first ls_cold ls_warm find_cold find_warm rss cpu
-  mount_fs "$s"; drop_caches
-  first=$(first_entry "$dir"); log "$s: first entry $first s"
-  umount_fs "$s"; mount_fs "$s"; drop_caches
-  ls_cold=$(seconds count_ls "$dir" "$n"); log "$s: ls -f cold $ls_cold s"
-  ls_warm=-; [ "$WARM" = 0 ] || { ls_warm=$(seconds count_ls "$dir" "$n"); log "$s: ls -f warm $ls_warm s"; }
-  umount_fs "$s"; mount_fs "$s"; drop_caches
-  find_cold=$(seconds count_find "$dir" "$n"); log "$s: find cold $find_cold s"
-  find_warm=-; [ "$WARM" = 0 ] || { find_warm=$(seconds count_find "$dir" "$n"); log "$s: find warm $find_warm s"; }
-  rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$serving/status")
-  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$serving/stat")
-  umount_fs "$s"
+  local s=$1 dir="$work/m/$1/$2" n=$3 first=- ls_cold=- ls_warm=- find_cold=- find_warm=- rss=- cpu=-
+  if step first; then
+    mount_fs "$s"; drop_caches
+    first=$(first_entry "$dir"); log "$s: first entry $first s"
+    umount_fs "$s"
+  fi
+  if step ls; then
+    mount_fs "$s"; drop_caches
+    ls_cold=$(seconds count_ls "$dir" "$n"); log "$s: ls -f cold $ls_cold s"
+    [ "$WARM" = 0 ] || { ls_warm=$(seconds count_ls "$dir" "$n"); log "$s: ls -f warm $ls_warm s"; }
+    umount_fs "$s"
+  fi
+  if step find; then
+    mount_fs "$s"; drop_caches
+    find_cold=$(seconds count_find "$dir" "$n"); log "$s: find cold $find_cold s"
+    [ "$WARM" = 0 ] || { find_warm=$(seconds count_find "$dir" "$n"); log "$s: find warm $find_warm s"; }
+    rss=$(awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$serving/status")
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$serving/stat")
+    umount_fs "$s"
+  fi
   printf '%-8s %9s %12s %8s %8s %10s %10s %9s %7s %5s\n' "$s" "$n" "$first" "$ls_cold" "$ls_warm" "$find_cold" "$find_warm" "$rss" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
