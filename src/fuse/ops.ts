@@ -444,7 +444,7 @@ function readdirOf(body: Buffer, serve: (fh: number, offset: number, size: numbe
   serve(u64(body, 0), u64(body, 8), body.readUInt32LE(16));
 }
 
-/** As many entries as fit `size` bytes of fuse_dirent (each zero-filled where it goes: a directory's readdir asks for up to 1 MiB). */
+/** As many entries as fit `size` bytes of fuse_dirent (a directory's readdir asks for up to 1 MiB). */
 function direntPage(entries: Iterable<DirEntryOut>, size: number): Buffer {
   const page = new DirentPage(size, false);
   for (const e of entries) {

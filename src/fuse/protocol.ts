@@ -409,7 +409,12 @@ export class DirentPage {
   /** The bytes of `name` when its entry fits what is left, else -1 (nothing more fits then, if it is the next one). */
   room(name: string): number {
     const bytes = Buffer.byteLength(name);
-    return this.at + (this.plus ? ENTRY_OUT : 0) + ((24 + bytes + 7) & ~7) <= this.size ? bytes : -1;
+    return this.at + this.entrySize(bytes) <= this.size ? bytes : -1;
+  }
+
+  /** Bytes an entry of a name of `bytes` takes: its fuse_entry_out with `plus`, 24 bytes of fuse_dirent, the name, padding to 8. */
+  private entrySize(bytes: number): number {
+    return (this.plus ? ENTRY_OUT : 0) + ((24 + bytes + 7) & ~7);
   }
 
   /**
@@ -421,7 +426,7 @@ export class DirentPage {
     const b = pageScratch;
     const v = pageView;
     let at = this.at;
-    const end = at + (this.plus ? ENTRY_OUT : 0) + ((24 + bytes + 7) & ~7);
+    const end = at + this.entrySize(bytes);
     if (end > this.zeroed) {
       const to = Math.min(this.size, Math.max(end, this.zeroed + ZERO_STEP));
       b.fill(0, this.zeroed, to);

@@ -41,9 +41,9 @@ export interface DirState {
   /** Lookups of its children (a walk that stats them makes many). */
   childLookups: number;
   /**
-   * A node was made for one of its children since its own was made (or it was restored,
-   * with its children maybe): while not, a listing of it has no child's node id to look
-   * for (`ls -f` of a million files built each one's path for that).
+   * A node was made for one of its children since its own was made (`remember`): while
+   * not, and unless it was restored (its children may be too), a listing of it has no
+   * child's node id to look for (`ls -f` of a million files built each one's path for that).
    */
   madeChildren: boolean;
 }
@@ -103,10 +103,14 @@ export class Nodes {
     return this.byId.size - this.lettingGo;
   }
 
-  /** The node of `path`, made if the kernel holds none; one more lookup counted. */
-  remember(path: string): Node {
+  /**
+   * The node of `path`, made if the kernel holds none; one more lookup counted. `parent`:
+   * its directory's node (none where it is not known: `childId` then always looks).
+   */
+  remember(path: string, parent: Node | undefined): Node {
     let node = this.byPath.get(path);
     if (!node) {
+      if (parent) dirState(parent).madeChildren = true;
       node = newNode(this.nextId++, path);
       this.byId.set(node.id, node);
       this.byPath.set(path, node);
@@ -160,7 +164,6 @@ export class Nodes {
   restore(id: number, path: string, nextId: number): void {
     const node = newNode(id, path);
     node.lookups = Infinity;
-    dirState(node).madeChildren = true;
     this.byId.set(id, node);
     this.byPath.set(path, node);
     this.nextId = Math.max(this.nextId, nextId);
@@ -185,6 +188,12 @@ export class Nodes {
   /** The node the kernel holds for `path`, if any. */
   ofPath(path: string): Node | undefined {
     return this.byPath.get(path);
+  }
+
+  /** The node id of `name` in the directory node `dir` (at `dirPath`), if the kernel holds one: none under a directory no child's node was made in. */
+  childId(dir: Node | undefined, dirPath: string, name: string): number | undefined {
+    if (dir && dir.lookups !== Infinity && !dir.dir?.madeChildren) return undefined;
+    return this.byPath.get(childPath(dirPath, name))?.id;
   }
 
   idOf(path: string): number | undefined {

@@ -273,17 +273,15 @@ export class Vfs {
   /** A name looked up: at once when its entry is known (a walk's lookups of a page stat'ed together), else a promise. */
   lookup(parentId: number, name: string, cancel: Cancellation): NodeEntry | Promise<NodeEntry> {
     const parent = this.node(parentId);
-    const state = dirState(parent);
-    state.childLookups += 1;
-    state.madeChildren = true;
+    dirState(parent).childLookups += 1;
     const path = childPath(parent.path, name);
     const attr = this.fs.getattr(path);
-    return attr instanceof Promise ? attr.then((a) => this.lookedUp(path, a, cancel)) : this.lookedUp(path, attr, cancel);
+    return attr instanceof Promise ? attr.then((a) => this.lookedUp(parent, path, a, cancel)) : this.lookedUp(parent, path, attr, cancel);
   }
 
-  private lookedUp(path: string, attr: Attr, cancel: Cancellation): NodeEntry {
+  private lookedUp(parent: Node, path: string, attr: Attr, cancel: Cancellation): NodeEntry {
     throwIfCancelled(cancel);
-    const node = this.nodes.remember(path);
+    const node = this.nodes.remember(path, parent);
     return { nodeId: node.id, attr: this.told(node, attr) };
   }
 
@@ -530,13 +528,8 @@ export class Vfs {
     if (offset <= 1) yield { name: '..', ino: undefined, mode: dir.self.mode, next: FIRST_CHILD };
     const self = this.nodes.ofPath(dir.path);
     for (const { child, offset: at } of children) {
-      yield { name: child.name, ino: this.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1 };
+      yield { name: child.name, ino: this.nodes.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1 };
     }
-  }
-
-  /** The node id of a listed child, if the kernel holds one (none can be held under a directory that never had one made). */
-  private childId(dir: Node | undefined, dirPath: string, name: string): number | undefined {
-    return dir && !dir.dir?.madeChildren ? undefined : this.nodes.idOf(childPath(dirPath, name));
   }
 
   /** `statted`: the answer ends before a file whose stats are under way (its first child's have come). */
@@ -552,7 +545,7 @@ export class Vfs {
       const entry = this.fs.settled(child);
       // Not stat'ed yet (or gone since it was listed): its name only, and the kernel looks it up when it needs it.
       if (!entry) {
-        yield { name: child.name, ino: this.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1, take: none };
+        yield { name: child.name, ino: this.nodes.childId(self, dir.path, child.name), mode: modeOf(child.entry), next: at + 1, take: none };
         continue;
       }
       const path = childPath(dir.path, child.name);
@@ -561,8 +554,7 @@ export class Vfs {
         // A node the kernel holds cannot be evicted, only asked back (`nodesToLetGo`): half
         // past the budget (asks not answered yet), readdirplus makes no new ones.
         if (this.nodes.held >= this.maxNodes + this.maxNodes / 2 && this.nodes.idOf(path) === undefined) return undefined;
-        const node = this.nodes.remember(path);
-        if (self) dirState(self).madeChildren = true;
+        const node = this.nodes.remember(path, self);
         return { nodeId: node.id, attr: this.told(node, attr) };
       };
       yield { name: child.name, ino: this.nodes.idOf(path), mode: attr.mode, next: at + 1, take };
