@@ -25,6 +25,7 @@ import { UfsReader } from '../src/cache/ufs-reader.js';
 import { TieredStore } from '../src/cache/tiered-store.js';
 import type { BlockRead } from '../src/client/block-source.js';
 import { ColocatedWorker } from '../src/client/colocated-worker.js';
+import { Readahead } from '../src/client/readahead.js';
 import { silentLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics/metrics.js';
 import { ClusterSecret } from '../src/net/auth.js';
@@ -163,6 +164,40 @@ describe('ColocatedWorker', () => {
     // Another handle has a budget of its own.
     await readBlock(near, 1, 2);
     expect(w.store.pinnedCount).toBe(17);
+  });
+
+  it('a stream whose readahead window is the pin budget pins each block once, and keeps the block it reads pinned', async () => {
+    const w = await worker();
+    const { near, metrics } = colocated(w.socketPath);
+    // The block client's readahead at the defaults: a 64 MiB window of 4 MiB blocks is the 16-pin budget.
+    const readahead = new Readahead(READ_POLICY.pinsPerHandle, 0);
+    // An object of 48 blocks: long enough for the window to be full for most of the stream.
+    const count = 48;
+    const long = randomBytes(count * MiB);
+    await writeFile(path.join(ufsRoot, 'long.bin'), long);
+    const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat('long.bin'))!;
+    const longObject: ObjectRef = { mount: 'm', key: 'long.bin', etag: st.etag, size: st.size };
+    const block = (index: number): BlockRef => blockRef(longObject, MiB, index);
+    const half = MiB / 2;
+    for (let i = 0; i < count; i++) {
+      const r = block(i);
+      for (const offset of [0, half]) {
+        const length = Math.min(half, r.length - offset);
+        const req: BlockRead = { ref: r, offset, length, dest: Buffer.alloc(length), destOffset: 0, pattern: 'sequential', streaming: true, handle: { id: 1, signal: new AbortController().signal } };
+        expect(await near.read(req)).toBe(length);
+        expect(req.dest.equals(long.subarray(r.offset + offset, r.offset + offset + length)), `block ${i} at ${offset}`).toBe(true);
+        expect(readahead.observe(r.offset + offset, length)).toBe('sequential');
+        if (offset === 0) await Promise.all(readahead.blocksToPrefetch(i, count).map((k) => near.pinAhead(block(k), 1)));
+        expect(w.store.isPinned(r.id), `block ${i} pinned while it is read`).toBe(true);
+      }
+    }
+    // Every block asked for and passed once: none let go while it was read and pinned again.
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_requests_total', { path: 'short_circuit', status: 'open' })).toBe(count);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_passed_descriptors_total')).toBe(count);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(long.length);
+    await waitFor(() => w.store.pinnedCount <= READ_POLICY.pinsPerHandle, { timeoutMs: 3000, what: 'pins within the budget' });
+    near.release(1);
+    await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'the stream to let go of its pins' });
   });
 
   it('unpins what a handle opened when it is released, and nothing another handle holds', async () => {

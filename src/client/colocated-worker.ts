@@ -11,10 +11,16 @@
  * kept fd; if the block files are not visible in our mount namespace, the bytes come over
  * the socket instead (domain socket stream), decided once per worker.
  *
- * A handle pins at most `pinsPerHandle` blocks (the read policy's), its most recently opened
- * ones: a long sequential read of a file larger than the tier must not pin the
- * whole tier. An unpinned block stays readable through its open fd (an evicted
- * file's bytes are still the block's bytes), and is pinned again if reopened.
+ * A handle pins at most `pinsPerHandle` blocks (the read policy's): a long sequential read
+ * of a file larger than the tier must not pin the whole tier. Over that budget, the block
+ * let go is the lowest behind the handle's reads, else the one opened longest ago. A stream
+ * pins ahead of its reads at most the budget less two blocks (the one it reads and the one
+ * before, whose last reads the kernel may still send): blocks further ahead wait until the
+ * reads come near. The default readahead window (64 MiB of 4 MiB blocks) is the budget:
+ * pinning all of it let go of the block being read, which was then pinned, and its
+ * descriptor passed, a second time (124 descriptors for a 64-block file), each of its reads
+ * waiting 2-5 ms on the pin. An unpinned block stays readable through its open fd (an
+ * evicted file's bytes are still the block's bytes), and is pinned again if reopened.
  */
 import { closeSync } from 'node:fs';
 import { blockRef, type BlockRef, type ObjectRef } from '../block/block.js';
@@ -28,10 +34,27 @@ import { BlockChecksumError, BlockFileChangedError, BlockFileDroppedError, Block
 import type { BlockRead } from './block-source.js';
 import { WorkerSocket } from './worker-socket.js';
 
+/** Blocks a session's stream may wait to pin (a readahead window of up to 256 blocks). */
+const MAX_DEFERRED = 256;
+
+/** A block pinned for a session, and its index in its object. */
+interface PinnedBlock {
+  file: BlockFile;
+  index: number;
+}
+
+/** Where a session's reads are, and the blocks its stream asked to pin that are too far ahead yet. */
+interface ReadPosition {
+  /** The index of the block read last. */
+  reading: number;
+  deferred: BlockRef[];
+}
+
 export class ColocatedWorker {
   private readonly socket: WorkerSocket;
-  /** Blocks pinned on behalf of each session (file handle). */
-  private readonly pinned = new Map<number, Map<string, BlockFile>>();
+  /** Blocks pinned on behalf of each session (file handle), in the order they were opened. */
+  private readonly pinned = new Map<number, Map<string, PinnedBlock>>();
+  private readonly positions = new Map<number, ReadPosition>();
   /** Pins asked of the worker and not yet answered, per session. */
   private readonly pinning = new Map<number, Map<string, Promise<BlockFile | undefined>>>();
   private streamOnly = false;
@@ -68,6 +91,7 @@ export class ColocatedWorker {
 
   async read(req: BlockRead): Promise<number> {
     const { ref } = req;
+    this.readAt(req.handle?.id ?? 0, ref.index);
     // A pin being taken serves the handle's later reads too: an interrupted read stops waiting, the pin goes on.
     const file = this.streamOnly ? undefined : await waitFor(this.openFor(req.handle?.id, ref), req.signal);
     if (file) {
@@ -103,7 +127,35 @@ export class ColocatedWorker {
    */
   async pinAhead(ref: BlockRef, session: number | undefined): Promise<void> {
     if (this.streamOnly) return;
+    const position = this.positions.get(session ?? 0);
+    if (position && ref.index > this.reach(position)) {
+      // A window offered again after the stream broke off and resumed is deferred once.
+      if (position.deferred.length < MAX_DEFERRED && !position.deferred.some((r) => r.id === ref.id)) position.deferred.push(ref);
+      return;
+    }
     await this.openFor(session, ref);
+  }
+
+  /** The furthest block a stream reading at `position` may have pinned. */
+  private reach(position: ReadPosition): number {
+    return position.reading + this.pinsPerHandle - 2;
+  }
+
+  /** A session reads block `index`: the blocks deferred that are now near enough are pinned. */
+  private readAt(session: number, index: number): void {
+    const position = this.positions.get(session);
+    if (!position) return void this.positions.set(session, { reading: index, deferred: [] });
+    if (position.reading === index) return;
+    position.reading = index;
+    if (position.deferred.length === 0) return;
+    const reach = this.reach(position);
+    const later: BlockRef[] = [];
+    for (const ref of position.deferred) {
+      // One the reads have passed is pinned by them if they come back.
+      if (ref.index > reach) later.push(ref);
+      else if (ref.index >= index) this.openFor(session, ref).catch(() => undefined);
+    }
+    position.deferred = later;
   }
 
   /**
@@ -172,18 +224,19 @@ export class ColocatedWorker {
   /** Lets go of every handle's pin of a block whose file is gone or damaged: the next read asks the worker afresh. */
   private unpinEverywhere(id: string): void {
     for (const blocks of this.pinned.values()) {
-      const file = blocks.get(id);
-      if (file && blocks.delete(id)) this.letGo(file);
+      const pin = blocks.get(id);
+      if (pin && blocks.delete(id)) this.letGo(pin.file);
     }
   }
 
   /** Unpins everything the session (file handle) opened; pins still being taken for it are let go when they arrive. */
   release(session: number): void {
     this.pinning.delete(session);
+    this.positions.delete(session);
     const blocks = this.pinned.get(session);
     if (!blocks) return;
     this.pinned.delete(session);
-    for (const file of blocks.values()) this.letGo(file);
+    for (const pin of blocks.values()) this.letGo(pin.file);
   }
 
   /** One session's pin of a block let go: at the worker, and its passed descriptor once no session holds it. */
@@ -203,6 +256,7 @@ export class ColocatedWorker {
   private forgetPins(): void {
     this.pinned.clear();
     this.pinning.clear();
+    for (const position of this.positions.values()) position.deferred = [];
     for (const id of this.holders.keys()) this.files.drop(id);
     this.holders.clear();
   }
@@ -211,7 +265,7 @@ export class ColocatedWorker {
   private openFor(session: number | undefined, ref: BlockRef, first?: BlockRef): Promise<BlockFile | undefined> {
     const key = session ?? 0;
     const known = this.pinned.get(key)?.get(ref.id);
-    if (known) return Promise.resolve(known);
+    if (known) return Promise.resolve(known.file);
     let inFlight = this.pinning.get(key);
     if (!inFlight) this.pinning.set(key, (inFlight = new Map()));
     let opening = inFlight.get(ref.id);
@@ -250,15 +304,30 @@ export class ColocatedWorker {
     let blocks = this.pinned.get(key);
     if (!blocks) this.pinned.set(key, (blocks = new Map()));
     const before = blocks.get(ref.id);
-    blocks.set(ref.id, file);
+    blocks.delete(ref.id);
+    blocks.set(ref.id, { file, index: ref.index });
     // The session re-opened a block it held (its answer raced another): one pin, one hold of it is enough.
-    if (before) this.letGo(before);
+    if (before) this.letGo(before.file);
     if (blocks.size > this.pinsPerHandle) {
-      const [oldest, file] = blocks.entries().next().value!;
-      blocks.delete(oldest);
-      this.letGo(file);
+      const id = this.victim(blocks, ref.id, this.positions.get(key)?.reading);
+      const pin = blocks.get(id)!;
+      blocks.delete(id);
+      this.letGo(pin.file);
     }
     return file;
+  }
+
+  /** The pin to let go of, other than the one just taken (`taken`): the lowest block behind the reads (and the block before theirs), else the one opened longest ago. */
+  private victim(blocks: Map<string, PinnedBlock>, taken: string, reading: number | undefined): string {
+    let lowest: string | undefined;
+    let lowestIndex = reading === undefined ? -1 : reading - 1;
+    for (const [id, pin] of blocks) {
+      if (pin.index < lowestIndex && id !== taken) {
+        lowest = id;
+        lowestIndex = pin.index;
+      }
+    }
+    return lowest ?? blocks.keys().next().value!;
   }
 
   close(): void {

@@ -21,6 +21,7 @@
  * waited for: that open answers the path instead.
  */
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { chmod, chown, lstat, mkdir, readdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
@@ -108,6 +109,8 @@ export class DomainSocketService {
     this.connections.add(socket);
     const pins = new Map<string, number>();
     const gone = new AbortController();
+    // Every fetch of a block this connection waits for listens to it (a stream pins 14 ahead): not a leak.
+    setMaxListeners(MAX_PINS_PER_CONNECTION, gone.signal);
     const readThrough = blocks.readThrough;
     /** This connection's descriptor channel, once paired: its socket and descriptor. */
     let channel: { socket: Socket; fd: number } | undefined;
