@@ -28,6 +28,9 @@ const files: Record<string, Buffer> = {
   'emptydir/': Buffer.alloc(0),
 };
 const MANY = 10_000;
+/** Files looked up by name alone, as a data loader opens them from an index. */
+const BY_NAME = 300;
+const byNameBody = (i: number): string => `file ${i} of the index\n`.repeat(1 + (i % 7));
 
 /** The block files in a cache dir (names of 40 hex digits), as paths. */
 async function blockFiles(cacheDir: string): Promise<string[]> {
@@ -46,6 +49,7 @@ beforeAll(async () => {
   s3 = await startS3Server({ buckets: ['data'] });
   await s3.putObjects('data', Object.entries(files).map(([key, body]) => ({ key, body })));
   await s3.putObjects('data', Array.from({ length: MANY }, (_, i) => ({ key: `many/f${String(i).padStart(5, '0')}`, body: `${i}\n` })), { concurrency: 64 });
+  await s3.putObjects('data', Array.from({ length: BY_NAME }, (_, i) => ({ key: `byname/s${i}.txt`, body: byNameBody(i) })), { concurrency: 64 });
   mnt = await mountCachefs({ ufs: 's3://data', args: mountArgs(), env: env() });
 }, 300_000);
 
@@ -132,6 +136,32 @@ describe('the tree', () => {
     expect(r.stdout.trim().split('\n')).toEqual([`${BLOCK + 1} 444 1 regular file`, '4096 555 2 directory']);
     const mtime = Number((await sh(`stat -c %Y ${mnt.mountpoint}/sizes/one`)).stdout);
     expect(Math.abs(mtime * 1000 - Date.now())).toBeLessThan(10 * 60_000);
+  });
+
+  it('lists a directory whose names are looked up one by one, and answers the next lookups from its listing', async () => {
+    // A mount of its own: nothing of byname/ is known to it, and nobody lists it.
+    const m = await mountCachefs({ ufs: 's3://data', args: mountArgs(), env: env() });
+    try {
+      const order = Array.from({ length: BY_NAME }, (_, i) => i).sort((a, b) => ((a * 7919) % BY_NAME) - ((b * 7919) % BY_NAME));
+      const size = async (i: number): Promise<void> => expect((await stat(path.join(m.mountpoint, `byname/s${i}.txt`))).size, `s${i}`).toBe(byNameBody(i).length);
+      // One by one, as a loader opens its files: the 16th miss in the directory lists it.
+      for (const i of order.slice(0, 20)) await size(i);
+      let listed = await m.metrics();
+      for (let t = 0; t < 100 && listed.value('cachefs_lookup_listings_total', { outcome: 'whole' }) < 1; t++) {
+        await new Promise((r) => setTimeout(r, 100));
+        listed = await m.metrics();
+      }
+      // The other 280 names, and names that are not there, ask the store nothing more.
+      for (const i of order.slice(20)) await size(i);
+      for (const name of ['s300.txt', 'nothing', 'S1.txt']) await expect(stat(path.join(m.mountpoint, 'byname', name)), name).rejects.toMatchObject({ code: 'ENOENT' });
+      const after = await m.metrics();
+      for (const op of ['stat', 'list']) expect(after.value('cachefs_ufs_requests_total', { op }) - listed.value('cachefs_ufs_requests_total', { op }), op).toBe(0);
+      expect(after.value('cachefs_lookup_listings_total', { outcome: 'whole' })).toBe(1);
+      expect(after.value('cachefs_lookup_listings_total')).toBe(1);
+      expect(await sha256Of(path.join(m.mountpoint, `byname/s${order[BY_NAME - 1]}.txt`))).toBe(sha(Buffer.from(byNameBody(order[BY_NAME - 1]!))));
+    } finally {
+      await m.stop();
+    }
   });
 
   it('refuses writes with EROFS and reports missing paths with ENOENT', async () => {

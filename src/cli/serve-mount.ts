@@ -110,6 +110,7 @@ export async function serveMount(config: MountConfig, log: Logger, kept?: KeptCo
           })
         : undefined;
     if (dirPrefetch) closers.push(async () => dirPrefetch.close());
+    closers.push(async () => fs.close());
     const vfs = new Vfs({ fs, client, metrics, metaBudgetBytes: config.metaCacheBytes, dirPrefetch, journal: handover && { file: handover.journalFile, held: handover.held, mapped: await loadMappedFiles() } });
     const fuse = await FuseMount.mount(mountpoint, vfs, metrics, log, {
       attrTimeoutSec: config.attrTimeoutMs / 1000,

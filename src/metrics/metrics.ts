@@ -40,6 +40,7 @@ export class Metrics {
   readonly fuseErrors = this.counter('cachefs_fuse_errors_total', 'FUSE operations that failed, by errno name', ['op', 'errno']);
   readonly metaCacheHits = this.tallied('cachefs_meta_cache_hits_total', 'Metadata lookups answered from the cache');
   readonly metaCacheMisses = this.tallied('cachefs_meta_cache_misses_total', 'Metadata lookups that asked the UFS');
+  readonly lookupListings = this.counter('cachefs_lookup_listings_total', 'Directories listed because lookups of their names one by one missed the metadata cache, by how the listing ended (whole, partial: stopped short, failed)', ['outcome']);
   readonly listedEntries = this.counter('cachefs_listed_entries_total', 'Directory entries read from the UFS by listings');
   readonly metaCacheBytes = this.sampled('cachefs_meta_cache_bytes', 'Estimated bytes of the metadata cache (entries and whole listings), within --meta-cache-size');
   readonly vfsNodes = this.sampled('cachefs_vfs_nodes', 'Node ids the kernel holds');

@@ -13,6 +13,7 @@ import type { Ufs } from '../ufs/ufs.js';
 import { SingleFlight } from '../lib/single-flight.js';
 import { attrOf, fileEntry, type Attr, type Entry, type Known, type ListedFile } from './entry.js';
 import { ListingStream, NameMerge } from './listing.js';
+import { LookupListing } from './lookup-listing.js';
 import { MetaCache, type Listing } from './meta-cache.js';
 import { baseName, isPosixName, keyOfPath, parentKey } from './names.js';
 import type { StatBatch, StatFiles } from './stat-batch.js';
@@ -79,11 +80,19 @@ export class Filesystem {
   private readonly lookups = new SingleFlight<Entry | null>();
   private readonly lists = new SingleFlight<ListedPage>();
   private readonly mountedAt = Date.now();
+  /** Lists a directory whose names are looked up one by one; none where listings give names alone. */
+  private readonly lookupListing: LookupListing | undefined;
 
   constructor(private readonly config: FilesystemConfig) {
     this.ufs = config.ufs;
     this.cache = new MetaCache(config.metaTtlMs, Math.floor((config.metaBudgetBytes * 3) / 4));
     config.metrics.metaCacheBytes.sampledBy(() => this.cache.bytes);
+    if (!this.ufs.listsByName) this.lookupListing = new LookupListing((dirKey) => this.streamListing(dirKey), (dirKey) => this.cache.isListing(dirKey), config.metrics, config.log);
+  }
+
+  /** Starts no more listings for lookups. */
+  close(): void {
+    this.lookupListing?.close();
   }
 
   /** The attributes at `path`: at once when its entry is known (a walk's lookups mostly are), else a promise. */
@@ -109,6 +118,7 @@ export class Filesystem {
     }
     if (!parent.split('/').every((p, i) => (i === 0 && p === '') || isPosixName(p))) throw notFound(path);
     this.config.metrics.metaCacheMisses.inc();
+    this.lookupListing?.missed(parent);
     return this.found(path, this.lookups.do(key, () => this.probe(key)));
   }
 

@@ -170,6 +170,12 @@ export class ListingStream {
     }
   }
 
+  /** No more pages are read in order: what was read is kept entry by entry, as a listing too large to keep whole. */
+  abandon(): void {
+    if (this.collected) this.keepEach();
+    this.expected = undefined;
+  }
+
   /** The directory is released: what was read of its listing no longer answers lookups as a partial listing. */
   close(): void {
     if (this.collected) this.cache.dropPartial(this.key, this.collected);

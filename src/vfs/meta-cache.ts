@@ -113,6 +113,11 @@ export class MetaCache {
     if (this.partial.get(key) === listing) this.partial.delete(key);
   }
 
+  /** Whether a listing of the directory `key` is being read (and answers lookups as it goes). */
+  isListing(key: string): boolean {
+    return this.partial.has(key);
+  }
+
   /** The entry cached for `key` itself (not from its parent's listing): `null` when known missing, `undefined` when unknown. */
   entry(key: string): Known | null | undefined {
     const hit = this.entries.get(key);
