@@ -200,6 +200,40 @@ describe('ColocatedWorker', () => {
     await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'the stream to let go of its pins' });
   });
 
+  it('with small blocks, never lets go of a block the kernel\'s readahead is still reading: 8 reads at once, each block passed once, no byte over the socket', async () => {
+    const w = await worker();
+    const { near, metrics } = colocated(w.socketPath);
+    // 1 MiB blocks under the default 64 MiB readahead: a window of 64 blocks against the 16-pin budget,
+    // and the kernel's 8 MiB readahead has 8 blocks' reads in flight at once.
+    const count = 40;
+    const long = randomBytes(count * MiB);
+    await writeFile(path.join(ufsRoot, 'small-blocks.bin'), long);
+    const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat('small-blocks.bin'))!;
+    const object: ObjectRef = { mount: 'm', key: 'small-blocks.bin', etag: st.etag, size: st.size };
+    const block = (index: number): BlockRef => blockRef(object, MiB, index);
+    const readahead = new Readahead(64, 0);
+    const prefetches: Promise<void>[] = [];
+    const readOne = async (i: number): Promise<void> => {
+      const r = block(i);
+      expect(readahead.observe(r.offset, r.length)).toBe('sequential');
+      // The prefetch runs in the background, as the block client's does.
+      for (const k of readahead.blocksToPrefetch(i, count)) prefetches.push(near.pinAhead(block(k), 1));
+      const req: BlockRead = { ref: r, offset: 0, length: r.length, dest: Buffer.alloc(r.length), destOffset: 0, pattern: 'sequential', streaming: true, handle: { id: 1, signal: new AbortController().signal } };
+      expect(await near.read(req)).toBe(r.length);
+      expect(req.dest.equals(long.subarray(r.offset, r.offset + r.length)), `block ${i}`).toBe(true);
+    };
+    let next = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (next < count) await readOne(next++);
+    }));
+    await Promise.all(prefetches);
+    expect(await readBy(metrics, 'domain_socket')).toBe(0);
+    expect(await readBy(metrics, 'short_circuit', 'descriptor')).toBe(long.length);
+    expect(await registryValue(w.metrics.registry, 'cachefs_worker_passed_descriptors_total')).toBe(count);
+    near.release(1);
+    await waitFor(() => w.store.pinnedCount === 0, { timeoutMs: 3000, what: 'the stream to let go of its pins' });
+  });
+
   it('unpins what a handle opened when it is released, and nothing another handle holds', async () => {
     const w = await worker();
     const { near } = colocated(w.socketPath);

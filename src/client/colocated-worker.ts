@@ -12,11 +12,12 @@
  * the socket instead (domain socket stream), decided once per worker.
  *
  * A handle pins at most `pinsPerHandle` blocks (the read policy's): a long sequential read
- * of a file larger than the tier must not pin the whole tier. Over that budget, the block
- * let go is the lowest behind the handle's reads, else the one opened longest ago. A stream
- * pins ahead of its reads at most the budget less two blocks (the one it reads and the one
- * before, whose last reads the kernel may still send): blocks further ahead wait until the
- * reads come near. The default readahead window (64 MiB of 4 MiB blocks) is the budget:
+ * of a file larger than the tier must not pin the whole tier. The handle's reads are at the
+ * lowest block with a read under way (the kernel's readahead has several in flight, 8 of
+ * 1 MiB blocks), else at the block read last. A stream pins ahead at most the budget less
+ * two blocks beyond that (room for it and the block before, whose last reads the kernel may
+ * still send): blocks further ahead are pinned as the reads come near. Over the budget, the
+ * pin let go is the lowest behind the reads, else the oldest no read is under way on. The default readahead window (64 MiB of 4 MiB blocks) is the budget:
  * pinning all of it let go of the block being read, which was then pinned, and its
  * descriptor passed, a second time (124 descriptors for a 64-block file), each of its reads
  * waiting 2-5 ms on the pin. An unpinned block stays readable through its open fd (an
@@ -46,7 +47,9 @@ interface PinnedBlock {
 /** Where a session's reads are, and the blocks its stream asked to pin that are too far ahead yet. */
 interface ReadPosition {
   /** The index of the block read last. */
-  reading: number;
+  last: number;
+  /** Reads under way, by block index. */
+  inFlight: Map<number, number>;
   deferred: BlockRef[];
 }
 
@@ -90,8 +93,17 @@ export class ColocatedWorker {
   }
 
   async read(req: BlockRead): Promise<number> {
+    const session = req.handle?.id ?? 0;
+    const position = this.readStarts(session, req.ref.index);
+    try {
+      return await this.readPinned(req);
+    } finally {
+      this.readEnds(session, position, req.ref.index);
+    }
+  }
+
+  private async readPinned(req: BlockRead): Promise<number> {
     const { ref } = req;
-    this.readAt(req.handle?.id ?? 0, ref.index);
     // A pin being taken serves the handle's later reads too: an interrupted read stops waiting, the pin goes on.
     const file = this.streamOnly ? undefined : await waitFor(this.openFor(req.handle?.id, ref), req.signal);
     if (file) {
@@ -136,24 +148,50 @@ export class ColocatedWorker {
     await this.openFor(session, ref);
   }
 
-  /** The furthest block a stream reading at `position` may have pinned. */
-  private reach(position: ReadPosition): number {
-    return position.reading + this.pinsPerHandle - 2;
+  /**
+   * The lowest block a session's reads are at: the lowest with a read under way (the
+   * kernel's readahead has several blocks' reads in flight at once when blocks are small),
+   * else the block read last.
+   */
+  private low(position: ReadPosition): number {
+    if (position.inFlight.size === 0) return position.last;
+    let low = Infinity;
+    for (const index of position.inFlight.keys()) if (index < low) low = index;
+    return low;
   }
 
-  /** A session reads block `index`: the blocks deferred that are now near enough are pinned. */
-  private readAt(session: number, index: number): void {
-    const position = this.positions.get(session);
-    if (!position) return void this.positions.set(session, { reading: index, deferred: [] });
-    if (position.reading === index) return;
-    position.reading = index;
+  /** The furthest block a stream at `position` may have pinned. */
+  private reach(position: ReadPosition): number {
+    return this.low(position) + this.pinsPerHandle - 2;
+  }
+
+  private readStarts(session: number, index: number): ReadPosition {
+    let position = this.positions.get(session);
+    if (!position) this.positions.set(session, (position = { last: index, inFlight: new Map(), deferred: [] }));
+    position.last = index;
+    position.inFlight.set(index, (position.inFlight.get(index) ?? 0) + 1);
+    this.pinDeferred(session, position);
+    return position;
+  }
+
+  private readEnds(session: number, position: ReadPosition, index: number): void {
+    const n = (position.inFlight.get(index) ?? 1) - 1;
+    if (n > 0) return void position.inFlight.set(index, n);
+    position.inFlight.delete(index);
+    // The stream's lowest block may have moved on: blocks deferred may be near enough now.
+    if (this.positions.get(session) === position) this.pinDeferred(session, position);
+  }
+
+  /** Pins the blocks deferred that are now near enough to the session's reads. */
+  private pinDeferred(session: number, position: ReadPosition): void {
     if (position.deferred.length === 0) return;
-    const reach = this.reach(position);
+    const low = this.low(position);
+    const reach = low + this.pinsPerHandle - 2;
     const later: BlockRef[] = [];
     for (const ref of position.deferred) {
       // One the reads have passed is pinned by them if they come back.
       if (ref.index > reach) later.push(ref);
-      else if (ref.index >= index) this.openFor(session, ref).catch(() => undefined);
+      else if (ref.index >= low) this.openFor(session, ref).catch(() => undefined);
     }
     position.deferred = later;
   }
@@ -309,7 +347,7 @@ export class ColocatedWorker {
     // The session re-opened a block it held (its answer raced another): one pin, one hold of it is enough.
     if (before) this.letGo(before.file);
     if (blocks.size > this.pinsPerHandle) {
-      const id = this.victim(blocks, ref.id, this.positions.get(key)?.reading);
+      const id = this.victim(blocks, ref.id, this.positions.get(key));
       const pin = blocks.get(id)!;
       blocks.delete(id);
       this.letGo(pin.file);
@@ -317,17 +355,24 @@ export class ColocatedWorker {
     return file;
   }
 
-  /** The pin to let go of, other than the one just taken (`taken`): the lowest block behind the reads (and the block before theirs), else the one opened longest ago. */
-  private victim(blocks: Map<string, PinnedBlock>, taken: string, reading: number | undefined): string {
+  /**
+   * The pin to let go of, other than the one just taken (`taken`): the lowest block behind
+   * the session's reads (and the block before their lowest), else the one opened longest
+   * ago that no read is under way on, else the one opened longest ago.
+   */
+  private victim(blocks: Map<string, PinnedBlock>, taken: string, position: ReadPosition | undefined): string {
     let lowest: string | undefined;
-    let lowestIndex = reading === undefined ? -1 : reading - 1;
+    let lowestIndex = position ? this.low(position) - 1 : -1;
+    let idle: string | undefined;
     for (const [id, pin] of blocks) {
-      if (pin.index < lowestIndex && id !== taken) {
+      if (id === taken) continue;
+      if (pin.index < lowestIndex) {
         lowest = id;
         lowestIndex = pin.index;
       }
+      if (idle === undefined && !position?.inFlight.has(pin.index)) idle = id;
     }
-    return lowest ?? blocks.keys().next().value!;
+    return lowest ?? idle ?? blocks.keys().next().value!;
   }
 
   close(): void {

@@ -56,7 +56,8 @@ export function expectServedBy(m: MetricsSnapshot, paths: string | string[], byt
   const answered = delta('cachefs_fuse_read_bytes_total');
   expect(answered, 'bytes answered to the kernel').toBeGreaterThanOrEqual(bytes);
   const served = [paths].flat().reduce((sum, path) => sum + delta('cachefs_client_read_bytes_total', { path }), 0);
-  expect(served, `bytes served by ${[paths].flat().join(' and ')}`).toBe(answered);
+  const byPath = m.text.split('\n').filter((l) => l.startsWith('cachefs_client_read_bytes_total{')).join(', ');
+  expect(served, `bytes served by ${[paths].flat().join(' and ')} (all paths: ${byPath})`).toBe(answered);
 }
 
 /**
