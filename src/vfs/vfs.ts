@@ -24,6 +24,7 @@
  * kernel.
  */
 import { createHash } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import type { BlockClient, Cancellable, OpenObject } from '../client/block-client.js';
 import type { Readahead } from '../client/readahead.js';
 import type { ObjectRef } from '../block/block.js';
@@ -131,6 +132,8 @@ export interface VfsConfig {
 
 /** What a released file's work is aborted with: one object for all (an AbortController's default reason, a DOMException, cost ~50 us to make per release here). */
 const RELEASED = new CachefsError('INTERRUPTED', 'the file was released');
+/** Listeners an open file's signal may have at once (its fetches and pins under way) before Node warns of a leak. */
+const HANDLE_SIGNAL_LISTENERS = 1024;
 
 /** An open file: what a read needs, and the reads of it waiting for their bytes or their turn. */
 class FileHandle implements OpenObject {
@@ -155,6 +158,9 @@ class FileHandle implements OpenObject {
   get signal(): AbortSignal {
     if (!this.closed) {
       this.closed = new AbortController();
+      // Every fetch and pin of the file's stream listens to it while under way (a readahead
+      // window of blocks, the reads waiting), and lets go when done: no leak to warn about.
+      setMaxListeners(HANDLE_SIGNAL_LISTENERS, this.closed.signal);
       if (this.released) this.closed.abort(RELEASED);
     }
     return this.closed.signal;
