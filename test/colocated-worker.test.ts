@@ -53,10 +53,15 @@ beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), 'cachefs-colocated-'));
   ufsRoot = path.join(work, 'ufs');
   await mkdir(ufsRoot);
-  await writeFile(path.join(ufsRoot, 'obj.bin'), body);
-  const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat('obj.bin'))!;
-  object = { mount: 'm', key: 'obj.bin', etag: st.etag, size: st.size };
+  object = await putObject('obj.bin', body);
 });
+
+/** Writes `bytes` as the UFS object `key`; its reference. */
+async function putObject(key: string, bytes: Buffer): Promise<ObjectRef> {
+  await writeFile(path.join(ufsRoot, key), bytes);
+  const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat(key))!;
+  return { mount: 'm', key, etag: st.etag, size: st.size };
+}
 
 afterEach(async () => {
   for (const x of opened.splice(0).reverse()) await x.close();
@@ -174,9 +179,7 @@ describe('ColocatedWorker', () => {
     // An object of 48 blocks: long enough for the window to be full for most of the stream.
     const count = 48;
     const long = randomBytes(count * MiB);
-    await writeFile(path.join(ufsRoot, 'long.bin'), long);
-    const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat('long.bin'))!;
-    const longObject: ObjectRef = { mount: 'm', key: 'long.bin', etag: st.etag, size: st.size };
+    const longObject = await putObject('long.bin', long);
     const block = (index: number): BlockRef => blockRef(longObject, MiB, index);
     const half = MiB / 2;
     for (let i = 0; i < count; i++) {
@@ -207,10 +210,8 @@ describe('ColocatedWorker', () => {
     // and the kernel's 8 MiB readahead has 8 blocks' reads in flight at once.
     const count = 40;
     const long = randomBytes(count * MiB);
-    await writeFile(path.join(ufsRoot, 'small-blocks.bin'), long);
-    const st = (await new LocalUfs(parseUfsUri(`file://${ufsRoot}`)).stat('small-blocks.bin'))!;
-    const object: ObjectRef = { mount: 'm', key: 'small-blocks.bin', etag: st.etag, size: st.size };
-    const block = (index: number): BlockRef => blockRef(object, MiB, index);
+    const smallBlocks = await putObject('small-blocks.bin', long);
+    const block = (index: number): BlockRef => blockRef(smallBlocks, MiB, index);
     const readahead = new Readahead(64, 0);
     const prefetches: Promise<void>[] = [];
     const readOne = async (i: number): Promise<void> => {

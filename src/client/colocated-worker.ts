@@ -17,11 +17,12 @@
  * 1 MiB blocks), else at the block read last. A stream pins ahead at most the budget less
  * two blocks beyond that (room for it and the block before, whose last reads the kernel may
  * still send): blocks further ahead are pinned as the reads come near. Over the budget, the
- * pin let go is the lowest behind the reads, else the oldest no read is under way on. The default readahead window (64 MiB of 4 MiB blocks) is the budget:
- * pinning all of it let go of the block being read, which was then pinned, and its
- * descriptor passed, a second time (124 descriptors for a 64-block file), each of its reads
- * waiting 2-5 ms on the pin. An unpinned block stays readable through its open fd (an
- * evicted file's bytes are still the block's bytes), and is pinned again if reopened.
+ * pin let go is the lowest behind the reads, else the oldest no read is under way on. The
+ * default readahead window (64 MiB of 4 MiB blocks) is the budget: pinning all of it let go
+ * of the block being read, which was then pinned, and its descriptor passed, a second time
+ * (124 descriptors for a 64-block file), each of its reads waiting 2-5 ms on the pin. An
+ * unpinned block stays readable through its open fd (an evicted file's bytes are still the
+ * block's bytes), and is pinned again if reopened.
  */
 import { closeSync } from 'node:fs';
 import { blockRef, type BlockRef, type ObjectRef } from '../block/block.js';
@@ -140,7 +141,7 @@ export class ColocatedWorker {
   async pinAhead(ref: BlockRef, session: number | undefined): Promise<void> {
     if (this.streamOnly) return;
     const position = this.positions.get(session ?? 0);
-    if (position && ref.index > this.reach(position)) {
+    if (position && ref.index > this.reach(this.low(position))) {
       // A window offered again after the stream broke off and resumed is deferred once.
       if (position.deferred.length < MAX_DEFERRED && !position.deferred.some((r) => r.id === ref.id)) position.deferred.push(ref);
       return;
@@ -160,9 +161,9 @@ export class ColocatedWorker {
     return low;
   }
 
-  /** The furthest block a stream at `position` may have pinned. */
-  private reach(position: ReadPosition): number {
-    return this.low(position) + this.pinsPerHandle - 2;
+  /** The furthest block a stream whose reads are at block `low` may have pinned. */
+  private reach(low: number): number {
+    return low + this.pinsPerHandle - 2;
   }
 
   private readStarts(session: number, index: number): ReadPosition {
@@ -186,7 +187,7 @@ export class ColocatedWorker {
   private pinDeferred(session: number, position: ReadPosition): void {
     if (position.deferred.length === 0) return;
     const low = this.low(position);
-    const reach = low + this.pinsPerHandle - 2;
+    const reach = this.reach(low);
     const later: BlockRef[] = [];
     for (const ref of position.deferred) {
       // One the reads have passed is pinned by them if they come back.
